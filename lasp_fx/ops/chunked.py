@@ -1,0 +1,272 @@
+"""Chunked causal linear attention in plain PyTorch: the CPU path and the fallback everywhere.
+
+Four primitives, the same ones the Triton kernels implement, split so that LASP can run the
+local work before any state arrives from another rank (DESIGN.md section 2):
+
+    fwd(q, k, v, g, scale, s_in)            -> o, s_out     one slice, state s_in flowing in
+    fwd_correct(o, q, g, scale, s_in)       -> o + scale * exp(G) q s_in   (G: cumsum of g over the slice)
+    bwd(q, k, v, g, scale, do, s_in, ds_out)-> dq, dk, dv, dG, ds_in
+    bwd_correct(dk, dv, dG, k, v, g, ds_out, s_out) -> the ds_out terms added afterwards
+
+`g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
+`dG` is the gradient with respect to the running sum G_t, from the identity
+dG_t = q_t . dq_t - k_t . dk_t (+ <dS_T, S_T> at the last token); `log_decay_grad` turns it
+into the gradient of the decay itself. Everything is computed in float32 (float64 for float64
+inputs); memory is linear in T: the largest tensors are [T/C, C, C] scores and [T/C, D, E]
+per-chunk states for each head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_SIZE = 64
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and state dtype for inputs of `dtype`: float64 stays, all else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- layouts
+# Inside this file heads come first and the sequence is cut into N chunks of C tokens:
+#   q, do, dq: [B, Hk, N, G, C, F]  (query head h = hk * G + g, G = H / H_kv)
+#   k, v:      [B, Hk, N, C, F]     (never repeated over G: GQA shares them by broadcasting)
+#   g-cumsum:  [B, Hk, N, G, C]
+
+
+def _pad_time(x: Tensor, padded: int) -> Tensor:
+    pad = padded - x.shape[1]
+    if pad == 0:
+        return x
+    return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
+
+
+def _chunk_q(x: Tensor, kv_heads: int, C: int, dtype: torch.dtype) -> Tensor:
+    B, T, H, F = x.shape
+    N = -(-T // C)
+    x = _pad_time(x.to(dtype), N * C).view(B, N, C, kv_heads, H // kv_heads, F)
+    return x.permute(0, 3, 1, 4, 2, 5)
+
+
+def _chunk_kv(x: Tensor, C: int, dtype: torch.dtype) -> Tensor:
+    B, T, Hk, F = x.shape
+    N = -(-T // C)
+    return _pad_time(x.to(dtype), N * C).view(B, N, C, Hk, F).permute(0, 3, 1, 2, 4)
+
+
+def _unchunk_q(x: Tensor, T: int) -> Tensor:
+    B, Hk, N, G, C, F = x.shape
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(B, N * C, Hk * G, F)[:, :T].contiguous()
+
+
+def _unchunk_kv(x: Tensor, T: int) -> Tensor:
+    B, Hk, N, C, F = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, Hk, F)[:, :T].contiguous()
+
+
+def _per_token(g: Tensor | None, B: int, T: int, H: int, dtype: torch.dtype) -> Tensor | None:
+    if g is None:
+        return None
+    return g.to(dtype).expand(B, T, H) if g.dim() == 1 else g.to(dtype)
+
+
+def _chunk_cumdecay(g: Tensor | None, B: int, T: int, H: int, Hk: int, C: int, dtype) -> Tensor | None:
+    """Decay accumulated inside each chunk, [B, Hk, N, G, C]; padded tokens decay by 0."""
+    a = _per_token(g, B, T, H, dtype)
+    if a is None:
+        return None
+    N = -(-T // C)
+    a = _pad_time(a, N * C).view(B, N, C, Hk, H // Hk).permute(0, 3, 1, 4, 2)
+    return torch.cumsum(a, dim=-1)
+
+
+def _state_heads(s: Tensor | None, Hk: int) -> Tensor | None:
+    """[B, H, D, E] -> [B, Hk, G, D, E]."""
+    if s is None:
+        return None
+    B, H, D, E = s.shape
+    return s.view(B, Hk, H // Hk, D, E)
+
+
+class _Chunks:
+    """The chunked view of one call's inputs, shared by the forward and the backward."""
+
+    def __init__(self, q, k, v, g, scale, C):
+        self.B, self.T, self.H, self.D = q.shape
+        self.Hk, self.E = k.shape[2], v.shape[-1]
+        self.G = self.H // self.Hk
+        self.dtype = acc_dtype(q.dtype)
+        self.C = C
+        self.N = -(-self.T // C)
+        self.q = _chunk_q(q, self.Hk, C, self.dtype) * scale  # scale folded into q
+        self.k = _chunk_kv(k, C, self.dtype)
+        self.v = _chunk_kv(v, C, self.dtype)
+        self.b = _chunk_cumdecay(g, self.B, self.T, self.H, self.Hk, C, self.dtype)
+        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        if self.b is None:
+            self.mask = causal.to(self.dtype)  # [C, C]
+        else:
+            diff = self.b[..., :, None] - self.b[..., None, :]  # b_i - b_j
+            self.mask = torch.exp(diff.masked_fill(~causal, float("-inf")))  # [B,Hk,N,G,C,C]
+
+    def fold(self, x: Tensor) -> Tensor:
+        """[B, Hk, N, G, C, F] -> [B, Hk, N, G*C, F]: rows of all G query heads of a kv head."""
+        return x.reshape(self.B, self.Hk, self.N, self.G * self.C, x.shape[-1])
+
+    def unfold(self, x: Tensor) -> Tensor:
+        return x.view(self.B, self.Hk, self.N, self.G, self.C, x.shape[-1])
+
+    def scores(self) -> Tensor:
+        """scale * q k^T inside each chunk, [B, Hk, N, G, C, C]."""
+        s = self.fold(self.q) @ self.k.transpose(-1, -2)
+        return s.view(self.B, self.Hk, self.N, self.G, self.C, self.C)
+
+    def chunk_decay(self) -> Tensor | None:
+        """Total log-decay of each chunk, [B, Hk, N, G]."""
+        return None if self.b is None else self.b[..., -1]
+
+    def decay_to_end(self) -> Tensor | None:
+        """exp(b_C - b_j): how much token j's contribution decays by the end of its chunk."""
+        return None if self.b is None else torch.exp(self.b[..., -1:] - self.b)
+
+    def states_before(self, s_in: Tensor | None) -> tuple[Tensor, Tensor]:
+        """State entering each chunk [B, Hk, N, G, D, E] and the state after the last chunk."""
+        kk = self.k.unsqueeze(3)  # [B, Hk, N, 1, C, D]
+        w = self.decay_to_end()
+        if w is not None:
+            kk = kk * w[..., None]
+        U = kk.transpose(-1, -2) @ self.v.unsqueeze(3)  # [B, Hk, N, G or 1, D, E]
+        U = U.expand(self.B, self.Hk, self.N, self.G, self.D, self.E)
+        A = self.chunk_decay()
+        S = self.q.new_zeros(self.B, self.Hk, self.G, self.D, self.E) if s_in is None else s_in
+        before = []
+        for n in range(self.N):  # an affine scan over chunks: N steps of a D x E axpy
+            before.append(S)
+            S = (S if A is None else torch.exp(A[:, :, n])[..., None, None] * S) + U[:, :, n]
+        return torch.stack(before, dim=2), S
+
+
+def fwd(q, k, v, g, scale: float, s_in: Tensor | None = None, chunk_size: int = CHUNK_SIZE):
+    """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
+
+    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype).
+    """
+    c = _Chunks(q, k, v, g, scale, chunk_size)
+    P = c.scores() * c.mask
+    o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v)  # intra-chunk
+    S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
+    inter = c.q @ S_before
+    if c.b is not None:
+        inter = inter * torch.exp(c.b)[..., None]
+    o = _unchunk_q(o + inter, c.T).to(q.dtype)
+    return o, s_out.reshape(c.B, c.H, c.D, c.E)
+
+
+def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, chunk_size: int = CHUNK_SIZE):
+    """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
+
+    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None, and
+    ds_in [B, H, D, E], the gradient of the incoming state).
+    """
+    c = _Chunks(q, k, v, g, scale, chunk_size)
+    do_c = _chunk_q(do, c.Hk, c.C, c.dtype)
+    S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
+    rows = (c.B, c.Hk, c.N, c.G * c.C, c.C)
+
+    # intra-chunk: dScores = (dO V^T) * M, then dQ = dScores K, dK = dScores^T Q, dV = P^T dO
+    dS = c.unfold(c.fold(do_c) @ c.v.transpose(-1, -2)) * c.mask
+    dq = c.unfold(dS.reshape(rows) @ c.k)
+    dk_h = dS.transpose(-1, -2) @ c.q  # per query head: the decay identity needs it
+    P = (c.scores() * c.mask).reshape(rows)
+    dv = P.transpose(-1, -2) @ c.fold(do_c)  # sums over the G heads sharing v
+
+    # inter-chunk, forward term o += exp(b) q S_before
+    eb = None if c.b is None else torch.exp(c.b)[..., None]
+    dq_inter = do_c @ S_before.transpose(-1, -2)
+    dq = dq + (dq_inter if eb is None else dq_inter * eb)
+
+    # reverse scan of the state gradient: dS_{n-1} = exp(A_n) dS_n + (exp(b) q)^T dO
+    A = c.chunk_decay()
+    qd = c.q if eb is None else c.q * eb
+    dU = qd.transpose(-1, -2) @ do_c  # [B, Hk, N, G, D, E]
+    dS_run = c.q.new_zeros(c.B, c.Hk, c.G, c.D, c.E) if ds_out is None else _state_heads(_as(ds_out, c.dtype), c.Hk)
+    after = [None] * c.N
+    for n in reversed(range(c.N)):
+        after[n] = dS_run
+        dS_run = (dS_run if A is None else torch.exp(A[:, :, n])[..., None, None] * dS_run) + dU[:, :, n]
+    dS_after = torch.stack(after, dim=2)
+    w = c.decay_to_end()
+    vw = c.v.unsqueeze(3) if w is None else c.v.unsqueeze(3) * w[..., None]
+    kw = c.k.unsqueeze(3) if w is None else c.k.unsqueeze(3) * w[..., None]
+    dk_h = dk_h + vw @ dS_after.transpose(-1, -2)
+    dv = dv + (kw @ dS_after).sum(dim=3)
+
+    dG = None
+    if g is not None:
+        dG_c = (c.q * dq).sum(-1) - (c.k.unsqueeze(3) * dk_h).sum(-1)  # q.dq - k.dk per head
+        dG = _unchunk_q(dG_c[..., None], c.T)[..., 0]
+        if ds_out is not None:
+            dG[:, -1] += (ds_out.to(c.dtype) * s_out.reshape(c.B, c.H, c.D, c.E)).sum((-1, -2))
+    dq = _unchunk_q(dq * scale, c.T).to(q.dtype)
+    dk = _unchunk_kv(dk_h.sum(dim=3), c.T).to(k.dtype)
+    dv = _unchunk_kv(dv, c.T).to(v.dtype)
+    return dq, dk, dv, dG, dS_run.reshape(c.B, c.H, c.D, c.E)
+
+
+def slice_cumdecay(g: Tensor | None, B: int, T: int, H: int, dtype) -> Tensor | None:
+    """G: the log-decay accumulated from the start of the slice, [B, T, H]."""
+    a = _per_token(g, B, T, H, dtype)
+    return None if a is None else torch.cumsum(a, dim=1)
+
+
+def fwd_correct(o: Tensor, q: Tensor, g, scale: float, s_in: Tensor) -> Tensor:
+    """o + scale * exp(G_t) q_t s_in: the contribution of a state that arrived after `fwd`."""
+    B, T, H, _ = q.shape
+    dtype = acc_dtype(q.dtype)
+    corr = torch.einsum("bthd,bhde->bthe", q.to(dtype), s_in.to(dtype)) * scale
+    G = slice_cumdecay(g, B, T, H, dtype)
+    if G is not None:
+        corr = corr * torch.exp(G)[..., None]
+    return (o.to(dtype) + corr).to(o.dtype)
+
+
+def bwd_correct(dk, dv, dG, k, v, g, ds_out: Tensor, s_out: Tensor):
+    """Add the terms of the final-state gradient `ds_out` that `bwd` ran without.
+
+    `s_out` is the slice's complete final state (needed only for the decay gradient).
+    """
+    B, T, Hk, _ = k.shape
+    H = ds_out.shape[1]
+    dtype = acc_dtype(k.dtype)
+    dsh = _state_heads(ds_out.to(dtype), Hk)  # [B, Hk, G, D, E]
+    G = slice_cumdecay(g, B, T, H, dtype)
+    w = None if G is None else torch.exp(G[:, -1:] - G).view(B, T, Hk, H // Hk)
+    kf, vf = k.to(dtype), v.to(dtype)
+    dk_h = torch.einsum("btke,bkgde->btkgd", vf, dsh)
+    dv_h = torch.einsum("btkd,bkgde->btkge", kf, dsh)
+    if w is not None:
+        dk_h, dv_h = dk_h * w[..., None], dv_h * w[..., None]
+    dk = (dk.to(dtype) + dk_h.sum(3)).to(dk.dtype)
+    dv = (dv.to(dtype) + dv_h.sum(3)).to(dv.dtype)
+    if dG is not None:
+        dG = dG - (kf.unsqueeze(3) * dk_h).sum(-1).reshape(B, T, H)
+        dG[:, -1] += (ds_out.to(dtype) * s_out.to(dtype)).sum((-1, -2))
+    return dk, dv, dG
+
+
+def log_decay_grad(dG: Tensor, log_decay: Tensor) -> Tensor:
+    """Gradient of the log-decay from dG: a reverse cumsum per token, summed for a per-head decay.
+
+    For a per-head decay every a_t equals lambda, so dlambda = sum_t sum_{s>=t} dG_s. On a
+    slice of a longer sequence this is the slice's share of the full gradient.
+    """
+    da = torch.flip(torch.cumsum(torch.flip(dG, [1]), dim=1), [1])
+    if log_decay.dim() == 1:
+        da = da.sum(dim=(0, 1))
+    return da.to(log_decay.dtype)
+
+
+def _as(x: Tensor | None, dtype) -> Tensor | None:
+    return None if x is None else x.to(dtype)

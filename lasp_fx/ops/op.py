@@ -1,0 +1,136 @@
+"""`linear_attention`: the public op, registered as a torch.library custom op with its own autograd.
+
+Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
+and `torch.export` keep each call as one node):
+    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale) -> (o, final_state)
+    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?, scale)
+        -> (dq, dk, dv, dlog_decay, d_initial_state)
+"""
+
+# No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lasp_fx.ops import chunked
+from lasp_fx.ops.checks import check_linear_attention_args
+
+
+def kernels_for(x: Tensor) -> ModuleType:
+    """The module implementing fwd / bwd / fwd_correct / bwd_correct for tensors like `x`."""
+    return chunked
+
+
+@torch.library.custom_op("lasp_fx::linear_attention", mutates_args=())
+def _linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor],
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state)
+
+
+@_linear_attention.register_fake
+def _(q, k, v, log_decay, initial_state, scale):
+    B, T, H, D = q.shape
+    E = v.shape[-1]
+    return q.new_empty(B, T, H, E), q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
+
+
+@torch.library.custom_op("lasp_fx::linear_attention_backward", mutates_args=())
+def _linear_attention_backward(
+    do: Tensor,
+    d_final_state: Optional[Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
+    do = do.contiguous()
+    d_final_state = None if d_final_state is None else d_final_state.contiguous()
+    dq, dk, dv, dG, ds_in = kernels_for(q).bwd(q, k, v, log_decay, scale, do, initial_state, d_final_state)
+    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay)
+    return dq, dk, dv, dlog_decay, ds_in
+
+
+@_linear_attention_backward.register_fake
+def _(do, d_final_state, q, k, v, log_decay, initial_state, scale):
+    B, _, H, D = q.shape
+    E = v.shape[-1]
+    dlog_decay = q.new_empty(0) if log_decay is None else torch.empty_like(log_decay)
+    ds_in = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, ds_in
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, log_decay, initial_state, scale = inputs
+    ctx.save_for_backward(q, k, v, log_decay, initial_state)
+    ctx.scale = scale
+
+
+def _backward(ctx, do, d_final_state):
+    q, k, v, log_decay, initial_state = ctx.saved_tensors
+    if do is None:  # only the final state was used
+        do = q.new_zeros(*q.shape[:3], v.shape[-1])
+    dq, dk, dv, dlog_decay, ds_in = torch.ops.lasp_fx.linear_attention_backward(
+        do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale
+    )
+    return (
+        dq,
+        dk,
+        dv,
+        None if log_decay is None else dlog_decay,
+        None if initial_state is None else ds_in,
+        None,
+    )
+
+
+_linear_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    initial_state: Optional[Tensor] = None,
+    output_final_state: bool = False,
+):
+    """Causal linear attention with optional decay, GQA and a carried state.
+
+    o_t = sum_{j<=t} exp(G_t - G_j) * scale * (q_t . k_j) * v_j, with G_t = sum_{i<=t} log_decay_i.
+
+    Args:
+        q: queries [B, T, H, D].
+        k: keys [B, T, H_kv, D]; H % H_kv == 0 (each kv head serves H / H_kv query heads).
+        v: values [B, T, H_kv, E].
+        log_decay: None (no decay), [H] (one constant per head, e.g. RetNet's log(gamma)) or
+            [B, T, H] (a data-dependent gate); values <= 0. May require grad.
+        scale: multiplies q . k; defaults to D ** -0.5 (pass 1.0 for models that do not scale).
+        initial_state: [B, H, D, E] state carried in from earlier tokens.
+        output_final_state: also return the state after the last token.
+
+    Returns:
+        o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
+        `output_final_state=True`. States are float32 (float64 for float64 inputs).
+    """
+    check_linear_attention_args(q, k, v, log_decay, scale, initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    state_dtype = chunked.acc_dtype(q.dtype)
+    if log_decay is not None:
+        log_decay = log_decay.to(state_dtype)
+    if initial_state is not None:
+        initial_state = initial_state.to(state_dtype)
+    o, final_state = torch.ops.lasp_fx.linear_attention(q, k, v, log_decay, initial_state, scale)
+    return (o, final_state) if output_final_state else o
