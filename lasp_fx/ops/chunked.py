@@ -148,24 +148,32 @@ class _Chunks:
         return torch.stack(before, dim=2), S
 
 
-def fwd(q, k, v, g, scale: float, s_in: Tensor | None = None, chunk_size: int = CHUNK_SIZE):
+def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
+
+    `state_hook(s_out)`, if given, is called as soon as the final state is known and before
+    the outputs are computed, so that LASP can send it on while this rank keeps working.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype).
     """
     c = _Chunks(q, k, v, g, scale, chunk_size)
+    S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
+    s_out = s_out.reshape(c.B, c.H, c.D, c.E)
+    if state_hook is not None:
+        state_hook(s_out)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v)  # intra-chunk
-    S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     inter = c.q @ S_before
     if c.b is not None:
         inter = inter * torch.exp(c.b)[..., None]
     o = _unchunk_q(o + inter, c.T).to(q.dtype)
-    return o, s_out.reshape(c.B, c.H, c.D, c.E)
+    return o, s_out
 
 
-def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, chunk_size: int = CHUNK_SIZE):
+def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
+
+    `state_hook(ds_in)`, if given, is called as soon as ds_in is known and before dq, dk, dv.
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None, and
     ds_in [B, H, D, E], the gradient of the incoming state).
@@ -175,20 +183,9 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, chunk_size: int = 
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     rows = (c.B, c.Hk, c.N, c.G * c.C, c.C)
 
-    # intra-chunk: dScores = (dO V^T) * M, then dQ = dScores K, dK = dScores^T Q, dV = P^T dO
-    dS = c.unfold(c.fold(do_c) @ c.v.transpose(-1, -2)) * c.mask
-    dq = c.unfold(dS.reshape(rows) @ c.k)
-    dk_h = dS.transpose(-1, -2) @ c.q  # per query head: the decay identity needs it
-    P = (c.scores() * c.mask).reshape(rows)
-    dv = P.transpose(-1, -2) @ c.fold(do_c)  # sums over the G heads sharing v
-
-    # inter-chunk, forward term o += exp(b) q S_before
-    eb = None if c.b is None else torch.exp(c.b)[..., None]
-    dq_inter = do_c @ S_before.transpose(-1, -2)
-    dq = dq + (dq_inter if eb is None else dq_inter * eb)
-
     # reverse scan of the state gradient: dS_{n-1} = exp(A_n) dS_n + (exp(b) q)^T dO
     A = c.chunk_decay()
+    eb = None if c.b is None else torch.exp(c.b)[..., None]
     qd = c.q if eb is None else c.q * eb
     dU = qd.transpose(-1, -2) @ do_c  # [B, Hk, N, G, D, E]
     dS_run = c.q.new_zeros(c.B, c.Hk, c.G, c.D, c.E) if ds_out is None else _state_heads(_as(ds_out, c.dtype), c.Hk)
@@ -197,6 +194,20 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, chunk_size: int = 
         after[n] = dS_run
         dS_run = (dS_run if A is None else torch.exp(A[:, :, n])[..., None, None] * dS_run) + dU[:, :, n]
     dS_after = torch.stack(after, dim=2)
+    ds_in = dS_run.reshape(c.B, c.H, c.D, c.E)
+    if state_hook is not None:
+        state_hook(ds_in)
+
+    # intra-chunk: dScores = (dO V^T) * M, then dQ = dScores K, dK = dScores^T Q, dV = P^T dO
+    dS = c.unfold(c.fold(do_c) @ c.v.transpose(-1, -2)) * c.mask
+    dq = c.unfold(dS.reshape(rows) @ c.k)
+    dk_h = dS.transpose(-1, -2) @ c.q  # per query head: the decay identity needs it
+    P = (c.scores() * c.mask).reshape(rows)
+    dv = P.transpose(-1, -2) @ c.fold(do_c)  # sums over the G heads sharing v
+
+    # inter-chunk: o += exp(b) q S_before, and the states' share of dk, dv
+    dq_inter = do_c @ S_before.transpose(-1, -2)
+    dq = dq + (dq_inter if eb is None else dq_inter * eb)
     w = c.decay_to_end()
     vw = c.v.unsqueeze(3) if w is None else c.v.unsqueeze(3) * w[..., None]
     kw = c.k.unsqueeze(3) if w is None else c.k.unsqueeze(3) * w[..., None]
@@ -212,7 +223,7 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, chunk_size: int = 
     dq = _unchunk_q(dq * scale, c.T).to(q.dtype)
     dk = _unchunk_kv(dk_h.sum(dim=3), c.T).to(k.dtype)
     dv = _unchunk_kv(dv, c.T).to(v.dtype)
-    return dq, dk, dv, dG, dS_run.reshape(c.B, c.H, c.D, c.E)
+    return dq, dk, dv, dG, ds_in
 
 
 def slice_cumdecay(g: Tensor | None, B: int, T: int, H: int, dtype) -> Tensor | None:
