@@ -1,0 +1,1 @@
+"""Runnable examples: small linear-attention models and a training script."""

@@ -1,0 +1,31 @@
+"""Hybrid: lightning-style linear attention, with causal softmax attention in every 4th layer."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from examples.models.common import LanguageModel, ModelConfig
+from examples.models.lightning import LightningAttention
+from examples.models.retnet import rotate
+
+
+class SoftmaxAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.h = cfg.num_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.h, c // self.h).unbind(2)
+        pos = torch.arange(n, device=x.device)
+        q, k = rotate(q, pos), rotate(k, pos)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return self.out(o.transpose(1, 2).reshape(b, n, c))
+
+
+class HybridLM(LanguageModel):
+    def __init__(self, cfg: ModelConfig = ModelConfig(num_layers=4)):
+        mixers = [SoftmaxAttention(cfg) if i % 4 == 3 else LightningAttention(cfg) for i in range(cfg.num_layers)]
+        super().__init__(cfg, mixers)

@@ -1,0 +1,42 @@
+"""TransNormer / lightning-attention style: silu features, per-head decay slopes, SRMSNorm, output gate."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from examples.models.common import LanguageModel, ModelConfig
+
+
+def _slopes(num_heads):
+    # ALiBi-style geometric slopes, as TransNormerLLM uses for its per-head decay exp(-slope)
+    start = 2 ** (-(2 ** -(math.log2(num_heads) - 3)))
+    return torch.tensor([start * start**i for i in range(num_heads)])
+
+
+class LightningAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.h = cfg.num_heads
+        self.qkvu = nn.Linear(cfg.dim, 4 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.register_buffer("slopes", _slopes(cfg.num_heads), persistent=False)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v, u = self.qkvu(x).chunk(4, dim=-1)
+        q, k, v = (t.view(b, n, self.h, -1).transpose(1, 2) for t in (q, k, v))  # [b, h, n, d]
+        q, k = F.silu(q), F.silu(k)
+        i = torch.arange(n, device=x.device)
+        dist = (i[:, None] - i[None, :]).to(x.dtype)  # i - j
+        decay = torch.exp(-self.slopes[:, None, None] * dist).masked_fill(dist < 0, 0.0)
+        o = ((q @ k.transpose(-1, -2)) * decay) @ v  # no 1/sqrt(d): TransNormer normalises after
+        o = o.transpose(1, 2).reshape(b, n, -1)
+        o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)  # SRMSNorm
+        return self.out(o * torch.sigmoid(u))
+
+
+class LightningLM(LanguageModel):
+    def __init__(self, cfg: ModelConfig = ModelConfig()):
+        super().__init__(cfg, [LightningAttention(cfg) for _ in range(cfg.num_layers)])
