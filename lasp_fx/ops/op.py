@@ -106,6 +106,8 @@ def linear_attention(
     scale: Optional[float] = None,
     initial_state: Optional[Tensor] = None,
     output_final_state: bool = False,
+    group=None,
+    method: str = "auto",
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 
@@ -120,6 +122,13 @@ def linear_attention(
         scale: multiplies q . k; defaults to D ** -0.5 (pass 1.0 for models that do not scale).
         initial_state: [B, H, D, E] state carried in from earlier tokens.
         output_final_state: also return the state after the last token.
+        group: sequence parallelism (LASP) over a ProcessGroup, a DeviceMesh (1-D, or its "sp"
+            dimension) or a group name: rank r passes tokens [r*T, (r+1)*T) of one sequence and gets
+            its slice of the single-device result; with a group, final_state is the state after this
+            rank's slice and initial_state is read on rank 0 only (lasp_fx/distributed/lasp.py has
+            the rules for gradients). A group of one rank is the single-device op.
+        method: with a group, how states cross ranks: "ring", "allgather" or "auto"
+            (lasp_fx.distributed.estimate says which and why).
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
@@ -132,5 +141,12 @@ def linear_attention(
         log_decay = log_decay.to(state_dtype)
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
-    o, final_state = torch.ops.lasp_fx.linear_attention(q, k, v, log_decay, initial_state, scale)
+    if group is None:
+        o, final_state = torch.ops.lasp_fx.linear_attention(q, k, v, log_decay, initial_state, scale)
+    else:  # imported here: lasp_fx.distributed builds on this module
+        from lasp_fx.distributed.lasp import sequence_parallel_attention
+
+        o, final_state = sequence_parallel_attention(
+            q, k, v, log_decay, initial_state, scale, group=group, method=method
+        )
     return (o, final_state) if output_final_state else o

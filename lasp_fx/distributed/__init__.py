@@ -1,0 +1,7 @@
+"""LASP across ranks: ring (P2P) and all-gather state exchanges, overlapped with the local kernels."""
+
+from lasp_fx.distributed.cost import estimate
+from lasp_fx.distributed.group import resolve_group
+from lasp_fx.distributed.lasp import sequence_parallel_attention
+
+__all__ = ["estimate", "resolve_group", "sequence_parallel_attention"]

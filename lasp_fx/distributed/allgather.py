@@ -1,0 +1,80 @@
+"""LASP-2 style: one all-gather of every rank's (local state, total log-decay), then a local decayed sum.
+
+Forward, rank r gathers (S_j, A_j) of all ranks and forms the state entering its slice
+    X_{r-1} = sum_{j<r} exp(A_{j+1} + ... + A_{r-1}) S_j          (rank 0's S_0 holds the initial state)
+Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
+    M_{r+1} = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j,   ds_out_r = d_final_r + M_{r+1}.
+One collective per direction whatever P is; the weights are sums of log-decays (never
+differences of long cumulative sums, which would lose precision in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lasp_fx.distributed.stream import Pending, SideStream, step
+
+
+# torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the former.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def gather_rows(msg: Tensor, group) -> Tensor:
+    """[P, n]: row j is rank j's 1-D `msg` (one all-gather)."""
+    out = msg.new_empty(group.size() * msg.numel())  # flat: gloo takes no [P, n] output
+    _all_gather_single(out, msg, group=group)
+    return out.view(group.size(), msg.numel())
+
+
+def _gather(x: Tensor, log_decay, group):
+    """All ranks' x [P, ...] and log-decays [P, B, H] (or None), in one all-gather."""
+    parts = [x.reshape(-1)] if log_decay is None else [x.reshape(-1), log_decay.reshape(-1).to(x.dtype)]
+    out = gather_rows(torch.cat(parts), group)
+    xs = out[:, : x.numel()].view(group.size(), *x.shape)
+    decays = None if log_decay is None else out[:, x.numel():].view(group.size(), *log_decay.shape)
+    return xs, decays
+
+
+def _weighted_sum(log_w, xs: Tensor) -> Tensor:
+    """sum_j exp(log_w_j) xs_j over the leading dim; plain sum without decay."""
+    if log_w is None:
+        return xs.sum(0)
+    return torch.einsum("pbh,pbhde->bhde", torch.exp(log_w), xs)
+
+
+def forward(s_loc: Tensor, log_decay, group, side: SideStream) -> Pending:
+    """Start the exchange; `result()` gives (X_{r-1} or None on rank 0, X_r)."""
+    rank = group.rank()
+    with side.active():
+        states, decays = _gather(s_loc, log_decay, group)
+        s_in, s_out = None, s_loc
+        if rank > 0:
+            log_w = None
+            if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
+                tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
+                log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
+            s_in = _weighted_sum(log_w, states[:rank])
+            s_out = step(s_in, log_decay, s_loc)
+        side.mark()
+    return Pending(side, (s_in, s_out))
+
+
+def backward(ds_loc: Tensor, log_decay, d_final, group, side: SideStream) -> Pending:
+    """Start the exchange; `result()` gives (ds_out or None, M_r = gradient of X_{r-1})."""
+    rank, P = group.rank(), group.size()
+    with side.active():
+        n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
+        grads, decays = _gather(n, log_decay, group)
+        ds_out, ds_in = d_final, n
+        if rank < P - 1:
+            log_w = None
+            if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
+                head = torch.cumsum(decays[rank + 1 : P - 1], 0)
+                log_w = torch.cat([torch.zeros_like(decays[:1]), head])
+            m_next = _weighted_sum(log_w, grads[rank + 1 :])
+            ds_out = m_next if d_final is None else m_next + d_final
+            ds_in = step(m_next, log_decay, n)
+        side.mark()
+    return Pending(side, (ds_out, ds_in))

@@ -1,0 +1,199 @@
+"""Sequence-parallel linear attention (LASP): each rank runs its slice, only d x e states cross ranks.
+
+Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
+the group travels as its name, and every output is consumed: STACK.md section 3):
+    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
+        -> (o, final_state, state_in)
+    torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
+        final_state, scale, group_name, method) -> (dq, dk, dv, dlog_decay, d_initial_state)
+
+Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2):
+    forward   fwd(s_in=None, state_hook=start exchange) -> exchange -> fwd_correct(s_in = X_{r-1})
+    backward  bwd(s_in=X_{r-1}, ds_out=None, state_hook=start exchange) -> exchange
+              -> bwd_correct(ds_out, s_out = X_r) -> log_decay_grad
+Rank 0 starts from the initial state directly (its fwd needs no correction).
+
+Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
+    o            rank r's slice of the single-device output.
+    final_state  X_r, the state after the last token of rank r's slice; on the last rank this is
+                 the final state of the whole sequence. Its gradient flows back correctly on every rank.
+    initial_state  the state before the first token of the sequence: read on rank 0 only. Other
+                 ranks may pass None or the same tensor (e.g. a replicated parameter): it is ignored
+                 there and gets a zero gradient, so the sum over ranks is the single-device gradient.
+    gradients    dq, dk, dv and a per-token decay [B, T, H]: this rank's slice; a per-head decay [H]:
+                 this rank's share (the sum over ranks is the single-device gradient, the rule of every
+                 replicated parameter).
+Every rank of the group must make the call (and run its backward) with the same shapes.
+"""
+
+# No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lasp_fx.distributed import allgather, ring
+from lasp_fx.distributed.cost import METHODS, resolve_method
+from lasp_fx.distributed.group import resolve_group
+from lasp_fx.distributed.meta import check_same_inputs
+from lasp_fx.distributed.stream import SideStream
+from lasp_fx.ops import chunked
+from lasp_fx.ops.op import kernels_for
+
+_EXCHANGES = {"ring": ring, "allgather": allgather}
+
+
+def _method(method: str, group, q: Tensor, v: Tensor) -> str:
+    B, _, H, D = q.shape
+    state_bytes = B * H * D * v.shape[-1] * torch.finfo(chunked.acc_dtype(q.dtype)).bits // 8
+    return resolve_method(method, group.size(), state_bytes, q.device.type)
+
+
+def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
+    """A: the total log-decay of this rank's slice, [B, H] (None without decay)."""
+    B, T, H, _ = q.shape
+    G = chunked.slice_cumdecay(log_decay, B, T, H, chunked.acc_dtype(q.dtype))
+    return None if G is None else G[:, -1].contiguous()
+
+
+@torch.library.custom_op("lasp_fx::sp_linear_attention", mutates_args=())
+def _sp_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor],
+    scale: float,
+    group_name: str,
+    method: str,
+    check: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    group = resolve_group(group_name)
+    method = _method(method, group, q, v)
+    if check:
+        check_same_inputs(group, q, k, v, log_decay, scale, method)
+    kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
+    side, pending = SideStream(q.device), []
+
+    def start_exchange(s_loc):
+        pending.append(_EXCHANGES[method].forward(s_loc, A, group, side))
+
+    s0 = initial_state if rank == 0 else None
+    o, s_loc = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
+    if not pending:  # a kernel without the hook: no overlap, same numbers
+        start_exchange(s_loc)
+    s_in, s_out = pending[0].result()
+    if s_in is None:  # rank 0 already started from the initial state
+        s_in = torch.zeros_like(s_out) if s0 is None else s0.clone()
+    else:
+        o = kern.fwd_correct(o, q, log_decay, scale, s_in)
+    return o, s_out, s_in
+
+
+@_sp_forward.register_fake
+def _(q, k, v, log_decay, initial_state, scale, group_name, method, check):
+    B, T, H, D = q.shape
+    E = v.shape[-1]
+    state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
+    return q.new_empty(B, T, H, E), state, torch.empty_like(state)
+
+
+@torch.library.custom_op("lasp_fx::sp_linear_attention_backward", mutates_args=())
+def _sp_backward(
+    do: Tensor,
+    d_final_state: Optional[Tensor],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor],
+    state_in: Tensor,
+    final_state: Tensor,
+    scale: float,
+    group_name: str,
+    method: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
+    do = do.contiguous()
+    d_final = None if d_final_state is None else d_final_state.contiguous()
+    group = resolve_group(group_name)
+    method = _method(method, group, q, v)
+    kern, A = kernels_for(q), _slice_decay(log_decay, q)
+    side, pending = SideStream(q.device), []
+
+    def start_exchange(ds_loc):
+        pending.append(_EXCHANGES[method].backward(ds_loc, A, d_final, group, side))
+
+    dq, dk, dv, dG, ds_loc = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
+    if not pending:
+        start_exchange(ds_loc)
+    ds_out, ds_in = pending[0].result()
+    if ds_out is not None:
+        dk, dv, dG = kern.bwd_correct(dk, dv, dG, k, v, log_decay, ds_out, final_state)
+    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay)
+    d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
+    return dq, dk, dv, dlog_decay, d_initial
+
+
+@_sp_backward.register_fake
+def _(do, d_final_state, q, k, v, log_decay, state_in, final_state, scale, group_name, method):
+    dlog_decay = q.new_empty(0) if log_decay is None else torch.empty_like(log_decay)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, log_decay, initial_state, scale, group_name, method, check = inputs
+    _, final_state, state_in = output
+    ctx.save_for_backward(q, k, v, log_decay, state_in, final_state)
+    ctx.has_initial_state = initial_state is not None
+    ctx.scale, ctx.group_name, ctx.method = scale, group_name, method
+
+
+def _backward(ctx, do, d_final_state, _d_state_in):
+    q, k, v, log_decay, state_in, final_state = ctx.saved_tensors
+    if do is None:  # only the final state was used
+        do = q.new_zeros(*q.shape[:3], v.shape[-1])
+    dq, dk, dv, dlog_decay, d_initial = torch.ops.lasp_fx.sp_linear_attention_backward(
+        do, d_final_state, q, k, v, log_decay, state_in, final_state, ctx.scale, ctx.group_name, ctx.method
+    )
+    return (
+        dq,
+        dk,
+        dv,
+        None if log_decay is None else dlog_decay,
+        d_initial if ctx.has_initial_state else None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_sp_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
+                                check: bool = True):
+    """LASP over `group` on already-checked arguments (what `lasp_fx.linear_attention(..., group=)` calls).
+
+    Args:
+        q, k, v, log_decay, initial_state, scale: as `lasp_fx.linear_attention` after its checks
+            (log_decay and initial_state in the state dtype, scale a float); q/k/v and a per-token
+            log_decay hold this rank's slice of the sequence.
+        group: ProcessGroup, DeviceMesh (1-D, or its "sp" dimension) or group name.
+        method: "ring" (P2P chain), "allgather" (one collective) or "auto" (cost.estimate decides).
+        check: all-gather the call's shapes first and raise on every rank if they differ (meta.py).
+
+    Returns:
+        (o, final_state): this rank's output slice and the state after its slice (see module docstring).
+        A group of one rank runs the single-device op itself.
+    """
+    if method not in ("auto", *METHODS):
+        raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
+    pg = resolve_group(group)
+    if pg.size() == 1:
+        return torch.ops.lasp_fx.linear_attention(q, k, v, log_decay, initial_state, scale)
+    o, final_state, _ = torch.ops.lasp_fx.sp_linear_attention(
+        q, k, v, log_decay, initial_state, scale, pg.group_name, method, check
+    )
+    return o, final_state

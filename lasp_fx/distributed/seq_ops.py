@@ -1,0 +1,87 @@
+"""Differentiable collectives the sharding pass inserts around position-mixing ops (not attention).
+
+All are built from functional collectives (`torch.distributed._functional_collectives`), which
+trace under torch.compile on torch 2.11 and 2.13, and take the group by name so that no process
+group is captured in module state. Rank and world size are passed in: the sharding pass bakes
+them into each rank's graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed._functional_collectives as funcol
+from torch import Tensor
+
+
+def sum_over_ranks(x: Tensor, group_name: str) -> Tensor:
+    """The sum of x over the group, with the gradient of one replicated copy.
+
+    Every rank ends with the same value and backpropagates the same upstream gradient, so the
+    gradient reaching each rank's own summand is that upstream gradient unchanged (an identity
+    backward); the all-reduce runs on detached values and stays out of autograd.
+    """
+    total = funcol.all_reduce(x.detach(), "sum", group_name)
+    return x + (total - x.detach())
+
+
+class _GradSum(torch.autograd.Function):
+    """Identity forward; the backward sums the gradient over the group."""
+
+    @staticmethod
+    def forward(ctx, x, group_name):
+        ctx.group_name = group_name
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return funcol.all_reduce(grad.contiguous(), "sum", ctx.group_name), None
+
+
+def sum_grad_over_ranks(param: Tensor, group_name: str) -> Tensor:
+    """`param` itself, whose gradient is summed over the group: replicated parameters see only
+    their rank's tokens, and the single-device gradient is the sum of those shares.
+
+    Inserted in the graph at each parameter's input, so every rank runs the all-reduce of every
+    parameter in the same order whether or not its tokens used that parameter (an unused branch
+    or an expert no token was routed to contributes zeros, never a missing collective).
+    """
+    return _GradSum.apply(param, group_name)
+
+
+def _neighbour_edge(x: Tensor, width: int, dim: int, take_last: bool, group_name: str, world_size: int) -> Tensor:
+    """All ranks' first or last `width` entries along dim, stacked as [P, ...]."""
+    n = x.shape[dim]
+    edge = x.narrow(dim, n - width, width) if take_last else x.narrow(dim, 0, width)
+    gathered = funcol.all_gather_tensor_autograd(edge.contiguous().unsqueeze(0), 0, group_name)
+    return gathered.view(world_size, *edge.shape)
+
+
+def _filled(like: Tensor, fill: float) -> Tensor:
+    # Filled but still downstream of the all-gather: the edge ranks must join its backward
+    # (a reduce-scatter) like every other rank, or the others would wait forever.
+    return like.masked_fill(torch.ones_like(like, dtype=torch.bool), fill)
+
+
+def halo_from_previous(x: Tensor, width: int, dim: int, fill: float, rank: int, world_size: int, group_name: str) -> Tensor:
+    """The last `width` entries along `dim` of the previous rank's x (filled with `fill` on rank 0).
+
+    Costs one all-gather of width x (other dims) elements: for a kernel-4 conv over 64 channels,
+    3 x 64 values per rank. The backward returns each halo's gradient to the rank that owns it.
+    """
+    if width == 0:
+        return x.narrow(dim, 0, 0)
+    edges = _neighbour_edge(x, width, dim, True, group_name, world_size)
+    return _filled(edges[0], fill) if rank == 0 else edges[rank - 1]
+
+
+def halo_from_next(x: Tensor, width: int, dim: int, fill: float, rank: int, world_size: int, group_name: str) -> Tensor:
+    """The first `width` entries along `dim` of the next rank's x (filled with `fill` on the last rank)."""
+    if width == 0:
+        return x.narrow(dim, 0, 0)
+    edges = _neighbour_edge(x, width, dim, False, group_name, world_size)
+    return _filled(edges[0], fill) if rank == world_size - 1 else edges[rank + 1]
+
+
+def gather_sequence(x: Tensor, dim: int, group_name: str) -> Tensor:
+    """All ranks' slices of x concatenated along the sequence dim (backward: this rank's share)."""
+    return funcol.all_gather_tensor_autograd(x.contiguous(), dim, group_name)

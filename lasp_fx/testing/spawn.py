@@ -1,0 +1,108 @@
+"""Run a function on W spawned CPU processes joined by a gloo group; errors come back with tracebacks.
+
+    results = run_spawned(workers_sp.check_cases, 3, cases)   # -> [rank 0's result, rank 1's, rank 2's]
+
+Each child sets one thread (2-core CI boxes), joins a process group through a FileStore in a
+fresh temporary directory (no port to collide on), runs `fn(rank, world_size, *args)`, sends
+back what it returned and always destroys the group. `fn` must be importable by name (a
+module-level function in an importable module, not in a test file: STACK.md section 4.4), and
+its arguments and result must pickle (plain Python data is safest).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+
+
+_GRACE_S = 10.0
+
+
+class SpawnedError(RuntimeError):
+    """A spawned rank raised, timed out or died; the message holds each failing rank's traceback."""
+
+
+def run_spawned(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0,
+                pg_timeout: float = 60.0) -> list:
+    """Run `fn(rank, world_size, *args)` on `world_size` fresh processes and return their results.
+
+    Args:
+        fn: module-level function; it runs after `torch.distributed` is initialised.
+        world_size: number of processes (ranks 0 .. world_size - 1).
+        *args: passed to every rank.
+        backend: process-group backend ("gloo" on CPU).
+        timeout: seconds the parent waits for all ranks before killing them.
+        pg_timeout: the process group's own timeout, so a rank stuck in a collective errors out.
+
+    Returns:
+        The list of results, indexed by rank.
+
+    Raises:
+        SpawnedError: a rank raised (its traceback is in the message), died or did not finish.
+    """
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory(prefix="lasp_spawn_") as tmp:
+        store = os.path.join(tmp, "store")
+        procs = [
+            ctx.Process(target=_child, args=(fn, rank, world_size, store, backend, pg_timeout, args, results),
+                        daemon=True)
+            for rank in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        try:
+            got = _collect(results, procs, timeout)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.kill()
+                p.join(5)
+    failures = {r: tb for r, (ok, tb) in got.items() if not ok}
+    missing = [r for r in range(world_size) if r not in got]
+    if failures or missing:
+        parts = [f"--- rank {r} raised:\n{tb}" for r, tb in sorted(failures.items())]
+        if missing:
+            parts.append(f"--- ranks {missing} did not report within {timeout:.0f} s (hung or died)")
+        raise SpawnedError(f"{getattr(fn, '__name__', fn)} on {world_size} ranks failed:\n" + "\n".join(parts))
+    return [got[r][1] for r in range(world_size)]
+
+
+def _collect(results, procs, timeout: float) -> dict:
+    got, deadline = {}, time.monotonic() + timeout
+    while len(got) < len(procs) and time.monotonic() < deadline:
+        try:
+            rank, ok, value = results.get(timeout=0.2)
+            got[rank] = (ok, value)
+            if not ok:  # the others may now wait in a collective: give them a moment to fail too
+                deadline = min(deadline, time.monotonic() + _GRACE_S)
+        except queue.Empty:
+            dead = [r for r, p in enumerate(procs) if not p.is_alive() and p.exitcode != 0 and r not in got]
+            if dead:  # a rank died without reporting (e.g. a segfault): the others would wait forever
+                for r in dead:
+                    got[r] = (False, f"process exited with code {procs[r].exitcode} without a result")
+                break
+    return got
+
+
+def _child(fn, rank, world_size, store_path, backend, pg_timeout, args, results):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        store = dist.FileStore(store_path, world_size)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=pg_timeout))
+        try:
+            results.put((rank, True, fn(rank, world_size, *args)))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - everything goes back to the parent
+        results.put((rank, False, traceback.format_exc()))

@@ -1,0 +1,155 @@
+"""Spawned-rank workers for the LASP tests: each rank compares its slice with the single-process op.
+
+Every function runs on every rank as `fn(rank, world_size, ...)` under `spawn.run_spawned` and
+returns plain data (relative-RMS errors, messages) for the parent to assert on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+import lasp_fx
+from lasp_fx.testing.numerics import random_inputs, rel_rms
+
+
+def _global_inputs(case: dict, world: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    B, T, H, D, E = case["B"], case["T"] * world, case["H"], case["D"], case["E"]
+    args = random_inputs(B, T, H, D, E, kv_heads=case.get("Hk"), decay=case["decay"],
+                         initial_state=case.get("init") is not None, generator=gen)
+    args["w_o"] = torch.randn(B, T, H, E, generator=gen, dtype=torch.float64)
+    args["w_f"] = torch.randn(world, B, H, D, E, generator=gen, dtype=torch.float64)
+    return args
+
+
+def _leaves(args: dict) -> dict:
+    return {n: args[n].clone().requires_grad_() for n in ("q", "k", "v", "log_decay", "initial_state") if n in args}
+
+
+def _reference(args: dict, world: int, T: int, with_final: bool) -> dict:
+    """Single-process output, the state after each rank's slice, and the gradients of the same loss."""
+    x = _leaves(args)
+    extra = {n: x[n] for n in ("log_decay", "initial_state") if n in x}
+    o = lasp_fx.linear_attention(x["q"], x["k"], x["v"], **extra)
+    states = []
+    for r in range(world):  # the state after token (r+1)*T: the op on the prefix
+        cut = {n: (t[:, : (r + 1) * T] if n == "log_decay" and t.dim() == 3 else t) for n, t in extra.items()}
+        states.append(lasp_fx.linear_attention(x["q"][:, : (r + 1) * T], x["k"][:, : (r + 1) * T],
+                                               x["v"][:, : (r + 1) * T], output_final_state=True, **cut)[1])
+    loss = (o * args["w_o"]).sum()
+    if with_final:
+        loss = loss + sum((s * w).sum() for s, w in zip(states, args["w_f"]))
+    loss.backward()
+    return {"o": o.detach(), "states": [s.detach() for s in states], **{f"d{n}": t.grad for n, t in x.items()}}
+
+
+def _local(args: dict, rank: int, T: int, init: str | None) -> dict:
+    """This rank's slice as leaves; the initial state on rank 0 only, or on every rank with init="all"."""
+    cut = slice(rank * T, (rank + 1) * T)
+    x = {n: args[n][:, cut].clone().requires_grad_() for n in ("q", "k", "v")}
+    if "log_decay" in args:
+        g = args["log_decay"]
+        x["log_decay"] = (g[:, cut] if g.dim() == 3 else g).clone().requires_grad_()
+    if init is not None and (rank == 0 or init == "all"):
+        x["initial_state"] = args["initial_state"].clone().requires_grad_()
+    return x
+
+
+def _attention(group, method: str, backend: str | None):
+    def run(q, k, v, log_decay=None, initial_state=None):
+        return lasp_fx.linear_attention(q, k, v, log_decay, initial_state=initial_state, output_final_state=True,
+                                        group=group, method=method)
+
+    return run if backend is None else torch.compile(run, backend=backend, fullgraph=True)
+
+
+def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> dict:
+    T = case["T"]
+    x = _local(args, rank, T, case.get("init"))
+    run = _attention(group, case["method"], case.get("compile"))
+    o, final = run(**x)
+    cut = slice(rank * T, (rank + 1) * T)
+    loss = (o * args["w_o"][:, cut]).sum()
+    if case.get("final"):
+        loss = loss + (final * args["w_f"][rank]).sum()
+    loss.backward()
+    err = {"o": rel_rms(o, ref["o"][:, cut]), "final_state": rel_rms(final, ref["states"][rank])}
+    for n in ("q", "k", "v"):
+        err[f"d{n}"] = rel_rms(x[n].grad, ref[f"d{n}"][:, cut])
+    if "log_decay" in x:
+        g = x["log_decay"].grad
+        if g.dim() == 3:
+            err["dlog_decay"] = rel_rms(g, ref["dlog_decay"][:, cut])
+        else:  # per-head decay: this rank holds a share; the shares sum to the full gradient
+            total = g.clone()
+            dist.all_reduce(total, group=group)
+            err["dlog_decay(sum over ranks)"] = rel_rms(total, ref["dlog_decay"])
+    if "initial_state" in x:
+        d = x["initial_state"].grad
+        err["dinitial_state"] = rel_rms(d, ref["dinitial_state"]) if rank == 0 else float(d.abs().max())
+    return err
+
+
+def check_cases(rank: int, world: int, cases: list[dict]) -> dict:
+    """For each case (a dict of sizes, decay, init, final, method, compile): {case id: {what: rel RMS}}."""
+    out = {}
+    for case in cases:
+        args = _global_inputs(case, world, case["seed"])
+        ref = _reference(args, world, case["T"], bool(case.get("final")))
+        out[case["id"]] = _errors(case, rank, world, dist.group.WORLD, args, ref)
+    return out
+
+
+def check_mesh_2d(rank: int, world: int, case: dict) -> dict:
+    """A dp x sp mesh: each data-parallel row runs its own sequence over the mesh's "sp" dimension."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    sp = 2
+    mesh = init_device_mesh("cpu", (world // sp, sp), mesh_dim_names=("dp", "sp"))
+    dp_rank, sp_rank = mesh.get_coordinate()
+    args = _global_inputs(case, sp, case["seed"] + dp_rank)  # different data on each replica
+    ref = _reference(args, sp, case["T"], bool(case.get("final")))
+    return _errors(case, sp_rank, sp, mesh, args, ref)
+
+
+def check_group_of_one(rank: int, world: int, case: dict) -> dict:
+    """With a group of one rank the result is the single-device op's, bit for bit."""
+    args = _global_inputs(case, 1, case["seed"])
+    x, y = _leaves(args), _leaves(args)
+    extra = lambda d: {n: d[n] for n in ("log_decay", "initial_state") if n in d}  # noqa: E731
+    o1, s1 = lasp_fx.linear_attention(x["q"], x["k"], x["v"], **extra(x), output_final_state=True)
+    o2, s2 = lasp_fx.linear_attention(y["q"], y["k"], y["v"], **extra(y), output_final_state=True,
+                                      group=dist.group.WORLD, method=case["method"])
+    ((o1 * args["w_o"]).sum() + s1.sum()).backward()
+    ((o2 * args["w_o"]).sum() + s2.sum()).backward()
+    same = {"o": torch.equal(o1, o2), "final_state": torch.equal(s1, s2)}
+    same.update({f"d{n}": torch.equal(x[n].grad, y[n].grad) for n in x})
+    return same
+
+
+def check_mismatch(rank: int, world: int, what: str) -> dict:
+    """Rank 1 passes a different `what`; every rank must raise, and the group must still work afterwards."""
+    case = dict(B=1, T=8, H=2, D=4, E=4, decay="gate", seed=0)
+    args = _global_inputs(case, world, 0)
+    x = {n: args[n][:, :8] for n in ("q", "k", "v", "log_decay")}
+    method = "ring"
+    if rank == 1:
+        if what == "length":
+            x = {n: t[:, :7] for n, t in x.items()}
+        elif what == "dtype":
+            x = {n: t.float() for n, t in x.items()}
+        elif what == "heads":
+            x = {n: t[:, :, :1] for n, t in x.items()}
+        elif what == "decay":
+            x["log_decay"] = x["log_decay"][0, 0]  # per-head instead of per-token
+        elif what == "method":
+            method = "allgather"
+    try:
+        lasp_fx.linear_attention(**x, group=dist.group.WORLD, method=method)
+        message = None
+    except ValueError as e:
+        message = str(e)
+    good = {n: args[n][:, :8] for n in ("q", "k", "v")}
+    still_works = lasp_fx.linear_attention(**good, group=dist.group.WORLD).shape == good["q"].shape
+    return {"message": message, "still_works": still_works}
