@@ -1,0 +1,218 @@
+"""Backward: both state passes (states.py), then dq (forward in time), dk and dv (reverse in time).
+
+Per chunk, with P = Q K^T * M, dP = dO V^T * M and the running states S (before the chunk)
+and dS (gradient of the state after it):
+    dq = scale * [dP K + exp(b) * dO S^T]
+    dk = scale * dP^T Q + exp(A - b) * V dS^T          (per query head; summed over a GQA group)
+    dv = scale * P^T dO + exp(A - b) * K dS
+    dG = q . dq - k . dk                                (per query head, the decay identity)
+Every transposed operand is either loaded transposed or computed as its own product (dP^T as
+V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton
+3.4-3.7.0 miscompiles on Hopper when the result feeds another dot.
+
+Bytes: dq reads do, k, v (and q with decay), dk reads q, v, do (and k), dv reads q, k, do;
+each writes its gradient once. With GQA the per-query-head dk, dv go to float32 buffers that
+are summed over the group afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lasp_fx.ops.triton.common import (
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, load_cols, load_rows,
+    segment_chunks,
+)  # fmt: skip
+from lasp_fx.ops.triton.states import segment_states
+
+_TUNE = [config(4), config(8), config(8, num_stages=3)]
+
+
+@autotune(_TUNE, key=["D", "E", "G_MODE"])
+@triton.jit
+def _dq_kernel(
+    q, k, v, g, do, S, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+):  # fmt: skip
+    i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    rk = i_k * BK + tl.arange(0, BK)
+    re = tl.arange(0, BE)
+    rc = tl.arange(0, C)
+    hk = i_h // (H // HK)
+    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
+    k_base = k + (i_b.to(tl.int64) * T * HK + hk) * D
+    v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
+    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
+    dq_base = dq + (i_b.to(tl.int64) * T * H + i_h) * D
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E + rk[None, :] * E + re[:, None]
+    st = tl.load(s_ptr, mask=(rk[None, :] < D) & (re[:, None] < E), other=0.0)  # S^T [BE, BK] float32
+
+    for c in range(0, NSUB):
+        t = (i_s * NSUB + c) * C + rc
+        valid = t < T
+        dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
+        vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
+        kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
+        dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
+        inter = tl.dot(dot_, st.to(kt.dtype), input_precision=PREC)
+        if G_MODE == 0:
+            m = chunk_mask(rc, rc, G_MODE, False)
+            kw = kt
+        else:
+            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            bc = tl.cumsum(gv, 0)
+            a = tl.sum(gv, 0)
+            m = chunk_mask(bc, rc, G_MODE, False)
+            inter = inter * tl.exp2(bc)[:, None]
+            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype)
+        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + inter) * scale
+        tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
+        if G_MODE != 0:
+            qt = load_rows(q_base, t, valid, H * D, rk, D).to(tl.float32)
+            n_k = tl.cdiv(D, BK)
+            tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(qt * dqt, 1), mask=valid)
+            st = st * tl.exp2(a)
+        st += tl.dot(vt, kw, input_precision=PREC)
+
+
+@autotune(_TUNE, key=["D", "E", "G_MODE"])
+@triton.jit
+def _dk_kernel(
+    q, k, v, g, do, dS, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+):  # fmt: skip
+    i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    rk = i_k * BK + tl.arange(0, BK)
+    re = tl.arange(0, BE)
+    rc = tl.arange(0, C)
+    hk = i_h // (H // HK)
+    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
+    k_base = k + (i_b.to(tl.int64) * T * HK + hk) * D
+    v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
+    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
+    dk_base = dk + (i_b.to(tl.int64) * T * H + i_h) * D  # per query head (H == HK without GQA)
+    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E + rk[None, :] * E + re[:, None]
+    dst = tl.load(s_ptr, mask=(rk[None, :] < D) & (re[:, None] < E), other=0.0)  # dS^T [BE, BK] float32
+
+    for ci in range(0, NSUB):
+        t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
+        valid = t < T
+        vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
+        dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
+        qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
+        dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
+        inter = tl.dot(vt, dst.to(qt.dtype), input_precision=PREC)
+        if G_MODE == 0:
+            mt = chunk_mask(rc, rc, G_MODE, True)
+            qw = qt
+        else:
+            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            bc = tl.cumsum(gv, 0)
+            a = tl.sum(gv, 0)
+            mt = chunk_mask(bc, rc, G_MODE, True)
+            inter = inter * tl.exp2(a - bc)[:, None]
+            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
+        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + inter
+        tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
+        if G_MODE != 0:
+            kt = load_rows(k_base, t, valid, HK * D, rk, D).to(tl.float32)
+            n_k = tl.cdiv(D, BK)
+            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kt * dkt, 1), mask=valid)
+            dst = dst * tl.exp2(a)
+        dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+
+
+@autotune([config(4, BV=64), config(8, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
+@triton.jit
+def _dv_kernel(
+    q, k, g, do, dS, dv, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    rd = tl.arange(0, BD)
+    re = i_v * BV + tl.arange(0, BV)
+    rc = tl.arange(0, C)
+    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
+    k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
+    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
+    dv_base = dv + (i_b.to(tl.int64) * T * H + i_h) * E  # per query head (H == HK without GQA)
+    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E + rd[:, None] * E + re[None, :]
+    ds = tl.load(s_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0)  # dS [BD, BV] float32
+
+    for ci in range(0, NSUB):
+        t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
+        valid = t < T
+        kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
+        qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
+        dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
+        pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
+        inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
+        if G_MODE == 0:
+            mt = chunk_mask(rc, rc, G_MODE, True)
+            qw = qt
+        else:
+            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            bc = tl.cumsum(gv, 0)
+            a = tl.sum(gv, 0)
+            mt = chunk_mask(bc, rc, G_MODE, True)
+            inter = inter * tl.exp2(a - bc)[:, None]
+            qw = (qt * tl.exp2(bc)[None, :]).to(qt.dtype)
+        dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
+        tl.store(dv_base + t[:, None].to(tl.int64) * H * E + re[None, :], dvt, mask=valid[:, None] & (re[None, :] < E))
+        if G_MODE != 0:
+            ds = ds * tl.exp2(a)
+        ds += tl.dot(qw, dot_, input_precision=PREC) * scale
+
+
+def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None):
+    """Gradients of one slice given `do` and the gradient `ds_out` of its final state (see chunked.bwd).
+
+    `state_hook(ds_in)` runs after both state passes and before the dq, dk, dv kernels.
+
+    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None,
+    ds_in [B, H, D, E] float32).
+    """
+    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()
+    B, T, H, D = q.shape
+    HK, E = k.shape[2], v.shape[3]
+    g_mode, g = decay_mode(g)
+    HS = HK if (g_mode == 0 and s_in is None) else H
+    nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
+    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in)
+    dS, _, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True)
+    if state_hook is not None:
+        state_hook(ds_in)
+
+    nseg, prec, group = S.shape[2], dot_precision(q.dtype), H // HK
+    BK = min(block(D), 64)
+    n_k = triton.cdiv(D, BK)
+    dq = torch.empty_like(q)
+    dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
+    dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
+    dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if g_mode else dq
+    dGk = torch.empty_like(dGq) if g_mode else dq
+    gp = dq if g is None else g
+    common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK)
+    _dq_kernel[(n_k, nseg, B * H)](
+        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, BK=BK, BE=block(E), **common
+    )
+    _dk_kernel[(n_k, nseg, B * H)](
+        q, k, v, gp, do, dS, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, BK=BK, BE=block(E), **common
+    )
+    grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
+    _dv_kernel[grid](q, k, gp, do, dS, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D), **common)
+    if group > 1:
+        dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
+        dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)
+
+    dG = None
+    if g_mode:
+        dG = dGq.sum(-1) - dGk.sum(-1)
+        if ds_out is not None:
+            dG[:, -1] += (ds_out.float() * s_out).sum((-1, -2))
+    return dq, dk, dv, dG, ds_in

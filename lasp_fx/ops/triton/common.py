@@ -1,0 +1,139 @@
+"""Shared pieces of the Triton kernels: chunk size, tile loads, decay loads, segments, autotune.
+
+Layout (as the op receives it, contiguous): q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hk, E],
+do/o [B, T, H, E], g None | [H] | [B, T, H] float32. A token tile of a [B, T, heads, F] tensor
+is loaded either as rows [C, BF] or as its transpose [BF, C] straight from memory: no kernel
+transposes a dot result (the Hopper trap, see the package docstring).
+
+Work is cut in two levels: chunks of C tokens (the quadratic intra-chunk part, tensor-core
+tiles) and segments of `nsub` chunks. States are materialised only at segment boundaries
+([B, heads, n_segments, D, E] float32); inside a segment a program carries the state in
+registers. Bigger segments move fewer state bytes, smaller ones give more programs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 64
+LOG2E = 1.4426950408889634  # decays are applied as exp2(log2(e) * x): one MUFU op
+
+# The interpreter cannot benchmark (no driver): keep one config there (STACK.md section 5).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _backport_interpreter_index_fix() -> None:
+    """Let the interpreter use scalar arguments as loop bounds under numpy >= 2.4.
+
+    Triton 3.6's interpreter turns a scalar into an int with int(1-element array), which numpy
+    2.4 rejects ("only 0-dimensional arrays can be converted"); triton#9171, fixed upstream by
+    triton#9172. Same one-line fix, applied only when the installed pair needs it.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    try:
+        int(np.zeros(1, dtype=np.int32))
+        return  # numpy < 2.4
+    except TypeError:
+        pass
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_index_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._index_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET:
+    _backport_interpreter_index_fix()
+
+
+def autotune(configs: list, key: list):
+    """`triton.autotune` over a few configs; only the first one under TRITON_INTERPRET=1."""
+    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)
+
+
+def config(num_warps: int, num_stages: int = 2, **meta) -> triton.Config:
+    return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 inputs get exact fp32 products (no tf32); 16-bit inputs use the tensor cores."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def block(n: int) -> int:
+    """Power-of-two tile covering n (at least 16: the GPU's tl.dot minimum)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def decay_mode(g: torch.Tensor | None) -> tuple[int, torch.Tensor | None]:
+    """0: no decay, 1: one log-decay per head [H], 2: one per token [B, T, H]; g as float32."""
+    if g is None:
+        return 0, None
+    return (1 if g.dim() == 1 else 2), g.float().contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
+    """Chunks per segment: as long as possible while segments x heads still fill the GPU ~4x."""
+    sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
+    n_seg = -(-4 * sms // bh)
+    return max(1, min(32, n_chunks // n_seg))
+
+
+@triton.jit
+def load_rows(base, t, valid, stride_t, rf, F):
+    """Tile [C, BF] of a [T, stride_t]-strided tensor: rows are tokens t, columns features rf."""
+    ptr = base + t[:, None].to(tl.int64) * stride_t + rf[None, :]
+    return tl.load(ptr, mask=valid[:, None] & (rf[None, :] < F), other=0.0)
+
+
+@triton.jit
+def load_cols(base, t, valid, stride_t, rf, F):
+    """The transposed tile [BF, C]: features down, tokens across (read as such, never tl.trans)."""
+    ptr = base + t[None, :].to(tl.int64) * stride_t + rf[:, None]
+    return tl.load(ptr, mask=valid[None, :] & (rf[:, None] < F), other=0.0)
+
+
+@triton.jit
+def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
+    """log2-scaled log-decay of each token of a chunk [C] (0 past the end of the sequence)."""
+    if G_MODE == 1:
+        gv = tl.where(valid, tl.load(g + i_h) * 1.4426950408889634, 0.0)
+    else:
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * 1.4426950408889634
+    return gv
+
+
+@triton.jit
+def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay).
+
+    TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
+    """
+    if TRANSPOSED:
+        causal = rc[None, :] >= rc[:, None]
+        diff = bc[None, :] - bc[:, None]
+    else:
+        causal = rc[:, None] >= rc[None, :]
+        diff = bc[:, None] - bc[None, :]
+    if G_MODE == 0:
+        m = tl.where(causal, 1.0, 0.0)
+    else:
+        m = tl.exp2(tl.where(causal, diff, float("-inf")))
+    return m

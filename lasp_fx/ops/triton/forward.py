@@ -1,0 +1,95 @@
+"""Forward: the state pass (states.py), then one output kernel over (E tile, segment, head).
+
+Each program carries the state entering its segment in registers and walks the segment's
+chunks: o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V.
+Bytes: q, k, v read once (the E tiles of one chunk run side by side and share q, k through
+L2), o written once, one float32 state read per segment. FLOPs per token and head:
+2C(D + E) intra-chunk + 4DE through the state (C = 64).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lasp_fx.ops.triton.common import (
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, load_cols, load_rows,
+    segment_chunks,
+)  # fmt: skip
+from lasp_fx.ops.triton.states import segment_states
+
+
+@autotune([config(4, BV=64), config(8, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
+@triton.jit
+def _out_kernel(
+    q, k, v, g, S, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    rd = tl.arange(0, BD)
+    re = i_v * BV + tl.arange(0, BV)
+    rc = tl.arange(0, C)
+    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
+    k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
+    v_base = v + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * E
+    o_base = o + (i_b.to(tl.int64) * T * H + i_h) * E
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E + rd[:, None] * E + re[None, :]
+    state = tl.load(s_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0)  # [BD, BV] float32
+
+    t_first = i_s * NSUB * C
+    for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
+        t = t_first + c * C + rc
+        valid = t < T
+        qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
+        kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
+        vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
+        scores = tl.dot(qt, kt, input_precision=PREC)  # [C, C]
+        inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
+        if G_MODE == 0:
+            kw = kt
+            m = chunk_mask(rc, rc, G_MODE, False)
+        else:
+            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            bc = tl.cumsum(gv, 0)
+            a = tl.sum(gv, 0)
+            inter = inter * tl.exp2(bc)[:, None]
+            kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
+            m = chunk_mask(bc, rc, G_MODE, False)
+        p = (scores * m).to(vt.dtype)
+        out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
+        tl.store(o_base + t[:, None].to(tl.int64) * H * E + re[None, :], out, mask=valid[:, None] & (re[None, :] < E))
+        if G_MODE != 0:
+            state = state * tl.exp2(a)
+        state += tl.dot(kw, vt, input_precision=PREC)
+
+
+def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None):
+    """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
+
+    `state_hook(s_out)` runs after the state pass and before the output kernel. `nsub` (chunks
+    per segment) is chosen from the sizes when None.
+
+    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32).
+    """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, T, H, D = q.shape
+    HK, E = k.shape[2], v.shape[3]
+    g_mode, g = decay_mode(g)
+    # Without decay or incoming state, the query heads of one kv head share every state.
+    HS = HK if (g_mode == 0 and s_in is None) else H
+    nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
+    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in)
+    if HS != H:
+        s_out = s_out.repeat_interleave(H // HS, dim=1)
+    if state_hook is not None:
+        state_hook(s_out)
+    o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
+    nseg = S.shape[2]
+    grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
+    _out_kernel[grid](
+        q, k, v, S if g is None else g, S, o, scale, T, H, HK, HS, D, E, nsub, nseg,
+        G_MODE=g_mode, PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D),
+    )  # fmt: skip
+    return o, s_out

@@ -1,0 +1,117 @@
+"""State passes: per-segment local states (parallel), then an affine scan over segments.
+
+Forward (x = k, y = v):  U_s = sum_{j in s} exp(A_s - b_j) k_j v_j^T,   S_before[s+1] = exp(A_s) S_before[s] + U_s
+Backward (x = q, y = do): dU_s = scale * sum_{t in s} exp(b_t) q_t do_t^T,  dS_after[s-1] = exp(A_s) dS_after[s] + dU_s
+(b: decay accumulated from the segment's start, A_s: the segment's total). Both produce a
+[B, heads, n_segments, D, E] float32 buffer of the state at each segment's boundary and the
+state at the far end (the slice's final state, or the gradient of its initial state).
+
+Bytes: the local pass reads x and y once (tiles of one segment share L2) and writes one
+D x E float32 state per segment; the scan reads and rewrites that buffer in place, so with
+segments of 16 chunks the state traffic is ~1/4 of one pass over k and v at D = E = 128.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lasp_fx.ops.triton.common import CHUNK, autotune, chunk_decay, config, dot_precision, load_cols, load_rows
+
+
+@autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)], key=["DX", "DY", "G_MODE"])
+@triton.jit
+def _local_kernel(
+    x, y, g, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
+    G_MODE: tl.constexpr, TO_END: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
+):  # fmt: skip
+    i_tile, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // HS, i_bh % HS
+    n_y = tl.cdiv(DY, BY)
+    rx = (i_tile // n_y) * BX + tl.arange(0, BX)
+    ry = (i_tile % n_y) * BY + tl.arange(0, BY)
+    rc = tl.arange(0, C)
+    x_base = x + (i_b.to(tl.int64) * T * HX + i_h // (HS // HX)) * DX
+    y_base = y + (i_b.to(tl.int64) * T * HY + i_h // (HS // HY)) * DY
+
+    acc = tl.zeros([BX, BY], dtype=tl.float32)
+    total = tl.zeros([1], dtype=tl.float32)  # log2 decay of the segment so far
+    t_first = i_s * NSUB * C
+    for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
+        t = t_first + c * C + rc
+        valid = t < T
+        xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
+        yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
+        if G_MODE == 0:
+            acc += tl.dot(xt, yt, input_precision=PREC)
+        else:
+            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            bc = tl.cumsum(gv, 0)
+            a = tl.sum(gv, 0)
+            if TO_END:  # decay from each token to the segment's end
+                xw = (xt * tl.exp2(a - bc)[None, :]).to(xt.dtype)
+                acc = acc * tl.exp2(a) + tl.dot(xw, yt, input_precision=PREC)
+            else:  # decay from the segment's start to each token
+                xw = (xt * tl.exp2(total + bc)[None, :]).to(xt.dtype)
+                acc += tl.dot(xw, yt, input_precision=PREC)
+            total += a
+    u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
+    tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
+    if G_MODE != 0:
+        if i_tile == 0:
+            tl.store(A + i_bh * NSEG + i_s + tl.arange(0, 1), total)
+
+
+@triton.jit
+def _scan_kernel(
+    U, A, s0, s_end, NSEG, N,
+    HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """In place: U[s] becomes the running state at segment s's near boundary."""
+    i_blk, i_bh = tl.program_id(0), tl.program_id(1)
+    r = i_blk * BLOCK + tl.arange(0, BLOCK)
+    m = r < N
+    if HAS_INIT:
+        S = tl.load(s0 + i_bh.to(tl.int64) * N + r, mask=m, other=0.0)
+    else:
+        S = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in range(0, NSEG):
+        s = NSEG - 1 - i if REVERSE else i
+        ptr = U + (i_bh.to(tl.int64) * NSEG + s) * N + r
+        u = tl.load(ptr, mask=m, other=0.0)
+        tl.store(ptr, S, mask=m)
+        if HAS_DECAY:
+            S = S * tl.exp2(tl.load(A + i_bh * NSEG + s))
+        S += u
+    tl.store(s_end + i_bh.to(tl.int64) * N + r, S, mask=m)
+
+
+def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False):
+    """States at the segment boundaries for `heads` state heads (H, or Hk when nothing differs per query head).
+
+    Forward (reverse=False): x = k, y = v, s0 = the incoming state; returns the state entering
+    each segment and the final state. Backward (reverse=True): x = q, y = do, s0 = the gradient
+    of the final state; returns the gradient of the state leaving each segment and of the
+    initial state. Also returns the segments' total log2-decays [B, heads, n_seg] (None without decay).
+    """
+    B, T, HX, DX = x.shape
+    HY, DY = y.shape[2], y.shape[3]
+    H = heads if g_mode == 0 else g.shape[-1]
+    nseg = -(-T // (CHUNK * nsub))
+    U = torch.empty(B, heads, nseg, DX, DY, device=x.device, dtype=torch.float32)
+    A = torch.empty(B, heads, nseg, device=x.device, dtype=torch.float32) if g_mode else U
+    grid = lambda META: (triton.cdiv(DX, META["BX"]) * triton.cdiv(DY, META["BY"]), nseg, B * heads)  # noqa: E731
+    _local_kernel[grid](
+        x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
+        G_MODE=g_mode, TO_END=not reverse, PREC=dot_precision(x.dtype), C=CHUNK,
+    )  # fmt: skip
+    end = torch.empty(B, heads, DX, DY, device=x.device, dtype=torch.float32)
+    init = None if s0 is None else s0.float().contiguous()
+    BLOCK = 1024
+    _scan_kernel[(triton.cdiv(DX * DY, BLOCK), B * heads)](
+        U, A, U if init is None else init, end, nseg, DX * DY,
+        HAS_INIT=init is not None, HAS_DECAY=g_mode != 0, REVERSE=reverse, BLOCK=BLOCK, num_warps=4,
+    )  # fmt: skip
+    return U, (A if g_mode else None), end

@@ -1,0 +1,173 @@
+"""The Triton primitives against the float64 reference (CPU interpreter in CI, the GPU where there is one)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+pytest.importorskip("numpy", reason="Triton's CPU interpreter needs numpy")
+
+from lasp_fx.ops import chunked, naive  # noqa: E402
+from lasp_fx.ops import triton as tk  # noqa: E402
+from lasp_fx.ops.triton import backward as tk_bwd  # noqa: E402
+from lasp_fx.ops.triton import forward as tk_fwd  # noqa: E402
+from lasp_fx.testing.numerics import assert_close_rms, random_inputs  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3}  # fp32 is exact here; fp16 rounds inputs to the dots
+SCALE = 0.37
+
+# (B, T, H, H_kv, D, E, chunks per segment): T mid-chunk, odd D and E, GQA, several segments.
+SHAPES = {
+    "mha_2seg": (1, 150, 2, 2, 16, 32, 2),
+    "gqa_odd": (2, 131, 4, 2, 24, 20, 1),
+    "mqa_short": (1, 37, 3, 1, 16, 16, 4),
+    "wide_d": (1, 100, 2, 1, 72, 24, 1),  # two D tiles: dG summed over tile partials
+}
+
+
+def _inputs(shape, decay, initial_state, dtype, seed):
+    B, T, H, Hk, D, E, nsub = SHAPES[shape]
+    gen = torch.Generator().manual_seed(seed)
+    a = random_inputs(B, T, H, D, E, kv_heads=Hk, decay=decay, initial_state=initial_state, dtype=dtype, generator=gen)
+    a = {name: x.to(DEVICE) for name, x in a.items()}
+    do = torch.randn(B, T, H, E, generator=gen).to(DEVICE, dtype)
+    ds_out = torch.randn(B, H, D, E, generator=gen).to(DEVICE) if initial_state else None
+    return a, do, ds_out, nsub
+
+
+def _reference(a, do, ds_out):
+    """float64 autograd through the quadratic form: o, final state and every input gradient."""
+    leaves = {name: x.detach().double().requires_grad_() for name, x in a.items()}
+    o, s = naive.quadratic_linear_attention(
+        leaves["q"], leaves["k"], leaves["v"], leaves.get("log_decay"),
+        scale=SCALE, initial_state=leaves.get("initial_state"),
+    )  # fmt: skip
+    loss = (o * do.double()).sum() + (0 if ds_out is None else (s * ds_out.double()).sum())
+    loss.backward()
+    return o.detach(), s.detach(), {name: x.grad for name, x in leaves.items()}
+
+
+# Every shape in fp32; fp16 (16-bit dot operands) on one shape to keep the interpreter's time down.
+SHAPE_DTYPES = [pytest.param(s, torch.float32, id=f"{s}-fp32") for s in SHAPES] + [
+    pytest.param("gqa_odd", torch.float16, id="gqa_odd-fp16")
+]
+
+
+@pytest.mark.parametrize("initial_state", [False, True], ids=["zero_state", "state_in_out"])
+@pytest.mark.parametrize("decay", ["none", "const", "gate"])
+@pytest.mark.parametrize("shape, dtype", SHAPE_DTYPES)
+def test_fwd_bwd_match_reference(shape, dtype, decay, initial_state):
+    a, do, ds_out, nsub = _inputs(shape, decay, initial_state, dtype, seed=len(shape) * 7 + len(decay))
+    g, s_in = a.get("log_decay"), a.get("initial_state")
+    ref_o, ref_s, ref_grad = _reference(a, do, ds_out)
+    tol = TOL[dtype]
+
+    o, s_out = tk.fwd(a["q"], a["k"], a["v"], g, SCALE, s_in, nsub=nsub)
+    assert o.dtype == dtype and s_out.dtype == torch.float32
+    assert_close_rms(o, ref_o, tol, "o")
+    assert_close_rms(s_out, ref_s, tol, "final state")
+
+    dq, dk, dv, dG, ds_in = tk.bwd(a["q"], a["k"], a["v"], g, SCALE, do, s_in, ds_out, nsub=nsub)
+    assert (dq.dtype, dk.dtype, dv.dtype) == (dtype, dtype, dtype)
+    assert_close_rms(dq, ref_grad["q"], tol, "dq")
+    assert_close_rms(dk, ref_grad["k"], tol, "dk")
+    assert_close_rms(dv, ref_grad["v"], tol, "dv")
+    if g is None:
+        assert dG is None
+    else:
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], 4 * tol, "decay gradient")
+    if s_in is not None:
+        assert_close_rms(ds_in, ref_grad["initial_state"], tol, "d initial state")
+
+
+@pytest.mark.parametrize("nsub", [1, 3, None], ids=["seg1", "seg3", "auto"])
+def test_segment_length_does_not_change_the_function(nsub):
+    a, do, ds_out, _ = _inputs("mha_2seg", "gate", True, torch.float32, seed=11)
+    ref_o, _, ref_grad = _reference(a, do, ds_out)
+    o, _ = tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, a["initial_state"], nsub=nsub)
+    dq, dk, _, dG, _ = tk.bwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, do, a["initial_state"], ds_out, nsub=nsub)
+    assert_close_rms(o, ref_o, 2e-5, "o")
+    assert_close_rms(dq, ref_grad["q"], 2e-5, "dq")
+    assert_close_rms(dk, ref_grad["k"], 2e-5, "dk")
+    assert_close_rms(tk.log_decay_grad(dG, a["log_decay"]), ref_grad["log_decay"], 1e-4, "decay gradient")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("decay", ["none", "const", "gate"])
+def test_split_identities_match_reference(decay, dtype):
+    """fwd(None) + fwd_correct(s_in) and bwd(ds_out=None) + bwd_correct(ds_out) give the full function."""
+    a, do, ds_out, nsub = _inputs("gqa_odd", decay, True, dtype, seed=5)
+    q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
+    ref_o, ref_s, ref_grad = _reference(a, do, ds_out)
+    tol = TOL[dtype]
+
+    o_loc, _ = tk.fwd(q, k, v, g, SCALE, None, nsub=nsub)
+    assert_close_rms(tk.fwd_correct(o_loc, q, g, SCALE, s_in), ref_o, tol, "fwd + fwd_correct")
+
+    _, s_out = tk.fwd(q, k, v, g, SCALE, s_in, nsub=nsub)
+    dq, dk, dv, dG, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, None, nsub=nsub)
+    dk, dv, dG = tk.bwd_correct(dk, dv, dG, k, v, g, ds_out, s_out)
+    assert_close_rms(dq, ref_grad["q"], tol, "dq")
+    assert_close_rms(dk, ref_grad["k"], tol, "dk after bwd_correct")
+    assert_close_rms(dv, ref_grad["v"], tol, "dv after bwd_correct")
+    if g is not None:
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], 4 * tol, "decay gradient after bwd_correct")
+    # ds_in without ds_out is the slice's own share; LASP adds exp(G_T) ds_out across ranks.
+    _, _, ref_local = _reference(a, do, None)
+    assert_close_rms(ds_in, ref_local["initial_state"], tol, "d initial state without ds_out")
+
+
+class _Spy:
+    """Delegates `kernel[grid](...)` to the real kernel and records the launch in `log`."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
+
+
+def test_state_hook_runs_after_the_state_pass_and_before_the_outputs(monkeypatch):
+    a, do, ds_out, nsub = _inputs("gqa_odd", "gate", True, torch.float32, seed=3)
+    q, k, v, g, s_in = a["q"], a["k"], a["v"], a["log_decay"], a["initial_state"]
+    log, seen = [], {}
+    monkeypatch.setattr(tk_fwd, "_out_kernel", _Spy(tk_fwd._out_kernel, "out", log))
+    for name in ("_dq_kernel", "_dk_kernel", "_dv_kernel"):
+        monkeypatch.setattr(tk_bwd, name, _Spy(getattr(tk_bwd, name), name, log))
+
+    def hook(name):
+        def record(state):
+            log.append(name)
+            seen[name] = state.clone()
+
+        return record
+
+    o, s_out = tk.fwd(q, k, v, g, SCALE, s_in, state_hook=hook("fwd_hook"), nsub=nsub)
+    *_, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, state_hook=hook("bwd_hook"), nsub=nsub)
+    assert log == ["fwd_hook", "out", "bwd_hook", "_dq_kernel", "_dk_kernel", "_dv_kernel"]
+    torch.testing.assert_close(seen["fwd_hook"], s_out, rtol=0, atol=0)
+    torch.testing.assert_close(seen["bwd_hook"], ds_in, rtol=0, atol=0)
+    _, ref_s, ref_grad = _reference(a, do, ds_out)
+    assert_close_rms(seen["fwd_hook"], ref_s, 2e-5, "state given to the forward hook")
+    assert_close_rms(seen["bwd_hook"], ref_grad["initial_state"], 2e-5, "state given to the backward hook")
+
+
+def test_gqa_without_decay_shares_states_per_kv_head():
+    """No decay and no incoming state: the state pass runs per kv head, the final state per query head."""
+    a, do, _, nsub = _inputs("mqa_short", "none", False, torch.float32, seed=8)
+    ref_o, ref_s, _ = _reference(a, do, None)
+    o, s_out = tk.fwd(a["q"], a["k"], a["v"], None, SCALE, None, nsub=nsub)
+    assert s_out.shape == ref_s.shape
+    assert_close_rms(o, ref_o, 2e-5, "o")
+    assert_close_rms(s_out, ref_s, 2e-5, "final state")
+
+
+def test_kernels_for_routes_only_cuda_16_and_32_bit_to_triton():
+    from lasp_fx.ops.op import kernels_for
+
+    assert kernels_for(torch.zeros(1)) is chunked
+    assert kernels_for(torch.zeros(1, dtype=torch.float64)) is chunked
+    if torch.cuda.is_available():
+        assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.bfloat16)) is tk
+        assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.float64)) is chunked
