@@ -1,0 +1,169 @@
+"""Capture: a user model and example inputs -> a functional pre-dispatch ATen FX graph.
+
+Two entries yield the same IR (STACK.md sections 1.2-1.4), so one detector serves both:
+    capture(model, *args)                     torch.export (non-strict) + run_decompositions({})
+    capture_dynamo_graph(gm, example_inputs)  a dynamo graph re-traced with make_fx(pre_dispatch)
+                                              (what the torch.compile backend "lasp" receives)
+Every node carries meta["val"] (a fake tensor), "stack_trace" and "nn_module_stack". Failures
+raise CaptureError with the reason, the user's source line and a hint; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from torch.fx import GraphModule
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+
+from lasp_fx.passes.canonical import functionalize_inplace
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class CaptureError(RuntimeError):
+    """The model could not be captured as one graph.
+
+    Attributes: reason (what failed), source ("file.py:LINE" in the user's code or None),
+    code (that line), hint (what to change).
+    """
+
+    def __init__(self, reason: str, source: str | None, code: str, hint: str):
+        self.reason, self.source, self.code, self.hint = reason, source, code, hint
+        where = f"\n  at {source}: {code}" if source else ""
+        super().__init__(f"cannot capture the model: {reason}{where}\n  hint: {hint}")
+
+
+@dataclass
+class Captured:
+    """A captured graph: `gm` (shares the model's Parameters, keeps FQNs and the module tree)
+    and the flat example inputs its placeholders take."""
+
+    gm: GraphModule
+    example_inputs: list = field(default_factory=list)
+    method: str = "export"
+
+
+def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> Captured:
+    """Capture `model(*args, **kwargs)` as a functional pre-dispatch ATen graph.
+
+    Args:
+        model: any nn.Module.
+        *args, **kwargs: example inputs (short sequences suffice; the graph is specialised to
+            their shapes).
+        method: "export" (torch.export, non-strict; returns a GraphModule usable as a module)
+            or "dynamo" (torch.compile front end with fullgraph=True; parameters become inputs).
+
+    Raises:
+        CaptureError: with the reason, the user's source line and a hint.
+    """
+    if method == "export":
+        return _capture_export(model, args, kwargs)
+    if method == "dynamo":
+        return _capture_dynamo(model, args, kwargs)
+    raise ValueError(f"method must be 'export' or 'dynamo', got {method!r}")
+
+
+def _capture_export(model, args, kwargs) -> Captured:
+    try:
+        ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
+        ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
+    except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached
+        raise _explain(e) from e
+    gm = ep.module()
+    flat = [x for x in pytree.tree_leaves((tuple(args), kwargs or {}))]
+    return Captured(gm, flat, "export")
+
+
+def _capture_dynamo(model, args, kwargs) -> Captured:
+    graphs: list[Captured] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(Captured(capture_dynamo_graph(gm, example_inputs), list(example_inputs), "dynamo"))
+        return gm.forward
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
+    try:
+        compiled(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise _explain(e) from e
+    if len(graphs) != 1:
+        raise CaptureError(f"dynamo produced {len(graphs)} graphs", None, "", "call the model once with fullgraph=True")
+    return graphs[0]
+
+
+def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
+    """Re-trace a dynamo graph to functional pre-dispatch ATen, keeping source locations.
+
+    Args:
+        gm: the torch-level graph a torch.compile backend receives.
+        example_inputs: its example inputs (real or fake tensors; parameters included).
+    """
+    if any(isinstance(x, torch.SymInt) for x in example_inputs):
+        raise CaptureError(
+            "the graph has dynamic shapes (SymInt inputs)", None, "",
+            "compile with dynamic=False or mark the sequence dim static (torch._dynamo.mark_static)",
+        )
+    fake_mode = torch._guards.detect_fake_mode(example_inputs) or torch._subclasses.FakeTensorMode()
+    with fake_mode, torch.fx.traceback.preserve_node_meta():
+        fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+        out = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
+    return functionalize_inplace(out)
+
+
+_HINTS = [
+    (("data-dependent", "data dependent", "GuardOnDataDependent", "Could not guard"),
+     "Python control flow on tensor values cannot be captured: use torch.where / torch.cond, "
+     "or move the decision outside the model"),
+    (("item()", ".item", "_local_scalar_dense"),
+     "avoid .item() / float(tensor) in forward: keep the value as a tensor"),
+    (("graph break", "Unsupported", "fullgraph"),
+     "the model must trace as one graph: remove the graph break shown above (print, Python side "
+     "effects, unsupported library calls), or wrap that call in a torch.library custom op"),
+    (("dynamic", "Constraints violated"),
+     "pass example inputs with the shapes you will use; the graph is specialised to them"),
+]
+
+
+def _explain(e: Exception) -> CaptureError:
+    msg = str(e).strip()
+    first = next((ln for ln in msg.splitlines() if ln.strip()), type(e).__name__)
+    source, code = _user_line(e)
+    hint = next((h for keys, h in _HINTS if any(k in msg or k in type(e).__name__ for k in keys)),
+                "run torch.export.export(model, args, strict=False) to see the full error")
+    return CaptureError(f"{type(e).__name__}: {first[:300]}", source, code, hint)
+
+
+def _user_line(e: BaseException) -> tuple[str | None, str]:
+    """The deepest frame in the user's code: from dynamo's recorded stack, the traceback, or
+    'File "...", line N' text in the message."""
+    frames: list[traceback.FrameSummary] = list(getattr(e, "real_stack", None) or [])
+    cur: BaseException | None = e
+    while cur is not None and not frames:
+        frames = list(traceback.extract_tb(cur.__traceback__))
+        frames = [f for f in frames if _is_user(f.filename)] or []
+        cur = cur.__cause__ or cur.__context__
+    frames = [f for f in frames if _is_user(f.filename)]
+    if frames:
+        return f"{_short(frames[-1].filename)}:{frames[-1].lineno}", (frames[-1].line or "").strip()
+    for ln in str(e).splitlines():
+        s = ln.strip()
+        if s.startswith('File "') and ", line " in s:
+            path = s[6:s.index('"', 6)]
+            if _is_user(path):
+                return f"{_short(path)}:{s.split(', line ')[1].split(',')[0]}", ""
+    return None, ""
+
+
+def _is_user(path: str) -> bool:
+    p = os.path.abspath(path)
+    return not (p.startswith(_TORCH_DIR) or p.startswith(_OWN_DIR) or p.startswith("<"))
+
+
+def _short(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel

@@ -1,0 +1,56 @@
+"""The FX pass: capture a model, detect its linear attention, rewrite it into the lasp_fx op.
+
+    report = lasp_fx.inspect(model, x)                  # what is found, where, and why not
+    gm = lasp_fx.passes.rewrite_model(model, x)        # the rewritten module (shares parameters)
+
+Stages, each importable and testable alone: `lasp_fx.capture.capture` -> `detect` -> `rewrite`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from lasp_fx.capture import Captured, capture
+from lasp_fx.passes.context import to_match
+from lasp_fx.passes.detect import detect
+from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
+from lasp_fx.passes.report import InspectReport, inspect
+from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
+
+__all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", "inspect", "InspectReport",
+           "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]
+
+
+def convert_captured(captured: Captured) -> tuple[GraphModule, InspectReport]:
+    """Detect and rewrite a captured graph in place (both capture routes); returns it and the report."""
+    cands, near = detect(captured.gm, captured.example_inputs)
+    report = InspectReport([to_match(c) for c in cands], near)
+    return rewrite(captured.gm, cands), report
+
+
+def convert(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs):
+    """Capture `model`, rewrite every verified linear attention; returns (module, report).
+
+    The module is a torch.fx.GraphModule that shares the model's Parameter objects, keeps its
+    state_dict keys and submodule tree, and is specialised to the example inputs' shapes.
+    """
+    captured = capture(model, *example_inputs, method=method, **example_kwargs)
+    return convert_captured(captured)
+
+
+def rewrite_model(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs) -> GraphModule:
+    """The model with each causal linear attention replaced by one `lasp_fx.linear_attention` op.
+
+    Args:
+        model: any nn.Module (not modified).
+        *example_inputs: inputs of one forward call; the result is specialised to their shapes.
+        method: "export" (a usable module) or "dynamo" (parameters become graph inputs).
+
+    Returns:
+        A GraphModule sharing the model's Parameters; `gm.meta["lasp_fx_report"]` holds the
+        InspectReport, and each op node carries `node.meta["lasp_fx_match"]`.
+    """
+    gm, report = convert(model, *example_inputs, method=method, **example_kwargs)
+    gm.meta["lasp_fx_report"] = report
+    return gm

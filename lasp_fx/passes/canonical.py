@@ -1,0 +1,55 @@
+"""Canonicalisation: in-place ATen ops -> their functional forms (for graphs not yet functional).
+
+`torch.export(...).run_decompositions({})` is already functional; a dynamo graph re-traced
+with make_fx(pre_dispatch=True) still has `mul_`, `tril_`, ... (STACK.md 1.3). An in-place op
+on a fresh intermediate that nothing else aliases is replaced by its out-of-place overload and
+later readers of the mutated tensor read the new node instead. Mutations of inputs, of views
+and of aliased tensors are left alone (the detector then does not match through them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule, Node
+
+
+def _functional_overload(op: torch._ops.OpOverload):
+    name = op._schema.name.split("::")[-1]
+    if not name.endswith("_") or name.endswith("__"):
+        return None
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    return None if packet is None else getattr(packet, op._overloadname, None)
+
+
+def _is_view(node: Node) -> bool:
+    t = node.target
+    if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload):
+        return False
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in t._schema.returns)
+
+
+def _fresh(node: Node) -> bool:
+    """Produced by a non-view op and not viewed by anyone (so no alias can see the mutation)."""
+    if node.op != "call_function" or _is_view(node):
+        return False
+    return not any(_is_view(u) for u in node.users)
+
+
+def functionalize_inplace(gm: GraphModule) -> GraphModule:
+    """Replace safe in-place ops by functional ones, in place; returns `gm`."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        t = node.target
+        if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload) or not t._schema.is_mutable:
+            continue
+        functional = _functional_overload(t)
+        target = node.args[0] if node.args else None
+        if functional is None or not isinstance(target, Node) or not _fresh(target):
+            continue
+        later = [u for u in target.users if u is not node and order[u] > order[node]]
+        node.target = functional
+        for u in later:
+            u.replace_input_with(target, node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,42 @@
+"""Detection: run every pattern family over a captured graph, keep what the probes proved.
+
+canonicalise -> anchor -> probe (STACK.md 2.4): each family anchors on its own skeleton and
+hands verified candidates back; a region claimed by a wider family (a block loop around its
+per-chunk products) wins over the candidates inside it.
+"""
+
+from __future__ import annotations
+
+from torch.fx import GraphModule
+
+from lasp_fx.passes.context import Context
+from lasp_fx.passes.match import Candidate, NearMiss
+from lasp_fx.passes.patterns import quadratic
+from lasp_fx.passes.probe import region
+
+FAMILIES = [quadratic]
+
+
+def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list[NearMiss]]:
+    """Verified candidates (in graph order) and near-misses of a captured graph.
+
+    Args:
+        gm: a functional pre-dispatch ATen graph from `lasp_fx.capture`.
+        example_inputs: the flat inputs of its placeholders (the probes run the graph once).
+    """
+    ctx = Context(gm, example_inputs)
+    found = [f for fam in FAMILIES for f in fam.find(ctx)]
+    cands = [f for f in found if isinstance(f, Candidate)]
+    near = [f for f in found if isinstance(f, NearMiss)]
+    return _drop_nested(cands), near
+
+
+def _drop_nested(cands: list[Candidate]) -> list[Candidate]:
+    """Keep candidates whose region is not inside another candidate's region."""
+    regions = [set(region(c)) | {c.out} for c in cands]
+    keep = []
+    for i, c in enumerate(cands):
+        inside = any(j != i and regions[i] < regions[j] for j in range(len(cands)))
+        if not inside:
+            keep.append(c)
+    return keep

@@ -1,0 +1,148 @@
+"""Small FX helpers shared by the passes: op classes, shapes, reachability and source lines."""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+from typing import Iterable
+
+import torch
+from torch.fx import Graph, Node
+
+aten = torch.ops.aten
+
+# Ops that only move, copy or re-type data: they never mix positions or features.
+LAYOUT_OPS = {
+    aten.transpose.int, aten.permute.default, aten.t.default, aten.mT.default, aten.view.default,
+    aten.reshape.default, aten._unsafe_view.default, aten.expand.default, aten.clone.default,
+    aten.contiguous.default, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+    aten.squeeze.default, aten.alias.default, aten._to_copy.default, aten.to.dtype,
+    aten.to.dtype_layout, aten.type_as.default, aten.detach.default, aten.lift_fresh_copy.default,
+}
+# Ops that cut a tensor along one dim (chunked loops and qkv splits).
+SLICE_OPS = {aten.slice.Tensor, aten.narrow.default, aten.split.Tensor, aten.split_with_sizes.default,
+             aten.chunk.default, aten.unbind.int}
+MATMUL_OPS = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default}
+# Ops that are elementwise in their tensor arguments but not tagged pointwise.
+_EXTRA_ELEMENTWISE = {aten.tril.default, aten.triu.default, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
+                      aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
+
+
+def val(node) -> torch.Tensor | None:
+    """The fake (or example) value recorded on a node, or None."""
+    if not isinstance(node, Node):
+        return None
+    v = node.meta.get("val", node.meta.get("example_value"))
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def shape(node) -> tuple[int, ...] | None:
+    v = val(node)
+    return None if v is None else tuple(int(s) for s in v.shape)
+
+
+def is_elementwise(node: Node) -> bool:
+    t = node.target
+    if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload):
+        return False
+    return t in _EXTRA_ELEMENTWISE or torch.Tag.pointwise in t.tags
+
+
+def is_source(node: Node) -> bool:
+    """Graph inputs: user inputs, parameters and buffers (placeholders or get_attr)."""
+    return node.op in ("placeholder", "get_attr")
+
+
+def tensor_inputs(node: Node) -> list[Node]:
+    return [a for a in node.all_input_nodes]
+
+
+def ancestors(nodes: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
+    """All nodes that `nodes` depend on (inclusive), not walking past `stop`."""
+    stop = stop or set()
+    seen, todo = set(), list(nodes)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n not in stop:
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def descendants(nodes: Iterable[Node]) -> set[Node]:
+    """All nodes that depend on `nodes` (inclusive)."""
+    seen, todo = set(), list(nodes)
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(n.users)
+    return seen
+
+
+def depends_on_sources(node: Node, _cache: dict | None = None) -> bool:
+    """True when the node's value depends on an input, parameter or buffer (not only on constants)."""
+    return any(is_source(a) for a in ancestors([node]))
+
+
+def topo_order(graph: Graph) -> dict[Node, int]:
+    return {n: i for i, n in enumerate(graph.nodes)}
+
+
+def region_between(starts: Iterable[Node], end: Node) -> set[Node]:
+    """Nodes on some path from one of `starts` (exclusive) to `end` (inclusive)."""
+    starts = set(starts)
+    return (descendants(starts) & ancestors([end], stop=starts)) - starts
+
+
+def getitem_source(node: Node) -> tuple[Node, int] | None:
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
+        return node.args[0], node.args[1]
+    return None
+
+
+_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
+    lines = stack_trace.splitlines()
+    frames = []
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith('File "') and ", line " in s:
+            path = s[6:s.index('"', 6)]
+            lineno = int(s.split(", line ")[1].split(",")[0])
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            frames.append((path, lineno, code))
+    return frames
+
+
+def source_of(node: Node) -> tuple[str, str]:
+    """("file.py:LINE", "the code on that line") of the user's code that created the node."""
+    frames = _user_frames(node.meta.get("stack_trace") or "")
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_SKIP_DIRS)]
+    if not (user or frames):
+        return "<unknown>", ""
+    path, lineno, code = (user or frames)[-1]
+    return f"{_short_path(path)}:{lineno}", code
+
+
+def _short_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def module_path(node: Node) -> str:
+    """The FQN of the innermost module the node was created in ("" at top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    fqn = list(stack.values())[-1][0]
+    return re.sub(r"^L\['[^']*'\]\.?", "", fqn)  # dynamo spells the root module L['self']

@@ -1,0 +1,1 @@
+"""One module per pattern family; each has `find(ctx) -> list[Candidate | NearMiss]` (verified)."""

@@ -1,0 +1,84 @@
+"""Float64 evaluation of a captured graph, and of parts of it with some node values replaced.
+
+The probes compare a region of the user's graph with its replacement on random inputs; doing
+that in float64 (every floating tensor, parameter and dtype argument upcast) makes a relative
+error of 1e-9 a safe verdict for "the same function".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch.fx import GraphModule, Node
+from torch.utils._pytree import tree_map
+
+_LOW = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def upcast(x: Any) -> Any:
+    """float16/bfloat16/float32 tensors and dtypes -> float64; everything else unchanged."""
+    if isinstance(x, torch.Tensor) and x.dtype in _LOW:
+        return x.detach().to(torch.float64)
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, torch.dtype) and x in _LOW:
+        return torch.float64
+    return x
+
+
+def _fetch_attr(gm: GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def run_node(gm: GraphModule, node: Node, env: dict, fallback: "Values | None" = None):
+    """Execute one node in float64 with arguments from `env` (or `fallback`)."""
+
+    def load(n: Node):
+        if n in env:
+            return env[n]
+        if fallback is not None:
+            return fallback[n]
+        raise KeyError(f"no value for {n.name}")
+
+    args = tree_map(upcast, torch.fx.node.map_arg(node.args, load))
+    kwargs = tree_map(upcast, torch.fx.node.map_arg(node.kwargs, load))
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "call_module":
+        return gm.get_submodule(node.target)(*args, **kwargs)
+    if node.op == "get_attr":
+        return upcast(_fetch_attr(gm, node.target))
+    raise ValueError(f"cannot evaluate node {node.name} ({node.op})")
+
+
+class Values:
+    """The float64 value of every node of `gm` for the example inputs (computed once, no grad)."""
+
+    def __init__(self, gm: GraphModule, flat_inputs: Iterable[Any]):
+        self.gm = gm
+        self._env: dict[Node, Any] = {}
+        inputs = iter(list(flat_inputs))
+        with torch.no_grad():
+            for node in gm.graph.nodes:
+                if node.op == "placeholder":
+                    self._env[node] = upcast(next(inputs))
+                elif node.op != "output":
+                    self._env[node] = run_node(gm, node, self._env)
+
+    def __getitem__(self, node: Node):
+        return self._env[node]
+
+    def evaluate(self, nodes: Iterable[Node], overrides: dict[Node, Any]) -> dict[Node, Any]:
+        """Re-run `nodes` (in graph order) with `overrides` in place of some values."""
+        env = dict(overrides)
+        with torch.no_grad():
+            for node in nodes:
+                if node not in env:
+                    env[node] = run_node(self.gm, node, env, fallback=self)
+        return env
