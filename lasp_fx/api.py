@@ -1,0 +1,104 @@
+"""parallelize(): train a model on P times longer sequences over P ranks, computing the same function.
+
+    model = lasp_fx.parallelize(model)        # inside torchrun; same object, same parameters
+    loss = model(input_ids, labels=labels)    # every rank passes the whole batch (or its slice)
+
+How: the model's forward is compiled (torch.compile with lasp_fx's own backend, fullgraph) on
+each rank's slice of the sequence, with the slice length symbolic so that shapes tell where the
+sequence is. The backend re-traces the graph to ATen, rewrites linear attention into lasp_fx's
+op (passes/), makes every position-mixing op sequence-parallel or refuses it with its source
+line (passes/shard.py), sums parameter gradients over the group, and hands the result to a
+compiler. The module itself is untouched but for its `forward`: parameters, state_dict keys,
+hooks and the module tree stay what they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lasp_fx.compile import make_backend
+from lasp_fx.distributed.mesh import SequenceMesh
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How `parallelize` splits the sequence and runs the result."""
+
+    seq_dim: int = 1
+    """The dimension of the sequence in every input tensor that carries it (ids, labels, masks)."""
+    method: str = "auto"
+    """How linear attention passes states between ranks: "ring", "allgather" or "auto"."""
+    inputs: str = "full"
+    """"full": every rank passes the whole batch and keeps its slice; "local": every rank passes
+    only its slice (rank r: tokens [r*L, (r+1)*L)), the memory-efficient path for long inputs."""
+    outputs: str = "dtensor"
+    """Outputs that carry the sequence come back as "dtensor" (sharded on seq_dim; `.full_tensor()`
+    gathers), "local" (this rank's slice) or "full" (gathered on every rank). Scalars, such as a
+    loss, are the global value on every rank."""
+    compiler: str = "auto"
+    """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
+    CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
+
+
+def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = None, **options) -> nn.Module:
+    """Make `model` sequence-parallel over the ranks of `mesh`, in place.
+
+    Args:
+        model: any nn.Module whose forward takes tensors with the sequence in `seq_dim`.
+        mesh: a DeviceMesh (1-D, or with a dimension named "sp"; on a 2-D (dp, sp) mesh only
+            "sp" splits the sequence and DDP / FSDP handle "dp"), a ProcessGroup, or None for all
+            ranks of the default group.
+        config: a ParallelConfig; keyword `options` override its fields (e.g. method="ring").
+
+    Returns:
+        The same module object, whose forward now runs sequence-parallel. The rewrite happens at
+        the first call (trace, rewrite, compile), and errors about unsupported position-mixing
+        ops are raised there, before any optimizer step.
+
+    Raises:
+        RuntimeError: torch.distributed is not initialised.
+    """
+    config = dataclasses.replace(config or ParallelConfig(), **options)
+    _check_config(config)
+    smesh = SequenceMesh.resolve(mesh)
+    original = model.forward
+    backend = make_backend(smesh.spec(config.method), seq_dim=config.seq_dim, compiler=config.compiler)
+    compiled = torch.compile(original, backend=backend, fullgraph=True, dynamic=False)
+    state = {"checked": False}
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        args, kwargs, length = smesh.shard_inputs(args, kwargs, config.seq_dim, config.inputs)
+        if not state["checked"]:
+            smesh.check_same_batch(args, kwargs)
+            state["checked"] = True
+        out = compiled(*args, **kwargs)
+        return smesh.wrap_outputs(out, config.seq_dim, length, config.outputs)
+
+    model.forward = forward
+    model._lasp_fx_parallel = (smesh, config)  # what `lasp_fx.inspect` and repr report
+    return model
+
+
+def _check_config(config: ParallelConfig) -> None:
+    choices = {
+        "method": ("ring", "allgather", "auto"),
+        "inputs": ("full", "local"),
+        "outputs": ("dtensor", "local", "full"),
+        "compiler": ("auto", "inductor", "aot_eager", "eager"),
+    }
+    for field, allowed in choices.items():
+        value = getattr(config, field)
+        if value not in allowed:
+            raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            "lasp_fx.parallelize needs torch.distributed: run under torchrun and call "
+            "torch.distributed.init_process_group() first (gloo on CPU, nccl on GPU)"
+        )

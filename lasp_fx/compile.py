@@ -1,0 +1,92 @@
+"""The torch.compile backend behind parallelize() and backend="lasp": capture, rewrite, shard, compile.
+
+    capture   dynamo's graph -> functional pre-dispatch ATen with shapes and source lines
+    rewrite   linear attention -> lasp_fx::linear_attention (passes/)
+    shard     (with a sequence-parallel spec) position-mixing ops -> sequence-parallel versions,
+              parameter gradients summed over the group (passes/shard.py)
+    compile   inductor, aot_eager (AOTAutograd with Inductor's decompositions) or eager
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from lasp_fx.passes.seq_dims import sequence_symbols
+from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
+
+
+def retrace_pre_dispatch(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
+    """Dynamo's torch-level graph re-traced to pre-dispatch ATen under dynamo's fake mode.
+
+    Running through fx.Interpreter under preserve_node_meta keeps `stack_trace` and
+    `nn_module_stack` on every node (STACK.md section 1.3).
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    fake_mode = torch._guards.detect_fake_mode(example_inputs)
+    with fake_mode, torch.fx.traceback.preserve_node_meta():
+        fake = [fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in example_inputs]
+        return make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
+
+
+def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
+    if compiler == "auto":
+        on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+        compiler = "inductor" if on_cuda else "aot_eager"
+    if compiler == "eager":
+        return gm.forward
+    if compiler == "inductor":
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, example_inputs)
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._inductor.compile_fx import select_decomp_table
+
+    def nop(g, _):
+        return make_boxed_func(g.forward)
+
+    # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
+    return aot_autograd(fw_compiler=nop, bw_compiler=nop, decompositions=select_decomp_table())(gm, example_inputs)
+
+
+def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "auto", rewrite=None):
+    """A dynamo backend: rewrite linear attention, shard for `spec` (None: one device), compile.
+
+    Args:
+        spec: where this rank sits in the sequence-parallel group, or None for no sharding.
+        seq_dim: sequence dim of the (non-parameter) tensor inputs, marked dynamic by the caller.
+        compiler: "inductor", "aot_eager", "eager" or "auto".
+        rewrite: `gm -> gm` pass replacing linear attention by the lasp_fx op (defaults to
+            lasp_fx.passes.rewrite_linear_attention).
+    """
+
+    def backend(gm: fx.GraphModule, example_inputs):
+        def seq_dim_of(i, v):
+            seq_input = isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > seq_dim
+            return seq_dim if seq_input else None
+
+        graph = retrace_pre_dispatch(gm, example_inputs)
+        fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
+        symbols = sequence_symbols(fakes, lambda i, v: seq_dim_of(i, example_inputs[i]))
+        graph = (rewrite or _default_rewrite)(graph)
+        if spec is not None and spec.world_size > 1:
+            if not symbols:
+                raise ValueError(
+                    f"no input carries a dynamic sequence dimension {seq_dim}: parallelize marks it on the "
+                    "inputs it slices; pass tensors with the sequence in seq_dim"
+                )
+            graph = sync_parameter_grads(graph, spec, lambda i, ph: isinstance(example_inputs[i], nn.Parameter))
+            graph = shard_pass(graph, spec, symbols)
+        return _compile(graph, example_inputs, compiler)
+
+    return backend
+
+
+def _default_rewrite(gm: fx.GraphModule) -> fx.GraphModule:
+    try:
+        from lasp_fx.passes import rewrite_linear_attention
+    except ImportError:  # the detection pass is not installed in this checkout yet
+        return gm
+    return rewrite_linear_attention(gm)

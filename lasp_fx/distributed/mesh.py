@@ -1,0 +1,127 @@
+"""SequenceMesh: the sequence-parallel group of a DeviceMesh, and the slicing of inputs and outputs.
+
+Holds no global state: everything is derived from the mesh or group it was built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.utils._pytree import tree_flatten, tree_map
+
+from lasp_fx.distributed.group import SP_DIM, resolve_group
+
+
+@dataclass(frozen=True)
+class SequenceMesh:
+    """The sequence-parallel group and a 1-D DeviceMesh over it (for DTensor outputs)."""
+
+    group: dist.ProcessGroup
+    mesh: DeviceMesh
+
+    @staticmethod
+    def resolve(mesh=None) -> "SequenceMesh":
+        """From a DeviceMesh (1-D or with an "sp" dimension), a ProcessGroup, or None (all ranks)."""
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised: call init_process_group first (torchrun)")
+        device_type = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
+        if mesh is None:
+            mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=(SP_DIM,))
+        if isinstance(mesh, DeviceMesh):
+            sp = mesh if mesh.ndim == 1 else mesh[SP_DIM]
+            return SequenceMesh(resolve_group(mesh), sp)
+        group = resolve_group(mesh)
+        return SequenceMesh(group, DeviceMesh.from_group(group, device_type))
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank()
+
+    @property
+    def size(self) -> int:
+        return self.group.size()
+
+    def spec(self, method: str):
+        from lasp_fx.passes.shard import ShardSpec
+
+        return ShardSpec(self.group.group_name, self.rank, self.size, method)
+
+    # -------------------------------------------------------------------------- inputs
+    def shard_inputs(self, args, kwargs, seq_dim: int, mode: str):
+        """This rank's slice of every sequence-carrying input, marked dynamic along seq_dim.
+
+        Returns (args, kwargs, local length L).
+        """
+        flat, _ = tree_flatten((args, kwargs))
+        seqs = [t for t in flat if isinstance(t, Tensor) and t.dim() > seq_dim]
+        if not seqs:
+            raise ValueError(f"no input tensor has a dimension {seq_dim} (seq_dim) to split the sequence along")
+        n = seqs[0].shape[seq_dim]
+        if mode == "full":
+            if n % self.size:
+                raise ValueError(
+                    f"the sequence length {n} (dim {seq_dim} of the inputs) is not divisible by the "
+                    f"{self.size} sequence-parallel ranks: pad the batch to a multiple of {self.size} "
+                    "(with label -100 on the padding so the loss ignores it)"
+                )
+            local = n // self.size
+        else:
+            local = n
+        if local < 2:
+            raise ValueError(f"each rank needs at least 2 tokens of the sequence, got {local}")
+
+        def shard(t):
+            if not isinstance(t, Tensor) or t.dim() <= seq_dim:
+                return t
+            if t.shape[seq_dim] != n:
+                raise ValueError(
+                    f"input of shape {list(t.shape)} has {t.shape[seq_dim]} in dim {seq_dim}, but the "
+                    f"sequence is {n} long: every input with a sequence dim must have it at seq_dim={seq_dim}"
+                )
+            if mode == "full":
+                t = t.narrow(seq_dim, self.rank * local, local)
+            torch._dynamo.mark_dynamic(t, seq_dim)
+            return t
+
+        args, kwargs = tree_map(shard, (args, kwargs))
+        return args, kwargs, local
+
+    def check_same_batch(self, args, kwargs) -> None:
+        """Every rank must pass inputs of the same shapes: one all-gather, on the first call only."""
+        flat, _ = tree_flatten((args, kwargs))
+        shapes = [list(t.shape) for t in flat if isinstance(t, Tensor)]
+        gathered = [None] * self.size
+        dist.all_gather_object(gathered, shapes, group=self.group)
+        if any(g != shapes for g in gathered):
+            raise ValueError(
+                f"ranks of the sequence-parallel group passed inputs of different shapes: {gathered}; "
+                "every rank must pass the same batch (or its own slice of it)"
+            )
+
+    # -------------------------------------------------------------------------- outputs
+    def wrap_outputs(self, out, seq_dim: int, local: int, mode: str):
+        """Outputs whose seq_dim has the local length become DTensors (or local / gathered tensors)."""
+        from torch.distributed.tensor import DTensor, Shard
+
+        def wrap(t):
+            if not isinstance(t, Tensor) or t.dim() <= seq_dim or t.shape[seq_dim] != local or mode == "local":
+                return t
+            dt = DTensor.from_local(t, self.mesh, [Shard(seq_dim)], run_check=False)
+            return dt.full_tensor() if mode == "full" else dt
+
+        return tree_map(wrap, out)
+
+
+def shard_batch(batch, mesh=None, seq_dim: int = 1):
+    """This rank's slice of every tensor in `batch` (a tensor, dict, list or tuple) along `seq_dim`.
+
+    For the memory-efficient path (`parallelize(..., inputs="local")`): load or build the batch,
+    keep only the local slice of input ids, labels, position ids and masks.
+    """
+    smesh = SequenceMesh.resolve(mesh)
+    (sliced,), _, _ = smesh.shard_inputs((batch,), {}, seq_dim, "full")
+    return sliced

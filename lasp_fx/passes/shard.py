@@ -1,0 +1,128 @@
+"""shard_pass(gm, spec) -> gm: make a graph traced on one rank's slice compute that slice of the whole model.
+
+The graph was traced on the local slice with a symbolic sequence length s, so every shape
+already is local. What stays wrong under sharding are the ops that mix positions; each is fixed
+here or refused with its source line (DESIGN.md section 3):
+
+    linear attention          -> the LASP op across the group
+    arange / position tables  -> global positions (offset rank * s)
+    causal conv, token shift  -> halos from the neighbouring ranks
+    sums, means, losses       -> over all ranks, with the global count
+    causal softmax attention  -> all-gathered keys and values, lower-right causal
+    parameters                -> gradients summed over the group
+    anything else that mixes positions -> ShardError, before the first step
+
+Ops that do not touch a sequence-carrying dimension, pointwise ops, and views that keep the
+sequence whole pass unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from lasp_fx.distributed import seq_ops
+from lasp_fx.passes import shard_attention, shard_halo, shard_rules
+from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
+from lasp_fx.passes.seq_dims import seq_dims_of, size_has, touches_sequence
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Where this rank sits in the sequence-parallel group."""
+
+    group_name: str
+    """Name of the sequence-parallel ProcessGroup (`ProcessGroup.group_name`)."""
+    rank: int
+    """This rank's index in that group: it holds tokens [rank * s, (rank + 1) * s)."""
+    world_size: int
+    """Number of ranks the sequence is split over."""
+    method: str = "auto"
+    """State exchange of the LASP op: "ring", "allgather" or "auto"."""
+
+
+class ShardContext:
+    """What a rule needs: the graph, the spec, the sequence symbols and the local length as a node."""
+
+    def __init__(self, gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset):
+        self.gm, self.graph, self.spec, self.symbols = gm, gm.graph, spec, symbols
+        self._length = None
+
+    def seq_dims(self, node) -> tuple[int, ...]:
+        return seq_dims_of(node.meta.get("val") if isinstance(node, fx.Node) else None, self.symbols)
+
+    def is_seq_size(self, size) -> bool:
+        return size_has(size, self.symbols)
+
+    def length(self) -> fx.Node:
+        """A node holding the local sequence length s (read off the first sequence input)."""
+        if self._length is None:
+            for ph in self.graph.find_nodes(op="placeholder"):
+                val = ph.meta.get("val")
+                dims = seq_dims_of(val, self.symbols)
+                exact = [d for d in dims if val.shape[d].node.expr in self.symbols]
+                if exact:
+                    with self.graph.inserting_after(_last_placeholder(self.graph)):
+                        self._length = self.graph.call_function(torch.ops.aten.sym_size.int, (ph, exact[0]))
+                    self._length.meta["val"] = val.shape[exact[0]]
+                    break
+            else:
+                raise RuntimeError("no graph input carries the sequence length: nothing to shard")
+        return self._length
+
+    def offset(self, before: fx.Node) -> fx.Node:
+        """rank * s: the global position of this rank's first token."""
+        with self.graph.inserting_before(before):
+            return self.graph.call_function(operator.mul, (self.length(), self.spec.rank))
+
+    def call(self, before: fx.Node, fn, *args, **kwargs) -> fx.Node:
+        with self.graph.inserting_before(before):
+            return self.graph.call_function(fn, args, kwargs)
+
+
+def _last_placeholder(graph: fx.Graph) -> fx.Node:
+    return list(graph.find_nodes(op="placeholder"))[-1]
+
+
+def sync_parameter_grads(gm: fx.GraphModule, spec: ShardSpec, is_parameter) -> fx.GraphModule:
+    """Route every parameter input through `sum_grad_over_ranks` (see its docstring)."""
+    graph = gm.graph
+    for i, ph in enumerate(graph.find_nodes(op="placeholder")):
+        if not is_parameter(i, ph) or not ph.users:
+            continue
+        with graph.inserting_after(_last_placeholder(graph)):
+            synced = graph.call_function(seq_ops.sum_grad_over_ranks, (ph, spec.group_name))
+        synced.meta["val"] = ph.meta.get("val")
+        ph.replace_all_uses_with(synced, delete_user_cb=lambda user: user is not synced)
+    return gm
+
+
+def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.GraphModule:
+    """Rewrite `gm` (traced on one slice, sequence length symbolic in `symbols`) for the group.
+
+    Raises:
+        ShardError: an op mixes positions and no rule makes it sequence-parallel; the message
+            names the op, the user's source line and what to do.
+    """
+    ctx = ShardContext(gm, spec, symbols)
+    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not touches_sequence(node, symbols):
+            continue
+        shard_rules.check_no_length_as_value(ctx, node)
+        rule = shard_rules.rule_for(node.target, rules)
+        if rule is None:
+            raise ShardError(
+                node,
+                "this op reads tensors that carry the sequence and lasp_fx has no rule for it",
+                "If it only works position by position, report it to lasp_fx; otherwise compute it "
+                "outside the parallelized model",
+            )
+        rule(ctx, node)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
