@@ -9,7 +9,7 @@ from functools import cached_property
 import torch
 from torch.fx import GraphModule, Node
 
-from lasp_fx.passes.emit import _broadcast
+from lasp_fx.passes.emit import kv_heads
 from lasp_fx.passes.graph import module_path, shape, source_of
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.probe import ProbeFailed, check_sides, fit_and_verify, region
@@ -53,7 +53,7 @@ class Context:
 
     def near_miss(self, family: str, node: Node, reason: str) -> NearMiss:
         where, code = source_of(node)
-        return NearMiss(family, where, code, module_path(node), reason)
+        return NearMiss(family, where, code, module_path(node), reason, node)
 
     def verify(self, cand: Candidate) -> Candidate:
         """Check the region's inputs, then fit and verify numerically; raises ProbeFailed."""
@@ -78,9 +78,8 @@ def to_match(cand: Candidate) -> LinearAttentionMatch:
     """The user-facing description of a verified candidate."""
     where, code = source_of(cand.anchor)
     sq, sk, sv = shape(cand.q), shape(cand.k), shape(cand.v)
-    actual = [sk[d] if d is not None else 1 for d in cand.k_layout.batch]
     heads = math.prod(cand.beta[1:])
-    kv = math.prod(_broadcast(actual, cand.beta, grouped=True)[1:])
+    kv, _ = kv_heads(cand)
     d = cand.decay
     return LinearAttentionMatch(
         family=cand.family, source=where, code=code, module=module_path(cand.anchor),

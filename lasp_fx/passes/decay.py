@@ -55,9 +55,9 @@ def analyse_mask(M: torch.Tensor) -> MaskInfo:
     a = torch.log(sub)  # exp(a_i) = R[i, i-1]
     G = torch.cat([torch.zeros_like(a[..., :1]), torch.cumsum(a, -1)], -1)
     expect = torch.tril(torch.exp(G[..., :, None] - G[..., None, :]))
-    if (expect - R).abs().max() > 1e-7 * float(R.abs().max()):
+    if (expect - R).abs().max() > 1e-6 * float(R.abs().max()):
         raise NotADecay("the mask is causal but not of the form exp(G_i - G_j) (not a decay)")
-    if (a - a[..., :1]).abs().max() <= 1e-9 * max(1.0, float(a.abs().max())):
+    if (a - a[..., :1]).abs().max() <= 1e-6 * max(1.0, float(a.abs().max())):
         return MaskInfo("const", a[..., 0], None)
     return MaskInfo("gate", None, a)
 

@@ -11,10 +11,10 @@ from torch.fx import GraphModule
 
 from lasp_fx.passes.context import Context
 from lasp_fx.passes.match import Candidate, NearMiss
-from lasp_fx.passes.patterns import quadratic
+from lasp_fx.passes.patterns import blocks, cumsum, quadratic
 from lasp_fx.passes.probe import region
 
-FAMILIES = [quadratic]
+FAMILIES = [quadratic, cumsum, blocks]
 
 
 def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list[NearMiss]]:
@@ -28,7 +28,9 @@ def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list
     found = [f for fam in FAMILIES for f in fam.find(ctx)]
     cands = [f for f in found if isinstance(f, Candidate)]
     near = [f for f in found if isinstance(f, NearMiss)]
-    return _drop_nested(cands), near
+    cands = _drop_nested(cands)
+    claimed = set().union(*(set(region(c)) for c in cands)) if cands else set()
+    return cands, [n for n in near if n.node not in claimed]  # parts of a match are not near-misses
 
 
 def _drop_nested(cands: list[Candidate]) -> list[Candidate]:

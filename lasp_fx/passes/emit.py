@@ -81,7 +81,8 @@ def _canonical(emit, x, shp, layout: Layout):
     actual = [shp[d] if d is not None else 1 for d in layout.batch]
     tail = [shp[d] for d in (layout.seq, layout.feat) if d is not None]
     if [shp[d] for d in order] != actual + tail:
-        x = emit(aten.reshape.default, x, actual + tail)
+        seq = [-1] if layout.seq is not None else []
+        x = emit(aten.reshape.default, x, actual + seq + tail[len(seq):])
     return x, actual, tail
 
 
@@ -115,12 +116,12 @@ def to_op_layout(emit, x, shp, layout: Layout, beta, grouped: bool = False):
             x = emit(aten.permute.default, x, order)
         target = [b, tail[0], math.prod(want[1:])] + tail[1:]
         if [shp[d] for d in order] != target:
-            x = emit(aten.reshape.default, x, target)
+            x = emit(aten.reshape.default, x, [b, -1] + target[2:])  # -1: the sequence may be symbolic
         return x
     x, actual, tail = _canonical(emit, x, shp, layout)
     if want != actual:
-        x = emit(aten.expand.default, x, want + tail)
-    x = emit(aten.reshape.default, x, [b, math.prod(want[1:])] + tail)
+        x = emit(aten.expand.default, x, want + [-1] + tail[1:])
+    x = emit(aten.reshape.default, x, [b, math.prod(want[1:]), -1] + tail[1:])
     return emit(aten.transpose.int, x, 1, 2)
 
 
@@ -133,11 +134,11 @@ def from_op_layout(emit, o, out_shape, layout: Layout, beta):
         perm = [to_out[p] for p in perm]
         return o if perm == [0, 1, 2, 3] else emit(aten.permute.default, o, perm)
     o = emit(aten.transpose.int, o, 1, 2)
-    o = emit(aten.reshape.default, o, list(beta) + [out_shape[layout.seq], out_shape[layout.feat]])
+    o = emit(aten.reshape.default, o, list(beta) + [-1, out_shape[layout.feat]])
     if perm != list(range(len(perm))):
         o = emit(aten.permute.default, o, perm)
     if len(out_shape) != len(perm):
-        o = emit(aten.reshape.default, o, list(out_shape))
+        o = emit(aten.reshape.default, o, [-1 if d == layout.seq else n for d, n in enumerate(out_shape)])
     return o
 
 
@@ -164,14 +165,34 @@ def log_decay(emit, cand: Candidate, env: dict, dtype: torch.dtype):
         return emit(aten.reshape.default, x, [heads])
     x = emit(aten.expand.default, x, list(cand.beta))  # differs per batch element: a [B, T, H] gate
     x = emit(aten.reshape.default, x, [cand.beta[0], 1, heads])
-    return emit(aten.expand.default, x, [cand.beta[0], cand.seq_len, heads])
+    seq = emit(aten.sym_size.int, env[cand.q], cand.q_layout.seq)
+    return emit(aten.expand.default, x, [cand.beta[0], seq, heads])
+
+
+def kv_heads(cand: Candidate) -> tuple[int, bool]:
+    """(number of kv heads fed to the op, whether k and v share heads GQA-style without a copy)."""
+    def want(node, layout):
+        actual = [shape(node)[d] if d is not None else 1 for d in layout.batch]
+        return _broadcast(actual, cand.beta, grouped=True)
+
+    wk, wv = want(cand.k, cand.k_layout), want(cand.v, cand.v_layout)
+    grouped = wk == wv  # k and v must have the same heads; else both are expanded to the query heads
+    return (math.prod(wk[1:]) if grouped else math.prod(cand.beta[1:])), grouped
+
+
+def _repeat_heads(emit, x, heads: int):
+    have = shape_of(x, emit)[2]
+    return x if have == heads else emit(aten.repeat_interleave.self_int, x, heads // have, 2)
 
 
 def build(cand: Candidate, emit, env: dict):
     """Emit the replacement of `cand.out`; `env` maps q, k, v (and the decay node) to inputs."""
+    _, shared = kv_heads(cand)
     q = to_op_layout(emit, env[cand.q], shape(cand.q), cand.q_layout, cand.beta)
     k = to_op_layout(emit, env[cand.k], shape(cand.k), cand.k_layout, cand.beta, grouped=True)
     v = to_op_layout(emit, env[cand.v], shape(cand.v), cand.v_layout, cand.beta, grouped=True)
+    if not shared:  # k and v have different head counts: repeat both to the query heads
+        k, v = (_repeat_heads(emit, x, math.prod(cand.beta[1:])) for x in (k, v))
     E = shape(cand.v)[cand.v_layout.feat]
     if cand.normalised:  # v extended by a column of ones gives the normaliser (DESIGN.md section 2)
         ones = emit(aten.new_ones.default, v, list(shape_of(v, emit))[:-1] + [1])

@@ -39,7 +39,15 @@ def val(node) -> torch.Tensor | None:
 
 def shape(node) -> tuple[int, ...] | None:
     v = val(node)
-    return None if v is None else tuple(int(s) for s in v.shape)
+    return None if v is None else tuple(_hint(s) for s in v.shape)
+
+
+def _hint(s) -> int:
+    """A size as an int; a symbolic size gives its example value without adding a guard."""
+    if isinstance(s, torch.SymInt):
+        hint = s.node.hint
+        return int(hint) if hint is not None else int(s.node.shape_env.size_hint(s.node.expr))
+    return int(s)
 
 
 def is_elementwise(node: Node) -> bool:

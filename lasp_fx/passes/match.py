@@ -124,3 +124,4 @@ class NearMiss:
     code: str
     module: str
     reason: str
+    node: Node | None = field(default=None, repr=False, compare=False)

@@ -18,7 +18,7 @@ from lasp_fx.passes.match import Candidate
 from lasp_fx.passes.values import Values
 from lasp_fx.testing.numerics import rel_rms
 
-TOL = 1e-8  # float64 on both sides: a different function is off by O(1), rounding by ~1e-14
+TOL = 1e-6  # a different function is off by O(1); float64 rounding is ~1e-14, buffers computed in float32 ~1e-7
 
 
 class ProbeFailed(Exception):

@@ -11,7 +11,7 @@ from torch.fx import GraphModule, Node
 
 from lasp_fx.passes.context import to_match
 from lasp_fx.passes.emit import LASP_OP, GraphEmitter, build
-from lasp_fx.passes.graph import ancestors, topo_order
+from lasp_fx.passes.graph import ancestors, aten, topo_order
 from lasp_fx.passes.match import Candidate
 
 MATCH_KEY = "lasp_fx_match"
@@ -43,5 +43,9 @@ def replace_candidate(gm: GraphModule, cand: Candidate) -> Node:
 def _erase_dead(gm: GraphModule, nodes: set[Node]) -> None:
     order = topo_order(gm.graph)
     for n in sorted(nodes, key=order.__getitem__, reverse=True):
+        checks = [u for u in n.users if u.target is aten._assert_tensor_metadata.default]
+        if len(checks) == len(n.users):  # `.to(dtype)` leaves a metadata check that keeps n alive
+            for u in checks:
+                gm.graph.erase_node(u)
         if not n.users and n.op in ("call_function", "get_attr") and not n.is_impure():
             gm.graph.erase_node(n)

@@ -48,17 +48,28 @@ def score_product(node: Node) -> tuple[Contraction, str, str, str] | None:
 def mask_chain(S: Node) -> list[Node]:
     """S and the elementwise ops applied to it alone (masks, decays, scales), in order."""
     chain = [S]
-    while len(chain[-1].users) == 1:
-        u = next(iter(chain[-1].users))
+    while True:
+        users = [u for u in chain[-1].users if u.target not in _LIKE]  # zeros_like(S) reads a shape
+        if len(users) != 1:
+            break
+        u = users[0]
         if not (is_elementwise(u) or u.target in _CHAIN_EXTRA) or shape(u) is None:
             break
         if len(shape(u)) != len(shape(S)):
             break
         others = [a for a in u.all_input_nodes if a is not chain[-1]]
-        if any(S in ancestors([a]) for a in others):
+        if any(S in ancestors([a], stop=_like_ops(a)) for a in others):
             break
         chain.append(u)
     return chain
+
+
+_LIKE = {aten.zeros_like.default, aten.ones_like.default, aten.full_like.default, aten.empty_like.default}
+
+
+def _like_ops(node: Node) -> set[Node]:
+    """zeros_like(S) and friends read only S's shape: a constant, not a dependency."""
+    return {n for n in ancestors([node]) if n.op == "call_function" and n.target in _LIKE}
 
 
 def _second_product(P: Node) -> tuple[Node, Contraction, Node, list[Node]] | None:

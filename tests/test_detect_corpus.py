@@ -1,0 +1,69 @@
+"""Detection on the corpus: the expected matches, near-misses with reasons, no false positives."""
+
+import pytest
+
+from tests.corpus import CORPUS
+from tests.corpus.harness import SEQ, converted
+
+NAMES = list(CORPUS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_expected_matches(name):
+    _, _, report, _ = converted(name)
+    expected = CORPUS[name][1]
+    got = [(m.family, m.decay, m.normalised) for m in report.matches]
+    assert got == expected, f"{name}:\n{report}"
+    for m in report.matches:
+        assert m.source.startswith("tests/corpus/") and m.code, m
+        assert m.seq_len == SEQ and m.max_error < 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_expected_near_misses(name):
+    _, _, report, _ = converted(name)
+    assert [n.family for n in report.near_misses] == CORPUS[name][2], f"{name}:\n{report}"
+    for n in report.near_misses:
+        assert n.reason and n.source.startswith("tests/corpus/"), n
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("bidirectional_linear", "not masked"),
+        ("anti_causal_triu", "anti-causal"),
+        ("learnable_temperature", "temperature"),
+        ("softmax_manual", "softmax"),
+    ],
+)
+def test_near_miss_reason_says_why(name, words):
+    _, _, report, _ = converted(name)
+    assert words in report.near_misses[0].reason
+
+
+@pytest.mark.parametrize(
+    "name, field, value",
+    [
+        ("gqa_expand_reshape", "kv_heads", 4),  # the feature map runs after the repeat: k is per head
+        ("mqa_repeat_interleave", "kv_heads", 1),
+        ("retnet_pow_buffer", "decay_learnable", False),
+        ("learnable_exp_decay", "decay_learnable", True),
+        ("gate_log_cumsum", "decay", "gate"),
+        ("einsum_tril_heads_dim2", "scale", 8 ** -0.5),
+        ("bmm_where_scale_on_k", "scale", 0.5),
+        ("mqa_repeat_interleave", "scale", 1 / 8),
+        ("cumsum_einsum_normalised", "norm_eps", 1e-5),
+        ("rowsum_normalised", "norm_eps", 1e-6),
+    ],
+)
+def test_match_description(name, field, value):
+    _, _, report, _ = converted(name)
+    got = getattr(report.matches[0], field)
+    assert got == pytest.approx(value, rel=1e-6) if isinstance(value, float) else got == value
+
+
+def test_report_prints_a_table():
+    _, _, report, _ = converted("hybrid_linear_softmax")
+    text = str(report)
+    assert "match" in text and "near-miss" in text and "tests/corpus/decay_masks.py:" in text
+    assert "1 match(es), 1 near-miss(es)" in text
