@@ -27,7 +27,7 @@ from lasp_fx.ops.triton.common import (
 )  # fmt: skip
 from lasp_fx.ops.triton.states import segment_states
 
-_TUNE = [config(4), config(8), config(8, num_stages=3)]
+_TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE"])
@@ -126,7 +126,7 @@ def _dk_kernel(
         dst += tl.dot(dot_, qw, input_precision=PREC) * scale
 
 
-@autotune([config(4, BV=64), config(8, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, dv, scale, T, H, HK, D, E, NSUB, NSEG,
@@ -189,7 +189,7 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
         state_hook(ds_in)
 
     nseg, prec, group = S.shape[2], dot_precision(q.dtype), H // HK
-    BK = min(block(D), 64)
+    BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
     n_k = triton.cdiv(D, BK)
     dq = torch.empty_like(q)
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)

@@ -58,9 +58,23 @@ if INTERPRET:
     _backport_interpreter_index_fix()
 
 
+def _prune(configs, named_args, **kwargs):
+    # LASP_FX_AUTOTUNE=0 takes the first config: no tuning runs, one compile per kernel.
+    return configs[:1] if os.environ.get("LASP_FX_AUTOTUNE", "1") == "0" else configs
+
+
 def autotune(configs: list, key: list):
-    """`triton.autotune` over a few configs; only the first one under TRITON_INTERPRET=1."""
-    return triton.autotune(configs=configs[:1] if INTERPRET else configs, key=key)
+    """`triton.autotune` over a few configs, its choice cached on disk next to Triton's kernel cache.
+
+    Only the first config under TRITON_INTERPRET=1 (the interpreter cannot benchmark) or with
+    LASP_FX_AUTOTUNE=0.
+    """
+    return triton.autotune(
+        configs=configs[:1] if INTERPRET else configs,
+        key=key,
+        prune_configs_by={"early_config_prune": _prune},
+        cache_results=True,
+    )
 
 
 def config(num_warps: int, num_stages: int = 2, **meta) -> triton.Config:

@@ -20,7 +20,7 @@ from lasp_fx.ops.triton.common import (
 from lasp_fx.ops.triton.states import segment_states
 
 
-@autotune([config(4, BV=64), config(8, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
 @triton.jit
 def _out_kernel(
     q, k, v, g, S, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,

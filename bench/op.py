@@ -1,0 +1,224 @@
+"""Speed of the op on one GPU, side by side: lasp_fx, fla chunk_simple_gla, LASP lightning_attn, SDPA flash.
+
+Run on one GPU from the repository root (fla-core and lasp installed, e.g. from .whl/):
+    PYTHONPATH=. python bench/op.py [--ts 8192,32768,131072] [--big 524288] [--json out.json]
+    PYTHONPATH=. python bench/op.py --first-call      # compile + autotune cost of a first call
+
+Shape as in DESIGN.md section 5: B=1, H=16, D=E=128, bf16, decay none / const (per head) /
+gate (per token). Times are medians of triton.testing.do_bench (L2 flushed between runs, grads
+reset). Floors: bytes = read q, k, v, do (+ gate) and write o, dq, dk, dv once (fwd: q, k, v, o);
+FLOPs of the chunked algorithm (C = 64) = T H (2C(D + E) + 4DE) forward, three times that for
+fwd+bwd; against the copy bandwidth and bf16 matmul rate measured at the start of the run.
+lasp_fx at the smallest T is also checked against float64 (the autotuned configs, not only the first).
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+import lasp_fx
+from lasp_fx.testing.numerics import rel_rms
+
+B, H, D, C = 1, 16, 128, 64
+SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])  # lightning / RetNet-style
+
+
+def _inputs(T, decay, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (B, T, H, D)
+    x = {n: torch.randn(shape, generator=gen).to("cuda", torch.bfloat16) for n in ("q", "k", "v", "do")}
+    x["k"] /= D**0.5
+    x["g"] = None
+    if decay == "const":
+        x["g"] = -SLOPES.cuda()
+    elif decay == "gate":
+        x["g"] = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0).cuda()
+    return x
+
+
+def _ours(x):
+    return lambda: lasp_fx.linear_attention(x["q"], x["k"], x["v"], x["g"])
+
+
+def _fla(x, decay):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    kw = {"g_gamma": x["g"]} if decay == "const" else {"g": x["g"]} if decay == "gate" else {}
+    return lambda: chunk_simple_gla(x["q"], x["k"], x["v"], scale=D**-0.5, **kw)[0]
+
+
+def _lightning(x, decay):
+    if decay == "gate":
+        raise NotImplementedError("lightning_attn has no per-token gate")
+    from lasp import lightning_attn
+
+    q, k, v, do = _heads_first(x)
+    slopes = (SLOPES if decay == "const" else torch.zeros(H)).cuda().reshape(H, 1, 1)
+    return lambda: lightning_attn(q, k, v, slopes), [q, k, v], do
+
+
+def _sdpa(x):
+    q, k, v, do = _heads_first(x)
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v], do
+
+
+def _heads_first(x):
+    """Their own layout [B, H, T, D], made once outside the timed region."""
+    q, k, v, do = (x[n].detach().transpose(1, 2).contiguous() for n in ("q", "k", "v", "do"))
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do
+
+
+def _make(name, x, decay):
+    """(forward callable, the leaves whose grads the backward fills, the output gradient)."""
+    leaves = [x["q"], x["k"], x["v"]] + ([x["g"]] if x["g"] is not None and x["g"].requires_grad else [])
+    if name == "lasp_fx":
+        return _ours(x), leaves, x["do"]
+    if name == "fla":
+        return _fla(x, decay), leaves, x["do"]
+    if name == "lightning":
+        return _lightning(x, decay)
+    return _sdpa(x)
+
+
+def _peak_mb(fn):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _floors(T, decay):
+    """(bytes, FLOPs) of fwd and of fwd+bwd (D = E, bf16, gate in float32)."""
+    n = B * T * H
+    gate = decay == "gate"
+    fwd_bytes = 2 * n * (2 * D + 2 * D) + 4 * n * gate
+    all_bytes = 2 * n * (4 * D + 4 * D) + 12 * n * gate  # gate: read g twice, write dg
+    fwd_flops = n * (2 * C * (D + D) + 4 * D * D)
+    return {"fwd": (fwd_bytes, fwd_flops), "fwdbwd": (all_bytes, 3 * fwd_flops)}
+
+
+def _ceilings():
+    """Copy bandwidth (bytes read + written) and bf16 matmul rate of this card."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    bw = 2 * a.numel() / (do_bench(lambda: b.copy_(a), return_mode="median") * 1e-3)
+    m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    peak = 2 * 8192**3 / (do_bench(lambda: m @ m, return_mode="median") * 1e-3)
+    del a, b, m
+    return bw, peak
+
+
+def _check_ours(x, decay):
+    """Relative RMS error of lasp_fx (autotuned configs) against the op in float64 on this GPU."""
+    errs = {}
+    outs = []
+    for dt in (torch.bfloat16, torch.float64):
+        leaves = [x[n].detach().to(dt).requires_grad_() for n in ("q", "k", "v")]
+        g = None if x["g"] is None else x["g"].detach().to(torch.float32 if dt != torch.float64 else dt).requires_grad_()
+        o = lasp_fx.linear_attention(*leaves, g)
+        o.backward(x["do"].to(dt))
+        outs.append([o] + [t.grad for t in leaves] + ([g.grad] if g is not None else []))
+    for name, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
+        errs[name] = rel_rms(a, b)
+    return max(errs.values())
+
+
+def bench(Ts, big, path):
+    bw, peak = _ceilings()
+    card = torch.cuda.get_device_name()
+    print(f"card: {card}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
+    rows = []
+    hdr = f"{'T':>7} {'decay':5} {'impl':9} {'fwd ms':>8} {'fwd+bwd':>8} {'x fla':>6} {'TB/s':>5} {'TFLOP/s':>7} {'floor':>6} {'peak MB':>8} note"
+    print(hdr, flush=True)
+    for T in Ts + big:
+        for decay in ("none", "const", "gate"):
+            floors = _floors(T, decay)
+            names = ["lasp_fx"] if T in big else ["lasp_fx", "fla", "lightning"] + (["sdpa"] if decay == "none" else [])
+            fla_ms = None
+            for name in names:
+                row = {"T": T, "decay": decay, "impl": name, "card": card}
+                try:
+                    x = _inputs(T, decay)
+                    for n in ("q", "k", "v"):
+                        x[n].requires_grad_()
+                    if x["g"] is not None and name != "lightning":
+                        x["g"].requires_grad_()
+                    f, leaves, do = _make(name, x, decay)
+                    row["fwd_ms"] = do_bench(f, return_mode="median")
+                    step = lambda: f().backward(do)  # noqa: E731
+                    row["fwdbwd_ms"] = do_bench(step, grad_to_none=leaves, return_mode="median")
+                    for t in leaves:
+                        t.grad = None
+                    row["peak_mb"] = _peak_mb(step)
+                    if name == "lasp_fx" and T == Ts[0]:
+                        row["max_rel_err_vs_f64"] = _check_ours(x, decay)
+                except Exception as ex:  # an anchor that fails here is reported, not fatal
+                    row["error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
+                if name == "fla":
+                    fla_ms = row.get("fwdbwd_ms")
+                nbytes, flops = floors["fwdbwd"]
+                if "fwdbwd_ms" in row:
+                    s = row["fwdbwd_ms"] * 1e-3
+                    row.update(tbps=nbytes / s / 1e12, tflops=flops / s / 1e12, floor_ms=max(nbytes / bw, flops / peak) * 1e3)
+                    row["fwd_floor_ms"] = max(floors["fwd"][0] / bw, floors["fwd"][1] / peak) * 1e3
+                rows.append(row)
+                _print(row, fla_ms)
+                with open(path, "w") as fh:
+                    json.dump({"card": card, "copy_TBps": bw / 1e12, "matmul_TFLOPs": peak / 1e12, "rows": rows}, fh, indent=1)
+                del x
+                torch.cuda.empty_cache()
+
+
+def _print(r, fla_ms):
+    if "error" in r:
+        fwd = f"{r['fwd_ms']:8.3f}" if "fwd_ms" in r else ""
+        print(f"{r['T']:>7} {r['decay']:5} {r['impl']:9} {fwd} error: {r['error']}", flush=True)
+        return
+    ratio = r["fwdbwd_ms"] / fla_ms if fla_ms and r["impl"] != "fla" else (1.0 if r["impl"] == "fla" else math.nan)
+    note = f"err {r['max_rel_err_vs_f64']:.1e}" if "max_rel_err_vs_f64" in r else ""
+    print(
+        f"{r['T']:>7} {r['decay']:5} {r['impl']:9} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:8.3f} {ratio:6.2f} "
+        f"{r['tbps']:5.2f} {r['tflops']:7.1f} {r['floor_ms']:6.2f} {r['peak_mb']:8.0f} {note}",
+        flush=True,
+    )
+
+
+def first_call(T):
+    """Seconds of the first fwd and bwd per decay form: Triton compile + autotune (or their disk caches)."""
+    for decay in ("none", "const", "gate"):
+        x = _inputs(T, decay)
+        for n in ("q", "k", "v"):
+            x[n].requires_grad_()
+        t0 = time.perf_counter()
+        o = _ours(x)()
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        o.backward(x["do"])
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        print(f"first call T={T} decay={decay}: fwd {t1 - t0:.1f} s, bwd {t2 - t1:.1f} s", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ts", default="8192,32768,131072")
+    p.add_argument("--big", default="524288", help="lasp_fx alone at these T ('' for none)")
+    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench_op.json"))
+    p.add_argument("--first-call", action="store_true")
+    a = p.parse_args()
+    Ts = [int(t) for t in a.ts.split(",")]
+    if a.first_call:
+        return first_call(Ts[0])
+    bench(Ts, [int(t) for t in a.big.split(",") if t], a.json)
+
+
+if __name__ == "__main__":
+    main()
