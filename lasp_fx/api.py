@@ -78,12 +78,25 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
         if not state["checked"]:
             smesh.check_same_batch(args, kwargs)
             state["checked"] = True
-        out = compiled(*args, **kwargs)
+        out = _surface_errors(compiled, args, kwargs)
         return smesh.wrap_outputs(out, config.seq_dim, length, config.outputs)
 
     model.forward = forward
     model._lasp_fx_parallel = (smesh, config)  # what `lasp_fx.inspect` and repr report
     return model
+
+
+def _surface_errors(compiled, args, kwargs):
+    """Run the compiled forward; lasp_fx's own errors come out as themselves, not wrapped by dynamo."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        return compiled(*args, **kwargs)
+    except BackendCompilerFailed as e:
+        inner = getattr(e, "inner_exception", None)
+        if isinstance(inner, (ValueError, TypeError, RuntimeError)) and type(inner).__module__.startswith("lasp_fx"):
+            raise inner.with_traceback(None) from None
+        raise
 
 
 def _check_config(config: ParallelConfig) -> None:

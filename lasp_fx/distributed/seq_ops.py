@@ -17,15 +17,49 @@ from torch import Tensor
 _all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
-def sum_over_ranks(x: Tensor, group_name: str) -> Tensor:
-    """The sum of x over the group, with the gradient of one replicated copy.
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce forward and backward (see `sum_over_ranks`)."""
 
-    Every rank ends with the same value and backpropagates the same upstream gradient, so the
-    gradient reaching each rank's own summand is that upstream gradient unchanged (an identity
-    backward); the all-reduce runs on detached values and stays out of autograd.
+    @staticmethod
+    def forward(ctx, x, group_name):
+        ctx.group_name = group_name
+        return funcol.all_reduce(x.contiguous(), "sum", group_name)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return funcol.all_reduce(grad.contiguous(), "sum", ctx.group_name), None
+
+
+def sum_over_ranks(x: Tensor, group_name: str) -> Tensor:
+    """The sum of x over the group (local values -> one replicated value).
+
+    Gradients of replicated values are kept as *partial* shares whose sum over ranks is the true
+    gradient (the graph's replicated outputs seed 1/P each: `partial_output`), so the backward
+    sums the shares: every rank's summand gets the true gradient of the replicated sum.
     """
-    total = funcol.all_reduce(x.detach(), "sum", group_name)
-    return x + (total - x.detach())
+    return _SumOverRanks.apply(x, group_name)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def partial_output(x: Tensor, world_size: int) -> Tensor:
+    """x unchanged; its gradient becomes this rank's 1/P share.
+
+    Every rank holds the same replicated output (a loss, a pooled vector) and backpropagates the
+    same gradient into it. Taking 1/P on each keeps the parameters used after the reduction
+    (a classifier on pooled features) from being counted P times when `sum_grad_over_ranks`
+    adds up the ranks' gradients.
+    """
+    return _ScaleGrad.apply(x, 1.0 / world_size)
 
 
 class _GradSum(torch.autograd.Function):

@@ -82,6 +82,26 @@ class ShardContext:
         with self.graph.inserting_before(before):
             return self.graph.call_function(fn, args, kwargs)
 
+    def replace(self, node: fx.Node, new: fx.Node) -> fx.Node:
+        """Send every use of `node` to `new`, which takes over its meta (shape, source line)."""
+        _copy_meta(node, new)
+        node.replace_all_uses_with(new)
+        return new
+
+    def wrap(self, node: fx.Node, fn, *args) -> fx.Node:
+        """Insert `fn(node, *args)` right after `node` and send node's other uses to it."""
+        with self.graph.inserting_after(node):
+            new = self.graph.call_function(fn, (node, *args))
+        _copy_meta(node, new)
+        node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        return new
+
+
+def _copy_meta(src: fx.Node, dst: fx.Node) -> None:
+    for key in ("val", "stack_trace", "nn_module_stack"):
+        if key in src.meta:
+            dst.meta.setdefault(key, src.meta[key])
+
 
 def _last_placeholder(graph: fx.Graph) -> fx.Node:
     return list(graph.find_nodes(op="placeholder"))[-1]
@@ -100,6 +120,19 @@ def sync_parameter_grads(gm: fx.GraphModule, spec: ShardSpec, is_parameter) -> f
     return gm
 
 
+def _partial_replicated_outputs(ctx: ShardContext) -> None:
+    """Outputs without a sequence dim are replicated: their gradients enter as 1/P shares."""
+    out = ctx.graph.output_node()
+
+    def wrap(arg):
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point() or ctx.seq_dims(arg):
+            return arg
+        return ctx.call(out, seq_ops.partial_output, arg, ctx.spec.world_size)
+
+    out.args = fx.node.map_arg(out.args, wrap)
+
+
 def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.GraphModule:
     """Rewrite `gm` (traced on one slice, sequence length symbolic in `symbols`) for the group.
 
@@ -110,9 +143,11 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     ctx = ShardContext(gm, spec, symbols)
     rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or not touches_sequence(node, symbols):
+        if node.op != "call_function":
             continue
         shard_rules.check_no_length_as_value(ctx, node)
+        if not touches_sequence(node, symbols):
+            continue
         rule = shard_rules.rule_for(node.target, rules)
         if rule is None:
             raise ShardError(
@@ -122,6 +157,7 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
                 "outside the parallelized model",
             )
         rule(ctx, node)
+    _partial_replicated_outputs(ctx)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()

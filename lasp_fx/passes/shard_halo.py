@@ -98,7 +98,7 @@ def _pad(ctx, node):
     rest = pads[:i] + [0, 0] + pads[i + 2:]
     if any(rest):
         out = ctx.call(node, aten.constant_pad_nd.default, out, rest, value)
-    node.replace_all_uses_with(out)
+    ctx.replace(node, out)
 
 
 def _halo_only(ctx, node, x, d, before, after, value):

@@ -235,7 +235,7 @@ def _loss(ctx, node):
     summed = ctx.call(node, node.target, *((x, target, None, 2) + tuple(node.args[4:])), **node.kwargs)
     total = ctx.call(node, seq_ops.sum_over_ranks, summed, ctx.spec.group_name)
     if reduction == 2:
-        node.replace_all_uses_with(total)
+        ctx.replace(node, total)
         return
     if _val(target).is_floating_point():  # class probabilities: every position counts equally
         _global_mean(ctx, node)
@@ -243,20 +243,17 @@ def _loss(ctx, node):
     kept = ctx.call(node, aten.ne.Scalar, target, ignore_index)
     local = ctx.call(node, aten.sum.dim_IntList, kept, None, False, dtype=_val(x).dtype)
     count = ctx.call(node, seq_ops.sum_over_ranks, local, ctx.spec.group_name)
-    node.replace_all_uses_with(ctx.call(node, aten.div.Tensor, total, count))
+    ctx.replace(node, ctx.call(node, aten.div.Tensor, total, count))
 
 
 def _global_mean(ctx, node):
     """A mean over equal-sized slices: the mean of the ranks' means."""
-    total = ctx.call(node.next, seq_ops.sum_over_ranks, node, ctx.spec.group_name)
-    node.replace_all_uses_with(total, delete_user_cb=lambda u: u is not total)
-    scaled = ctx.call(total.next, aten.div.Tensor, total, ctx.spec.world_size)
-    total.replace_all_uses_with(scaled, delete_user_cb=lambda u: u is not scaled)
+    total = ctx.wrap(node, seq_ops.sum_over_ranks, ctx.spec.group_name)
+    ctx.wrap(total, aten.div.Tensor, ctx.spec.world_size)
 
 
 def _global_sum(ctx, node):
-    total = ctx.call(node.next, seq_ops.sum_over_ranks, node, ctx.spec.group_name)
-    node.replace_all_uses_with(total, delete_user_cb=lambda u: u is not total)
+    ctx.wrap(node, seq_ops.sum_over_ranks, ctx.spec.group_name)
 
 
 def _elementwise_loss(ctx, node):
@@ -276,9 +273,7 @@ def _arange(ctx, node):
     """
     if not ctx.seq_dims(node):
         return
-    off = ctx.offset(node)
-    shifted = ctx.call(node.next, aten.add.Tensor, node, off)
-    node.replace_all_uses_with(shifted, delete_user_cb=lambda u: u is not shifted)
+    ctx.wrap(node, aten.add.Tensor, ctx.offset(node))
 
 
 def check_no_length_as_value(ctx, node):

@@ -1,53 +1,94 @@
-"""Spawned-rank workers for parallelize(): each rank builds the model, runs it sequence-parallel, reports."""
+"""Spawned-rank workers for parallelize(): each rank builds a model, runs it sequence-parallel, reports.
+
+A case is a dict: model ("module:Class"), ids, labels, dtype ("float64" / "float32"), steps (AdamW
+steps after the gradient check), options (parallelize keyword arguments), mesh ("sp" or "dp,sp").
+`single(case)` computes the same numbers in one process, for the parent to compare with.
+"""
 
 from __future__ import annotations
 
 import importlib
 
 import torch
+import torch.distributed as dist
 
 
-def build(spec: str, seed: int = 0, **kwargs):
-    """A model from "module:Class" (e.g. "examples.models:LightningLM"), seeded, in float64."""
-    module, name = spec.split(":")
+def build(model: str, dtype: str = "float64", seed: int = 0):
+    """A model from "module:Class" (e.g. "examples.models:LightningLM"), seeded, in `dtype`."""
+    module, name = model.split(":")
     torch.manual_seed(seed)
-    return getattr(importlib.import_module(module), name)(**kwargs).double()
+    return getattr(importlib.import_module(module), name)().to(getattr(torch, dtype))
 
 
-def reference(spec: str, ids, labels, steps: int = 0, lr: float = 0.0):
-    """Single-process logits, loss, gradients (and losses of `steps` SGD steps)."""
-    model = build(spec)
-    logits = model(ids)
-    loss = model(ids, labels=labels)
+def _run(model, case, gather):
+    """Logits, loss, parameter gradients, and the losses of `steps` AdamW steps."""
+    out = model(case["ids"])
+    logits = gather(out)
+    loss = model(case["ids"], labels=case["labels"])
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logits.detach(), loss.detach(), grads, _train(model, ids, labels, steps, lr)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    losses = []
+    if case.get("steps"):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(case["steps"]):
+            opt.zero_grad()
+            step_loss = model(case["ids"], labels=case["labels"])
+            step_loss.backward()
+            opt.step()
+            losses.append(step_loss.item())
+    return _plain({"logits": logits, "loss": loss, "grads": grads, "losses": losses})
+
+
+def single(case) -> dict:
+    """The case on one process: the reference."""
+    return _run(build(case["model"], case.get("dtype", "float64")), case, lambda t: t)
+
+
+def parallel(rank, world_size, cases) -> list:
+    """Every case with lasp_fx.parallelize on this rank; results in the order of `cases`."""
+    import lasp_fx
+
+    results = []
+    for case in cases:
+        mesh = _mesh(case.get("mesh", "sp"), world_size)
+        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64")), mesh=mesh,
+                                    **case.get("options", {}))
+        if case.get("mesh") == "dp,sp":  # each data-parallel replica takes its own half of the batch
+            case = _dp_slice(case, mesh)
+            model = torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
+        results.append(_run(model, case, lambda t: t.full_tensor()))
+    return results
+
+
+def parallel_errors(rank, world_size, cases) -> list:
+    """The message of the error each case's first call raises (None when it raises nothing)."""
+    import lasp_fx
+
+    messages = []
+    for case in cases:
+        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64")), **case.get("options", {}))
+        try:
+            model(case["ids"])
+            messages.append(None)
+        except Exception as e:  # noqa: BLE001 - the message is what the test checks
+            messages.append(f"{type(e).__name__}: {e}")
+    return messages
+
+
+def _mesh(kind: str, world_size: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if kind == "dp,sp":
+        return init_device_mesh("cpu", (2, world_size // 2), mesh_dim_names=("dp", "sp"))
+    return init_device_mesh("cpu", (world_size,), mesh_dim_names=("sp",))
+
+
+def _dp_slice(case, mesh):
+    dp, n = mesh["dp"].get_local_rank(), mesh["dp"].size()
+    rows = case["ids"].shape[0] // n
+    return {**case, "ids": case["ids"][dp * rows:(dp + 1) * rows], "labels": case["labels"][dp * rows:(dp + 1) * rows]}
 
 
 def _plain(tree):
     """Tensors as numpy arrays: they cross the process boundary without shared-memory handles."""
     return torch.utils._pytree.tree_map(lambda t: t.detach().numpy() if isinstance(t, torch.Tensor) else t, tree)
-
-
-def _train(model, ids, labels, steps, lr):
-    losses = []
-    opt = torch.optim.SGD(model.parameters(), lr=lr) if steps else None
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = model(ids, labels=labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def parallel(rank, world_size, spec: str, ids, labels, steps: int = 0, lr: float = 0.0, options=None):
-    """The same on this rank with lasp_fx.parallelize: gathered logits, loss, gradients, losses."""
-    import lasp_fx
-
-    model = lasp_fx.parallelize(build(spec), **(options or {}))
-    logits = model(ids).full_tensor()
-    loss = model(ids, labels=labels)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return _plain((logits, loss, grads, _train(model, ids, labels, steps, lr)))

@@ -1,0 +1,94 @@
+"""Small models that exercise parallelize()'s sharding rules one by one (importable by spawned ranks)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lasp_fx
+
+
+class DirectOpLM(nn.Module):
+    """Calls lasp_fx.linear_attention itself, plus every position-mixing op with a sharding rule:
+    a learned position table sliced to the length, a causal depthwise conv, arange positions,
+    a token shift, and a mean cross-entropy with ignored labels."""
+
+    def __init__(self, vocab=32, dim=16, heads=2, max_len=512):
+        super().__init__()
+        self.h = heads
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.1)
+        self.conv = nn.Conv1d(dim, dim, 4, groups=dim, padding=3)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.log_decay = nn.Parameter(torch.full((heads,), -0.1))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids, labels=None):
+        x = self.embed(ids)
+        n = x.shape[1]
+        x = x + self.pos[:n]
+        x = x + self.conv(x.transpose(1, 2))[..., :n].transpose(1, 2)
+        q, k, v = self.qkv(x).view(*x.shape[:2], 3, self.h, -1).unbind(2)
+        angle = torch.arange(n, device=x.device).float() * 0.01
+        q = q * torch.cos(angle)[None, :, None, None]
+        x = x + lasp_fx.linear_attention(q, k, v, self.log_decay).flatten(2)
+        x = x + F.pad(x, (0, 0, 1, -1))  # token shift (RWKV style)
+        logits = self.head(x)
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class PooledRegressor(nn.Module):
+    """Mean-pools over the sequence and regresses: a reduction over positions and an MSE loss."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, ids, labels=None):
+        x = torch.tanh(self.proj(self.embed(ids)))
+        pooled = x.mean(dim=1)  # [B, dim]
+        pred = self.out(pooled).squeeze(-1)
+        if labels is None:
+            return x
+        return F.mse_loss(pred, labels.float().mean(dim=1))
+
+
+class CumsumMixer(nn.Module):
+    """Mixes positions with a running mean that is not attention: must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cumsum(x, dim=1)
+
+
+class LengthAsNumber(nn.Module):
+    """Divides by the sequence length taken as a number: must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return x.sum(dim=1) / x.shape[1]
+
+
+class NonCausalConv(nn.Module):
+    """A centred ('same') convolution over the sequence sees the future: must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.conv = nn.Conv1d(dim, dim, 3, padding=1)
+
+    def forward(self, ids):
+        return self.conv(self.embed(ids).transpose(1, 2)).transpose(1, 2)
