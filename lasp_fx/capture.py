@@ -20,6 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import functionalize_inplace
+from lasp_fx.passes.context import SOURCE_NAME
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -103,15 +104,13 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
         gm: the torch-level graph a torch.compile backend receives.
         example_inputs: its example inputs (real or fake tensors; parameters included).
     """
-    if any(isinstance(x, torch.SymInt) for x in example_inputs):
-        raise CaptureError(
-            "the graph has dynamic shapes (SymInt inputs)", None, "",
-            "compile with dynamic=False or mark the sequence dim static (torch._dynamo.mark_static)",
-        )
     fake_mode = torch._guards.detect_fake_mode(example_inputs) or torch._subclasses.FakeTensorMode()
     with fake_mode, torch.fx.traceback.preserve_node_meta():
         fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
         out = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
+        node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
     return functionalize_inplace(out)
 
 

@@ -18,7 +18,8 @@ from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 from lasp_fx.passes.report import InspectReport, inspect
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
 
-__all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", "inspect", "InspectReport",
+__all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", "rewrite_linear_attention", "inspect",
+           "InspectReport",
            "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]
 
 
@@ -52,5 +53,28 @@ def rewrite_model(model: torch.nn.Module, *example_inputs, method: str = "export
         InspectReport, and each op node carries `node.meta["lasp_fx_match"]`.
     """
     gm, report = convert(model, *example_inputs, method=method, **example_kwargs)
+    gm.meta["lasp_fx_report"] = report
+    return gm
+
+
+def rewrite_linear_attention(gm: GraphModule, example_inputs: list | None = None) -> GraphModule:
+    """The `gm -> gm` pass for the torch.compile backend: detect and rewrite in place.
+
+    Args:
+        gm: dynamo's graph re-traced to pre-dispatch ATen (`lasp_fx.capture.capture_dynamo_graph`
+            or an equivalent make_fx re-trace); symbolic sequence lengths are kept symbolic.
+        example_inputs: the backend's real example inputs (parameters included). The probes need
+            real parameter and buffer values; without them the graph is returned unchanged, with
+            a warning.
+    """
+    if example_inputs is None:
+        import warnings
+
+        warnings.warn("rewrite_linear_attention needs the backend's example_inputs; graph left unchanged",
+                      stacklevel=2)
+        return gm
+    cands, near = detect(gm, example_inputs)
+    report = InspectReport([to_match(c) for c in cands], near)
+    gm = rewrite(gm, cands)
     gm.meta["lasp_fx_report"] = report
     return gm

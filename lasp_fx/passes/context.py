@@ -15,6 +15,8 @@ from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.probe import ProbeFailed, check_sides, fit_and_verify, region
 from lasp_fx.passes.values import Values
 
+SOURCE_NAME = "lasp_fx_source_name"  # dynamo's placeholder name, kept by capture_dynamo_graph
+
 
 class Context:
     """A captured graph, its example inputs and the float64 values the probes start from."""
@@ -46,9 +48,11 @@ class Context:
         """Nodes whose values change between calls or steps: parameters and user inputs (buffers
         and constants are taken as fixed)."""
         out = set(self.learnable)
-        for n in self.gm.graph.nodes:
-            if n.op == "placeholder" and "_buffers_" not in n.name and "_constants_" not in n.name:
-                out.add(n)
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        for n, x in zip(placeholders, self.example_inputs):
+            name = n.meta.get(SOURCE_NAME, n.name)
+            if isinstance(x, torch.Tensor) and "_buffers_" not in name and "_constants_" not in name:
+                out.add(n)  # a user input (SymInt sizes and buffers are not)
         return out
 
     def near_miss(self, family: str, node: Node, reason: str) -> NearMiss:

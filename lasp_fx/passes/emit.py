@@ -181,7 +181,7 @@ def kv_heads(cand: Candidate) -> tuple[int, bool]:
 
 
 def _repeat_heads(emit, x, heads: int):
-    have = shape_of(x, emit)[2]
+    have = int(shape_of(x, emit)[2])
     return x if have == heads else emit(aten.repeat_interleave.self_int, x, heads // have, 2)
 
 
@@ -195,7 +195,7 @@ def build(cand: Candidate, emit, env: dict):
         k, v = (_repeat_heads(emit, x, math.prod(cand.beta[1:])) for x in (k, v))
     E = shape(cand.v)[cand.v_layout.feat]
     if cand.normalised:  # v extended by a column of ones gives the normaliser (DESIGN.md section 2)
-        ones = emit(aten.new_ones.default, v, list(shape_of(v, emit))[:-1] + [1])
+        ones = emit(aten.ones_like.default, emit(aten.slice.Tensor, v, -1, 0, 1))  # no sizes: T may be symbolic
         v = emit(aten.cat.default, [v, ones], -1)
     dtype = acc_dtype(val(cand.q).dtype) if isinstance(emit, GraphEmitter) else torch.float64
     res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale))

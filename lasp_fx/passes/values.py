@@ -13,6 +13,8 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_map
 
+from lasp_fx.passes.graph import _hint
+
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -22,6 +24,8 @@ def upcast(x: Any) -> Any:
         return x.detach().to(torch.float64)
     if isinstance(x, torch.Tensor):
         return x.detach()
+    if isinstance(x, torch.SymInt):  # a symbolic size in the example inputs: its example value
+        return _hint(x)
     if isinstance(x, torch.dtype) and x in _LOW:
         return torch.float64
     return x
