@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from lasp_fx.passes.canonical import functionalize_inplace
 from lasp_fx.passes.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
 
@@ -27,7 +28,8 @@ def retrace_pre_dispatch(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
     fake_mode = torch._guards.detect_fake_mode(example_inputs)
     with fake_mode, torch.fx.traceback.preserve_node_meta():
         fake = [fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in example_inputs]
-        return make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
+        traced = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
+    return functionalize_inplace(traced)
 
 
 def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
@@ -58,8 +60,8 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         spec: where this rank sits in the sequence-parallel group, or None for no sharding.
         seq_dim: sequence dim of the (non-parameter) tensor inputs, marked dynamic by the caller.
         compiler: "inductor", "aot_eager", "eager" or "auto".
-        rewrite: `gm -> gm` pass replacing linear attention by the lasp_fx op (defaults to
-            lasp_fx.passes.rewrite_linear_attention).
+        rewrite: `(gm, example_inputs) -> gm` pass replacing linear attention by the lasp_fx op
+            (default: lasp_fx.passes.detect, then lasp_fx.passes.rewrite).
     """
 
     def backend(gm: fx.GraphModule, example_inputs):
@@ -70,7 +72,7 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         graph = retrace_pre_dispatch(gm, example_inputs)
         fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
         symbols = sequence_symbols(fakes, lambda i, v: seq_dim_of(i, example_inputs[i]))
-        graph = (rewrite or _default_rewrite)(graph)
+        graph = (rewrite or _rewrite_linear_attention)(graph, example_inputs)
         if spec is not None and spec.world_size > 1:
             if not symbols:
                 raise ValueError(
@@ -84,9 +86,8 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
     return backend
 
 
-def _default_rewrite(gm: fx.GraphModule) -> fx.GraphModule:
-    try:
-        from lasp_fx.passes import rewrite_linear_attention
-    except ImportError:  # the detection pass is not installed in this checkout yet
-        return gm
-    return rewrite_linear_attention(gm)
+def _rewrite_linear_attention(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
+    from lasp_fx.passes import detect, rewrite
+
+    matches, _near_misses = detect(gm, example_inputs)
+    return rewrite(gm, matches)

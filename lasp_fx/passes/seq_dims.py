@@ -78,8 +78,9 @@ def normalize_dims(dims, ndim: int) -> tuple[int, ...]:
 def reshape_splits_sequence(in_shape, out_shape, symbols: frozenset) -> bool:
     """True when a view/reshape cuts a sequence dimension into several non-trivial dimensions.
 
-    Merging the sequence with other dims (B*s) keeps each position whole and is fine; splitting
-    it ([s] -> [s/C, C]) would let later ops mix positions along a dim that no longer says so.
+    Merging the sequence with other dims (B*s) and undoing such a merge keep each position whole
+    and are fine; cutting it into blocks ([s] -> [s/C, C]) would let later ops mix positions along
+    a dim that no longer says so.
     The dims are grouped by equal running products, as torch's own view does.
     """
     i = j = 0
@@ -99,9 +100,18 @@ def reshape_splits_sequence(in_shape, out_shape, symbols: frozenset) -> bool:
                 gi.append(in_shape[i]); pi = pi * in_shape[i]; i += 1
             else:
                 return True  # shapes do not line up: refuse rather than guess
-        if any(size_has(s, symbols) for s in gi) and sum(1 for s in gj if not _is_one(s)) > 1:
+        if any(size_has(s, symbols) for s in gi) and not _whole_positions(gj, symbols):
             return True
     return False
+
+
+def _whole_positions(out_group, symbols) -> bool:
+    """One output dim carries the sequence, as a whole multiple of it (s, B*s; never s/C or s//C)."""
+    carrying = [s for s in out_group if size_has(s, symbols)]
+    if len(carrying) != 1:
+        return False
+    expr = _expr(carrying[0])
+    return all((expr / sym).is_Integer for sym in expr.free_symbols & symbols) and len(expr.free_symbols) == 1
 
 
 def _is_one(s) -> bool:
