@@ -9,7 +9,7 @@ a per-token tensor for a gate) so the rewrite can compute the op's log-decay fro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.fx import Node
@@ -199,6 +199,4 @@ def _fitted(cand: Candidate, values, d: Decay, target: torch.Tensor, learnable: 
 
 
 def _with_decay(cand: Candidate, d: Decay) -> Candidate:
-    from dataclasses import replace
-
     return replace(cand, decay=d)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import os
 import re
 from typing import Iterable
@@ -20,10 +19,6 @@ LAYOUT_OPS = {
     aten.squeeze.default, aten.alias.default, aten._to_copy.default, aten.to.dtype,
     aten.to.dtype_layout, aten.type_as.default, aten.detach.default, aten.lift_fresh_copy.default,
 }
-# Ops that cut a tensor along one dim (chunked loops and qkv splits).
-SLICE_OPS = {aten.slice.Tensor, aten.narrow.default, aten.split.Tensor, aten.split_with_sizes.default,
-             aten.chunk.default, aten.unbind.int}
-MATMUL_OPS = {aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default}
 # Ops that are elementwise in their tensor arguments but not tagged pointwise.
 _EXTRA_ELEMENTWISE = {aten.tril.default, aten.triu.default, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
                       aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
@@ -62,10 +57,6 @@ def is_source(node: Node) -> bool:
     return node.op in ("placeholder", "get_attr")
 
 
-def tensor_inputs(node: Node) -> list[Node]:
-    return [a for a in node.all_input_nodes]
-
-
 def ancestors(nodes: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
     """All nodes that `nodes` depend on (inclusive), not walking past `stop`."""
     stop = stop or set()
@@ -92,11 +83,6 @@ def descendants(nodes: Iterable[Node]) -> set[Node]:
     return seen
 
 
-def depends_on_sources(node: Node, _cache: dict | None = None) -> bool:
-    """True when the node's value depends on an input, parameter or buffer (not only on constants)."""
-    return any(is_source(a) for a in ancestors([node]))
-
-
 def topo_order(graph: Graph) -> dict[Node, int]:
     return {n: i for i, n in enumerate(graph.nodes)}
 
@@ -105,12 +91,6 @@ def region_between(starts: Iterable[Node], end: Node) -> set[Node]:
     """Nodes on some path from one of `starts` (exclusive) to `end` (inclusive)."""
     starts = set(starts)
     return (descendants(starts) & ancestors([end], stop=starts)) - starts
-
-
-def getitem_source(node: Node) -> tuple[Node, int] | None:
-    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
-        return node.args[0], node.args[1]
-    return None
 
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

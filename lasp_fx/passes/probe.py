@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import Node
 
 from lasp_fx.passes import emit
-from lasp_fx.passes.graph import ancestors, region_between, shape, topo_order, val
+from lasp_fx.passes.graph import ancestors, region_between, shape, topo_order
 from lasp_fx.passes.match import Candidate
 from lasp_fx.passes.values import Values
 from lasp_fx.testing.numerics import rel_rms

@@ -9,6 +9,8 @@ around the second product and fitted by the probe.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.fx import Node
 
@@ -149,8 +151,6 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
     kb, k_lab = strip_head_repeat(kb, k_lab)
     vb, v_lab, _ = strip_layout(c2.operands[1 - i], v_lab)
     vb, v_lab = strip_head_repeat(vb, v_lab)
-    if vb in (qb, kb) or qb is kb and q_lab != k_lab:
-        pass  # q = k (shared projections) is fine; the probe feeds them separately only if distinct
     pshape = shape(P)
     beta_sizes = tuple(pshape[c1.output.index(b)] for b in beta)
     T = pshape[c1.output.index(row)]
@@ -174,8 +174,6 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
     if not opts:
         return ctx.near_miss(FAMILY, S, f"found a {info.kind} decay but not the tensor it is computed from")
     family = "normalised" if normalised else ("decay-mask" if info.kind != "none" else FAMILY)
-    from dataclasses import replace
-
     return ctx.try_options(family, [replace(cand, decay=o) for o in opts])
 
 
