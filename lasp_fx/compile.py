@@ -12,24 +12,10 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from lasp_fx.passes.canonical import functionalize_inplace
+from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
+from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
 from lasp_fx.passes.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
-
-
-def retrace_pre_dispatch(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
-    """Dynamo's torch-level graph re-traced to pre-dispatch ATen under dynamo's fake mode.
-
-    Running through fx.Interpreter under preserve_node_meta keeps `stack_trace` and
-    `nn_module_stack` on every node (STACK.md section 1.3).
-    """
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    fake_mode = torch._guards.detect_fake_mode(example_inputs)
-    with fake_mode, torch.fx.traceback.preserve_node_meta():
-        fake = [fake_mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in example_inputs]
-        traced = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
-    return functionalize_inplace(traced)
 
 
 def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
@@ -61,7 +47,7 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         seq_dim: sequence dim of the (non-parameter) tensor inputs, marked dynamic by the caller.
         compiler: "inductor", "aot_eager", "eager" or "auto".
         rewrite: `(gm, example_inputs) -> gm` pass replacing linear attention by the lasp_fx op
-            (default: lasp_fx.passes.detect, then lasp_fx.passes.rewrite).
+            (default: lasp_fx.passes.rewrite_linear_attention).
     """
 
     def backend(gm: fx.GraphModule, example_inputs):
@@ -69,10 +55,10 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
             seq_input = isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.dim() > seq_dim
             return seq_dim if seq_input else None
 
-        graph = retrace_pre_dispatch(gm, example_inputs)
+        graph = capture_dynamo_graph(gm, example_inputs)
         fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
         symbols = sequence_symbols(fakes, lambda i, v: seq_dim_of(i, example_inputs[i]))
-        graph = (rewrite or _rewrite_linear_attention)(graph, example_inputs)
+        graph = (rewrite or rewrite_linear_attention)(graph, example_inputs)
         if spec is not None and spec.world_size > 1:
             if not symbols:
                 raise ValueError(
@@ -84,10 +70,3 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         return _compile(graph, example_inputs, compiler)
 
     return backend
-
-
-def _rewrite_linear_attention(gm: fx.GraphModule, example_inputs) -> fx.GraphModule:
-    from lasp_fx.passes import detect, rewrite
-
-    matches, _near_misses = detect(gm, example_inputs)
-    return rewrite(gm, matches)
