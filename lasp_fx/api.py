@@ -91,7 +91,10 @@ def _surface_errors(compiled, args, kwargs):
     from torch._dynamo.exc import BackendCompilerFailed
 
     try:
-        return compiled(*args, **kwargs)
+        # Under DDP, dynamo would cut the graph into buckets for overlap (DDPOptimizer); the
+        # sharding pass needs the whole graph, and DDP's hooks still reduce over "dp" after it.
+        with torch._dynamo.config.patch(optimize_ddp=False):
+            return compiled(*args, **kwargs)
     except BackendCompilerFailed as e:
         inner = getattr(e, "inner_exception", None)
         if isinstance(inner, (ValueError, TypeError, RuntimeError)) and type(inner).__module__.startswith("lasp_fx"):

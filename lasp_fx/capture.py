@@ -19,7 +19,7 @@ from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from lasp_fx.passes.canonical import functionalize_inplace
+from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -111,7 +111,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
         node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
-    return functionalize_inplace(out)
+    return drop_noop_slices(functionalize_inplace(out))
 
 
 _HINTS = [

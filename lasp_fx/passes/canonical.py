@@ -53,3 +53,37 @@ def functionalize_inplace(gm: GraphModule) -> GraphModule:
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def drop_noop_slices(gm: GraphModule) -> GraphModule:
+    """Remove slices that keep a whole dimension (`x[..., :, None]` traces as slice(x, d, 0, 2**63-1)).
+
+    With a symbolic sequence length these stay in the graph, between a cumsum and the mask it
+    feeds, and would hide the per-token decay from the detector.
+    """
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.slice.Tensor:
+            continue
+        x, dim = node.args[0], node.args[1] if len(node.args) > 1 else 0
+        start = node.args[2] if len(node.args) > 2 else 0
+        end = node.args[3] if len(node.args) > 3 else None
+        step = node.args[4] if len(node.args) > 4 else 1
+        if not isinstance(x, Node) or start not in (0, None) or step != 1:
+            continue
+        if end is None or (isinstance(end, int) and end >= 2**62) or _same_size(x, node, dim):
+            node.replace_all_uses_with(x)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _same_size(x: Node, node: Node, dim: int) -> bool:
+    a, b = x.meta.get("val"), node.meta.get("val")
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return False
+    # compare size expressions, not SymInts: `==` on SymInts would add a guard
+    def exprs(t):
+        return tuple(s.node.expr if isinstance(s, torch.SymInt) else s for s in t.shape)
+
+    return exprs(a) == exprs(b)

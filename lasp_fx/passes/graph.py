@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 from typing import Iterable
@@ -37,11 +39,30 @@ def shape(node) -> tuple[int, ...] | None:
     return None if v is None else tuple(_hint(s) for s in v.shape)
 
 
+_PROBE_SIZES: contextvars.ContextVar[dict] = contextvars.ContextVar("lasp_fx_probe_sizes", default={})
+
+
+@contextlib.contextmanager
+def probe_sizes(sizes: dict):
+    """Within the block, symbolic sizes take these values (sympy symbol -> int) instead of their
+    example values: the probes of a graph traced on a 32K-token slice replay it on a few dozen
+    tokens, where the user's T x T masks cost kilobytes, not gigabytes."""
+    token = _PROBE_SIZES.set(dict(sizes))
+    try:
+        yield
+    finally:
+        _PROBE_SIZES.reset(token)
+
+
 def _hint(s) -> int:
-    """A size as an int; a symbolic size gives its example value without adding a guard."""
+    """A size as an int; a symbolic size gives its probe or example value without adding a guard."""
     if isinstance(s, torch.SymInt):
+        expr, sizes = s.node.expr, _PROBE_SIZES.get()
+        if sizes and expr.free_symbols & sizes.keys():
+            expr = expr.xreplace(sizes)
+            return int(expr) if not expr.free_symbols else int(s.node.shape_env.size_hint(expr))
         hint = s.node.hint
-        return int(hint) if hint is not None else int(s.node.shape_env.size_hint(s.node.expr))
+        return int(hint) if hint is not None else int(s.node.shape_env.size_hint(expr))
     return int(s)
 
 
