@@ -18,14 +18,11 @@ def resolve_group(group) -> dist.ProcessGroup:
             sequence); or a group name string (`ProcessGroup.group_name`).
 
     Raises:
-        RuntimeError: torch.distributed is not initialised.
+        RuntimeError: a group name while torch.distributed is not initialised.
         ValueError / TypeError: a mesh without an "sp" dimension, or an object of another type.
     """
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError(
-            "a sequence-parallel call needs torch.distributed: call torch.distributed.init_process_group "
-            "(or run under torchrun) before passing group="
-        )
+    # One isinstance per type: under dynamo a ProcessGroup is a script object that passes
+    # isinstance(x, ProcessGroup) but not isinstance(x, (ProcessGroup, ...)).
     if isinstance(group, dist.ProcessGroup):
         return group
     if isinstance(group, DeviceMesh):
@@ -38,8 +35,13 @@ def resolve_group(group) -> dist.ProcessGroup:
             f"group is a {group.ndim}-D DeviceMesh with dimensions {names or 'unnamed'}: name the "
             f"sequence-parallel dimension {SP_DIM!r} (mesh_dim_names=(..., {SP_DIM!r})) or pass mesh[<dim>]"
         )
-    if isinstance(group, str):
-        return dist.distributed_c10d._resolve_process_group(group)
-    raise TypeError(
-        f"group must be a torch.distributed ProcessGroup, a DeviceMesh or a group name, got {type(group).__name__}"
-    )
+    if not isinstance(group, str):
+        raise TypeError(
+            f"group must be a torch.distributed ProcessGroup, a DeviceMesh or a group name, got {type(group).__name__}"
+        )
+    if not dist.is_initialized():
+        raise RuntimeError(
+            f"group={group!r} names a process group, but torch.distributed is not initialised: call "
+            "torch.distributed.init_process_group (or run under torchrun) first"
+        )
+    return dist.distributed_c10d._resolve_process_group(group)

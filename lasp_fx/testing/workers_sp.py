@@ -57,17 +57,28 @@ def _local(args: dict, rank: int, T: int, init: str | None) -> dict:
 
 
 def _attention(group, method: str, backend: str | None):
+    """The call under test, compiled with fullgraph=True when `backend` is given, and dynamo's counter."""
+
     def run(q, k, v, log_decay=None, initial_state=None):
         return lasp_fx.linear_attention(q, k, v, log_decay, initial_state=initial_state, output_final_state=True,
                                         group=group, method=method)
 
-    return run if backend is None else torch.compile(run, backend=backend, fullgraph=True)
+    if backend is None:
+        return run, None
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend(backend)
+    return torch.compile(run, backend=counter, fullgraph=True), counter
+
+
+def _sp_nodes(counter) -> int:
+    return sum("sp_linear_attention" in str(n.target) for g in counter.graphs for n in g.graph.nodes)
 
 
 def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> dict:
     T = case["T"]
     x = _local(args, rank, T, case.get("init"))
-    run = _attention(group, case["method"], case.get("compile"))
+    run, counter = _attention(group, case["method"], case.get("compile"))
     o, final = run(**x)
     cut = slice(rank * T, (rank + 1) * T)
     loss = (o * args["w_o"][:, cut]).sum()
@@ -88,6 +99,9 @@ def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> 
     if "initial_state" in x:
         d = x["initial_state"].grad
         err["dinitial_state"] = rel_rms(d, ref["dinitial_state"]) if rank == 0 else float(d.abs().max())
+    if counter is not None:  # one graph holding one LASP op: compiled, not run eagerly behind a break
+        err["graphs - 1"] = float(counter.frame_count - 1)
+        err["LASP ops in graph - 1"] = float(_sp_nodes(counter) - 1)
     return err
 
 
@@ -153,3 +167,21 @@ def check_mismatch(rank: int, world: int, what: str) -> dict:
     good = {n: args[n][:, :8] for n in ("q", "k", "v")}
     still_works = lasp_fx.linear_attention(**good, group=dist.group.WORLD).shape == good["q"].shape
     return {"message": message, "still_works": still_works}
+
+
+def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:
+    """A 2-D mesh whose dimensions are not named "sp" must be refused with a message saying so."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))
+    x = torch.randn(1, 4, 2, 4, dtype=torch.float64)
+    try:
+        lasp_fx.linear_attention(x, x, x, group=mesh)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def run_jobs(rank: int, world: int, jobs: list[tuple[str, object]]) -> list:
+    """Several checks in one spawn (a process start costs ~2 s): [(function name, its argument), ...]."""
+    return [globals()[name](rank, world, arg) for name, arg in jobs]

@@ -1,0 +1,138 @@
+"""LASP across P = 1..4 gloo ranks: every rank's output, final state and gradients equal the single-process op's.
+
+One spawn per world size runs every check of that size (process starts cost ~2 s each on the
+2-core CI box); the tests below read its results. float64 throughout, tolerance 1e-10 relative RMS.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from lasp_fx.testing import workers_sp
+from lasp_fx.testing.spawn import SpawnedError, run_spawned
+
+TOL = 1e-10
+
+# Slice layouts: T is the length of each rank's slice; chunks are 64 tokens, so every layout
+# cuts the sequence mid-chunk (T = 37, 100) or holds less than a chunk per rank (T = 5).
+LAYOUTS = {
+    "gqa-T37-init0-final": dict(B=2, T=37, H=4, Hk=2, D=8, E=6, init="rank0", final=True),
+    "mha-T100-initall": dict(B=1, T=100, H=2, Hk=2, D=16, E=8, init="all", final=False),
+    "mqa-T5-final": dict(B=2, T=5, H=3, Hk=1, D=4, E=4, init=None, final=True),
+}
+DECAYS = ("none", "const", "gate")
+METHODS = ("ring", "allgather")
+COMPILE_BACKENDS = ("eager", "aot_eager")
+COMPILE_P = (2, 3)
+MISMATCHES = ("length", "dtype", "heads", "decay", "method")
+
+
+def _case_id(layout, decay, method, backend=None) -> str:
+    return "-".join(x for x in (layout, decay, method, backend) if x)
+
+
+def _cases(world: int) -> list[dict]:
+    cases = [
+        dict(LAYOUTS[layout], id=_case_id(layout, decay, method), decay=decay, method=method, seed=i)
+        for i, (layout, decay, method) in enumerate(
+            (layout, decay, method) for layout in LAYOUTS for decay in DECAYS for method in METHODS
+        )
+    ]
+    if world in COMPILE_P:
+        layout = "gqa-T37-init0-final"
+        cases += [
+            dict(LAYOUTS[layout], id=_case_id(layout, "gate", method, backend), decay="gate", method=method,
+                 compile=backend, seed=100 + i)
+            for i, (method, backend) in enumerate((m, b) for m in METHODS for b in COMPILE_BACKENDS)
+        ]
+    return cases
+
+
+def _jobs(world: int) -> list:
+    if world == 1:
+        return [("check_group_of_one", dict(LAYOUTS["gqa-T37-init0-final"], decay=d, method=m, seed=7))
+                for d in DECAYS for m in METHODS]
+    jobs = [("check_cases", _cases(world))]
+    if world == 2:
+        jobs += [("check_mismatch", what) for what in MISMATCHES]
+    if world == 4:  # 2 x 2 mesh (dp, sp): two independent 2-rank sequences
+        layout = dict(LAYOUTS["gqa-T37-init0-final"], decay="gate", seed=11)
+        jobs += [("check_mesh_2d", dict(layout, method="ring")),
+                 ("check_mesh_2d", dict(layout, method="allgather", compile="aot_eager")),
+                 ("mesh_without_sp_dim", None)]
+    return jobs
+
+
+@functools.cache
+def _spawn_once(world: int):
+    try:
+        return run_spawned(workers_sp.run_jobs, world, _jobs(world), timeout=240.0), None
+    except SpawnedError as e:  # cached too: one failed spawn must not be retried by every test
+        return None, e
+
+
+def _spawned(world: int) -> list:
+    """results[rank][job index] for every job of this world size (one spawn per session)."""
+    results, error = _spawn_once(world)
+    if error is not None:
+        raise error
+    return results
+
+
+def _assert_small(errors_per_rank: list[dict], tol: float = TOL) -> None:
+    bad = [f"rank {r}: {what} {err:.2e}" for r, errs in enumerate(errors_per_rank)
+           for what, err in errs.items() if not err <= tol]
+    assert not bad, "LASP differs from the single-process op: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda p: f"P{p}")
+def test_matches_single_process(world, layout, decay, method):
+    results = [r[0][_case_id(layout, decay, method)] for r in _spawned(world)]
+    _assert_small(results)
+    for errs in results:  # every quantity was compared
+        assert {"o", "final_state", "dq", "dk", "dv"} <= set(errs)
+        assert (decay == "none") != any(k.startswith("dlog_decay") for k in errs)
+
+
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("world", COMPILE_P, ids=lambda p: f"P{p}")
+def test_compiled_fullgraph(world, method, backend):
+    results = [r[0][_case_id("gqa-T37-init0-final", "gate", method, backend)] for r in _spawned(world)]
+    _assert_small(results)
+    assert all("LASP ops in graph - 1" in errs for errs in results)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("decay", DECAYS)
+def test_group_of_one_is_the_single_device_op(decay, method):
+    index = [(d, m) for d in DECAYS for m in METHODS].index((decay, method))
+    same = _spawned(1)[0][index]
+    assert same and all(same.values()), f"not bit-identical: {same}"
+
+
+@pytest.mark.parametrize("what", MISMATCHES)
+def test_mismatched_ranks_raise_everywhere(what):
+    index = 1 + MISMATCHES.index(what)
+    for rank, result in enumerate(_spawned(2)):
+        message = result[index]["message"]
+        assert message is not None, f"rank {rank} did not raise for a different {what}"
+        assert "passed different inputs" in message and "rank 1:" in message
+        assert result[index]["still_works"], f"rank {rank}: the group was unusable after the error"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dp_x_sp_mesh_uses_the_sp_dimension(method):
+    index = 1 + METHODS.index(method)
+    _assert_small([r[index] for r in _spawned(4)])
+
+
+def test_mesh_without_sp_dimension_is_refused():
+    for rank, result in enumerate(_spawned(4)):
+        message = result[3]
+        assert message is not None and "'sp'" in message and "('dp', 'tp')" in message, f"rank {rank}: {message}"
