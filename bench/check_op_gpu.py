@@ -28,9 +28,6 @@ from lasp_fx.ops.triton import backward, forward, states  # noqa: E402
 from lasp_fx.testing.numerics import random_inputs, rel_rms  # noqa: E402
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
-# The decay gradient sums q.dq - k.dk over the sequence with heavy cancellation: 16-bit dot
-# operands cost it more than any single tensor (seen under the interpreter: fp16 up to 8e-3).
-DECAY_TOL = {torch.bfloat16: 5e-2, torch.float16: 1e-2, torch.float32: 5e-4}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # name: (B, T, H, H_kv, D, E); T = 4096 + an odd tail, GQA 4:1 on the main shape.
 SHAPES = {
@@ -65,7 +62,7 @@ def _run(a, do, ds, dtype):
 
 def _record(label, errs, dtype):
     tol = TOL[dtype]
-    ok = all(e <= (DECAY_TOL[dtype] if k == "dlog_decay" else tol) for k, e in errs.items())
+    ok = all(e <= tol for e in errs.values())
     ROWS.append({"case": label, "ok": ok, "tol": tol, **errs})
     cells = " ".join(f"{k}={v:.1e}" for k, v in errs.items())
     print(f"{'ok  ' if ok else 'FAIL'} {label:58s} {cells}", flush=True)
@@ -138,17 +135,19 @@ def check_every_config(decay, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "check_op_gpu.json"))
+    parser.add_argument("--quick", action="store_true", help="bf16, decay forms on the main shape only, no per-config pass")
     args = parser.parse_args()
     print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
     t0, ok, seed = time.time(), True, 0
     for shape in SHAPES:
-        for dname in DTYPES if shape.startswith("B2") else ["bf16"]:
-            for decay in ("none", "const", "gate"):
+        main = shape.startswith("B2")
+        for dname in DTYPES if main and not args.quick else ["bf16"]:
+            for decay in ("none", "const", "gate") if main or not args.quick else ("const",):
                 seed += 1
                 ok &= check_op(shape, decay, dname, initial_state=seed % 2 == 0, seed=seed)
-    for decay in ("none", "const", "gate"):
+    for decay in ("const", "gate") if args.quick else ("none", "const", "gate"):
         ok &= check_split(decay, "bf16", seed=100)
-    for decay in ("none", "const", "gate"):
+    for decay in () if args.quick else ("none", "const", "gate"):
         ok &= check_every_config(decay, seed=200)
     print(f"{'ALL OK' if ok else 'FAILURES'}: {sum(r['ok'] for r in ROWS)}/{len(ROWS)} in {time.time() - t0:.0f} s")
     with open(args.json, "w") as f:

@@ -3,6 +3,7 @@
 Run on one GPU from the repository root (fla-core and lasp installed, e.g. from .whl/):
     PYTHONPATH=. python bench/op.py [--ts 8192,32768,131072] [--big 524288] [--json out.json]
     PYTHONPATH=. python bench/op.py --first-call      # compile + autotune cost of a first call
+    PYTHONPATH=. python bench/op.py --impls lasp_fx --profile 32768   # + per-kernel times
 
 Shape as in DESIGN.md section 5: B=1, H=16, D=E=128, bf16, decay none / const (per head) /
 gate (per token). Times are medians of triton.testing.do_bench (L2 flushed between runs, grads
@@ -131,7 +132,7 @@ def _check_ours(x, decay):
     return max(errs.values())
 
 
-def bench(Ts, big, path):
+def bench(Ts, big, path, impls):
     bw, peak = _ceilings()
     card = torch.cuda.get_device_name()
     print(f"card: {card}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
@@ -142,6 +143,7 @@ def bench(Ts, big, path):
         for decay in ("none", "const", "gate"):
             floors = _floors(T, decay)
             names = ["lasp_fx"] if T in big else ["lasp_fx", "fla", "lightning"] + (["sdpa"] if decay == "none" else [])
+            names = [n for n in names if n in impls]
             fla_ms = None
             for name in names:
                 row = {"T": T, "decay": decay, "impl": name, "card": card}
@@ -191,6 +193,28 @@ def _print(r, fla_ms):
     )
 
 
+def profile(Ts):
+    """Per-kernel device time of one lasp_fx fwd+bwd (median of 3 profiled steps, after warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for T in Ts:
+        for decay in ("none", "const", "gate"):
+            x = _inputs(T, decay)
+            for n in ("q", "k", "v"):
+                x[n].requires_grad_()
+            step = lambda: _ours(x)().backward(x["do"])  # noqa: E731
+            step()
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+            print(f"--- profile T={T} decay={decay}: per-kernel device time over 3 fwd+bwd steps")
+            print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14), flush=True)
+            del x
+
+
 def first_call(T):
     """Seconds of the first fwd and bwd per decay form: Triton compile + autotune (or their disk caches)."""
     for decay in ("none", "const", "gate"):
@@ -212,12 +236,16 @@ def main():
     p.add_argument("--ts", default="8192,32768,131072")
     p.add_argument("--big", default="524288", help="lasp_fx alone at these T ('' for none)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench_op.json"))
+    p.add_argument("--impls", default="lasp_fx,fla,lightning,sdpa", help="comma-separated subset")
     p.add_argument("--first-call", action="store_true")
+    p.add_argument("--profile", default="", help="also profile lasp_fx kernels at these T")
     a = p.parse_args()
     Ts = [int(t) for t in a.ts.split(",")]
     if a.first_call:
         return first_call(Ts[0])
-    bench(Ts, [int(t) for t in a.big.split(",") if t], a.json)
+    bench(Ts, [int(t) for t in a.big.split(",") if t], a.json, a.impls.split(","))
+    if a.profile:
+        profile([int(t) for t in a.profile.split(",")])
 
 
 if __name__ == "__main__":

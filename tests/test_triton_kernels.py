@@ -75,7 +75,7 @@ def test_fwd_bwd_match_reference(shape, dtype, decay, initial_state):
     if g is None:
         assert dG is None
     else:
-        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], 4 * tol, "decay gradient")
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], tol, "decay gradient")
     if s_in is not None:
         assert_close_rms(ds_in, ref_grad["initial_state"], tol, "d initial state")
 
@@ -111,10 +111,23 @@ def test_split_identities_match_reference(decay, dtype):
     assert_close_rms(dk, ref_grad["k"], tol, "dk after bwd_correct")
     assert_close_rms(dv, ref_grad["v"], tol, "dv after bwd_correct")
     if g is not None:
-        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], 4 * tol, "decay gradient after bwd_correct")
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], tol, "decay gradient after bwd_correct")
     # ds_in without ds_out is the slice's own share; LASP adds exp(G_T) ds_out across ranks.
     _, _, ref_local = _reference(a, do, None)
     assert_close_rms(ds_in, ref_local["initial_state"], tol, "d initial state without ds_out")
+
+
+@pytest.mark.parametrize("decay", ["const", "gate"])
+def test_decay_gradient_keeps_fp32_precision_with_16_bit_inputs(decay):
+    """The decay gradient sums q.dq - k.dk over the sequence with heavy cancellation; 16-bit
+    rounding of decay-weighted operands once cost it ~1e-2 relative at T=600 (now ~1e-5)."""
+    gen = torch.Generator().manual_seed(21)
+    a = random_inputs(1, 600, 2, 32, 32, decay=decay, dtype=torch.float16, generator=gen)
+    a = {name: x.to(DEVICE) for name, x in a.items()}
+    do = torch.randn(1, 600, 2, 32, generator=gen).to(DEVICE, torch.float16)
+    _, _, ref_grad = _reference(a, do, None)
+    *_, dG, _ = tk.bwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, do, nsub=4)
+    assert_close_rms(tk.log_decay_grad(dG, a["log_decay"]), ref_grad["log_decay"], 3e-4, "decay gradient")
 
 
 class _Spy:

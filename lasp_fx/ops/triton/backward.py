@@ -22,19 +22,20 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, load_cols, load_rows,
-    segment_chunks,
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_f32b, dot_precision, load_cols,
+    load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.triton.states import segment_states
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dq_kernel(
     q, k, v, g, do, S, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+    BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -57,7 +58,7 @@ def _dq_kernel(
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
         dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
-        inter = tl.dot(dot_, st.to(kt.dtype), input_precision=PREC)
+        inter = dot_f32b(dot_, st, SPLIT, PREC)
         if G_MODE == 0:
             m = chunk_mask(rc, rc, G_MODE, False)
             kw = kt
@@ -67,22 +68,29 @@ def _dq_kernel(
             a = tl.sum(gv, 0)
             m = chunk_mask(bc, rc, G_MODE, False)
             inter = inter * tl.exp2(bc)[:, None]
-            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype)
+            kw = kt * tl.exp2(a - bc)[:, None]
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + inter) * scale
         tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
         if G_MODE != 0:
-            qt = load_rows(q_base, t, valid, H * D, rk, D).to(tl.float32)
+            # q . dq with the intra-chunk part summed from fp32 scores (this D tile's share), not
+            # from the 16-bit copy of dP * M that fed the dot: the decay gradient sums these
+            # over the sequence with heavy cancellation.
+            qt = load_rows(q_base, t, valid, H * D, rk, D)
+            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+            dg = tl.sum(dp * m * s, 1) + tl.sum(qt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
-            tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(qt * dqt, 1), mask=valid)
-            st = st * tl.exp2(a)
-        st += tl.dot(vt, kw, input_precision=PREC)
+            tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
+            st = st * tl.exp2(a) + dot_f32b(vt, kw, SPLIT, PREC)
+        else:
+            st += tl.dot(vt, kw, input_precision=PREC)
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dk_kernel(
     q, k, v, g, do, dS, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+    BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -105,7 +113,7 @@ def _dk_kernel(
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
         dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
-        inter = tl.dot(vt, dst.to(qt.dtype), input_precision=PREC)
+        inter = dot_f32b(vt, dst, SPLIT, PREC)
         if G_MODE == 0:
             mt = chunk_mask(rc, rc, G_MODE, True)
             qw = qt
@@ -115,22 +123,26 @@ def _dk_kernel(
             a = tl.sum(gv, 0)
             mt = chunk_mask(bc, rc, G_MODE, True)
             inter = inter * tl.exp2(a - bc)[:, None]
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
+            qw = qt * tl.exp2(bc)[:, None]
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + inter
         tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
-        if G_MODE != 0:
-            kt = load_rows(k_base, t, valid, HK * D, rk, D).to(tl.float32)
+        if G_MODE != 0:  # k . dk, intra-chunk part from fp32 scores as in the dq kernel
+            kt = load_rows(k_base, t, valid, HK * D, rk, D)
+            st = tl.dot(kt, load_cols(q_base, t, valid, H * D, rk, D), input_precision=PREC)  # k_j . q_i
+            dg = tl.sum(dpt * mt * st, 1) * scale + tl.sum(kt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
-            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kt * dkt, 1), mask=valid)
-            dst = dst * tl.exp2(a)
-        dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg, mask=valid)
+            dst = dst * tl.exp2(a) + dot_f32b(dot_, qw, SPLIT, PREC) * scale
+        else:
+            dst += tl.dot(dot_, qw, input_precision=PREC) * scale
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+    BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -183,8 +195,11 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     g_mode, g = decay_mode(g)
     HS = HK if (g_mode == 0 and s_in is None) else H
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in)
-    dS, _, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True)
+    # With a decay, dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry
+    # decay-weighted operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk.
+    split = g_mode != 0 and q.dtype != torch.float32
+    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
+    dS, _, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
     if state_hook is not None:
         state_hook(ds_in)
 
@@ -197,7 +212,7 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if g_mode else dq
     dGk = torch.empty_like(dGq) if g_mode else dq
     gp = dq if g is None else g
-    common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK)
+    common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK)
     _dq_kernel[(n_k, nseg, B * H)](
         q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, BK=BK, BE=block(E), **common
     )

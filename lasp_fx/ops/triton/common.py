@@ -151,3 +151,29 @@ def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
     else:
         m = tl.exp2(tl.where(causal, diff, float("-inf")))
     return m
+
+
+@triton.jit
+def dot_f32a(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b for a float32 `a` and a 16-bit `b` on the tensor cores.
+
+    SPLIT adds the product of a's rounding remainder (a - a_hi): two 16-bit products carry a to
+    ~2^-16 instead of ~2^-8. The backward needs it where decay-weighted operands or states meet
+    the decay gradient, whose sum over the sequence cancels heavily (seen: fp16 const-decay
+    gradient 1e-2 -> 1e-5 relative).
+    """
+    hi = a.to(b.dtype)
+    out = tl.dot(hi, b, input_precision=PREC)
+    if SPLIT:
+        out += tl.dot((a - hi.to(tl.float32)).to(b.dtype), b, input_precision=PREC)
+    return out
+
+
+@triton.jit
+def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b for a 16-bit `a` and a float32 `b` (see dot_f32a)."""
+    hi = b.to(a.dtype)
+    out = tl.dot(a, hi, input_precision=PREC)
+    if SPLIT:
+        out += tl.dot(a, (b - hi.to(tl.float32)).to(a.dtype), input_precision=PREC)
+    return out

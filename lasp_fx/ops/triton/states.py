@@ -17,14 +17,16 @@ import torch
 import triton
 import triton.language as tl
 
-from lasp_fx.ops.triton.common import CHUNK, autotune, chunk_decay, config, dot_precision, load_cols, load_rows
+from lasp_fx.ops.triton.common import (
+    CHUNK, autotune, chunk_decay, config, dot_f32a, dot_precision, load_cols, load_rows,
+)  # fmt: skip
 
 
-@autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)], key=["DX", "DY", "G_MODE"])
+@autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)], key=["DX", "DY", "G_MODE", "NSUB"])
 @triton.jit
 def _local_kernel(
     x, y, g, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
-    G_MODE: tl.constexpr, TO_END: tl.constexpr, PREC: tl.constexpr,
+    G_MODE: tl.constexpr, TO_END: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
 ):  # fmt: skip
     i_tile, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -51,11 +53,9 @@ def _local_kernel(
             bc = tl.cumsum(gv, 0)
             a = tl.sum(gv, 0)
             if TO_END:  # decay from each token to the segment's end
-                xw = (xt * tl.exp2(a - bc)[None, :]).to(xt.dtype)
-                acc = acc * tl.exp2(a) + tl.dot(xw, yt, input_precision=PREC)
+                acc = acc * tl.exp2(a) + dot_f32a(xt * tl.exp2(a - bc)[None, :], yt, SPLIT, PREC)
             else:  # decay from the segment's start to each token
-                xw = (xt * tl.exp2(total + bc)[None, :]).to(xt.dtype)
-                acc += tl.dot(xw, yt, input_precision=PREC)
+                acc += dot_f32a(xt * tl.exp2(total + bc)[None, :], yt, SPLIT, PREC)
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
@@ -88,13 +88,14 @@ def _scan_kernel(
     tl.store(s_end + i_bh.to(tl.int64) * N + r, S, mask=m)
 
 
-def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False):
+def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, split=False):
     """States at the segment boundaries for `heads` state heads (H, or Hk when nothing differs per query head).
 
     Forward (reverse=False): x = k, y = v, s0 = the incoming state; returns the state entering
     each segment and the final state. Backward (reverse=True): x = q, y = do, s0 = the gradient
     of the final state; returns the gradient of the state leaving each segment and of the
     initial state. Also returns the segments' total log2-decays [B, heads, n_seg] (None without decay).
+    `split` carries decay-weighted operands to ~2^-16 (common.dot_f32a; the backward wants it).
     """
     B, T, HX, DX = x.shape
     HY, DY = y.shape[2], y.shape[3]
@@ -105,7 +106,7 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     grid = lambda META: (triton.cdiv(DX, META["BX"]) * triton.cdiv(DY, META["BY"]), nseg, B * heads)  # noqa: E731
     _local_kernel[grid](
         x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
-        G_MODE=g_mode, TO_END=not reverse, PREC=dot_precision(x.dtype), C=CHUNK,
+        G_MODE=g_mode, TO_END=not reverse, SPLIT=split, PREC=dot_precision(x.dtype), C=CHUNK,
     )  # fmt: skip
     end = torch.empty(B, heads, DX, DY, device=x.device, dtype=torch.float32)
     init = None if s0 is None else s0.float().contiguous()
