@@ -14,6 +14,7 @@ import struct
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from lasp_fx.distributed.allgather import gather_rows
 from lasp_fx.distributed.cost import METHODS

@@ -1,0 +1,300 @@
+"""LASP across GPUs, side by side in one run: ring, all-gather and auto against the single-GPU op at the same
+local length (the ideal), the original LASP package's lasp_fuse_parallel, and an Ulysses all-to-all baseline.
+
+    torchrun --nproc-per-node=4 bench/sp.py --tlocal 8192,32768,131072 --json $OUT/sp_4gpu.json
+    torchrun --nproc-per-node=2 bench/sp.py --device cpu --tlocal 256 --check-only     # debug on gloo
+
+Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
+no per-token gate). Each timing: barrier, CUDA events around one call, median of many, max over
+ranks (the method of shared/anchors/anchors_ngpu.py). Before timing, every path is checked
+against the single-device op on the whole sequence (fp32 at odd sizes against float64, and
+bf16 at the real shape against one GPU running all P*T tokens).
+
+Floors per rank (T tokens, H heads, D = E): the local op moves the same bytes as one GPU on T
+tokens; LASP adds one fp32 state (H*D*E*4 = 1 MiB) per direction per hop and the correction
+passes (fwd_correct reads q, o and writes o; bwd_correct reads k, v, dk, dv and writes dk, dv:
+2*B*T*H*D*(3 + 6) bytes = 1.2 GB at T = 32K, ~0.4 ms at 3 TB/s); Ulysses moves 2*(P-1)/P of
+q, k, v, o forward and of do, dq, dk, dv backward (T*H*D*2 bytes each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lasp_fx  # noqa: E402
+from lasp_fx.distributed import allgather, estimate, ring  # noqa: E402
+from lasp_fx.distributed.lasp import sequence_parallel_attention  # noqa: E402
+from lasp_fx.distributed.stream import SideStream  # noqa: E402
+from lasp_fx.ops.op import kernels_for  # noqa: E402
+from lasp_fx.testing.numerics import rel_rms  # noqa: E402
+from ulysses import ulysses_attention  # noqa: E402
+
+B, H, D = 1, 16, 128
+SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, dev, warm: int, rep: int) -> float:
+    """Median ms of `fn` over `rep` calls after `warm`, each started together on all ranks; max over ranks."""
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(rep):
+        _sync(dev)
+        dist.barrier()
+        _sync(dev)
+        if dev.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            ts.append(s.elapsed_time(e))
+        else:
+            import time
+
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+    t = torch.tensor([statistics.median(ts)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _global(T_total, heads, dim, decay, dtype, dev, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = {n: torch.randn(B, T_total, heads, dim, generator=gen) for n in ("q", "k", "v", "do")}
+    x["k"] /= dim**0.5
+    x["g"] = None
+    if decay == "const":
+        x["g"] = -torch.linspace(0.001, 0.3, heads, dtype=torch.float64)
+    elif decay == "gate":
+        x["g"] = torch.nn.functional.logsigmoid(torch.randn(B, T_total, heads, generator=gen) + 2.0)
+    out = {n: t.to(dev, dtype) for n, t in x.items() if n != "g"}
+    gdt = torch.float64 if dtype == torch.float64 else torch.float32
+    out["g"] = None if x["g"] is None else x["g"].to(dev, gdt)
+    return out
+
+
+def _local(x, r, T):
+    cut = slice(r * T, (r + 1) * T)
+    y = {n: x[n][:, cut].clone() for n in ("q", "k", "v", "do")}
+    g = x["g"]
+    y["g"] = None if g is None else (g[:, cut] if g.dim() == 3 else g).clone()
+    return y
+
+
+def _run_grads(fn, x):
+    leaves = [x[n].detach().requires_grad_() for n in ("q", "k", "v")]
+    g = None if x["g"] is None else x["g"].detach().requires_grad_()
+    o = fn(*leaves, g)
+    o.backward(x["do"])
+    return [o] + [t.grad for t in leaves] + ([g.grad] if g is not None else [])
+
+
+def _paths(group):
+    return {
+        "ring": lambda q, k, v, g: lasp_fx.linear_attention(q, k, v, g, group=group, method="ring"),
+        "allgather": lambda q, k, v, g: lasp_fx.linear_attention(q, k, v, g, group=group, method="allgather"),
+        "ulysses": lambda q, k, v, g: ulysses_attention(q, k, v, g, group=group),
+    }
+
+
+def _cast(x, dtype):
+    """x with q, k, v, do in `dtype` and the decay in its state dtype."""
+    y = {n: t.to(dtype) for n, t in x.items() if n != "g"}
+    y["g"] = None if x["g"] is None else x["g"].to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return y
+
+
+def check(dev, group, T, heads, dim, dtype, ref_dtype, decays) -> dict:
+    """Max relative RMS error over (o, dq, dk, dv, dlog_decay) of every path against one device on all P*T tokens.
+
+    A per-head decay's gradient is compared after summing the ranks' shares (all_reduce).
+    """
+    P, r = group.size(), group.rank()
+    errs = {}
+    for decay in decays:
+        x = _global(P * T, heads, dim, decay, dtype, dev, seed=1)
+        ref = _run_grads(lasp_fx.linear_attention, _cast(x, ref_dtype))
+        cut = slice(r * T, (r + 1) * T)
+        for name, fn in _paths(group).items():
+            got = _run_grads(fn, _local(x, r, T))
+            worst = 0.0
+            for i, (a, b) in enumerate(zip(got, ref)):
+                if i == 4 and x["g"].dim() == 1:  # per-head decay: shares sum to the full gradient
+                    a = a.clone()
+                    dist.all_reduce(a, group=group)
+                    worst = max(worst, rel_rms(a, b))
+                else:
+                    worst = max(worst, rel_rms(a, b[:, cut]))
+            t = torch.tensor([worst], device=dev)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+            errs[f"{name}/{decay}"] = float(t)
+    return errs
+
+
+def calibrate(dev, group, reps) -> dict:
+    """Exchange alone, 1 MiB fp32 state (H*D*D*4), with a per-head decay: ring chain and all-gather, ms."""
+    s = torch.randn(B, H, D, D, device=dev)
+    A = -torch.rand(B, H, device=dev)
+    out = {}
+    for name, mod in (("ring", ring), ("allgather", allgather)):
+        fwd = lambda: mod.forward(s, A, group, SideStream(dev)).result()  # noqa: E731
+        bwd = lambda: mod.backward(s, A, s, group, SideStream(dev)).result()  # noqa: E731
+        out[f"{name}_fwd_exchange_ms"] = _time(fwd, dev, 5, reps)
+        out[f"{name}_bwd_exchange_ms"] = _time(bwd, dev, 5, reps)
+    return out
+
+
+def _lasp_original(x, P):
+    from lasp import initialize_lasp, lasp_fuse_parallel
+
+    initialize_lasp(1, P)
+    q, k, v, do = (x[n].detach().transpose(1, 2).contiguous() for n in ("q", "k", "v", "do"))
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    slopes = SLOPES.to(q.device).reshape(H, 1, 1)
+    KV = torch.zeros(B, H, D, D, device=q.device, dtype=torch.float32)
+    DKV = torch.zeros_like(KV)
+    return (lambda: lasp_fuse_parallel(q, k, v, slopes, KV, DKV)), leaves, do
+
+
+def _impls(x, group, dev):
+    """name -> (forward callable, leaves, output gradient)."""
+    leaves = [x[n].requires_grad_() for n in ("q", "k", "v")]
+    q, k, v, g, do = x["q"], x["k"], x["v"], x["g"], x["do"]
+    scale = D**-0.5
+    impls = {
+        "single-GPU": (lambda: lasp_fx.linear_attention(q, k, v, g), leaves, do),
+        "ring": (lambda: lasp_fx.linear_attention(q, k, v, g, group=group, method="ring"), leaves, do),
+        "allgather": (lambda: lasp_fx.linear_attention(q, k, v, g, group=group, method="allgather"), leaves, do),
+        "auto": (lambda: lasp_fx.linear_attention(q, k, v, g, group=group), leaves, do),
+        "auto-nocheck": (lambda: sequence_parallel_attention(q, k, v, g, None, scale, group=group, check=False)[0],
+                         leaves, do),
+        "ulysses": (lambda: ulysses_attention(q, k, v, g, group=group), leaves, do),
+    }
+    if dev.type == "cuda":
+        impls["lasp-original"] = _lasp_original(x, group.size())
+    return impls
+
+
+def _components(x, dev, reps) -> dict:
+    """The correction passes alone (what LASP adds to the local kernels), ms."""
+    kern = kernels_for(x["q"])
+    q, k, v, g, do = (x[n].detach() for n in ("q", "k", "v", "g", "do"))
+    s = torch.randn(B, H, D, D, device=dev)
+    o, s_out = kern.fwd(q, k, v, g, D**-0.5)
+    dq, dk, dv, dG, _ = kern.bwd(q, k, v, g, D**-0.5, do)
+    return {
+        "fwd_correct_ms": _time(lambda: kern.fwd_correct(o, q, g, D**-0.5, s), dev, 3, reps),
+        "bwd_correct_ms": _time(lambda: kern.bwd_correct(dk, dv, dG, k, v, g, s, s_out), dev, 3, reps),
+    }
+
+
+def bench(dev, group, tlocals, reps, path, meta) -> list:
+    P = group.size()
+    rows = []
+    for T in tlocals:
+        x = _local(_global(P * T, H, D, "const", torch.bfloat16, dev, seed=2), group.rank(), T)
+        x["g"] = x["g"].float()
+        impls = _impls(x, group, dev)
+        row = {"T_local": T, "P": P, **_components(x, dev, reps)}
+        for name, (fn, leaves, do) in impls.items():
+            slow = name == "lasp-original" and T > 32768
+            warm, rep = (1, 3) if slow else (5, reps)
+            try:
+                row[f"{name}_fwd_ms"] = _time(fn, dev, warm, rep)
+
+                def step():
+                    for t in leaves:
+                        t.grad = None
+                    fn().backward(do)
+
+                row[f"{name}_fwdbwd_ms"] = _time(step, dev, warm, rep)
+            except Exception as ex:  # a baseline that fails is reported, not fatal
+                row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+        rows.append(row)
+        _print_row(row, impls)
+        if group.rank() == 0 and path:
+            with open(path, "w") as fh:
+                json.dump({**meta, "rows": rows}, fh, indent=1)
+        del x, impls
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _print_row(row, impls):
+    if dist.get_rank() != 0:
+        return
+    base = row.get("single-GPU_fwdbwd_ms")
+    ref = {n: row.get(f"{n}_fwdbwd_ms") for n in ("lasp-original", "ulysses")}
+    print(f"\nP={row['P']} T/GPU={row['T_local']}: fwd_correct {row['fwd_correct_ms']:.3f} ms, "
+          f"bwd_correct {row['bwd_correct_ms']:.3f} ms")
+    print(f"{'impl':14} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9}")
+    for name in impls:
+        if f"{name}_error" in row:
+            print(f"{name:14} error: {row[f'{name}_error']}")
+            continue
+        fb = row[f"{name}_fwdbwd_ms"]
+        over = f"{100 * (fb / base - 1):+8.1f}%" if base else ""
+        xo = f"{ref['lasp-original'] / fb:7.2f}" if ref["lasp-original"] else ""
+        xu = f"{ref['ulysses'] / fb:9.2f}" if ref["ulysses"] else ""
+        print(f"{name:14} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tlocal", default="8192,32768,131072")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--check-only", action="store_true")
+    args = ap.parse_args()
+    dev_type = args.device
+    dist.init_process_group("nccl" if dev_type == "cuda" else "gloo")
+    rank, P = dist.get_rank(), dist.get_world_size()
+    if dev_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        dev = torch.device("cuda", torch.cuda.current_device())
+        card = torch.cuda.get_device_name()
+    else:
+        dev, card = torch.device("cpu"), "cpu"
+    group = dist.group.WORLD
+    say = print if rank == 0 else (lambda *a, **k: None)
+    choice = estimate(P, B * H * D * D * 4, dev.type)
+    meta = {"card": card, "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
+            dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason}
+    say(json.dumps(meta), flush=True)
+
+    meta["check_fp32_vs_fp64"] = check(dev, group, 200 if dev.type == "cpu" else 1000, 4, 64, torch.float32,
+                                       torch.float64, ("none", "const", "gate"))
+    say("fp32 (odd sizes) vs float64 on one device, max rel RMS:", json.dumps(meta["check_fp32_vs_fp64"]), flush=True)
+    big = 256 if dev.type == "cpu" else 8192
+    meta["check_bf16_vs_1gpu"] = check(dev, group, big, H, D, torch.bfloat16, torch.bfloat16, ("const",))
+    say(f"bf16 at T/GPU={big} vs one device on all tokens (bf16), max rel RMS:",
+        json.dumps(meta["check_bf16_vs_1gpu"]), flush=True)
+    meta["exchange"] = calibrate(dev, group, args.reps)
+    say("exchange alone (1 MiB state):", json.dumps(meta["exchange"]), flush=True)
+    rows = [] if args.check_only else bench(dev, group, [int(t) for t in args.tlocal.split(",")], args.reps,
+                                            args.json, meta)
+    if rank == 0 and args.json:
+        with open(args.json, "w") as fh:
+            json.dump({**meta, "rows": rows}, fh, indent=1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
