@@ -86,6 +86,9 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
     return model
 
 
+_RECOMPILE_LIMIT = 64
+
+
 def _surface_errors(compiled, args, kwargs):
     """Run the compiled forward; lasp_fx's own errors come out as themselves, not wrapped by dynamo."""
     from torch._dynamo.exc import BackendCompilerFailed
@@ -93,7 +96,9 @@ def _surface_errors(compiled, args, kwargs):
     try:
         # Under DDP, dynamo would cut the graph into buckets for overlap (DDPOptimizer); the
         # sharding pass needs the whole graph, and DDP's hooks still reduce over "dp" after it.
-        with torch._dynamo.config.patch(optimize_ddp=False):
+        # Models of one class share the forward's code object, and dynamo's cache with it: each
+        # parallelized instance (and each call signature) is a graph of its own, so allow more.
+        with torch._dynamo.config.patch(optimize_ddp=False, recompile_limit=_RECOMPILE_LIMIT):
             return compiled(*args, **kwargs)
     except BackendCompilerFailed as e:
         inner = getattr(e, "inner_exception", None)

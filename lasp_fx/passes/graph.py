@@ -8,6 +8,7 @@ import os
 import re
 from typing import Iterable
 
+import sympy
 import torch
 from torch.fx import Graph, Node
 
@@ -59,7 +60,7 @@ def _hint(s) -> int:
     if isinstance(s, torch.SymInt):
         expr, sizes = s.node.expr, _PROBE_SIZES.get()
         if sizes and expr.free_symbols & sizes.keys():
-            expr = expr.xreplace(sizes)
+            expr = sympy.sympify(expr.xreplace({k: sympy.Integer(v) for k, v in sizes.items()}))
             return int(expr) if not expr.free_symbols else int(s.node.shape_env.size_hint(expr))
         hint = s.node.hint
         return int(hint) if hint is not None else int(s.node.shape_env.size_hint(expr))

@@ -55,7 +55,7 @@ class PooledRegressor(nn.Module):
         pred = self.out(pooled).squeeze(-1)
         if labels is None:
             return x
-        return F.mse_loss(pred, labels.float().mean(dim=1))
+        return F.mse_loss(pred, labels.to(pred.dtype).mean(dim=1))
 
 
 class CumsumMixer(nn.Module):
