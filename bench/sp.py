@@ -131,6 +131,8 @@ def check(dev, group, T, heads, dim, dtype, ref_dtype, decays) -> dict:
         ref = _run_grads(lasp_fx.linear_attention, _cast(x, ref_dtype))
         cut = slice(r * T, (r + 1) * T)
         for name, fn in _paths(group).items():
+            if name == "ulysses" and heads % P:  # it splits heads over the ranks
+                continue
             got = _run_grads(fn, _local(x, r, T))
             worst = 0.0
             for i, (a, b) in enumerate(zip(got, ref)):
