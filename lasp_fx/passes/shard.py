@@ -26,6 +26,7 @@ from torch import fx
 
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes import shard_attention, shard_halo, shard_rules
+from lasp_fx.passes.causal_masks import causal_masks_pass
 from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
 from lasp_fx.passes.seq_dims import seq_dims_of, size_has, touches_sequence
 
@@ -140,6 +141,8 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
         ShardError: an op mixes positions and no rule makes it sequence-parallel; the message
             names the op, the user's source line and what to do.
     """
+    gm.graph.eliminate_dead_code()  # dead position-mixing code (a mask nobody reads) needs no rule
+    causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
     ctx = ShardContext(gm, spec, symbols)
     rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
     for node in list(gm.graph.nodes):

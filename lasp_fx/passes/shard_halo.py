@@ -86,7 +86,7 @@ def _pad(ctx, node):
     s = ctx.call(node, aten.sym_size.int, x, d)
     if before >= 0 and after >= 0:
         out = _halo(ctx, node, x, d, before, after, float(value))
-        node.meta[HALO] = (before, after)
+        extended = (before, after)
     elif before > 0 and after == -before:  # shift towards later positions (token shift)
         kept = ctx.call(node, aten.narrow.default, x, d, 0, ctx.call(node, operator.sub, s, before))
         out = ctx.call(node, aten.cat.default, [_halo_only(ctx, node, x, d, before, 0, value), kept], d)
@@ -98,6 +98,8 @@ def _pad(ctx, node):
     rest = pads[:i] + [0, 0] + pads[i + 2:]
     if any(rest):
         out = ctx.call(node, aten.constant_pad_nd.default, out, rest, value)
+    if before >= 0 and after >= 0:
+        out.meta[HALO] = extended  # slices of it back to s positions are allowed
     ctx.replace(node, out)
 
 

@@ -92,3 +92,21 @@ class NonCausalConv(nn.Module):
 
     def forward(self, ids):
         return self.conv(self.embed(ids).transpose(1, 2)).transpose(1, 2)
+
+
+class HFLlama(nn.Module):
+    """A tiny HF transformers Llama (softmax attention, GQA, rotary, its own causal mask and loss
+    shift), called as people call it: input ids and labels, no cache."""
+
+    def __init__(self, vocab=32):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          attn_implementation="sdpa", use_cache=False)
+        self.model = LlamaForCausalLM(cfg)
+
+    def forward(self, ids, labels=None):
+        out = self.model(input_ids=ids, labels=labels, use_cache=False)
+        return out.logits if labels is None else out.loss

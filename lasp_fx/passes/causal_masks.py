@@ -1,0 +1,84 @@
+"""causal_masks_pass(gm, symbols) -> gm: an explicit attention mask that is the causal mask becomes is_causal=True.
+
+Libraries build causal masks themselves (HF transformers does under torch.compile: aranges,
+comparisons, a packed-sequence check with a cumsum over positions) and pass them to
+scaled_dot_product_attention. On a slice such a mask is only the local block, and its
+construction mixes positions. When the mask depends on nothing but the sequence length - no
+input, parameter or buffer reaches it - it is a function of the length alone; it is replayed at
+a few lengths and, if it equals the lower-triangular mask at each, the attention is marked
+causal and the mask's graph dies with it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from lasp_fx.passes.graph import _hint, probe_sizes
+
+aten = torch.ops.aten
+_SDPA = aten.scaled_dot_product_attention.default
+_LENGTHS = (3, 8, 13)  # odd and even, 1 < L: enough to tell tril from windows, bands and shifts
+
+
+def causal_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule:
+    """Replace provably-causal, length-only masks of SDPA calls by is_causal=True."""
+    for node in list(gm.graph.find_nodes(op="call_function", target=_SDPA)):
+        mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+        if not isinstance(mask, fx.Node) or (len(node.args) > 5 and node.args[5]) or node.kwargs.get("is_causal"):
+            continue
+        region = _length_only_region(mask)
+        if region is None or not all(_is_causal(region, mask, symbols, n) for n in _LENGTHS):
+            continue
+        args = list(node.args) + [None] * (6 - len(node.args))
+        args[3], args[5] = None, True
+        kwargs = {k: v for k, v in node.kwargs.items() if k not in ("attn_mask", "is_causal")}
+        node.args, node.kwargs = tuple(args), kwargs
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _length_only_region(mask: fx.Node) -> list[fx.Node] | None:
+    """The nodes computing `mask` in graph order, or None if a tensor input's values reach it.
+
+    Reading a tensor's size (sym_size) does not count: only its values would.
+    """
+    seen, stack = {}, [mask]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen[n] = True
+        if n.op == "placeholder":
+            if isinstance(n.meta.get("val"), torch.Tensor):
+                return None
+            continue
+        if n.op != "call_function":
+            return None
+        if n.target is aten.sym_size.int:
+            continue
+        stack.extend(n.all_input_nodes)
+    order = {n: i for i, n in enumerate(mask.graph.nodes)}
+    return sorted(seen, key=order.__getitem__)
+
+
+def _is_causal(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int) -> bool:
+    env = {}
+    with probe_sizes({s: length for s in symbols}), torch.no_grad():
+        try:
+            for n in region:
+                if n.op == "placeholder" or n.target is aten.sym_size.int:
+                    env[n] = _hint(n.meta.get("val"))  # a size, at the probe length
+                    continue
+                args = fx.node.map_arg(n.args, env.__getitem__)
+                kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
+                env[n] = n.target(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - a mask we cannot replay is left alone (and refused later)
+            return False
+    m = env[mask]
+    if not isinstance(m, torch.Tensor) or m.shape[-2:] != (length, length):
+        return False
+    allowed = m if m.dtype == torch.bool else m == 0  # additive float masks: 0 keeps, -inf drops
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return bool((allowed == causal).all())
