@@ -50,10 +50,17 @@ def _method(method: str, group, q: Tensor, v: Tensor) -> str:
 
 
 def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
-    """A: the total log-decay of this rank's slice, [B, H] (None without decay)."""
+    """A: the total log-decay of this rank's slice, [B, H] (None without decay).
+
+    A sum, not the last row of a cumsum: on CUDA, torch.cumsum along T of a [B, T, H] tensor runs
+    one thread per (batch, head) serially over T (pytorch/pytorch#122170), ~5 ms at T = 32K, H = 16
+    on an H200 (bench/records/2026-11-28_sp/NOTES.md); a reduction takes microseconds.
+    """
+    if log_decay is None:
+        return None
     B, T, H, _ = q.shape
-    G = chunked.slice_cumdecay(log_decay, B, T, H, chunked.acc_dtype(q.dtype))
-    return None if G is None else G[:, -1].contiguous()
+    g = log_decay.to(chunked.acc_dtype(q.dtype))
+    return (g * T).expand(B, H).contiguous() if g.dim() == 1 else g.sum(1)
 
 
 @torch.library.custom_op("lasp_fx::sp_linear_attention", mutates_args=())
