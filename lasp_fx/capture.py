@@ -104,6 +104,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
         gm: the torch-level graph a torch.compile backend receives.
         example_inputs: its example inputs (real or fake tensors; parameters included).
     """
+    inline_checkpoints(gm)
     fake_mode = torch._guards.detect_fake_mode(example_inputs) or torch._subclasses.FakeTensorMode()
     with fake_mode, torch.fx.traceback.preserve_node_meta():
         fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
@@ -112,6 +113,54 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
         node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
     return drop_noop_slices(functionalize_inplace(out))
+
+
+def inline_checkpoints(gm: GraphModule) -> GraphModule:
+    """Inline activation-checkpoint regions (dynamo's tag_activation_checkpoint) into the graph.
+
+    The detector and the sharding pass see one flat graph; the inlined nodes keep
+    meta["recompute"] and meta["ac_graph_id"], which the re-trace carries onto the ATen nodes and
+    AOTAutograd's min-cut partitioner reads: those activations are still recomputed in backward.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    hop = torch.ops.higher_order.tag_activation_checkpoint
+    region = 0
+    while True:
+        calls = list(gm.graph.find_nodes(op="call_function", target=hop))
+        if not calls:
+            break
+        for call in calls:
+            region += 1
+            body = getattr(gm, call.args[0].target)
+            env = dict(zip(body.graph.find_nodes(op="placeholder"), call.args[1:]))
+            result = None
+            with gm.graph.inserting_before(call):
+                for node in body.graph.nodes:
+                    if node.op == "placeholder":
+                        continue
+                    if node.op == "output":
+                        result = torch.fx.node.map_arg(node.args[0], env.__getitem__)
+                        continue
+                    if node.op == "get_attr":  # a nested region's body: move it to the parent
+                        name = f"{call.args[0].target}_{node.target}"
+                        setattr(gm, name, getattr(body, node.target))
+                        env[node] = gm.graph.get_attr(name)
+                        continue
+                    new = gm.graph.node_copy(node, env.__getitem__)
+                    new.meta["recompute"] = CheckpointPolicy.PREFER_RECOMPUTE
+                    new.meta["ac_graph_id"] = region
+                    env[node] = new
+            for user in list(call.users):  # getitem(call, i) -> the body's i-th output
+                user.replace_all_uses_with(result[user.args[1]])
+                gm.graph.erase_node(user)
+            body_attr = call.args[0]
+            gm.graph.erase_node(call)
+            if not body_attr.users:
+                gm.graph.erase_node(body_attr)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 _HINTS = [

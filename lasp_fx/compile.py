@@ -29,7 +29,7 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
         from torch._inductor.compile_fx import compile_fx
 
         return compile_fx(gm, example_inputs)
-    from functorch.compile import make_boxed_func
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.compile_fx import select_decomp_table
 
@@ -37,7 +37,9 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
         return make_boxed_func(g.forward)
 
     # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
-    return aot_autograd(fw_compiler=nop, bw_compiler=nop, decompositions=select_decomp_table())(gm, example_inputs)
+    # The min-cut partitioner honours activation checkpointing (nodes tagged "recompute").
+    return aot_autograd(fw_compiler=nop, bw_compiler=nop, decompositions=select_decomp_table(),
+                        partition_fn=min_cut_rematerialization_partition)(gm, example_inputs)
 
 
 PROBE_LENGTH = 40  # tokens the detector replays: mid-chunk, and tiny next to real lengths

@@ -64,10 +64,10 @@ def test_float32_losses_of_20_steps_match():
             assert abs(a - b) <= 1e-4 * abs(b), f"{case['model']} step {step}: {a} vs {b}"
 
 
-def test_2d_mesh_with_ddp_over_dp():
-    # dp=2 x sp=2: each data-parallel pair splits its half of the batch's sequences; DDP averages
-    # over dp, so the gradients are those of the mean loss over the two halves.
-    cases = [dict(_case(n), mesh="dp,sp") for n in ("RetNetLM", "HybridLM")]
+def test_2d_mesh_with_ddp_or_fsdp_over_dp():
+    # dp=2 x sp=2: each data-parallel pair splits its half of the batch's sequences; DDP and FSDP2
+    # average over dp, so the gradients are those of the mean loss over the two halves.
+    cases = [dict(_case("RetNetLM"), mesh="dp,sp"), dict(_case("HybridLM"), mesh="dp,sp", data_parallel="fsdp")]
     results = run_spawned(workers_parallel.parallel, 4, cases, timeout=900)
     for case, got in zip(cases, results[0]):
         halves = [workers_parallel.single(dict(case, ids=case["ids"][i:i + 2], labels=case["labels"][i:i + 2]))
@@ -75,15 +75,17 @@ def test_2d_mesh_with_ddp_over_dp():
         mean_grads = {p: (torch.as_tensor(halves[0]["grads"][p]) + torch.as_tensor(halves[1]["grads"][p])) / 2
                       for p in halves[0]["grads"]}
         for p, g in mean_grads.items():
-            err = rel_rms(torch.as_tensor(got["grads"][f"module.{p}"]), g)
+            err = rel_rms(torch.as_tensor(got["grads"][p]), g)
             assert err <= 1e-10, f"{case['model']}: gradient of {p} off by {err:.2e}"
         assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(halves[0]["logits"])) <= 1e-10
 
 
-def test_aot_eager_compiler_matches():
-    cases = [dict(_case("GatedLM"), options={"compiler": "aot_eager"})]
+def test_aot_eager_compiler_and_activation_checkpointing():
+    cases = [dict(_case("GatedLM"), options={"compiler": "aot_eager"}),
+             dict(_case("CheckpointedLM", module="lasp_fx.testing.models"), options={"compiler": "aot_eager"})]
     results = run_spawned(workers_parallel.parallel, 2, cases, timeout=900)
-    _check(results[1][0], workers_parallel.single(cases[0]), 1e-10, "GatedLM aot_eager")
+    for case, got in zip(cases, results[1]):
+        _check(got, workers_parallel.single(case), 1e-10, f"{case['model']} aot_eager")
 
 
 REFUSED = {

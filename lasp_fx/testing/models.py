@@ -110,3 +110,25 @@ class HFLlama(nn.Module):
     def forward(self, ids, labels=None):
         out = self.model(input_ids=ids, labels=labels, use_cache=False)
         return out.logits if labels is None else out.loss
+
+
+class CheckpointedLM(nn.Module):
+    """The lightning example with activation checkpointing on every block (non-reentrant)."""
+
+    def __init__(self):
+        super().__init__()
+        from examples.models import LightningLM
+
+        self.lm = LightningLM()
+
+    def forward(self, ids, labels=None):
+        from torch.utils.checkpoint import checkpoint
+
+        lm = self.lm
+        x = lm.embed(ids)
+        for block in lm.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        logits = lm.head(lm.norm(x))
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -26,7 +26,7 @@ def _run(model, case, gather):
     logits = gather(out)
     loss = model(case["ids"], labels=case["labels"])
     loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {n.removeprefix("module."): _full(p.grad) for n, p in model.named_parameters() if p.grad is not None}
     losses = []
     if case.get("steps"):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -55,7 +55,12 @@ def parallel(rank, world_size, cases) -> list:
                                     **case.get("options", {}))
         if case.get("mesh") == "dp,sp":  # each data-parallel replica takes its own half of the batch
             case = _dp_slice(case, mesh)
-            model = torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
+            if case.get("data_parallel") == "fsdp":
+                from torch.distributed.fsdp import fully_shard
+
+                fully_shard(model, mesh=mesh["dp"])
+            else:
+                model = torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
         results.append(_run(model, case, lambda t: t.full_tensor()))
     return results
 
@@ -73,6 +78,11 @@ def parallel_errors(rank, world_size, cases) -> list:
         except Exception as e:  # noqa: BLE001 - the message is what the test checks
             messages.append(f"{type(e).__name__}: {e}")
     return messages
+
+
+def _full(grad):
+    """A gradient as a plain tensor (FSDP2 keeps it as a DTensor sharded over "dp")."""
+    return grad.full_tensor() if hasattr(grad, "full_tensor") else grad.detach().clone()
 
 
 def _mesh(kind: str, world_size: int):
