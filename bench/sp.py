@@ -3,6 +3,7 @@ local length (the ideal), the original LASP package's lasp_fuse_parallel, and an
 
     torchrun --nproc-per-node=4 bench/sp.py --tlocal 8192,32768,131072 --json $OUT/sp_4gpu.json
     torchrun --nproc-per-node=2 bench/sp.py --device cpu --tlocal 256 --check-only     # debug on gloo
+    torchrun --nproc-per-node=2 bench/sp.py --profile 32768     # per-kernel times of one ring fwd+bwd
 
 Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
 no per-token gate). Each timing: barrier, CUDA events around one call, median of many, max over
@@ -259,6 +260,33 @@ def _print_row(row, impls):
         print(f"{name:14} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9}", flush=True)
 
 
+def profile(dev, group, T, method):
+    """Per-op device time of one fwd+bwd of `method` at T tokens per GPU, each rank's table in turn."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x = _local(_global(group.size() * T, H, D, "const", torch.bfloat16, dev, seed=3), group.rank(), T)
+    leaves = [x[n].requires_grad_() for n in ("q", "k", "v")]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        lasp_fx.linear_attention(x["q"], x["k"], x["v"], x["g"], group=group, method=method).backward(x["do"])
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    dist.barrier()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20)
+    for r in range(group.size()):
+        dist.barrier()
+        if r == group.rank():
+            print(f"\n--- profile rank {r}, {method}, T/GPU={T}\n{table}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tlocal", default="8192,32768,131072")
@@ -266,6 +294,7 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", default="")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, help="profile one ring fwd+bwd at this T/GPU and stop")
     args = ap.parse_args()
     dev_type = args.device
     dist.init_process_group("nccl" if dev_type == "cuda" else "gloo")
@@ -282,6 +311,12 @@ def main():
     meta = {"card": card, "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
             dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason}
     say(json.dumps(meta), flush=True)
+    if args.profile:
+        if dev.type != "cuda":
+            raise SystemExit("--profile times CUDA kernels: run it on GPUs")
+        profile(dev, group, args.profile, "ring")
+        dist.destroy_process_group()
+        return
 
     meta["check_fp32_vs_fp64"] = check(dev, group, 200 if dev.type == "cpu" else 1000, 4, 64, torch.float32,
                                        torch.float64, ("none", "const", "gate"))
