@@ -80,6 +80,16 @@ def test_2d_mesh_with_ddp_or_fsdp_over_dp():
         assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(halves[0]["logits"])) <= 1e-10
 
 
+def test_local_slices_and_dtensor_inputs():
+    # every rank passes only its slice (shard_batch), or DTensors sharded on the sequence
+    cases = [dict(_case("LightningLM"), options={"compiler": "eager", "inputs": "local"}),
+             dict(_case("RetNetLM"), dtensor_inputs=True)]
+    results = run_spawned(workers_parallel.parallel, 3, cases, timeout=900)
+    for rank, per_rank in enumerate(results):
+        for case, got in zip(cases, per_rank):
+            _check(got, workers_parallel.single(case), 1e-10, f"{case['model']} rank {rank}")
+
+
 def test_aot_eager_compiler_and_activation_checkpointing():
     cases = [dict(_case("GatedLM"), options={"compiler": "aot_eager"}),
              dict(_case("CheckpointedLM", module="lasp_fx.testing.models"), options={"compiler": "aot_eager"})]

@@ -56,6 +56,18 @@ class SequenceMesh:
 
         Returns (args, kwargs, local length L).
         """
+        from torch.distributed.tensor import DTensor, Shard
+
+        def local_of(t):  # a DTensor sharded on the sequence is already this rank's slice
+            if isinstance(t, DTensor):
+                if list(t.placements) != [Shard(seq_dim)]:
+                    raise ValueError(f"DTensor inputs must be sharded as [Shard({seq_dim})], got {list(t.placements)}")
+                return t.to_local()
+            return t
+
+        if any(isinstance(t, DTensor) for t in tree_flatten((args, kwargs))[0]):
+            args, kwargs = tree_map(local_of, (args, kwargs))
+            mode = "local"
         flat, _ = tree_flatten((args, kwargs))
         seqs = [t for t in flat if isinstance(t, Tensor) and t.dim() > seq_dim]
         if not seqs:

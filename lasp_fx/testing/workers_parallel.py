@@ -61,6 +61,12 @@ def parallel(rank, world_size, cases) -> list:
                 fully_shard(model, mesh=mesh["dp"])
             else:
                 model = torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
+        if case.get("options", {}).get("inputs") == "local":  # the memory-efficient path
+            case = {**case, "ids": lasp_fx.shard_batch(case["ids"], mesh), "labels": lasp_fx.shard_batch(case["labels"], mesh)}
+        elif case.get("dtensor_inputs"):
+            from torch.distributed.tensor import Shard, distribute_tensor
+
+            case = {**case, **{k: distribute_tensor(case[k], mesh, [Shard(1)]) for k in ("ids", "labels")}}
         results.append(_run(model, case, lambda t: t.full_tensor()))
     return results
 
