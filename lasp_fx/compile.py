@@ -15,6 +15,7 @@ from torch import fx, nn
 from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
 from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
 from lasp_fx.passes.graph import probe_sizes
+from lasp_fx.passes.patterns.kernels import register_known_kernels
 from lasp_fx.passes.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
 
@@ -64,6 +65,8 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         rewrite: `(gm, example_inputs) -> gm` pass replacing linear attention by the lasp_fx op
             (default: lasp_fx.passes.rewrite_linear_attention).
     """
+
+    register_known_kernels()  # before dynamo traces: fla / lasp kernel calls become the op
 
     def backend(gm: fx.GraphModule, example_inputs):
         def seq_dim_of(i, v):

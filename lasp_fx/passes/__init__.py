@@ -14,6 +14,7 @@ from torch.fx import GraphModule
 from lasp_fx.capture import Captured, capture
 from lasp_fx.passes.context import to_match
 from lasp_fx.passes.detect import detect
+from lasp_fx.passes.patterns.kernels import direct_calls
 from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 from lasp_fx.passes.report import InspectReport, inspect
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
@@ -26,7 +27,7 @@ __all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", 
 def convert_captured(captured: Captured) -> tuple[GraphModule, InspectReport]:
     """Detect and rewrite a captured graph in place (both capture routes); returns it and the report."""
     cands, near = detect(captured.gm, captured.example_inputs)
-    report = InspectReport([to_match(c) for c in cands], near)
+    report = InspectReport(direct_calls(captured.gm) + [to_match(c) for c in cands], near)
     return rewrite(captured.gm, cands), report
 
 
@@ -74,7 +75,7 @@ def rewrite_linear_attention(gm: GraphModule, example_inputs: list | None = None
                       stacklevel=2)
         return gm
     cands, near = detect(gm, example_inputs)
-    report = InspectReport([to_match(c) for c in cands], near)
+    report = InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near)
     gm = rewrite(gm, cands)
     gm.meta["lasp_fx_report"] = report
     return gm

@@ -6,13 +6,11 @@ graph around the node when a fix exists, and raises ShardError otherwise.
 
 from __future__ import annotations
 
-import os
-import re
-
 import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
+from lasp_fx.passes.graph import source_of
 from lasp_fx.passes.seq_dims import normalize_dims, reshape_splits_sequence
 
 aten = torch.ops.aten
@@ -28,23 +26,12 @@ class ShardError(ValueError):
         super().__init__(f"{self.op} at {self.source}: {why}. {hint}")
 
 
-_LIBRARY_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx) if m.__file__)
-
-
 def source_line(node: fx.Node) -> str:
-    """`file:line (code)` of the innermost user frame (not torch's) that created the node."""
-    lines = [ln.strip() for ln in (node.meta.get("stack_trace") or "").strip().splitlines()]
-    frames = []
-    for i, line in enumerate(lines):
-        m = re.match(r'File "(.*)", line (\d+)', line)
-        if m:
-            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
-            frames.append((m.group(1), m.group(2), code))
-    user = [f for f in frames if not f[0].startswith(_LIBRARY_DIRS)] or frames
-    if not user:
+    """`file:line (code)` of the innermost user frame (not torch's, not lasp_fx's) that made the node."""
+    where, code = source_of(node)
+    if where == "<unknown>":
         return f"graph node {node.name} (no source line recorded)"
-    path, line, code = user[-1]
-    return f"{path}:{line}" + (f" ({code})" if code else "")
+    return f"{where} ({code})" if code else where
 
 
 def _val(node):

@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 
 
-def build(model: str, dtype: str = "float64", seed: int = 0):
+def build(model: str, dtype: str = "float64", seed: int = 0, **kwargs):
     """A model from "module:Class" (e.g. "examples.models:LightningLM"), seeded, in `dtype`."""
     module, name = model.split(":")
     torch.manual_seed(seed)
-    return getattr(importlib.import_module(module), name)().to(getattr(torch, dtype))
+    return getattr(importlib.import_module(module), name)(**kwargs).to(getattr(torch, dtype))
 
 
 def _run(model, case, gather):
@@ -41,7 +41,7 @@ def _run(model, case, gather):
 
 def single(case) -> dict:
     """The case on one process: the reference."""
-    return _run(build(case["model"], case.get("dtype", "float64")), case, lambda t: t)
+    return _run(build(case["model"], case.get("dtype", "float64"), **case.get("kwargs", {})), case, lambda t: t)
 
 
 def parallel(rank, world_size, cases) -> list:
@@ -51,7 +51,7 @@ def parallel(rank, world_size, cases) -> list:
     results = []
     for case in cases:
         mesh = _mesh(case.get("mesh", "sp"), world_size)
-        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64")), mesh=mesh,
+        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64"), **case.get("kwargs", {})), mesh=mesh,
                                     **case.get("options", {}))
         if case.get("mesh") == "dp,sp":  # each data-parallel replica takes its own half of the batch
             case = _dp_slice(case, mesh)
