@@ -226,10 +226,30 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, c
     return dq, dk, dv, dG, ds_in
 
 
+def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
+    """(Reverse) cumsum of [B, T, H] along T, computed with T innermost.
+
+    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170):
+    11.5 ms for [1, 32K, 16] on an H100, against microseconds with T innermost.
+    """
+    xt = x.transpose(1, 2).contiguous()
+    if reverse:
+        xt = xt.flip(-1)
+    out = torch.cumsum(xt, dim=-1)
+    if reverse:
+        out = out.flip(-1)
+    return out.transpose(1, 2)
+
+
 def slice_cumdecay(g: Tensor | None, B: int, T: int, H: int, dtype) -> Tensor | None:
     """G: the log-decay accumulated from the start of the slice, [B, T, H]."""
     a = _per_token(g, B, T, H, dtype)
-    return None if a is None else torch.cumsum(a, dim=1)
+    if a is None:
+        return None
+    if g.dim() == 1:  # a constant per head: G_t = (t + 1) * lambda, no scan needed
+        steps = torch.arange(1, T + 1, device=a.device, dtype=dtype)
+        return steps[None, :, None] * g.to(dtype)[None, None, :].expand(B, T, H)
+    return _cumsum_time(a)
 
 
 def fwd_correct(o: Tensor, q: Tensor, g, scale: float, s_in: Tensor) -> Tensor:
@@ -273,10 +293,10 @@ def log_decay_grad(dG: Tensor, log_decay: Tensor) -> Tensor:
     For a per-head decay every a_t equals lambda, so dlambda = sum_t sum_{s>=t} dG_s. On a
     slice of a longer sequence this is the slice's share of the full gradient.
     """
-    da = torch.flip(torch.cumsum(torch.flip(dG, [1]), dim=1), [1])
-    if log_decay.dim() == 1:
-        da = da.sum(dim=(0, 1))
-    return da.to(log_decay.dtype)
+    if log_decay.dim() == 1:  # sum_t sum_{s>=t} dG_s = sum_s (s + 1) dG_s: one weighted reduction
+        steps = torch.arange(1, dG.shape[1] + 1, device=dG.device, dtype=dG.dtype)
+        return torch.einsum("bth,t->h", dG, steps).to(log_decay.dtype)
+    return _cumsum_time(dG, reverse=True).to(log_decay.dtype)
 
 
 def _as(x: Tensor | None, dtype) -> Tensor | None:
