@@ -132,7 +132,7 @@ def _check_ours(x, decay):
     return max(errs.values())
 
 
-def bench(Ts, big, path, impls):
+def bench(Ts, big, path, impls, decays=("none", "const", "gate")):
     bw, peak = _ceilings()
     card = torch.cuda.get_device_name()
     print(f"card: {card}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
@@ -140,9 +140,10 @@ def bench(Ts, big, path, impls):
     hdr = f"{'T':>7} {'decay':5} {'impl':9} {'fwd ms':>8} {'fwd+bwd':>8} {'x fla':>6} {'TB/s':>5} {'TFLOP/s':>7} {'floor':>6} {'peak MB':>8} note"
     print(hdr, flush=True)
     for T in Ts + big:
-        for decay in ("none", "const", "gate"):
+        for decay in decays:
             floors = _floors(T, decay)
-            names = ["lasp_fx"] if T in big else ["lasp_fx", "fla", "lightning"] + (["sdpa"] if decay == "none" else [])
+            # fla first: every other row is printed with its ratio to fla's time
+            names = ["lasp_fx"] if T in big else ["fla", "lasp_fx", "lightning"] + (["sdpa"] if decay == "none" else [])
             names = [n for n in names if n in impls]
             fla_ms = None
             for name in names:
@@ -239,11 +240,12 @@ def main():
     p.add_argument("--impls", default="lasp_fx,fla,lightning,sdpa", help="comma-separated subset")
     p.add_argument("--first-call", action="store_true")
     p.add_argument("--profile", default="", help="also profile lasp_fx kernels at these T")
+    p.add_argument("--decays", default="none,const,gate", help="comma-separated subset")
     a = p.parse_args()
     Ts = [int(t) for t in a.ts.split(",")]
     if a.first_call:
         return first_call(Ts[0])
-    bench(Ts, [int(t) for t in a.big.split(",") if t], a.json, a.impls.split(","))
+    bench(Ts, [int(t) for t in a.big.split(",") if t], a.json, a.impls.split(","), a.decays.split(","))
     if a.profile:
         profile([int(t) for t in a.profile.split(",")])
 
