@@ -3,7 +3,13 @@
 import typer
 
 import lasp_fx
+from lasp_fx.cli.bench import EPILOG as BENCH_EPILOG
+from lasp_fx.cli.bench import bench
+from lasp_fx.cli.convert import EPILOG as CONVERT_EPILOG
+from lasp_fx.cli.convert import convert
 from lasp_fx.cli.doctor import doctor
+from lasp_fx.cli.inspect import EPILOG as INSPECT_EPILOG
+from lasp_fx.cli.inspect import inspect
 
 app = typer.Typer(
     name="lasp-fx",
@@ -11,7 +17,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.command(epilog="Example: lasp-fx doctor")(doctor)
+app.command(epilog=INSPECT_EPILOG)(inspect)
+app.command(epilog=CONVERT_EPILOG)(convert)
+app.command(epilog=BENCH_EPILOG)(bench)
+app.command(epilog="Example:\n\n  lasp-fx doctor")(doctor)
 
 
 def _version(value: bool):
@@ -23,6 +32,7 @@ def _version(value: bool):
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ):
     """Sequence parallelism for linear-attention models."""
 

@@ -1,0 +1,115 @@
+"""`lasp-fx convert TARGET --out PATH`: write the model with its linear attention rewritten into the lasp_fx op.
+
+    --out model.pt2   a torch.export program of the rewritten module (torch.export.save), with the
+                      report next to it (model.pt2.report.txt) and inside (extra file "report.txt");
+                      load it with `import lasp_fx; torch.export.load("model.pt2").module()`.
+    --out folder      readable Python (GraphModule.to_folder: module.py, the weights beside it) and
+                      report.txt; `import lasp_fx` is written at the top of module.py, and the weights
+                      are found relative to it, so the folder can be moved.
+Both are specialised to the example inputs' shapes, like the capture they come from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional
+
+import torch
+import typer
+from torch.fx import CodeGen, GraphModule
+from torch.utils import _pytree as pytree
+
+from lasp_fx.cli.errors import CliError, friendly, quiet_torch
+from lasp_fx.cli.inspect import DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
+
+EPILOG = """Examples:
+
+  lasp-fx convert examples.models:RetNetLM --out retnet.pt2
+
+  lasp-fx convert examples/models/gated.py:GatedLM --input-shape 1,256 --out gated_lasp/
+
+  python -c "import lasp_fx, torch; m = torch.export.load('retnet.pt2').module()"
+"""
+CLASS_NAME = "Converted"
+
+
+@friendly
+def convert(
+    ctx: typer.Context,
+    target: str = TARGET_ARG,
+    out: str = typer.Option(..., "--out", help="FILE.pt2 (torch.export program) or a folder (readable Python).",
+                            show_default=False),
+    input_shape: Optional[List[str]] = SHAPE_OPT,
+    dtype: str = DTYPE_OPT,
+    vocab: Optional[int] = VOCAB_OPT,
+    inputs: Optional[str] = INPUTS_OPT,
+    seed: int = SEED_OPT,
+):
+    """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
+    from lasp_fx.passes import convert as convert_model
+
+    if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
+        raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")
+    ex = load(target, input_shape, dtype, vocab, inputs, seed)
+    with quiet_torch(ctx):
+        gm, report = convert_model(ex.model, *ex.args, **ex.kwargs)
+    typer.echo(str(report))
+    if not report.matches:
+        raise CliError(f"no linear attention found in {target}: nothing to rewrite",
+                       f"`lasp-fx inspect {target}` lists the near-misses and why each was left alone")
+    with quiet_torch(ctx):
+        if out.endswith(".pt2"):
+            written = _save_program(gm, ex, str(report), out)
+        else:
+            written = _save_folder(gm, str(report), out, target)
+    typer.echo(f"\nwrote {', '.join(written)}")
+
+
+def _save_program(gm: GraphModule, ex, report: str, path: str) -> list[str]:
+    program = torch.export.export(gm, ex.args, ex.kwargs or None, strict=False)
+    torch.export.save(program, path, extra_files={"report.txt": report})
+    with open(path + ".report.txt", "w") as f:
+        f.write(report + "\n")
+    return [path, path + ".report.txt"]
+
+
+def _save_folder(gm: GraphModule, report: str, folder: str, target: str) -> list[str]:
+    gm = _plain(gm)
+    gm.to_folder(folder, CLASS_NAME)
+    module_py = os.path.join(folder, "module.py")
+    with open(module_py) as f:
+        code = f.read()
+    # to_folder writes the folder's path into every torch.load: load relative to module.py instead
+    code = re.sub(r"torch\.load\(r'" + re.escape(str(folder).rstrip("/")) + r"/([^']+)'",
+                  r"torch.load(os.path.join(_HERE, '\1')", code)
+    header = (f'"""{target} with its linear attention rewritten into lasp_fx\'s op (lasp-fx convert); '
+              'see report.txt."""\nimport os\n\nimport lasp_fx  # noqa: F401 (registers torch.ops.lasp_fx, '
+              'which forward calls)\n\n_HERE = os.path.dirname(os.path.abspath(__file__))\n')
+    with open(module_py, "w") as f:
+        f.write(header + code)
+    with open(os.path.join(folder, "report.txt"), "w") as f:
+        f.write(report + "\n")
+    return [module_py, os.path.join(folder, "report.txt")]
+
+
+def _plain(gm: GraphModule) -> GraphModule:
+    """The module with a plain forward(inputs...) -> outputs, as to_folder can write it.
+
+    torch.export's module keeps its calling convention as pytree specs on the module and an
+    input-guard submodule (not picklable); both are turned into plain graph code here.
+    """
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        gm.delete_submodule("_guards_fn")
+    if info is not None and info.out_spec is not None:
+        output = graph.output_node()
+        flat = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
+        output.args = (pytree.tree_unflatten(list(flat), info.out_spec),)
+    graph.set_codegen(CodeGen())
+    gm.recompile()
+    return gm

@@ -1,0 +1,99 @@
+"""`lasp-fx inspect TARGET`: the table of linear-attention matches and near-misses, optionally drawn."""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+
+from lasp_fx.cli.errors import CliError, friendly, quiet_torch
+from lasp_fx.cli.target import DTYPES, Example, build_model, example
+
+EPILOG = """Examples:
+
+  lasp-fx inspect examples.models:LightningLM
+
+  lasp-fx inspect examples/models/retnet.py:RetNetLM --input-shape 2,128 --dtype float64
+
+  lasp-fx inspect my_model.py:build --inputs my_model.py:example_batch --graph attention.svg
+"""
+
+# The options every command that builds a model takes (inspect, convert).
+TARGET_ARG = typer.Argument(..., help="path/to/file.py:factory or package.module:factory; called with no arguments.",
+                            show_default=False)
+SHAPE_OPT = typer.Option(None, "--input-shape", help="Shape of one input, e.g. 2,64; repeat for several "
+                         "inputs. Token ids if the model starts with nn.Embedding, else random floats. "
+                         "Default: guessed from the first layer (2,64 tokens).")
+DTYPE_OPT = typer.Option("float32", "--dtype", help=f"Model and float-input dtype: {', '.join(DTYPES)}.")
+VOCAB_OPT = typer.Option(None, "--vocab", help="Token ids are drawn below this (default: the embedding's size).")
+INPUTS_OPT = typer.Option(None, "--inputs", help="module:factory returning the example inputs (a tensor, a "
+                          "tuple, or a dict of keyword inputs) instead of --input-shape.")
+SEED_OPT = typer.Option(0, "--seed", help="Seed for the model's initialisation and the random inputs.")
+
+
+def load(target, input_shape, dtype, vocab, inputs, seed) -> Example:
+    """The model TARGET builds and its example inputs (the options of inspect and convert)."""
+    if dtype not in DTYPES:
+        raise CliError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
+    model = build_model(target, dtype, seed)
+    return example(model, target, list(input_shape or []), dtype, vocab, inputs, seed)
+
+
+@friendly
+def inspect(
+    ctx: typer.Context,
+    target: str = TARGET_ARG,
+    input_shape: Optional[List[str]] = SHAPE_OPT,
+    dtype: str = DTYPE_OPT,
+    vocab: Optional[int] = VOCAB_OPT,
+    inputs: Optional[str] = INPUTS_OPT,
+    seed: int = SEED_OPT,
+    graph: Optional[str] = typer.Option(None, "--graph", help="Draw the captured graph, matches highlighted: "
+                                        "FILE.svg or FILE.png."),
+    method: str = typer.Option("export", "--method", help="Capture with torch.export (\"export\") or dynamo."),
+):
+    """Find the causal linear attention in a model: what is rewritten, where, and what is left alone."""
+    from lasp_fx.capture import capture
+    from lasp_fx.passes import InspectReport, detect
+    from lasp_fx.passes.context import to_match
+    from lasp_fx.passes.probe import region
+
+    if graph is not None and os.path.splitext(graph)[1].lower() not in (".svg", ".png"):
+        raise CliError(f"--graph {graph!r}: unknown picture format", "name a .svg or .png file")
+    if method not in ("export", "dynamo"):
+        raise CliError(f"--method {method!r} is not a capture method", "use export or dynamo")
+    ex = load(target, input_shape, dtype, vocab, inputs, seed)
+    with quiet_torch(ctx):
+        captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
+        cands, near = detect(captured.gm, captured.example_inputs)
+    report = InspectReport([to_match(c) for c in cands], near)
+    typer.echo(f"{target} on inputs {ex.describe()}:")
+    typer.echo(str(report))
+    lines = sorted({(m.source, m.code) for m in [*report.matches, *report.near_misses] if m.code})
+    if lines:
+        typer.echo("\nsource lines:")
+        for source, code in lines:
+            typer.echo(f"  {source}  {code}")
+    if graph is not None:
+        regions = [(f"{m.source} {m.module} ({m.family})", set(region(c)) | {c.out})
+                   for c, m in zip(cands, report.matches)]
+        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in near], graph)
+
+
+def _draw(gm, regions, near, path: str) -> None:
+    from lasp_fx.cli import drawing
+
+    d = drawing.layout(gm, regions, near)
+    if path.lower().endswith(".svg"):
+        with open(path, "w") as f:
+            f.write(drawing.to_svg(d))
+    else:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise CliError("--graph FILE.png needs matplotlib, which is not installed",
+                           "pip install matplotlib, or draw an .svg (no dependency)") from e
+        drawing.to_png(d, path)
+    marked = sum(len(r) for _, r in regions)
+    typer.echo(f"\ngraph: {path} ({len(d.boxes)} nodes, {marked} in {len(regions)} match(es))")
