@@ -16,7 +16,7 @@ each new length recompiles; by default dynamo turns the length symbolic at the s
 length and reuses that graph from then on. With `dynamic=True` or
 `torch._dynamo.mark_dynamic(x, seq_dim)` one graph serves every length from the start, and the
 detector's numerical probes replay the graph on a 40-token prefix instead of the whole input:
-for long sequences (a T x T mask of 128K tokens is 64 GiB) mark the length dynamic.
+for long sequences (one T x T float64 matrix of 128K tokens is 128 GiB) mark the length dynamic.
 """
 
 from __future__ import annotations

@@ -1,0 +1,138 @@
+"""torch.compile(backend="lasp") against eager on the example models: outputs, loss, every parameter gradient."""
+
+import collections
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from examples.models import MODELS, ModelConfig
+from lasp_fx.backend import lasp_backend
+from lasp_fx.testing.numerics import rel_rms
+
+# name -> (layers, how many of them are linear attention: the op must run that often). One layer keeps
+# the compile short; the hybrid needs four (its 4th is causal softmax attention, left alone).
+LAYERS = {"lightning": (1, 1), "retnet": (1, 1), "linear": (1, 1), "gated": (1, 1), "hybrid": (4, 3)}
+T = 45  # longer than the detector's 40-token probe prefix, not a multiple of the 64-token chunk
+
+
+def _batch(t=T, vocab=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (2, t), generator=gen), torch.randint(0, vocab, (2, t), generator=gen)
+
+
+def _model(name):
+    torch.manual_seed(0)
+    return MODELS[name](ModelConfig(num_layers=LAYERS[name][0])).double()
+
+
+def _loss_and_grads(fn, model, ids, labels):
+    loss = fn(ids, labels=labels)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss, grads
+
+
+def _op_calls(fn) -> collections.Counter:
+    """How often each lasp_fx op runs in `fn()`, counting only the outermost dispatch of a call."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+
+    def outermost(e):
+        parent = e.cpu_parent
+        while parent is not None and parent.name != e.name:
+            parent = parent.cpu_parent
+        return parent is None
+
+    return collections.Counter(e.name for e in prof.profiler.function_events
+                               if e.name.startswith("lasp_fx::") and outermost(e))
+
+
+def _check_against_eager(name, options, tol=1e-12):
+    """Loss and every parameter gradient through backend="lasp" equal eager's, and the op ran."""
+    torch._dynamo.reset()
+    model = _model(name)
+    ids, labels = _batch()
+    ref_loss, ref_grads = _loss_and_grads(model, model, ids, labels)
+    compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, options=options)
+    loss, grads = _loss_and_grads(compiled, model, ids, labels)
+    assert rel_rms(loss, ref_loss) <= tol, f"{name}: loss"
+    assert grads.keys() == ref_grads.keys(), f"{name}: different parameters got gradients"
+    for p, g in ref_grads.items():
+        assert rel_rms(grads[p], g) <= tol, f"{name}: gradient of {p} off by {rel_rms(grads[p], g):.2e}"
+    # The numbers alone cannot tell a rewrite from no rewrite (both are exact in float64): the op must run.
+    calls = _op_calls(lambda: compiled(ids, labels=labels).backward())
+    n = LAYERS[name][1]
+    assert calls["lasp_fx::linear_attention"] == n and calls["lasp_fx::linear_attention_backward"] == n, calls
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "eager"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_lasp_backend_matches_eager(name, compiler):
+    _check_against_eager(name, {"compiler": compiler})
+
+
+@pytest.mark.parametrize("dynamic, graphs", [(True, 1), (None, 2), (False, 3)],
+                         ids=["dynamic", "automatic", "static"])
+def test_new_lengths_reuse_a_dynamic_graph_or_recompile(dynamic, graphs):
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = _model("retnet")
+    compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, dynamic=dynamic,
+                             options={"compiler": "eager"})
+    for t in (T, 17, 130):  # longer and shorter than the 40-token probe prefix, and over two chunks
+        ids, _ = _batch(t, seed=t)
+        assert rel_rms(compiled(ids), model(ids)) <= 1e-12, f"T={t}"
+    # automatic: the second length makes the length symbolic, the third reuses that graph
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_inductor_smoke():
+    _check_against_eager("linear", {"compiler": "inductor"}, tol=1e-10)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"compiler": "tvm"}, r'options\["compiler"\] must be one of'),
+    ({"seq_dims": 1}, r"unknown option\(s\) \['seq_dims'\]"),
+    ({"seq_dim": -1}, r"non-negative int"),
+    ({"method": "ring"}, r'options\["method"\] needs options\["mesh"\]'),
+], ids=["compiler", "unknown-key", "seq-dim", "method-without-mesh"])
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        lasp_backend(None, [], options=options)
+
+
+def test_mode_is_refused_with_a_hint():
+    with pytest.raises(ValueError, match='mode=\'max-autotune\'.*options=\\{"compiler": "inductor"\\}'):
+        lasp_backend(None, [], mode="max-autotune")
+
+
+_FRESH = textwrap.dedent("""
+    import sys, torch
+    from examples.models import LinearLM
+    torch.manual_seed(0)
+    model = LinearLM().double()
+    ids = torch.randint(0, 64, (2, 45))
+    ref = model(ids)
+    assert "lasp_fx" not in sys.modules
+    out = torch.compile(model, backend="lasp", fullgraph=True, options={"compiler": "eager"})(ids)
+    assert "lasp_fx.backend" in sys.modules
+    print(float((out - ref).norm() / ref.norm()))
+""")
+
+
+def test_entry_point_works_in_a_fresh_process():
+    names = [ep.name for ep in importlib.metadata.entry_points(group="torch_dynamo_backends")]
+    if "lasp" not in names:
+        pytest.skip('no "lasp" torch_dynamo_backends entry point: install the package (pip install -e .)')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    done = subprocess.run([sys.executable, "-c", _FRESH], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) <= 1e-12
