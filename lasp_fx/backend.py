@@ -74,10 +74,14 @@ def _probe_static_graphs_whole(example_inputs):
     `dynamic=True`) is specialised to its length and must be probed at that length.
     """
 
+    def replayable(fake, short, full) -> bool:  # every size the prefix changed is symbolic in the graph
+        return all(isinstance(f, torch.SymInt) for f, s, x in zip(fake.shape, short.shape, full.shape) if s != x)
+
     def rewrite(graph, probe_inputs):
         fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
-        symbolic = any(isinstance(s, torch.SymInt) for v in fakes if isinstance(v, torch.Tensor) for s in v.shape)
-        return rewrite_linear_attention(graph, probe_inputs if symbolic else list(example_inputs))
+        ok = all(replayable(f, s, x) for f, s, x in zip(fakes, probe_inputs, example_inputs)
+                 if isinstance(s, torch.Tensor) and isinstance(f, torch.Tensor))
+        return rewrite_linear_attention(graph, probe_inputs if ok else list(example_inputs))
 
     return rewrite
 

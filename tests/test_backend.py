@@ -92,6 +92,16 @@ def test_new_lengths_reuse_a_dynamic_graph_or_recompile(dynamic, graphs):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
+def test_a_static_length_is_probed_whole_when_only_the_batch_is_dynamic():
+    torch._dynamo.reset()
+    model = _model("retnet")
+    ids, _ = _batch()
+    torch._dynamo.mark_dynamic(ids, 0)  # the batch is symbolic, the 45 tokens are not: no 40-token probes
+    compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, options={"compiler": "eager"})
+    assert rel_rms(compiled(ids), model(ids)) <= 1e-12
+    assert _op_calls(lambda: compiled(ids))["lasp_fx::linear_attention"] == 1
+
+
 def test_inductor_smoke():
     _check_against_eager("linear", {"compiler": "inductor"}, tol=1e-10)
 
