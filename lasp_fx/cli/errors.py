@@ -14,8 +14,8 @@ import torch
 import typer
 
 EXIT_CODE = 2
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-_LASP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_LASP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class CliError(Exception):
