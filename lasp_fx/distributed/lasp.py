@@ -137,7 +137,8 @@ def _sp_backward(
     ds_out, ds_in = pending[0].result()
     if ds_out is not None:
         dk, dv, dG = kern.bwd_correct(dk, dv, dG, k, v, log_decay, ds_out, final_state)
-    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay)
+    # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
+    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay).contiguous()
     d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
     return dq, dk, dv, dlog_decay, d_initial
 
