@@ -238,7 +238,7 @@ def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
     out = torch.cumsum(xt, dim=-1)
     if reverse:
         out = out.flip(-1)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).contiguous()  # custom-op outputs must match their fake's strides
 
 
 def slice_cumdecay(g: Tensor | None, B: int, T: int, H: int, dtype) -> Tensor | None:
