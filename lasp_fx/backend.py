@@ -21,12 +21,8 @@ for long sequences (one T x T float64 matrix of 128K tokens is 128 GiB) mark the
 
 from __future__ import annotations
 
-import torch
+from lasp_fx.compile import COMPILERS, make_backend
 
-from lasp_fx.compile import make_backend
-from lasp_fx.passes import rewrite_linear_attention
-
-COMPILERS = ("auto", "inductor", "aot_eager", "eager")
 METHODS = ("auto", "ring", "allgather")
 OPTIONS = {
     "compiler": '"inductor" (default on CUDA), "aot_eager" (default on CPU) or "eager"',
@@ -61,29 +57,8 @@ def lasp_backend(gm, example_inputs, options: dict | None = None, mode: str | No
         from lasp_fx.distributed.mesh import SequenceMesh
 
         spec = SequenceMesh.resolve(opts["mesh"]).spec(opts.get("method", "auto"))
-    backend = make_backend(spec, seq_dim=opts.get("seq_dim", 1), compiler=opts.get("compiler", "auto"),
-                           rewrite=_probe_static_graphs_whole(example_inputs))
+    backend = make_backend(spec, seq_dim=opts.get("seq_dim", 1), compiler=opts.get("compiler", "auto"))
     return backend(gm, example_inputs)
-
-
-def _probe_static_graphs_whole(example_inputs):
-    """The rewrite pass, probing a graph with static shapes on the inputs it was traced with.
-
-    make_backend cuts the probe inputs to a 40-token prefix, which only a graph whose sequence
-    length is symbolic can replay; a static graph (the first call of `torch.compile` without
-    `dynamic=True`) is specialised to its length and must be probed at that length.
-    """
-
-    def replayable(fake, short, full) -> bool:  # every size the prefix changed is symbolic in the graph
-        return all(isinstance(f, torch.SymInt) for f, s, x in zip(fake.shape, short.shape, full.shape) if s != x)
-
-    def rewrite(graph, probe_inputs):
-        fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
-        ok = all(replayable(f, s, x) for f, s, x in zip(fakes, probe_inputs, example_inputs)
-                 if isinstance(s, torch.Tensor) and isinstance(f, torch.Tensor))
-        return rewrite_linear_attention(graph, probe_inputs if ok else list(example_inputs))
-
-    return rewrite
 
 
 def _check_options(options: dict, mode: str | None) -> dict:

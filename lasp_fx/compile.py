@@ -20,7 +20,12 @@ from lasp_fx.passes.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
 
 
+COMPILERS = ("auto", "inductor", "aot_eager", "eager")
+
+
 def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
+    if compiler not in COMPILERS:
+        raise ValueError(f"compiler must be one of {COMPILERS}, got {compiler!r}")
     if compiler == "auto":
         on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
         compiler = "inductor" if on_cuda else "aot_eager"
@@ -46,12 +51,16 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
 PROBE_LENGTH = 40  # tokens the detector replays: mid-chunk, and tiny next to real lengths
 
 
-def _short_inputs(example_inputs, seq_dim_of):
-    """The example inputs with every sequence input cut to PROBE_LENGTH tokens (or fewer)."""
-    lengths = [t.shape[seq_dim_of(i, t)] for i, t in enumerate(example_inputs) if seq_dim_of(i, t) is not None]
+def _short_inputs(example_inputs, fakes, seq_dim_of):
+    """The example inputs with every sequence input whose length is symbolic in the graph cut to
+    PROBE_LENGTH tokens (or fewer); a graph with a static length is replayed at that length."""
+    def cut(i, t):
+        d = seq_dim_of(i, t)
+        return d if d is not None and isinstance(fakes[i].shape[d], torch.SymInt) else None
+
+    lengths = [t.shape[cut(i, t)] for i, t in enumerate(example_inputs) if cut(i, t) is not None]
     length = min([PROBE_LENGTH, *lengths])
-    short = [t.narrow(seq_dim_of(i, t), 0, length) if seq_dim_of(i, t) is not None else t
-             for i, t in enumerate(example_inputs)]
+    short = [t.narrow(cut(i, t), 0, length) if cut(i, t) is not None else t for i, t in enumerate(example_inputs)]
     return short, length
 
 
@@ -78,7 +87,7 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         symbols = sequence_symbols(fakes, lambda i, v: seq_dim_of(i, example_inputs[i]))
         # The detector proves each match numerically by replaying the graph in float64: on a
         # short prefix of the inputs, so that its cost does not grow with the real length.
-        probe_inputs, length = _short_inputs(example_inputs, seq_dim_of)
+        probe_inputs, length = _short_inputs(example_inputs, fakes, seq_dim_of)
         with probe_sizes({sym: length for sym in symbols}):
             graph = (rewrite or rewrite_linear_attention)(graph, probe_inputs)
         if spec is not None and spec.world_size > 1:
