@@ -17,17 +17,17 @@ from torch import Tensor
 _all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """All-reduce forward and backward (see `sum_over_ranks`)."""
+class _SumGradOverRanks(torch.autograd.Function):
+    """Backward: the gradient summed over the group. Forward: x summed too, or x itself."""
 
     @staticmethod
-    def forward(ctx, x, group_name):
+    def forward(ctx, x, group_name, sum_forward):
         ctx.group_name = group_name
-        return funcol.all_reduce(x.contiguous(), "sum", group_name)
+        return funcol.all_reduce(x.contiguous(), "sum", group_name) if sum_forward else x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return funcol.all_reduce(grad.contiguous(), "sum", ctx.group_name), None
+        return funcol.all_reduce(grad.contiguous(), "sum", ctx.group_name), None, None
 
 
 def sum_over_ranks(x: Tensor, group_name: str) -> Tensor:
@@ -37,7 +37,7 @@ def sum_over_ranks(x: Tensor, group_name: str) -> Tensor:
     gradient (the graph's replicated outputs seed 1/P each: `partial_output`), so the backward
     sums the shares: every rank's summand gets the true gradient of the replicated sum.
     """
-    return _SumOverRanks.apply(x, group_name)
+    return _SumGradOverRanks.apply(x, group_name, True)
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -62,19 +62,6 @@ def partial_output(x: Tensor, world_size: int) -> Tensor:
     return _ScaleGrad.apply(x, 1.0 / world_size)
 
 
-class _GradSum(torch.autograd.Function):
-    """Identity forward; the backward sums the gradient over the group."""
-
-    @staticmethod
-    def forward(ctx, x, group_name):
-        ctx.group_name = group_name
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return funcol.all_reduce(grad.contiguous(), "sum", ctx.group_name), None
-
-
 def sum_grad_over_ranks(param: Tensor, group_name: str) -> Tensor:
     """`param` itself, whose gradient is summed over the group: replicated parameters see only
     their rank's tokens, and the single-device gradient is the sum of those shares.
@@ -83,7 +70,7 @@ def sum_grad_over_ranks(param: Tensor, group_name: str) -> Tensor:
     parameter in the same order whether or not its tokens used that parameter (an unused branch
     or an expert no token was routed to contributes zeros, never a missing collective).
     """
-    return _GradSum.apply(param, group_name)
+    return _SumGradOverRanks.apply(param, group_name, False)
 
 
 def _neighbour_edge(x: Tensor, width: int, dim: int, take_last: bool, group_name: str, world_size: int) -> Tensor:
