@@ -12,10 +12,11 @@ against the single-device op on the whole sequence (fp32 at odd sizes against fl
 bf16 at the real shape against one GPU running all P*T tokens).
 
 Floors per rank (T tokens, H heads, D = E): the local op moves the same bytes as one GPU on T
-tokens; LASP adds one fp32 state (H*D*E*4 = 1 MiB) per direction per hop and the correction
-passes (fwd_correct reads q, o and writes o; bwd_correct reads k, v, dk, dv and writes dk, dv:
-2*B*T*H*D*(3 + 6) bytes = 1.2 GB at T = 32K, ~0.4 ms at 3 TB/s); Ulysses moves 2*(P-1)/P of
-q, k, v, o forward and of do, dq, dk, dv backward (T*H*D*2 bytes each).
+tokens; LASP adds one fp32 state (H*D*E*4 = 1 MiB) per direction per hop, and folding the late
+state into the kernels' segment states reads one more D x E tile per segment and head (the
+"fold" row: the local op with a late state handed back at once, against without); what is left
+is the wait for the state (forward: the chain; backward: hidden behind the dq kernel). Ulysses
+moves 2*(P-1)/P of q, k, v, o forward and of do, dq, dk, dv backward (T*H*D*2 bytes each).
 """
 
 from __future__ import annotations
@@ -196,15 +197,24 @@ def _impls(x, group, dev):
 
 
 def _components(x, dev, reps) -> dict:
-    """The correction passes alone (what LASP adds to the local kernels), ms."""
+    """The local op's fwd+bwd primitives with a late state handed back at once, and without, ms.
+
+    The difference is what folding the state into the segment states costs, without any wait.
+    """
     kern = kernels_for(x["q"])
     q, k, v, g, do = (x[n].detach() for n in ("q", "k", "v", "g", "do"))
-    s = torch.randn(B, H, D, D, device=dev)
-    o, s_out = kern.fwd(q, k, v, g, D**-0.5)
-    dq, dk, dv, dG, _ = kern.bwd(q, k, v, g, D**-0.5, do)
+    s = torch.randn(B, H, D, D, device=dev) * 1e-2
+
+    def late(local):
+        return lambda: s
+
+    def step(hook):
+        kern.fwd(q, k, v, g, D**-0.5, None, state_hook=hook)
+        kern.bwd(q, k, v, g, D**-0.5, do, s, None, state_hook=hook)
+
     return {
-        "fwd_correct_ms": _time(lambda: kern.fwd_correct(o, q, g, D**-0.5, s), dev, 3, reps),
-        "bwd_correct_ms": _time(lambda: kern.bwd_correct(dk, dv, dG, k, v, g, s, s_out), dev, 3, reps),
+        "plain_fwdbwd_ms": _time(lambda: step(None), dev, 3, reps),
+        "fold_fwdbwd_ms": _time(lambda: step(late), dev, 3, reps),
     }
 
 
@@ -246,8 +256,8 @@ def _print_row(row, impls):
         return
     base = row.get("single-GPU_fwdbwd_ms")
     ref = {n: row.get(f"{n}_fwdbwd_ms") for n in ("lasp-original", "ulysses")}
-    print(f"\nP={row['P']} T/GPU={row['T_local']}: fwd_correct {row['fwd_correct_ms']:.3f} ms, "
-          f"bwd_correct {row['bwd_correct_ms']:.3f} ms")
+    print(f"\nP={row['P']} T/GPU={row['T_local']}: local primitives fwd+bwd {row['plain_fwdbwd_ms']:.3f} ms, "
+          f"with a late state folded in {row['fold_fwdbwd_ms']:.3f} ms")
     print(f"{'impl':14} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9}")
     for name in impls:
         if f"{name}_error" in row:

@@ -1,4 +1,4 @@
-"""The primitives' LASP split: local work + a late state correction equals one call with the state."""
+"""The primitives' LASP hook: a state handed back late by `state_hook` equals passing it in up front."""
 
 import pytest
 import torch
@@ -6,51 +6,81 @@ import torch
 from lasp_fx.ops import chunked
 from lasp_fx.testing.numerics import assert_close_rms, random_inputs
 
+SCALE = 0.4
 
-def _inputs(decay, T=150, chunk_size=32):
+
+def _inputs(decay, T=150):
     a = random_inputs(2, T, 6, 8, 5, kv_heads=3, decay=decay)
     s_in = torch.randn(2, 6, 8, 5, dtype=torch.float64)
     return a["q"], a["k"], a["v"], a.get("log_decay"), s_in
 
 
+def _late(state, seen=None):
+    """A hook that records the local state and hands `state` back late."""
+
+    def hook(local):
+        if seen is not None:
+            seen.append(local.clone())
+        return lambda: state
+
+    return hook
+
+
+@pytest.mark.parametrize("upfront", [False, True], ids=["late_only", "upfront_plus_late"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_forward_split(decay):
+def test_forward_late_state_equals_state_passed_in(decay, upfront):
     q, k, v, g, s_in = _inputs(decay)
-    o_full, s_full = chunked.fwd(q, k, v, g, 0.4, s_in, chunk_size=32)
-    o_loc, s_loc = chunked.fwd(q, k, v, g, 0.4, None, chunk_size=32)
-    assert_close_rms(chunked.fwd_correct(o_loc, q, g, 0.4, s_in), o_full, 1e-12, "o")
-    G = chunked.slice_cumdecay(g, 2, q.shape[1], 6, torch.float64)
-    decay_total = 1.0 if G is None else torch.exp(G[:, -1])[..., None, None]
-    assert_close_rms(decay_total * s_in + s_loc, s_full, 1e-12, "final state")
+    first = torch.randn_like(s_in) if upfront else None
+    total = s_in if first is None else s_in + first
+    o_full, s_full = chunked.fwd(q, k, v, g, SCALE, total, chunk_size=32)
+    seen = []
+    o, s_out = chunked.fwd(q, k, v, g, SCALE, first, state_hook=_late(s_in, seen), chunk_size=32)
+    assert_close_rms(o, o_full, 1e-12, "o")
+    assert_close_rms(s_out, s_full, 1e-12, "final state")
+    _, s_local = chunked.fwd(q, k, v, g, SCALE, first, chunk_size=32)
+    assert_close_rms(seen[0], s_local, 0.0, "state the hook saw")
 
 
+@pytest.mark.parametrize("upfront", [False, True], ids=["late_only", "upfront_plus_late"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_backward_split(decay):
+def test_backward_late_gradient_equals_gradient_passed_in(decay, upfront):
     q, k, v, g, s_in = _inputs(decay)
     do = torch.randn(*q.shape[:3], v.shape[-1], dtype=torch.float64)
-    ds_out = torch.randn_like(s_in)
-    _, s_out = chunked.fwd(q, k, v, g, 0.4, s_in, chunk_size=32)
-    full = chunked.bwd(q, k, v, g, 0.4, do, s_in, ds_out, chunk_size=32)
-    dq, dk, dv, dG, ds_loc = chunked.bwd(q, k, v, g, 0.4, do, s_in, None, chunk_size=32)
-    dk, dv, dG = chunked.bwd_correct(dk, dv, dG, k, v, g, ds_out, s_out)
-    G = chunked.slice_cumdecay(g, 2, q.shape[1], 6, torch.float64)
-    decay_total = 1.0 if G is None else torch.exp(G[:, -1])[..., None, None]
-    for name, a, b in zip(["dq", "dk", "dv"], (dq, dk, dv), full[:3]):
-        assert_close_rms(a, b, 1e-12, name)
-    assert_close_rms(ds_loc + decay_total * ds_out, full[4], 1e-12, "ds_in")
-    if g is None:
-        assert dG is None and full[3] is None
-    else:
-        assert_close_rms(dG, full[3], 1e-12, "dG")
-
-
-def test_state_hook_sees_the_final_state_before_outputs_exist():
-    q, k, v, g, s_in = _inputs("gate")
+    ds_late = torch.randn_like(s_in)
+    first = torch.randn_like(s_in) if upfront else None
+    total = ds_late if first is None else ds_late + first
+    full = chunked.bwd(q, k, v, g, SCALE, do, s_in, total, chunk_size=32)
     seen = []
-    o, s_out = chunked.fwd(q, k, v, g, 0.4, s_in, state_hook=lambda s: seen.append(s.clone()), chunk_size=32)
-    assert len(seen) == 1
-    assert_close_rms(seen[0], s_out, 0.0, "hooked state")
-    do = torch.randn_like(o)
-    seen.clear()
-    *_, ds_in = chunked.bwd(q, k, v, g, 0.4, do, s_in, None, state_hook=seen.append, chunk_size=32)
-    assert len(seen) == 1 and seen[0] is ds_in
+    got = chunked.bwd(q, k, v, g, SCALE, do, s_in, first, state_hook=_late(ds_late, seen), chunk_size=32)
+    for name, a, b in zip(["dq", "dk", "dv", "dG", "ds_in"], got, full):
+        if b is None:
+            assert a is None, name
+        else:
+            assert_close_rms(a, b, 1e-12, name)
+    *_, ds_local = chunked.bwd(q, k, v, g, SCALE, do, s_in, first, chunk_size=32)
+    assert_close_rms(seen[0], ds_local, 0.0, "gradient the hook saw")
+
+
+@pytest.mark.parametrize("returns", [None, lambda: None], ids=["hook_returns_none", "late_state_is_none"])
+def test_hook_without_a_late_state_changes_nothing(returns):
+    q, k, v, g, s_in = _inputs("gate")
+    o_ref, s_ref = chunked.fwd(q, k, v, g, SCALE, s_in, chunk_size=32)
+    o, s_out = chunked.fwd(q, k, v, g, SCALE, s_in, state_hook=lambda s: returns, chunk_size=32)
+    assert_close_rms(o, o_ref, 0.0, "o")
+    assert_close_rms(s_out, s_ref, 0.0, "final state")
+
+
+def test_hook_returning_a_tensor_is_refused():
+    q, k, v, g, s_in = _inputs("none")
+    with pytest.raises(TypeError, match="callable giving the late state"):
+        chunked.fwd(q, k, v, g, SCALE, None, state_hook=lambda s: s_in, chunk_size=32)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_exclusive_cumsum(reverse):
+    a = torch.randn(3, 7, 2, dtype=torch.float64)
+    got = chunked.exclusive_cumsum(a, dim=1, reverse=reverse)
+    for n in range(7):
+        idx = range(n + 1, 7) if reverse else range(n)
+        want = sum((a[:, m] for m in idx), torch.zeros(3, 2, dtype=torch.float64))
+        assert_close_rms(got[:, n], want, 1e-14, f"position {n}")

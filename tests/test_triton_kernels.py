@@ -94,27 +94,38 @@ def test_segment_length_does_not_change_the_function(nsub):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_split_identities_match_reference(decay, dtype):
-    """fwd(None) + fwd_correct(s_in) and bwd(ds_out=None) + bwd_correct(ds_out) give the full function."""
+def test_late_states_folded_in_match_reference(decay, dtype):
+    """fwd(None) with s_in handed back by the hook and bwd(ds_out=None) with ds_out handed back
+    late give the full function: the late state enters the segment states of the output kernels."""
     a, do, ds_out, nsub = _inputs("gqa_odd", decay, True, dtype, seed=5)
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
     ref_o, ref_s, ref_grad = _reference(a, do, ds_out)
-    tol = TOL[dtype]
-
-    o_loc, _ = tk.fwd(q, k, v, g, SCALE, None, nsub=nsub)
-    assert_close_rms(tk.fwd_correct(o_loc, q, g, SCALE, s_in), ref_o, tol, "fwd + fwd_correct")
-
-    _, s_out = tk.fwd(q, k, v, g, SCALE, s_in, nsub=nsub)
-    dq, dk, dv, dG, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, None, nsub=nsub)
-    dk, dv, dG = tk.bwd_correct(dk, dv, dG, k, v, g, ds_out, s_out)
-    assert_close_rms(dq, ref_grad["q"], tol, "dq")
-    assert_close_rms(dk, ref_grad["k"], tol, "dk after bwd_correct")
-    assert_close_rms(dv, ref_grad["v"], tol, "dv after bwd_correct")
-    if g is not None:
-        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], tol, "decay gradient after bwd_correct")
-    # ds_in without ds_out is the slice's own share; LASP adds exp(G_T) ds_out across ranks.
     _, _, ref_local = _reference(a, do, None)
-    assert_close_rms(ds_in, ref_local["initial_state"], tol, "d initial state without ds_out")
+    tol = TOL[dtype]
+    seen = {}
+
+    def late(name, state):
+        def hook(local):
+            seen[name] = local.clone()
+            return lambda: state
+
+        return hook
+
+    o, s_out = tk.fwd(q, k, v, g, SCALE, None, state_hook=late("fwd", s_in), nsub=nsub)
+    assert_close_rms(o, ref_o, tol, "o with the late state")
+    assert_close_rms(s_out, ref_s, tol, "final state with the late state")
+    _, s_local = tk.fwd(q, k, v, g, SCALE, None, nsub=nsub)
+    assert_close_rms(seen["fwd"], s_local, 0.0, "state the forward hook saw")
+
+    dq, dk, dv, dG, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, None, state_hook=late("bwd", ds_out), nsub=nsub)
+    assert_close_rms(dq, ref_grad["q"], tol, "dq")
+    assert_close_rms(dk, ref_grad["k"], tol, "dk with the late gradient")
+    assert_close_rms(dv, ref_grad["v"], tol, "dv with the late gradient")
+    assert_close_rms(ds_in, ref_grad["initial_state"], tol, "d initial state with the late gradient")
+    if g is not None:
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], tol, "decay gradient with the late gradient")
+    # what the hook saw is the slice's own share: LASP adds exp(G_T) ds_out across ranks
+    assert_close_rms(seen["bwd"], ref_local["initial_state"], tol, "d initial state the backward hook saw")
 
 
 @pytest.mark.parametrize("decay", ["const", "gate"])
@@ -153,12 +164,15 @@ def test_state_hook_runs_after_the_state_pass_and_before_the_outputs(monkeypatch
         def record(state):
             log.append(name)
             seen[name] = state.clone()
+            return lambda: log.append(f"{name}_late")  # hands back no state: nothing changes
 
         return record
 
     o, s_out = tk.fwd(q, k, v, g, SCALE, s_in, state_hook=hook("fwd_hook"), nsub=nsub)
     *_, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, state_hook=hook("bwd_hook"), nsub=nsub)
-    assert log == ["fwd_hook", "out", "bwd_hook", "_dq_kernel", "_dk_kernel", "_dv_kernel"]
+    # the backward awaits its late gradient only after the dq kernel is queued
+    assert log == ["fwd_hook", "fwd_hook_late", "out", "bwd_hook", "_dq_kernel", "bwd_hook_late", "_dk_kernel",
+                   "_dv_kernel"]  # fmt: skip
     torch.testing.assert_close(seen["fwd_hook"], s_out, rtol=0, atol=0)
     torch.testing.assert_close(seen["bwd_hook"], ds_in, rtol=0, atol=0)
     _, ref_s, ref_grad = _reference(a, do, ds_out)

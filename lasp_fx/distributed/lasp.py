@@ -5,13 +5,17 @@ the group travels as its name, and every output is consumed: STACK.md section 3)
     torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
         -> (o, final_state, state_in)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        final_state, scale, group_name, method) -> (dq, dk, dv, dlog_decay, d_initial_state)
+        scale, group_name, method) -> (dq, dk, dv, dlog_decay, d_initial_state)
 
-Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2):
-    forward   fwd(s_in=None, state_hook=start exchange) -> exchange -> fwd_correct(s_in = X_{r-1})
-    backward  bwd(s_in=X_{r-1}, ds_out=None, state_hook=start exchange) -> exchange
-              -> bwd_correct(ds_out, s_out = X_r) -> log_decay_grad
-Rank 0 starts from the initial state directly (its fwd needs no correction).
+Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
+    forward   fwd(state_hook = start exchange, hand back X_{r-1})
+              state pass -> exchange starts -> [wait X_{r-1}] -> output kernel with X_{r-1} folded in
+    backward  bwd(s_in = X_{r-1}, state_hook = start exchange, hand back ds_out)
+              state passes -> exchange starts -> dq kernel -> [wait ds_out] -> dk, dv kernels with ds_out folded in
+              -> log_decay_grad
+The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
+pass over the tokens; what the chain costs is the wait, which the backward hides behind dq.
+Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
     o            rank r's slice of the single-device output.
@@ -85,16 +89,13 @@ def _sp_forward(
 
     def start_exchange(s_loc):
         pending.append(_EXCHANGES[method].forward(s_loc, A, group, side))
+        return lambda: pending[0].result()[0]  # X_{r-1}, None on rank 0
 
     s0 = initial_state if rank == 0 else None
-    o, s_loc = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
-    if not pending:  # a kernel without the hook: no overlap, same numbers
-        start_exchange(s_loc)
-    s_in, s_out = pending[0].result()
-    if s_in is None:  # rank 0 already started from the initial state
-        s_in = torch.zeros_like(s_out) if s0 is None else s0.clone()
-    else:
-        o = kern.fwd_correct(o, q, log_decay, scale, s_in)
+    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
+    s_in = pending[0].result()[0]
+    if s_in is None:  # rank 0 started from the initial state
+        s_in = torch.zeros_like(s_out) if s0 is None else s0.to(s_out.dtype).clone()
     return o, s_out, s_in
 
 
@@ -115,7 +116,6 @@ def _sp_backward(
     v: Tensor,
     log_decay: Optional[Tensor],
     state_in: Tensor,
-    final_state: Tensor,
     scale: float,
     group_name: str,
     method: str,
@@ -130,13 +130,9 @@ def _sp_backward(
 
     def start_exchange(ds_loc):
         pending.append(_EXCHANGES[method].backward(ds_loc, A, d_final, group, side))
+        return lambda: pending[0].result()[0]  # ds_out: d_final plus the ranks after, or None
 
-    dq, dk, dv, dG, ds_loc = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
-    if not pending:
-        start_exchange(ds_loc)
-    ds_out, ds_in = pending[0].result()
-    if ds_out is not None:
-        dk, dv, dG = kern.bwd_correct(dk, dv, dG, k, v, log_decay, ds_out, final_state)
+    dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
     dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay).contiguous()
     d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
@@ -144,25 +140,25 @@ def _sp_backward(
 
 
 @_sp_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, state_in, final_state, scale, group_name, method):
+def _(do, d_final_state, q, k, v, log_decay, state_in, scale, group_name, method):
     dlog_decay = q.new_empty(0) if log_decay is None else torch.empty_like(log_decay)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, log_decay, initial_state, scale, group_name, method, check = inputs
-    _, final_state, state_in = output
-    ctx.save_for_backward(q, k, v, log_decay, state_in, final_state)
+    _, _, state_in = output
+    ctx.save_for_backward(q, k, v, log_decay, state_in)
     ctx.has_initial_state = initial_state is not None
     ctx.scale, ctx.group_name, ctx.method = scale, group_name, method
 
 
 def _backward(ctx, do, d_final_state, _d_state_in):
-    q, k, v, log_decay, state_in, final_state = ctx.saved_tensors
+    q, k, v, log_decay, state_in = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     dq, dk, dv, dlog_decay, d_initial = torch.ops.lasp_fx.sp_linear_attention_backward(
-        do, d_final_state, q, k, v, log_decay, state_in, final_state, ctx.scale, ctx.group_name, ctx.method
+        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group_name, ctx.method
     )
     return (
         dq,

@@ -60,12 +60,16 @@ class Pending:
 
     def __init__(self, side: SideStream, values: tuple, sends=()):
         self.side, self.values, self.sends = side, values, list(sends)
+        self._joined = False
 
     def result(self) -> tuple:
-        self.side.join(self.values)
-        with self.side.active():  # CUDA: the side stream (not the host, not compute) waits for sends
-            for work in self.sends:
-                work.wait()
+        """The values, usable on the compute stream (joins once; later calls just return them)."""
+        if not self._joined:
+            self.side.join(self.values)
+            with self.side.active():  # CUDA: the side stream (not the host, not compute) waits for sends
+                for work in self.sends:
+                    work.wait()
+            self._joined = True
         return self.values
 
 

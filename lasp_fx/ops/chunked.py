@@ -1,12 +1,18 @@
 """Chunked causal linear attention in plain PyTorch: the CPU path and the fallback everywhere.
 
-Four primitives, the same ones the Triton kernels implement, split so that LASP can run the
+Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
 local work before any state arrives from another rank (DESIGN.md section 2):
 
-    fwd(q, k, v, g, scale, s_in)            -> o, s_out     one slice, state s_in flowing in
-    fwd_correct(o, q, g, scale, s_in)       -> o + scale * exp(G) q s_in   (G: cumsum of g over the slice)
-    bwd(q, k, v, g, scale, do, s_in, ds_out)-> dq, dk, dv, dG, ds_in
-    bwd_correct(dk, dv, dG, k, v, g, ds_out, s_out) -> the ds_out terms added afterwards
+    fwd(q, k, v, g, scale, s_in, state_hook)              -> o, s_out
+    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook)  -> dq, dk, dv, dG, ds_in
+
+`state_hook(local_state)` is called once the slice's own state (forward: the final state from
+the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
+known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
+state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
+arriving on top of `ds_out`. The primitive calls it as late as it can (backward: after dq, which
+needs no ds_out) and folds the late state into its per-chunk states, which by linearity is the
+same as having passed it in: no extra pass over the tokens. The returned s_out / ds_in include it.
 
 `g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
 `dG` is the gradient with respect to the running sum G_t, from the identity
@@ -90,6 +96,22 @@ def _state_heads(s: Tensor | None, Hk: int) -> Tensor | None:
     return s.view(B, Hk, H // Hk, D, E)
 
 
+def exclusive_cumsum(a: Tensor, dim: int, reverse: bool = False) -> Tensor:
+    """sum_{m<n} a_m along `dim` (reverse: sum_{m>n} a_m): running sums, never differences of long sums."""
+    if reverse:
+        return exclusive_cumsum(a.flip(dim), dim).flip(dim)
+    head = torch.zeros_like(a.narrow(dim, 0, 1))
+    return torch.cumsum(torch.cat([head, a.narrow(dim, 0, a.shape[dim] - 1)], dim), dim)
+
+
+def await_late(state_hook, local_state: Tensor):
+    """Call `state_hook(local_state)`; return the zero-argument callable giving the late state (or None)."""
+    late = None if state_hook is None else state_hook(local_state)
+    if late is not None and not callable(late):
+        raise TypeError(f"state_hook must return None or a callable giving the late state, got {type(late).__name__}")
+    return late
+
+
 class _Chunks:
     """The chunked view of one call's inputs, shared by the forward and the backward."""
 
@@ -147,20 +169,36 @@ class _Chunks:
             S = (S if A is None else torch.exp(A[:, :, n])[..., None, None] * S) + U[:, :, n]
         return torch.stack(before, dim=2), S
 
+    def fold_late(self, states: Tensor, end: Tensor, late: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
+        """Add a state that entered the slice's start (reverse: a gradient that left its end) late.
+
+        states [B, Hk, N, G, D, E] are the per-chunk states, `end` the far-end state [B, H, D, E];
+        the late state reaches chunk n decayed by the chunks between ([B, H, D, E] -> same shapes).
+        """
+        sl = _state_heads(late.to(self.dtype), self.Hk).unsqueeze(2)  # [B, Hk, 1, G, D, E]
+        A = self.chunk_decay()
+        if A is None:
+            return states + sl, end + late.to(self.dtype)
+        w = torch.exp(exclusive_cumsum(A, dim=2, reverse=reverse))[..., None, None]
+        total = torch.exp(A.sum(2)).reshape(self.B, self.H)[..., None, None]
+        return states + w * sl, end + total * late.to(self.dtype)
+
 
 def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
-    `state_hook(s_out)`, if given, is called as soon as the final state is known and before
-    the outputs are computed, so that LASP can send it on while this rank keeps working.
+    `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
+    known, before any output exists; a late state it returns (module docstring) is folded in.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype).
     """
     c = _Chunks(q, k, v, g, scale, chunk_size)
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
-    if state_hook is not None:
-        state_hook(s_out)
+    late = await_late(state_hook, s_out)
+    s_late = None if late is None else late()
+    if s_late is not None:
+        S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v)  # intra-chunk
     inter = c.q @ S_before
@@ -173,7 +211,8 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = 
 def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
 
-    `state_hook(ds_in)`, if given, is called as soon as ds_in is known and before dq, dk, dv.
+    `state_hook(ds_local)` is called as soon as the gradient of the incoming state from `do`
+    and `ds_out` is known; a late gradient it returns is awaited after dq and folded in.
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None, and
     ds_in [B, H, D, E], the gradient of the incoming state).
@@ -195,19 +234,22 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, c
         dS_run = (dS_run if A is None else torch.exp(A[:, :, n])[..., None, None] * dS_run) + dU[:, :, n]
     dS_after = torch.stack(after, dim=2)
     ds_in = dS_run.reshape(c.B, c.H, c.D, c.E)
-    if state_hook is not None:
-        state_hook(ds_in)
+    late = await_late(state_hook, ds_in)
 
     # intra-chunk: dScores = (dO V^T) * M, then dQ = dScores K, dK = dScores^T Q, dV = P^T dO
     dS = c.unfold(c.fold(do_c) @ c.v.transpose(-1, -2)) * c.mask
     dq = c.unfold(dS.reshape(rows) @ c.k)
+    dq_inter = do_c @ S_before.transpose(-1, -2)  # o += exp(b) q S_before
+    dq = dq + (dq_inter if eb is None else dq_inter * eb)
+
+    ds_late = None if late is None else late()
+    if ds_late is not None:  # everything below needs the complete state gradient
+        dS_after, ds_in = c.fold_late(dS_after, ds_in, ds_late, reverse=True)
+        ds_out = ds_late if ds_out is None else ds_out.to(c.dtype) + ds_late.to(c.dtype)
     dk_h = dS.transpose(-1, -2) @ c.q  # per query head: the decay identity needs it
     P = (c.scores() * c.mask).reshape(rows)
     dv = P.transpose(-1, -2) @ c.fold(do_c)  # sums over the G heads sharing v
-
-    # inter-chunk: o += exp(b) q S_before, and the states' share of dk, dv
-    dq_inter = do_c @ S_before.transpose(-1, -2)
-    dq = dq + (dq_inter if eb is None else dq_inter * eb)
+    # the states' share of dk, dv
     w = c.decay_to_end()
     vw = c.v.unsqueeze(3) if w is None else c.v.unsqueeze(3) * w[..., None]
     kw = c.k.unsqueeze(3) if w is None else c.k.unsqueeze(3) * w[..., None]
@@ -239,52 +281,6 @@ def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
     if reverse:
         out = out.flip(-1)
     return out.transpose(1, 2).contiguous()  # custom-op outputs must match their fake's strides
-
-
-def slice_cumdecay(g: Tensor | None, B: int, T: int, H: int, dtype) -> Tensor | None:
-    """G: the log-decay accumulated from the start of the slice, [B, T, H]."""
-    a = _per_token(g, B, T, H, dtype)
-    if a is None:
-        return None
-    if g.dim() == 1:  # a constant per head: G_t = (t + 1) * lambda, no scan needed
-        steps = torch.arange(1, T + 1, device=a.device, dtype=dtype)
-        return steps[None, :, None] * g.to(dtype)[None, None, :].expand(B, T, H)
-    return _cumsum_time(a)
-
-
-def fwd_correct(o: Tensor, q: Tensor, g, scale: float, s_in: Tensor) -> Tensor:
-    """o + scale * exp(G_t) q_t s_in: the contribution of a state that arrived after `fwd`."""
-    B, T, H, _ = q.shape
-    dtype = acc_dtype(q.dtype)
-    corr = torch.einsum("bthd,bhde->bthe", q.to(dtype), s_in.to(dtype)) * scale
-    G = slice_cumdecay(g, B, T, H, dtype)
-    if G is not None:
-        corr = corr * torch.exp(G)[..., None]
-    return (o.to(dtype) + corr).to(o.dtype)
-
-
-def bwd_correct(dk, dv, dG, k, v, g, ds_out: Tensor, s_out: Tensor):
-    """Add the terms of the final-state gradient `ds_out` that `bwd` ran without.
-
-    `s_out` is the slice's complete final state (needed only for the decay gradient).
-    """
-    B, T, Hk, _ = k.shape
-    H = ds_out.shape[1]
-    dtype = acc_dtype(k.dtype)
-    dsh = _state_heads(ds_out.to(dtype), Hk)  # [B, Hk, G, D, E]
-    G = slice_cumdecay(g, B, T, H, dtype)
-    w = None if G is None else torch.exp(G[:, -1:] - G).view(B, T, Hk, H // Hk)
-    kf, vf = k.to(dtype), v.to(dtype)
-    dk_h = torch.einsum("btke,bkgde->btkgd", vf, dsh)
-    dv_h = torch.einsum("btkd,bkgde->btkge", kf, dsh)
-    if w is not None:
-        dk_h, dv_h = dk_h * w[..., None], dv_h * w[..., None]
-    dk = (dk.to(dtype) + dk_h.sum(3)).to(dk.dtype)
-    dv = (dv.to(dtype) + dv_h.sum(3)).to(dv.dtype)
-    if dG is not None:
-        dG = dG - (kf.unsqueeze(3) * dk_h).sum(-1).reshape(B, T, H)
-        dG[:, -1] += (ds_out.to(dtype) * s_out.to(dtype)).sum((-1, -2))
-    return dk, dv, dG
 
 
 def log_decay_grad(dG: Tensor, log_decay: Tensor) -> Tensor:

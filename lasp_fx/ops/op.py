@@ -19,7 +19,7 @@ from lasp_fx.ops.checks import check_linear_attention_args
 
 
 def kernels_for(x: Tensor) -> ModuleType:
-    """The module implementing fwd / bwd / fwd_correct / bwd_correct for tensors like `x`."""
+    """The module implementing the primitives fwd / bwd (chunked.py says what they do) for tensors like `x`."""
     # Triton kernels for CUDA fp16 / bf16 / fp32 when Triton imports; float64 and CPU stay chunked.
     if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
         try:

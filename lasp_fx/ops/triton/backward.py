@@ -23,9 +23,10 @@ import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
     CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_f32b, dot_precision, load_cols,
-    load_rows, segment_chunks,
+    late_state, load_rows, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.states import segment_states
+from lasp_fx.ops.chunked import await_late
+from lasp_fx.ops.triton.states import fold_weights, segment_states
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
@@ -48,8 +49,8 @@ def _dq_kernel(
     v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dq_base = dq + (i_b.to(tl.int64) * T * H + i_h) * D
-    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E + rk[None, :] * E + re[:, None]
-    st = tl.load(s_ptr, mask=(rk[None, :] < D) & (re[:, None] < E), other=0.0)  # S^T [BE, BK] float32
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
+    st = late_state(s_ptr, S, S, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, False)  # S^T [BE, BK]
 
     for c in range(0, NSUB):
         t = (i_s * NSUB + c) * C + rc
@@ -88,9 +89,9 @@ def _dq_kernel(
 @autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dk_kernel(
-    q, k, v, g, do, dS, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-    BE: tl.constexpr,
+    q, k, v, g, do, dS, late, late_w, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
+    BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -103,8 +104,8 @@ def _dk_kernel(
     v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dk_base = dk + (i_b.to(tl.int64) * T * H + i_h) * D  # per query head (H == HK without GQA)
-    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E + rk[None, :] * E + re[:, None]
-    dst = tl.load(s_ptr, mask=(rk[None, :] < D) & (re[:, None] < E), other=0.0)  # dS^T [BE, BK] float32
+    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
+    dst = late_state(s_ptr, late, late_w, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE)  # dS^T
 
     for ci in range(0, NSUB):
         t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
@@ -140,9 +141,9 @@ def _dk_kernel(
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dv_kernel(
-    q, k, g, do, dS, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-    BV: tl.constexpr,
+    q, k, g, do, dS, late, late_w, dv, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -153,8 +154,8 @@ def _dv_kernel(
     k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dv_base = dv + (i_b.to(tl.int64) * T * H + i_h) * E  # per query head (H == HK without GQA)
-    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E + rd[:, None] * E + re[None, :]
-    ds = tl.load(s_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0)  # dS [BD, BV] float32
+    s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
+    ds = late_state(s_ptr, late, late_w, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE)  # dS
 
     for ci in range(0, NSUB):
         t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
@@ -184,7 +185,9 @@ def _dv_kernel(
 def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None):
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state (see chunked.bwd).
 
-    `state_hook(ds_in)` runs after both state passes and before the dq, dk, dv kernels.
+    `state_hook(ds_local)` runs after both state passes; the dq kernel (which needs no ds_out)
+    is queued next, and only then is a late gradient awaited and folded into the segment
+    states of the dk and dv kernels.
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None,
     ds_in [B, H, D, E] float32).
@@ -199,28 +202,37 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     # decay-weighted operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk.
     split = g_mode != 0 and q.dtype != torch.float32
     S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
-    dS, _, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
-    if state_hook is not None:
-        state_hook(ds_in)
+    dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
+    late = await_late(state_hook, ds_in)
 
     nseg, prec, group = S.shape[2], dot_precision(q.dtype), H // HK
     BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
     n_k = triton.cdiv(D, BK)
     dq = torch.empty_like(q)
-    dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
-    dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if g_mode else dq
-    dGk = torch.empty_like(dGq) if g_mode else dq
     gp = dq if g is None else g
     common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK)
     _dq_kernel[(n_k, nseg, B * H)](
         q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, BK=BK, BE=block(E), **common
     )
+
+    ds_late = None if late is None else late()
+    w = None
+    if ds_late is not None:
+        ds_late = ds_late.float().contiguous()
+        w, total = fold_weights(A, reverse=True)
+        ds_in = ds_in + ds_late if total is None else torch.addcmul(ds_in, total[..., None, None], ds_late)
+        ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
+    fold = dict(HAS_LATE=ds_late is not None, **common)
+    late_args = (dS if ds_late is None else ds_late, dS if w is None else w)
+    dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
+    dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
+    dGk = torch.empty_like(dGq) if g_mode else dq
     _dk_kernel[(n_k, nseg, B * H)](
-        q, k, v, gp, do, dS, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, BK=BK, BE=block(E), **common
+        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, BK=BK, BE=block(E), **fold
     )
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
-    _dv_kernel[grid](q, k, gp, do, dS, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D), **common)
+    _dv_kernel[grid](q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D), **fold)
     if group > 1:
         dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)

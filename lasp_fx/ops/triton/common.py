@@ -177,3 +177,19 @@ def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
     if SPLIT:
         out += tl.dot(a, (b - hi.to(tl.float32)).to(a.dtype), input_precision=PREC)
     return out
+
+
+@triton.jit
+def late_state(s_ptr, late, late_w, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE: tl.constexpr, HAS_LATE: tl.constexpr):
+    """A segment's [D, E] float32 state tile (rows index D, cols E, either may be the broadcast
+    dim: a transposed tile is read as such), plus with HAS_LATE a late state [B*H, D, E] decayed
+    by the segment's log2-weight late_w [B*H, NSEG] (1 without decay)."""
+    mask = (rows < D) & (cols < E)
+    offs = rows * E + cols
+    st = tl.load(s_ptr + offs, mask=mask, other=0.0)
+    if HAS_LATE:
+        extra = tl.load(late + i_bh.to(tl.int64) * D * E + offs, mask=mask, other=0.0)
+        if G_MODE != 0:
+            extra *= tl.exp2(tl.load(late_w + i_bh * NSEG + i_s))
+        st += extra
+    return st

@@ -14,17 +14,19 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, load_cols, load_rows,
-    segment_chunks,
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, late_state, load_cols,
+    load_rows, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.states import segment_states
+from lasp_fx.ops.chunked import await_late
+from lasp_fx.ops.triton.states import fold_weights, segment_states
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _out_kernel(
-    q, k, v, g, S, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    q, k, v, g, S, late, late_w, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
+    BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -35,8 +37,9 @@ def _out_kernel(
     k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
     v_base = v + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * E
     o_base = o + (i_b.to(tl.int64) * T * H + i_h) * E
-    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E + rd[:, None] * E + re[None, :]
-    state = tl.load(s_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0)  # [BD, BV] float32
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
+    # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
+    state = late_state(s_ptr, late, late_w, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE)
 
     t_first = i_s * NSUB * C
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
@@ -68,8 +71,9 @@ def _out_kernel(
 def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None):
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
-    `state_hook(s_out)` runs after the state pass and before the output kernel. `nsub` (chunks
-    per segment) is chosen from the sizes when None.
+    `state_hook(s_local)` runs after the state pass and before the output kernel; a late state
+    it hands back enters the output kernel's segment states (`fold_weights`), not a second pass.
+    `nsub` (chunks per segment) is chosen from the sizes when None.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32).
     """
@@ -81,18 +85,24 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     HS = HK if (g_mode == 0 and s_in is None) else H
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
     # Decay-weighted keys enter the state at ~2^-16 (common.dot_f32a): s_out meets the decay
-    # gradient again in bwd_correct, where any inconsistency is amplified by cancellation.
+    # gradient again in the backward, where any inconsistency is amplified by cancellation.
     split = g_mode != 0 and q.dtype != torch.float32
-    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
+    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
-    if state_hook is not None:
-        state_hook(s_out)
+    late = await_late(state_hook, s_out)
+    s_late = None if late is None else late()
+    w = None
+    if s_late is not None:
+        s_late = s_late.float().contiguous()
+        w, total = fold_weights(A, reverse=False)
+        s_out = s_out + s_late if total is None else torch.addcmul(s_out, total[..., None, None], s_late)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     _out_kernel[grid](
-        q, k, v, S if g is None else g, S, o, scale, T, H, HK, HS, D, E, nsub, nseg,
-        G_MODE=g_mode, PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D),
+        q, k, v, S if g is None else g, S, S if s_late is None else s_late, S if w is None else w, o, scale,
+        T, H, HK, HS, D, E, nsub, nseg,
+        G_MODE=g_mode, HAS_LATE=s_late is not None, PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D),
     )  # fmt: skip
     return o, s_out
