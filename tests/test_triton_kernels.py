@@ -22,6 +22,7 @@ SHAPES = {
     "gqa_odd": (2, 131, 4, 2, 24, 20, 1),
     "mqa_short": (1, 37, 3, 1, 16, 16, 4),
     "wide_d": (1, 100, 2, 1, 72, 24, 1),  # two D tiles: dG summed over tile partials
+    "many_seg": (1, 1990, 2, 1, 16, 16, 1),  # 32 segments: the scan runs in steps of 15 (states.py)
 }
 
 
@@ -75,7 +76,9 @@ def test_fwd_bwd_match_reference(shape, dtype, decay, initial_state):
     if g is None:
         assert dG is None
     else:
-        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], tol, "decay gradient")
+        # a sum of q.dq - k.dk over T with heavy cancellation: fp32 reaches ~3e-5 at T = 2000
+        dtol = max(tol, 1e-4) if a["q"].shape[1] > 1000 else tol
+        assert_close_rms(tk.log_decay_grad(dG, g), ref_grad["log_decay"], dtol, "decay gradient")
     if s_in is not None:
         assert_close_rms(ds_in, ref_grad["initial_state"], tol, "d initial state")
 

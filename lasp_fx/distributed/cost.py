@@ -55,26 +55,31 @@ class Choice:
     reason: str
 
 
+def _times(world_size: int, state_bytes: int, device_type: str) -> tuple[Link, float, float, float]:
+    link = LINKS.get(device_type, LINKS["cuda"])
+    hop = link.alpha_p2p_us + state_bytes / link.beta_p2p
+    ring = link.host_ring_us + (world_size - 1) * hop
+    ag = link.host_ag_us + link.alpha_ag_us + (world_size - 1) * state_bytes / link.beta_ag
+    return link, hop, ring, ag
+
+
 def estimate(world_size: int, state_bytes: int, device_type: str) -> Choice:
     """Predicted exchange times of both methods and the faster one, with the reason in words."""
-    link = LINKS.get(device_type, LINKS["cuda"])
-    hops = world_size - 1
-    hop = link.alpha_p2p_us + state_bytes / link.beta_p2p
-    ring = link.host_ring_us + hops * hop
-    ag = link.host_ag_us + link.alpha_ag_us + hops * state_bytes / link.beta_ag
+    link, hop, ring, ag = _times(world_size, state_bytes, device_type)
     method = "ring" if ring <= ag else "allgather"
     reason = (
         f"P={world_size}, state {state_bytes / 2**20:.2f} MiB on {device_type}: ring = {link.host_ring_us:.0f} us "
-        f"+ {hops} hops x {hop:.0f} us = {ring:.0f} us, all-gather = {link.host_ag_us:.0f} us + one collective "
-        f"{ag - link.host_ag_us:.0f} us = {ag:.0f} us -> {method}"
+        f"+ {world_size - 1} hops x {hop:.0f} us = {ring:.0f} us, all-gather = {link.host_ag_us:.0f} us + one "
+        f"collective {ag - link.host_ag_us:.0f} us = {ag:.0f} us -> {method}"
     )
     return Choice(method, ring, ag, reason)
 
 
 def resolve_method(method: str, world_size: int, state_bytes: int, device_type: str) -> str:
-    """`method` itself when it is "ring" or "allgather"; the cost model's pick for "auto"."""
+    """`method` itself when it is "ring" or "allgather"; the cost model's pick for "auto" (every call: no words built)."""
     if method == "auto":
-        return estimate(world_size, state_bytes, device_type).method
+        _, _, ring, ag = _times(world_size, state_bytes, device_type)
+        return "ring" if ring <= ag else "allgather"
     if method not in METHODS:
         raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
     return method

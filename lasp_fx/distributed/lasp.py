@@ -85,7 +85,7 @@ def _sp_forward(
     if check:
         check_same_inputs(group, q, k, v, log_decay, scale, method)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
-    side, pending = SideStream(q.device), []
+    side, pending = SideStream(q.device, overlap=False), []  # the output kernel needs X_{r-1} at once
 
     def start_exchange(s_loc):
         pending.append(_EXCHANGES[method].forward(s_loc, A, group, side))
@@ -93,6 +93,7 @@ def _sp_forward(
 
     s0 = initial_state if rank == 0 else None
     o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
+    pending[0].finish()
     s_in = pending[0].result()[0]
     if s_in is None:  # rank 0 started from the initial state
         s_in = torch.zeros_like(s_out) if s0 is None else s0.to(s_out.dtype).clone()
@@ -126,13 +127,14 @@ def _sp_backward(
     group = resolve_group(group_name)
     method = _method(method, group, q, v)
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
-    side, pending = SideStream(q.device), []
+    side, pending = SideStream(q.device), []  # overlapped with the dq kernel
 
     def start_exchange(ds_loc):
         pending.append(_EXCHANGES[method].backward(ds_loc, A, d_final, group, side))
         return lambda: pending[0].result()[0]  # ds_out: d_final plus the ranks after, or None
 
     dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
+    pending[0].finish()
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
     dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay).contiguous()
     d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)

@@ -15,14 +15,16 @@ from torch import Tensor
 
 
 class SideStream:
-    """The side stream of one call (CUDA), or nothing (CPU).
+    """The side stream of one call (CUDA with `overlap`), or nothing (CPU, or no work to overlap).
 
     Tensors made on the side stream and used later on the compute stream are recorded on it in
-    `join`, so the caching allocator does not hand their memory out again too early.
+    `join`, so the caching allocator does not hand their memory out again too early. Without
+    `overlap` (the forward, whose output kernel needs the incoming state at once) the exchange is
+    queued on the compute stream itself: no stream, event or record_stream to pay for.
     """
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+    def __init__(self, device: torch.device, overlap: bool = True):
+        self.cuda = device.type == "cuda" and overlap
         if self.cuda:
             self.main = torch.cuda.current_stream(device)
             self.side = torch.cuda.Stream(device=device)  # from torch's stream pool: no allocation
@@ -66,11 +68,18 @@ class Pending:
         """The values, usable on the compute stream (joins once; later calls just return them)."""
         if not self._joined:
             self.side.join(self.values)
-            with self.side.active():  # CUDA: the side stream (not the host, not compute) waits for sends
-                for work in self.sends:
-                    work.wait()
             self._joined = True
         return self.values
+
+    def finish(self) -> None:
+        """Wait for the sends: called once the call's own kernels are queued, so nothing stalls on them.
+
+        On CUDA only the stream waits (NCCL), never the host; this keeps the sent buffers alive
+        until the send completes, whatever the allocator does.
+        """
+        for work in self.sends:
+            work.wait()
+        self.sends = []
 
 
 def step(x: Tensor, log_decay, s: Tensor) -> Tensor:
