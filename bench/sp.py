@@ -3,7 +3,7 @@ local length (the ideal), the original LASP package's lasp_fuse_parallel, and an
 
     torchrun --nproc-per-node=4 bench/sp.py --tlocal 8192,32768,131072 --json $OUT/sp_4gpu.json
     torchrun --nproc-per-node=2 bench/sp.py --device cpu --tlocal 256 --check-only     # debug on gloo
-    torchrun --nproc-per-node=2 bench/sp.py --profile 32768     # per-kernel times of one ring fwd+bwd
+    torchrun --nproc-per-node=2 bench/sp.py --profile 32768 --trace-dir $OUT   # per-kernel times, timelines
 
 Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
 no per-token gate). Each timing: barrier, CUDA events around one call, median of many, max over
@@ -301,8 +301,13 @@ def _print_row(row, impls):
               flush=True)
 
 
-def profile(dev, group, T, method):
-    """Per-op device time of one fwd+bwd of `method` at T tokens per GPU, each rank's table in turn."""
+def profile(dev, group, T, method, out_dir):
+    """Per-op device time of fwd+bwd of `method` at T tokens per GPU (check=False, as parallelize
+    calls it), 3 steps back to back after warm-up: each rank's table in turn, and each rank's
+    chrome trace (CPU and GPU timelines: where a rank waits) as out_dir/trace_rank<r>.json.gz."""
+    import gzip
+    import shutil
+
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -312,16 +317,25 @@ def profile(dev, group, T, method):
     def step():
         for t in leaves:
             t.grad = None
-        lasp_fx.linear_attention(x["q"], x["k"], x["v"], x["g"], group=group, method=method).backward(x["do"])
+        o, _ = sequence_parallel_attention(x["q"], x["k"], x["v"], x["g"], None, D**-0.5, group=group,
+                                           method=method, check=False)
+        o.backward(x["do"])
 
-    for _ in range(3):
+    for _ in range(5):
         step()
     torch.cuda.synchronize()
     dist.barrier()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
+        for _ in range(3):
+            step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20)
+    if out_dir:
+        path = os.path.join(out_dir, f"trace_{method}_rank{group.rank()}.json")
+        prof.export_chrome_trace(path)
+        with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(path)
     for r in range(group.size()):
         dist.barrier()
         if r == group.rank():
@@ -335,7 +349,9 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", default="")
     ap.add_argument("--check-only", action="store_true")
-    ap.add_argument("--profile", type=int, default=0, help="profile one ring fwd+bwd at this T/GPU and stop")
+    ap.add_argument("--profile", type=int, default=0, help="profile fwd+bwd at this T/GPU and stop")
+    ap.add_argument("--method", default="ring", help="what --profile runs")
+    ap.add_argument("--trace-dir", default="", help="--profile writes each rank's chrome trace here")
     args = ap.parse_args()
     dev_type = args.device
     dist.init_process_group("nccl" if dev_type == "cuda" else "gloo")
@@ -355,7 +371,7 @@ def main():
     if args.profile:
         if dev.type != "cuda":
             raise SystemExit("--profile times CUDA kernels: run it on GPUs")
-        profile(dev, group, args.profile, "ring")
+        profile(dev, group, args.profile, args.method, args.trace_dir)
         dist.destroy_process_group()
         return
 
