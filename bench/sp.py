@@ -27,6 +27,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lasp_fx  # noqa: E402
 from lasp_fx.distributed import allgather, estimate, ring  # noqa: E402
 from lasp_fx.distributed.lasp import sequence_parallel_attention  # noqa: E402
-from lasp_fx.distributed.stream import SideStream  # noqa: E402
+from lasp_fx.distributed.combine import wait_all  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
 from lasp_fx.testing.numerics import rel_rms  # noqa: E402
 from ulysses import ulysses_attention  # noqa: E402
@@ -66,8 +67,6 @@ def _time(fn, dev, warm: int, rep: int) -> float:
             torch.cuda.synchronize()
             ts.append(s.elapsed_time(e))
         else:
-            import time
-
             t0 = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t0) * 1e3)
@@ -170,9 +169,10 @@ def check(dev, group, T, heads, dim, dtype, ref_dtype, decays) -> dict:
     return errs
 
 
-def _complete(pending):
-    pending.result()
-    pending.finish()
+def _complete(exchange):
+    sends = []
+    exchange(sends)
+    wait_all(sends)
 
 
 def calibrate(dev, group, reps) -> dict:
@@ -181,8 +181,8 @@ def calibrate(dev, group, reps) -> dict:
     A = -torch.rand(B, H, device=dev)
     out = {}
     for name, mod in (("ring", ring), ("allgather", allgather)):
-        fwd = lambda: _complete(mod.forward(s, A, group, SideStream(dev, overlap=False)))  # noqa: E731
-        bwd = lambda: _complete(mod.backward(s, A, s, group, SideStream(dev)))  # noqa: E731
+        fwd = lambda: _complete(lambda sends: mod.forward(s, A, group, sends))  # noqa: E731
+        bwd = lambda: _complete(lambda sends: mod.backward(s, A, s, group, sends))  # noqa: E731
         out[f"{name}_fwd_exchange_ms"] = _time(fwd, dev, 5, reps)
         out[f"{name}_bwd_exchange_ms"] = _time(bwd, dev, 5, reps)
     return out
@@ -266,6 +266,10 @@ def bench(dev, group, tlocals, reps, path, meta) -> list:
                 row[f"{name}_stream_ms"] = _time_stream(step, dev, rep)
             except Exception as ex:  # a baseline that fails is reported, not fatal
                 row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
+            row[f"{name}_done_s"] = round(time.time() - meta["t0"], 1)  # where a slow run spends its time
+            if group.rank() == 0 and path:  # after every impl: a run cut by its time limit keeps what it has
+                with open(path, "w") as fh:
+                    json.dump({**meta, "rows": rows + [row]}, fh, indent=1)
         rows.append(row)
         _print_row(row, impls)
         if group.rank() == 0 and path:
@@ -349,6 +353,7 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", default="")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--skip-check", action="store_true", help="timings only (no correctness pass, no calibration)")
     ap.add_argument("--profile", type=int, default=0, help="profile fwd+bwd at this T/GPU and stop")
     ap.add_argument("--method", default="ring", help="what --profile runs")
     ap.add_argument("--trace-dir", default="", help="--profile writes each rank's chrome trace here")
@@ -375,6 +380,12 @@ def main():
         dist.destroy_process_group()
         return
 
+    meta["t0"] = time.time()
+    if args.skip_check:
+        bench(dev, group, [int(t) for t in args.tlocal.split(",")], args.reps, args.json, meta)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     meta["check_fp32_vs_fp64"] = check(dev, group, 200 if dev.type == "cpu" else 1000, 4, 64, torch.float32,
                                        torch.float64, ("none", "const", "gate"))
     say("fp32 (odd sizes) vs float64 on one device, max rel RMS:", json.dumps(meta["check_fp32_vs_fp64"]), flush=True)

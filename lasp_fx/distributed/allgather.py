@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lasp_fx.distributed.stream import Pending, SideStream, step
+from lasp_fx.distributed.combine import step
 
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the former.
@@ -44,37 +44,33 @@ def _weighted_sum(log_w, xs: Tensor) -> Tensor:
     return torch.einsum("pbh,pbhde->bhde", torch.exp(log_w), xs)
 
 
-def forward(s_loc: Tensor, log_decay, group, side: SideStream) -> Pending:
-    """Start the exchange; `result()` gives (X_{r-1} or None on rank 0, X_r)."""
+def forward(s_loc: Tensor, log_decay, group, sends: list):
+    """Run the exchange; returns (X_{r-1} or None on rank 0, X_r). `sends` stays empty (a collective)."""
     rank = group.rank()
-    with side.active():
-        states, decays = _gather(s_loc, log_decay, group)
-        s_in, s_out = None, s_loc
-        if rank > 0:
-            log_w = None
-            if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
-                tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
-                log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
-            s_in = _weighted_sum(log_w, states[:rank])
-            s_out = step(s_in, log_decay, s_loc)
-        side.mark()
-    return Pending(side, (s_in, s_out))
+    states, decays = _gather(s_loc, log_decay, group)
+    s_in, s_out = None, s_loc
+    if rank > 0:
+        log_w = None
+        if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
+            tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
+            log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
+        s_in = _weighted_sum(log_w, states[:rank])
+        s_out = step(s_in, log_decay, s_loc)
+    return s_in, s_out
 
 
-def backward(ds_loc: Tensor, log_decay, d_final, group, side: SideStream) -> Pending:
-    """Start the exchange; `result()` gives (ds_out or None, M_r = gradient of X_{r-1})."""
+def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+    """Run the exchange; returns (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()
-    with side.active():
-        n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
-        grads, decays = _gather(n, log_decay, group)
-        ds_out, ds_in = d_final, n
-        if rank < P - 1:
-            log_w = None
-            if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
-                head = torch.cumsum(decays[rank + 1 : P - 1], 0)
-                log_w = torch.cat([torch.zeros_like(decays[:1]), head])
-            m_next = _weighted_sum(log_w, grads[rank + 1 :])
-            ds_out = m_next if d_final is None else m_next + d_final
-            ds_in = step(m_next, log_decay, n)
-        side.mark()
-    return Pending(side, (ds_out, ds_in))
+    n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
+    grads, decays = _gather(n, log_decay, group)
+    ds_out, ds_in = d_final, n
+    if rank < P - 1:
+        log_w = None
+        if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
+            head = torch.cumsum(decays[rank + 1 : P - 1], 0)
+            log_w = torch.cat([torch.zeros_like(decays[:1]), head])
+        m_next = _weighted_sum(log_w, grads[rank + 1 :])
+        ds_out = m_next if d_final is None else m_next + d_final
+        ds_in = step(m_next, log_decay, n)
+    return ds_out, ds_in

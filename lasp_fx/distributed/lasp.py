@@ -8,13 +8,14 @@ the group travels as its name, and every output is consumed: STACK.md section 3)
         scale, group_name, method) -> (dq, dk, dv, dlog_decay, d_initial_state)
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
-    forward   fwd(state_hook = start exchange, hand back X_{r-1})
-              state pass -> exchange starts -> [wait X_{r-1}] -> output kernel with X_{r-1} folded in
-    backward  bwd(s_in = X_{r-1}, state_hook = start exchange, hand back ds_out)
-              state passes -> exchange starts -> dq kernel -> [wait ds_out] -> dk, dv kernels with ds_out folded in
+    forward   fwd(state_hook -> exchange): state pass -> exchange (recv X_{r-1}, send X_r)
+              -> output kernel with X_{r-1} folded into its segment states
+    backward  bwd(s_in = X_{r-1}, state_hook -> exchange): state passes -> dq kernel
+              -> exchange (recv ds_out, send the gradient of X_{r-1}) -> dk, dv kernels with ds_out folded in
               -> log_decay_grad
 The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
-pass over the tokens; what the chain costs is the wait, which the backward hides behind dq.
+pass over the tokens; what the chain costs is the wait, which the backward overlaps with dq
+(the exchange is queued on the compute stream after it: combine.py says why no side stream).
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
@@ -40,7 +41,7 @@ from lasp_fx.distributed import allgather, ring
 from lasp_fx.distributed.cost import METHODS, resolve_method
 from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
-from lasp_fx.distributed.stream import SideStream
+from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
 from lasp_fx.ops.op import kernels_for
 
@@ -85,16 +86,19 @@ def _sp_forward(
     if check:
         check_same_inputs(group, q, k, v, log_decay, scale, method)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
-    side, pending = SideStream(q.device, overlap=False), []  # the output kernel needs X_{r-1} at once
+    sends, got = [], []
 
     def start_exchange(s_loc):
-        pending.append(_EXCHANGES[method].forward(s_loc, A, group, side))
-        return lambda: pending[0].result()[0]  # X_{r-1}, None on rank 0
+        def exchange():  # queued when fwd asks for the late state: right after its state pass
+            got.append(_EXCHANGES[method].forward(s_loc, A, group, sends))
+            return got[0][0]  # X_{r-1}, None on rank 0
+
+        return exchange
 
     s0 = initial_state if rank == 0 else None
     o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
-    pending[0].finish()
-    s_in = pending[0].result()[0]
+    wait_all(sends)
+    s_in = got[0][0]
     if s_in is None:  # rank 0 started from the initial state
         s_in = torch.zeros_like(s_out) if s0 is None else s0.to(s_out.dtype).clone()
     return o, s_out, s_in
@@ -127,14 +131,16 @@ def _sp_backward(
     group = resolve_group(group_name)
     method = _method(method, group, q, v)
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
-    side, pending = SideStream(q.device), []  # overlapped with the dq kernel
+    sends = []
 
     def start_exchange(ds_loc):
-        pending.append(_EXCHANGES[method].backward(ds_loc, A, d_final, group, side))
-        return lambda: pending[0].result()[0]  # ds_out: d_final plus the ranks after, or None
+        def exchange():  # queued when bwd asks for the late gradient: after its dq kernel
+            return _EXCHANGES[method].backward(ds_loc, A, d_final, group, sends)[0]  # ds_out or None
+
+        return exchange
 
     dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
-    pending[0].finish()
+    wait_all(sends)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
     dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay).contiguous()
     d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
@@ -153,6 +159,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(q, k, v, log_decay, state_in)
     ctx.has_initial_state = initial_state is not None
     ctx.scale, ctx.group_name, ctx.method = scale, group_name, method
+    ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
 def _backward(ctx, do, d_final_state, _d_state_in):

@@ -5,8 +5,8 @@ Forward, rank r (X_r = state after rank r's slice, S_r = its local state, A_r it
 Rank 0's local state already contains the initial state, so it only sends. Backward runs the
 same chain in reverse on M_r = dL/dX_{r-1} (the gradient rank r sends back):
     recv M_{r+1} from r+1;  ds_out_r = d_final_r + M_{r+1};  M_r = ds_loc_r + exp(A_r) ds_out_r;  send M_r to r-1.
-Every rank does its local work before it waits, so the chain carries only the combination step:
-(P - 1) x (latency + 1 axpy), hidden behind the output kernels when they take longer.
+Every rank does its state pass before it waits, so the chain carries only the combination step:
+(P - 1) x (latency + 1 axpy); in the backward it runs after the dq kernel, which hides it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lasp_fx.distributed.stream import Pending, SideStream, step
+from lasp_fx.distributed.combine import step
 
 
 def _recv_like(x: Tensor, src: int, group) -> Tensor:
@@ -29,28 +29,26 @@ def _send(x: Tensor, dst: int, group) -> list:
     return [group.send([x], dst, 0)]
 
 
-def forward(s_loc: Tensor, log_decay, group, side: SideStream) -> Pending:
-    """Start the forward chain; `result()` gives (X_{r-1} or None on rank 0, X_r)."""
+def forward(s_loc: Tensor, log_decay, group, sends: list):
+    """Run this rank's link of the forward chain; returns (X_{r-1} or None on rank 0, X_r), the send in `sends`."""
     rank, P = group.rank(), group.size()
-    with side.active():
-        s_in, s_out = None, s_loc
-        if rank > 0:
-            s_in = _recv_like(s_loc, rank - 1, group)
-            s_out = step(s_in, log_decay, s_loc)
-        side.mark()
-        sends = _send(s_out, rank + 1, group) if rank < P - 1 else []
-    return Pending(side, (s_in, s_out), sends)
+    s_in, s_out = None, s_loc
+    if rank > 0:
+        s_in = _recv_like(s_loc, rank - 1, group)
+        s_out = step(s_in, log_decay, s_loc)
+    if rank < P - 1:
+        sends.extend(_send(s_out, rank + 1, group))
+    return s_in, s_out
 
 
-def backward(ds_loc: Tensor, log_decay, d_final, group, side: SideStream) -> Pending:
-    """Start the backward chain; `result()` gives (ds_out or None, M_r = gradient of X_{r-1})."""
+def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+    """Run this rank's link of the backward chain; returns (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()
-    with side.active():
-        ds_out = d_final
-        if rank < P - 1:
-            m_next = _recv_like(ds_loc, rank + 1, group)
-            ds_out = m_next if d_final is None else m_next + d_final
-        ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
-        side.mark()
-        sends = _send(ds_in, rank - 1, group) if rank > 0 else []
-    return Pending(side, (ds_out, ds_in), sends)
+    ds_out = d_final
+    if rank < P - 1:
+        m_next = _recv_like(ds_loc, rank + 1, group)
+        ds_out = m_next if d_final is None else m_next + d_final
+    ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
+    if rank > 0:
+        sends.extend(_send(ds_in, rank - 1, group))
+    return ds_out, ds_in

@@ -26,7 +26,7 @@ from lasp_fx.ops.triton.common import (
     late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
-from lasp_fx.ops.triton.states import fold_weights, segment_states
+from lasp_fx.ops.triton.states import segment_states
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
@@ -50,7 +50,7 @@ def _dq_kernel(
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dq_base = dq + (i_b.to(tl.int64) * T * H + i_h) * D
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
-    st = late_state(s_ptr, S, S, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, False)  # S^T [BE, BK]
+    st = late_state(s_ptr, S, S, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, False, False, 1)  # S^T
 
     for c in range(0, NSUB):
         t = (i_s * NSUB + c) * C + rc
@@ -89,9 +89,9 @@ def _dq_kernel(
 @autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dk_kernel(
-    q, k, v, g, do, dS, late, late_w, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BE: tl.constexpr,
+    q, k, v, g, do, dS, late, A, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -105,7 +105,7 @@ def _dk_kernel(
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dk_base = dk + (i_b.to(tl.int64) * T * H + i_h) * D  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
-    dst = late_state(s_ptr, late, late_w, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE)  # dS^T
+    dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
 
     for ci in range(0, NSUB):
         t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
@@ -141,9 +141,9 @@ def _dk_kernel(
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _dv_kernel(
-    q, k, g, do, dS, late, late_w, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
-    BD: tl.constexpr, BV: tl.constexpr,
+    q, k, g, do, dS, late, A, dv, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -155,7 +155,7 @@ def _dv_kernel(
     do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
     dv_base = dv + (i_b.to(tl.int64) * T * H + i_h) * E  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
-    ds = late_state(s_ptr, late, late_w, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE)  # dS
+    ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
 
     for ci in range(0, NSUB):
         t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
@@ -217,14 +217,12 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     )
 
     ds_late = None if late is None else late()
-    w = None
-    if ds_late is not None:
+    if ds_late is not None:  # enters the dk / dv kernels' segment states (late_state); here only the start
         ds_late = ds_late.float().contiguous()
-        w, total = fold_weights(A, reverse=True)
-        ds_in = ds_in + ds_late if total is None else torch.addcmul(ds_in, total[..., None, None], ds_late)
+        ds_in = ds_in + ds_late if A is None else torch.addcmul(ds_in, torch.exp2(A.sum(-1))[..., None, None], ds_late)
         ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
-    fold = dict(HAS_LATE=ds_late is not None, **common)
-    late_args = (dS if ds_late is None else ds_late, dS if w is None else w)
+    fold = dict(HAS_LATE=ds_late is not None, NSEG_P2=triton.next_power_of_2(nseg), **common)
+    late_args = (dS if ds_late is None else ds_late, dS if A is None else A)
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
     dGk = torch.empty_like(dGq) if g_mode else dq

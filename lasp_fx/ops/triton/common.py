@@ -180,16 +180,22 @@ def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def late_state(s_ptr, late, late_w, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE: tl.constexpr, HAS_LATE: tl.constexpr):
+def late_state(
+    s_ptr, late, A, i_bh, i_s, rows, cols, D, E, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr,
+):  # fmt: skip
     """A segment's [D, E] float32 state tile (rows index D, cols E, either may be the broadcast
     dim: a transposed tile is read as such), plus with HAS_LATE a late state [B*H, D, E] decayed
-    by the segment's log2-weight late_w [B*H, NSEG] (1 without decay)."""
+    to this segment: by the log2-decays A [B*H, NSEG] of the segments before it (REVERSE: after
+    it), summed here from one vector load, so no host-side prefix sums are launched."""
     mask = (rows < D) & (cols < E)
     offs = rows * E + cols
     st = tl.load(s_ptr + offs, mask=mask, other=0.0)
     if HAS_LATE:
         extra = tl.load(late + i_bh.to(tl.int64) * D * E + offs, mask=mask, other=0.0)
         if G_MODE != 0:
-            extra *= tl.exp2(tl.load(late_w + i_bh * NSEG + i_s))
+            seg = tl.arange(0, NSEG_P2)
+            between = (seg > i_s) & (seg < NSEG) if REVERSE else seg < i_s
+            extra *= tl.exp2(tl.sum(tl.load(A + i_bh * NSEG + seg, mask=between, other=0.0), 0))
         st += extra
     return st

@@ -18,15 +18,15 @@ from lasp_fx.ops.triton.common import (
     load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
-from lasp_fx.ops.triton.states import fold_weights, segment_states
+from lasp_fx.ops.triton.states import segment_states
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
 @triton.jit
 def _out_kernel(
-    q, k, v, g, S, late, late_w, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-    BV: tl.constexpr,
+    q, k, v, g, S, late, A, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -39,7 +39,9 @@ def _out_kernel(
     o_base = o + (i_b.to(tl.int64) * T * H + i_h) * E
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
-    state = late_state(s_ptr, late, late_w, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE)
+    state = late_state(
+        s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2
+    )
 
     t_first = i_s * NSUB * C
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
@@ -72,7 +74,7 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
     `state_hook(s_local)` runs after the state pass and before the output kernel; a late state
-    it hands back enters the output kernel's segment states (`fold_weights`), not a second pass.
+    it hands back enters the output kernel's segment states (common.late_state), not a second pass.
     `nsub` (chunks per segment) is chosen from the sizes when None.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32).
@@ -92,17 +94,16 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     late = await_late(state_hook, s_out)
     s_late = None if late is None else late()
-    w = None
-    if s_late is not None:
+    if s_late is not None:  # enters the output kernel's segment states (late_state); here only the end
         s_late = s_late.float().contiguous()
-        w, total = fold_weights(A, reverse=False)
-        s_out = s_out + s_late if total is None else torch.addcmul(s_out, total[..., None, None], s_late)
+        s_out = s_out + s_late if A is None else torch.addcmul(s_out, torch.exp2(A.sum(-1))[..., None, None], s_late)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     _out_kernel[grid](
-        q, k, v, S if g is None else g, S, S if s_late is None else s_late, S if w is None else w, o, scale,
+        q, k, v, S if g is None else g, S, S if s_late is None else s_late, S if A is None else A, o, scale,
         T, H, HK, HS, D, E, nsub, nseg,
-        G_MODE=g_mode, HAS_LATE=s_late is not None, PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D),
+        G_MODE=g_mode, HAS_LATE=s_late is not None, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype),
+        C=CHUNK, BD=block(D),
     )  # fmt: skip
     return o, s_out

@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lasp_fx.ops.chunked import exclusive_cumsum
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, dot_precision, load_cols, load_rows,
 )  # fmt: skip
@@ -142,14 +141,3 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     )  # fmt: skip
     return S, (A if g_mode else None), end
 
-
-def fold_weights(A, reverse: bool):
-    """How a late state reaches each segment: (log2-decay per segment [B, heads, n_seg], exp(total) [B, heads]).
-
-    Forward: from the slice's start to each segment's start; reverse: from each segment's end to
-    the slice's end. Both None without decay (the late state adds unchanged). `A` is the
-    segments' total log2-decays from `segment_states`; n_seg is small, so this costs nothing.
-    """
-    if A is None:
-        return None, None
-    return exclusive_cumsum(A, dim=-1, reverse=reverse).contiguous(), torch.exp2(A.sum(-1))

@@ -1,0 +1,29 @@
+"""The d x e combination step both exchanges apply, and waiting for the sends they leave in flight.
+
+Both exchanges run on the compute stream, queued when the kernels ask for the late state (the
+hook's callable, ops/chunked.py): in the forward right after the state pass (the output kernel
+needs the state at once), in the backward after the dq kernel (which needs none), so the chain
+of ranks overlaps dq without a side stream. A side stream cost ~0.37 ms of host work per call on
+an H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
+NCCL hop it would hide. NCCL calls only make the compute stream wait, never the host; on CPU
+(gloo) they block, which is all the order needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def step(x: Tensor, log_decay, s: Tensor) -> Tensor:
+    """exp(A) * x + s per batch and head: carry state x through a slice of total log-decay A [B, H], add s."""
+    if log_decay is None:
+        return x + s
+    return torch.addcmul(s, torch.exp(log_decay)[..., None, None], x)
+
+
+def wait_all(works: list) -> None:
+    """Wait for sends once the call's own kernels are queued: keeps the sent buffers alive until they are out."""
+    for work in works:
+        work.wait()
+    works.clear()
