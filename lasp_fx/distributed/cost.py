@@ -16,7 +16,9 @@ alone: ring 0.50 / 0.40 ms (fwd / bwd), all-gather 0.86 / 0.85 ms; NCCL alone on
 (shared/anchors): one-way 1 MiB p2p ~0.08 ms, all-gather of 1 MiB ~0.19 ms over 2 and 0.20 over 4.
 So alpha_p2p + n/beta_p2p = 80 us, alpha_ag ~ 180 us, and the rest of each measurement is host
 time (370 us ring, 665 us all-gather). Not yet measured on more than 2 GPUs (no 4-GPU machine was
-lent): the per-hop term is NCCL's, not ours.
+lent): the per-hop term is NCCL's, not ours. Checked on 4 x H200 since (bench/records/2026-11-28_fold,
+exchange on the compute stream): the ring was faster than the all-gather at P = 2 and P = 4 for
+the whole op (3.91 vs 4.00 ms and 4.58 vs 5.08 ms fwd+bwd at 32K/GPU), as this model predicts.
 """
 
 from __future__ import annotations
