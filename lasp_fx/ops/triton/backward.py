@@ -22,11 +22,11 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_f32b, dot_precision, load_cols,
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_f32b, dot_precision, load_cols,
     late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
-from lasp_fx.ops.triton.states import segment_states
+from lasp_fx.ops.triton.states import add_late_at_end, segment_states
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
@@ -44,11 +44,11 @@ def _dq_kernel(
     re = tl.arange(0, BE)
     rc = tl.arange(0, C)
     hk = i_h // (H // HK)
-    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
-    k_base = k + (i_b.to(tl.int64) * T * HK + hk) * D
-    v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
-    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
-    dq_base = dq + (i_b.to(tl.int64) * T * H + i_h) * D
+    q_base = head_base(q, i_b, T, H, i_h, D)
+    k_base = head_base(k, i_b, T, HK, hk, D)
+    v_base = head_base(v, i_b, T, HK, hk, E)
+    do_base = head_base(do, i_b, T, H, i_h, E)
+    dq_base = head_base(dq, i_b, T, H, i_h, D)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
     st = late_state(s_ptr, S, S, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, False, False, 1)  # S^T
 
@@ -64,9 +64,7 @@ def _dq_kernel(
             m = chunk_mask(rc, rc, G_MODE, False)
             kw = kt
         else:
-            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            bc = tl.cumsum(gv, 0)
-            a = tl.sum(gv, 0)
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             m = chunk_mask(bc, rc, G_MODE, False)
             inter = inter * tl.exp2(bc)[:, None]
             kw = kt * tl.exp2(a - bc)[:, None]
@@ -99,11 +97,11 @@ def _dk_kernel(
     re = tl.arange(0, BE)
     rc = tl.arange(0, C)
     hk = i_h // (H // HK)
-    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
-    k_base = k + (i_b.to(tl.int64) * T * HK + hk) * D
-    v_base = v + (i_b.to(tl.int64) * T * HK + hk) * E
-    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
-    dk_base = dk + (i_b.to(tl.int64) * T * H + i_h) * D  # per query head (H == HK without GQA)
+    q_base = head_base(q, i_b, T, H, i_h, D)
+    k_base = head_base(k, i_b, T, HK, hk, D)
+    v_base = head_base(v, i_b, T, HK, hk, E)
+    do_base = head_base(do, i_b, T, H, i_h, E)
+    dk_base = head_base(dk, i_b, T, H, i_h, D)  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
 
@@ -119,9 +117,7 @@ def _dk_kernel(
             mt = chunk_mask(rc, rc, G_MODE, True)
             qw = qt
         else:
-            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            bc = tl.cumsum(gv, 0)
-            a = tl.sum(gv, 0)
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             mt = chunk_mask(bc, rc, G_MODE, True)
             inter = inter * tl.exp2(a - bc)[:, None]
             qw = qt * tl.exp2(bc)[:, None]
@@ -150,10 +146,10 @@ def _dv_kernel(
     rd = tl.arange(0, BD)
     re = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
-    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
-    k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
-    do_base = do + (i_b.to(tl.int64) * T * H + i_h) * E
-    dv_base = dv + (i_b.to(tl.int64) * T * H + i_h) * E  # per query head (H == HK without GQA)
+    q_base = head_base(q, i_b, T, H, i_h, D)
+    k_base = head_base(k, i_b, T, HK, i_h // (H // HK), D)
+    do_base = head_base(do, i_b, T, H, i_h, E)
+    dv_base = head_base(dv, i_b, T, H, i_h, E)  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
 
@@ -169,9 +165,7 @@ def _dv_kernel(
             mt = chunk_mask(rc, rc, G_MODE, True)
             qw = qt
         else:
-            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            bc = tl.cumsum(gv, 0)
-            a = tl.sum(gv, 0)
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             mt = chunk_mask(bc, rc, G_MODE, True)
             inter = inter * tl.exp2(a - bc)[:, None]
             qw = (qt * tl.exp2(bc)[None, :]).to(qt.dtype)
@@ -217,9 +211,8 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     )
 
     ds_late = None if late is None else late()
-    if ds_late is not None:  # enters the dk / dv kernels' segment states (late_state); here only the start
-        ds_late = ds_late.float().contiguous()
-        ds_in = ds_in + ds_late if A is None else torch.addcmul(ds_in, torch.exp2(A.sum(-1))[..., None, None], ds_late)
+    if ds_late is not None:
+        ds_late, ds_in = add_late_at_end(ds_in, ds_late, A)
         ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
     fold = dict(HAS_LATE=ds_late is not None, NSEG_P2=triton.next_power_of_2(nseg), **common)
     late_args = (dS if ds_late is None else ds_late, dS if A is None else A)

@@ -125,13 +125,20 @@ def load_cols(base, t, valid, stride_t, rf, F):
 
 
 @triton.jit
+def head_base(x, i_b, T, heads, head, F):
+    """Pointer to token 0 of `head` in batch i_b of a [B, T, heads, F] tensor (64-bit offsets)."""
+    return x + (i_b.to(tl.int64) * T * heads + head) * F
+
+
+@triton.jit
 def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
-    """log2-scaled log-decay of each token of a chunk [C] (0 past the end of the sequence)."""
+    """log2-decays of a chunk's tokens (0 past the end of the sequence): their running sum b [C]
+    from the chunk's start, and the chunk's total a."""
     if G_MODE == 1:
         gv = tl.where(valid, tl.load(g + i_h) * 1.4426950408889634, 0.0)
     else:
         gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * 1.4426950408889634
-    return gv
+    return tl.cumsum(gv, 0), tl.sum(gv, 0)
 
 
 @triton.jit

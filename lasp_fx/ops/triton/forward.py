@@ -14,11 +14,11 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, dot_precision, late_state, load_cols,
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_precision, late_state, load_cols,
     load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
-from lasp_fx.ops.triton.states import segment_states
+from lasp_fx.ops.triton.states import add_late_at_end, segment_states
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
@@ -33,10 +33,10 @@ def _out_kernel(
     rd = tl.arange(0, BD)
     re = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
-    q_base = q + (i_b.to(tl.int64) * T * H + i_h) * D
-    k_base = k + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * D
-    v_base = v + (i_b.to(tl.int64) * T * HK + i_h // (H // HK)) * E
-    o_base = o + (i_b.to(tl.int64) * T * H + i_h) * E
+    q_base = head_base(q, i_b, T, H, i_h, D)
+    k_base = head_base(k, i_b, T, HK, i_h // (H // HK), D)
+    v_base = head_base(v, i_b, T, HK, i_h // (H // HK), E)
+    o_base = head_base(o, i_b, T, H, i_h, E)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
     state = late_state(
@@ -56,9 +56,7 @@ def _out_kernel(
             kw = kt
             m = chunk_mask(rc, rc, G_MODE, False)
         else:
-            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            bc = tl.cumsum(gv, 0)
-            a = tl.sum(gv, 0)
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(bc)[:, None]
             kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
             m = chunk_mask(bc, rc, G_MODE, False)
@@ -94,9 +92,8 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     late = await_late(state_hook, s_out)
     s_late = None if late is None else late()
-    if s_late is not None:  # enters the output kernel's segment states (late_state); here only the end
-        s_late = s_late.float().contiguous()
-        s_out = s_out + s_late if A is None else torch.addcmul(s_out, torch.exp2(A.sum(-1))[..., None, None], s_late)
+    if s_late is not None:
+        s_late, s_out = add_late_at_end(s_out, s_late, A)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731

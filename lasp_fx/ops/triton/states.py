@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, dot_precision, load_cols, load_rows,
+    CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
 
 
@@ -36,8 +36,8 @@ def _local_kernel(
     rx = (i_tile // n_y) * BX + tl.arange(0, BX)
     ry = (i_tile % n_y) * BY + tl.arange(0, BY)
     rc = tl.arange(0, C)
-    x_base = x + (i_b.to(tl.int64) * T * HX + i_h // (HS // HX)) * DX
-    y_base = y + (i_b.to(tl.int64) * T * HY + i_h // (HS // HY)) * DY
+    x_base = head_base(x, i_b, T, HX, i_h // (HS // HX), DX)
+    y_base = head_base(y, i_b, T, HY, i_h // (HS // HY), DY)
 
     acc = tl.zeros([BX, BY], dtype=tl.float32)
     total = tl.zeros([1], dtype=tl.float32)  # log2 decay of the segment so far
@@ -50,9 +50,7 @@ def _local_kernel(
         if G_MODE == 0:
             acc += tl.dot(xt, yt, input_precision=PREC)
         else:
-            gv = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            bc = tl.cumsum(gv, 0)
-            a = tl.sum(gv, 0)
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             if TO_END:  # decay from each token to the segment's end
                 acc = acc * tl.exp2(a) + dot_f32a(xt * tl.exp2(a - bc)[None, :], yt, SPLIT, PREC)
             else:  # decay from the segment's start to each token
@@ -141,3 +139,14 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     )  # fmt: skip
     return S, (A if g_mode else None), end
 
+
+def add_late_at_end(end, late, A):
+    """The far-end state plus a late state that crossed the whole slice: (late as contiguous fp32, end').
+
+    `A` are the segments' log2-decays from `segment_states` (None without decay); the kernels add
+    the late state to every segment themselves (common.late_state), this is only the slice's end.
+    """
+    late = late.float().contiguous()
+    if A is None:
+        return late, end + late
+    return late, torch.addcmul(end, torch.exp2(A.sum(-1))[..., None, None], late)
