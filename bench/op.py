@@ -5,8 +5,9 @@ Run on one GPU from the repository root (fla-core and lasp installed, e.g. from 
     PYTHONPATH=. python bench/op.py --first-call      # compile + autotune cost of a first call
     PYTHONPATH=. python bench/op.py --impls lasp_fx --profile 32768   # + per-kernel times
 
-Shape as in DESIGN.md section 5: B=1, H=16, D=E=128, bf16, decay none / const (per head) /
-gate (per token). Times are medians of triton.testing.do_bench (L2 flushed between runs, grads
+Shape as in DESIGN.md section 5: B=1, H=16, D=E=128, bf16, decay none / const (per head, a
+fixed buffer: fla's g_gamma, whose gradient fla never computes) / const_learn (per head, learnable:
+lasp_fx alone, it is the only one with that gradient) / gate (per token, learnable). Times are medians of triton.testing.do_bench (L2 flushed between runs, grads
 reset). Floors: bytes = read q, k, v, do (+ gate) and write o, dq, dk, dv once (fwd: q, k, v, o);
 FLOPs of the chunked algorithm (C = 64) = T H (2C(D + E) + 4DE) forward, three times that for
 fwd+bwd; against the copy bandwidth and bf16 matmul rate measured at the start of the run.
@@ -36,7 +37,7 @@ def _inputs(T, decay, seed=0):
     x = {n: torch.randn(shape, generator=gen).to("cuda", torch.bfloat16) for n in ("q", "k", "v", "do")}
     x["k"] /= D**0.5
     x["g"] = None
-    if decay == "const":
+    if decay in ("const", "const_learn"):
         x["g"] = -SLOPES.cuda()
     elif decay == "gate":
         x["g"] = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0).cuda()
@@ -50,7 +51,7 @@ def _ours(x):
 def _fla(x, decay):
     from fla.ops.simple_gla import chunk_simple_gla
 
-    kw = {"g_gamma": x["g"]} if decay == "const" else {"g": x["g"]} if decay == "gate" else {}
+    kw = {"g_gamma": x["g"]} if decay.startswith("const") else {"g": x["g"]} if decay == "gate" else {}
     return lambda: chunk_simple_gla(x["q"], x["k"], x["v"], scale=D**-0.5, **kw)[0]
 
 
@@ -60,7 +61,7 @@ def _lightning(x, decay):
     from lasp import lightning_attn
 
     q, k, v, do = _heads_first(x)
-    slopes = (SLOPES if decay == "const" else torch.zeros(H)).cuda().reshape(H, 1, 1)
+    slopes = (SLOPES if decay.startswith("const") else torch.zeros(H)).cuda().reshape(H, 1, 1)
     return lambda: lightning_attn(q, k, v, slopes), [q, k, v], do
 
 
@@ -123,36 +124,39 @@ def _check_ours(x, decay):
     outs = []
     for dt in (torch.bfloat16, torch.float64):
         leaves = [x[n].detach().to(dt).requires_grad_() for n in ("q", "k", "v")]
-        g = None if x["g"] is None else x["g"].detach().to(torch.float32 if dt != torch.float64 else dt).requires_grad_()
+        g = None if x["g"] is None else x["g"].detach().to(torch.float32 if dt != torch.float64 else dt)
+        g = g.requires_grad_() if g is not None and x["g"].requires_grad else g
         o = lasp_fx.linear_attention(*leaves, g)
         o.backward(x["do"].to(dt))
-        outs.append([o] + [t.grad for t in leaves] + ([g.grad] if g is not None else []))
+        outs.append([o] + [t.grad for t in leaves] + ([g.grad] if g is not None and g.requires_grad else []))
     for name, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
         errs[name] = rel_rms(a, b)
     return max(errs.values())
 
 
-def bench(Ts, big, path, impls, decays=("none", "const", "gate")):
+def bench(Ts, big, path, impls, decays=("none", "const", "const_learn", "gate")):
     bw, peak = _ceilings()
     card = torch.cuda.get_device_name()
     print(f"card: {card}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
-    rows = []
-    hdr = f"{'T':>7} {'decay':5} {'impl':9} {'fwd ms':>8} {'fwd+bwd':>8} {'x fla':>6} {'TB/s':>5} {'TFLOP/s':>7} {'floor':>6} {'peak MB':>8} note"
+    rows, fla_const = [], {}  # fla const fwd+bwd ms per T: the ratio of const_learn
+    hdr = f"{'T':>7} {'decay':11} {'impl':9} {'fwd ms':>8} {'fwd+bwd':>8} {'x fla':>6} {'TB/s':>5} {'TFLOP/s':>7} {'floor':>6} {'peak MB':>8} note"
     print(hdr, flush=True)
     for T in Ts + big:
         for decay in decays:
             floors = _floors(T, decay)
             # fla first: every other row is printed with its ratio to fla's time
             names = ["lasp_fx"] if T in big else ["fla", "lasp_fx", "lightning"] + (["sdpa"] if decay == "none" else [])
+            if decay == "const_learn":  # the others have no gradient for a per-head decay: compare with fla's const
+                names = ["lasp_fx"]
             names = [n for n in names if n in impls]
-            fla_ms = None
+            fla_ms = fla_const.get(T) if decay == "const_learn" else None
             for name in names:
                 row = {"T": T, "decay": decay, "impl": name, "card": card}
                 try:
                     x = _inputs(T, decay)
                     for n in ("q", "k", "v"):
                         x[n].requires_grad_()
-                    if x["g"] is not None and name != "lightning":
+                    if decay in ("gate", "const_learn"):  # a learnable decay
                         x["g"].requires_grad_()
                     f, leaves, do = _make(name, x, decay)
                     row["fwd_ms"] = do_bench(f, return_mode="median")
@@ -167,6 +171,8 @@ def bench(Ts, big, path, impls, decays=("none", "const", "gate")):
                     row["error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
                 if name == "fla":
                     fla_ms = row.get("fwdbwd_ms")
+                    if decay == "const":
+                        fla_const[T] = fla_ms
                 nbytes, flops = floors["fwdbwd"]
                 if "fwdbwd_ms" in row:
                     s = row["fwdbwd_ms"] * 1e-3
@@ -183,12 +189,12 @@ def bench(Ts, big, path, impls, decays=("none", "const", "gate")):
 def _print(r, fla_ms):
     if "error" in r:
         fwd = f"{r['fwd_ms']:8.3f}" if "fwd_ms" in r else ""
-        print(f"{r['T']:>7} {r['decay']:5} {r['impl']:9} {fwd} error: {r['error']}", flush=True)
+        print(f"{r['T']:>7} {r['decay']:11} {r['impl']:9} {fwd} error: {r['error']}", flush=True)
         return
     ratio = r["fwdbwd_ms"] / fla_ms if fla_ms and r["impl"] != "fla" else (1.0 if r["impl"] == "fla" else math.nan)
     note = f"err {r['max_rel_err_vs_f64']:.1e}" if "max_rel_err_vs_f64" in r else ""
     print(
-        f"{r['T']:>7} {r['decay']:5} {r['impl']:9} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:8.3f} {ratio:6.2f} "
+        f"{r['T']:>7} {r['decay']:11} {r['impl']:9} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:8.3f} {ratio:6.2f} "
         f"{r['tbps']:5.2f} {r['tflops']:7.1f} {r['floor_ms']:6.2f} {r['peak_mb']:8.0f} {note}",
         flush=True,
     )
@@ -240,7 +246,7 @@ def main():
     p.add_argument("--impls", default="lasp_fx,fla,lightning,sdpa", help="comma-separated subset")
     p.add_argument("--first-call", action="store_true")
     p.add_argument("--profile", default="", help="also profile lasp_fx kernels at these T")
-    p.add_argument("--decays", default="none,const,gate", help="comma-separated subset")
+    p.add_argument("--decays", default="none,const,const_learn,gate", help="comma-separated subset")
     a = p.parse_args()
     Ts = [int(t) for t in a.ts.split(",")]
     if a.first_call:

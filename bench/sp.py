@@ -8,8 +8,9 @@ local length (the ideal), the original LASP package's lasp_fuse_parallel, and an
 Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
 no per-token gate). Each timing: barrier, CUDA events around one call, median of many, max over
 ranks (the method of shared/anchors/anchors_ngpu.py); "loop" is the same fwd+bwd run back to
-back, reps in a row after one barrier (a training loop, where host work hides behind the GPU). Before timing, every path is checked
-against the single-device op on the whole sequence (fp32 at odd sizes against float64, and
+back, reps in a row after one barrier (a training loop, where host work hides behind the GPU);
+"host" is the host's time per fwd+bwd while the GPU is kept busy (Python, dispatch, launches).
+Before timing, every path is checked against the single-device op on the whole sequence (fp32 at odd sizes against float64, and
 bf16 at the real shape against one GPU running all P*T tokens).
 
 Floors per rank (T tokens, H heads, D = E): the local op moves the same bytes as one GPU on T
@@ -90,6 +91,24 @@ def _time_stream(fn, dev, rep: int) -> float:
     e.record()
     torch.cuda.synchronize()
     t = torch.tensor([s.elapsed_time(e) / rep], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _host_time(fn, dev, rep: int) -> float:
+    """Host ms per call with the GPU kept busy (a long sleep kernel queued first), so that nothing the
+    host waits for is in the way: what Python, dispatch and launches cost per call; max over ranks."""
+    if dev.type != "cuda":
+        return _time(fn, dev, 0, rep)
+    _sync(dev)
+    dist.barrier()
+    torch.cuda._sleep(int(2e9))  # ~1 s of GPU time at ~2 GHz: longer than rep calls' host work
+    t0 = time.perf_counter()
+    for _ in range(rep):
+        fn()
+    host = (time.perf_counter() - t0) * 1e3 / rep
+    torch.cuda.synchronize()
+    t = torch.tensor([host], device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 
@@ -240,6 +259,7 @@ def _components(x, dev, reps) -> dict:
     return {
         "plain_fwdbwd_ms": _time(lambda: step(None), dev, 3, reps),
         "fold_fwdbwd_ms": _time(lambda: step(late), dev, 3, reps),
+        "plain_host_ms": _host_time(lambda: step(None), dev, reps),  # kernels and their launches, no autograd
     }
 
 
@@ -264,6 +284,7 @@ def bench(dev, group, tlocals, reps, path, meta) -> list:
 
                 row[f"{name}_fwdbwd_ms"] = _time(step, dev, warm, rep)
                 row[f"{name}_stream_ms"] = _time_stream(step, dev, rep)
+                row[f"{name}_host_ms"] = _host_time(step, dev, rep)
             except Exception as ex:  # a baseline that fails is reported, not fatal
                 row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
             row[f"{name}_done_s"] = round(time.time() - meta["t0"], 1)  # where a slow run spends its time
@@ -287,10 +308,10 @@ def _print_row(row, impls):
     base = row.get("single-GPU_fwdbwd_ms")
     ref = {n: row.get(f"{n}_fwdbwd_ms") for n in ("lasp-original", "ulysses")}
     print(f"\nP={row['P']} T/GPU={row['T_local']}: local primitives fwd+bwd {row['plain_fwdbwd_ms']:.3f} ms, "
-          f"with a late state folded in {row['fold_fwdbwd_ms']:.3f} ms")
+          f"with a late state folded in {row['fold_fwdbwd_ms']:.3f} ms; host {row['plain_host_ms']:.3f} ms")
     stream_base = row.get("single-GPU_stream_ms")
     print(f"{'impl':14} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9} "
-          f"{'loop ms':>8} {'vs 1 GPU':>9}")
+          f"{'loop ms':>8} {'vs 1 GPU':>9} {'host ms':>8}")
     for name in impls:
         if f"{name}_error" in row:
             print(f"{name:14} error: {row[f'{name}_error']}")
@@ -301,8 +322,8 @@ def _print_row(row, impls):
         xu = f"{ref['ulysses'] / fb:9.2f}" if ref["ulysses"] else ""
         loop = row[f"{name}_stream_ms"]
         lover = f"{100 * (loop / stream_base - 1):+8.1f}%" if stream_base else ""
-        print(f"{name:14} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9} {loop:8.3f} {lover:>9}",
-              flush=True)
+        print(f"{name:14} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9} {loop:8.3f} {lover:>9} "
+              f"{row[f'{name}_host_ms']:8.3f}", flush=True)
 
 
 def profile(dev, group, T, method, out_dir):

@@ -40,6 +40,12 @@ def _cases(world: int) -> list[dict]:
             (layout, decay, method) for layout in LAYOUTS for decay in DECAYS for method in METHODS
         )
     ]
+    # a decay that is a buffer (no gradient asked): the backward skips dG, the rest must not change
+    cases += [
+        dict(LAYOUTS["gqa-T37-init0-final"], id=_case_id("gqa-T37-init0-final", decay, method, "fixed"),
+             decay=decay, method=method, fixed_decay=True, seed=50 + i)
+        for i, (decay, method) in enumerate((d, m) for d in ("const", "gate") for m in METHODS)
+    ]
     if world in COMPILE_P:
         layout = "gqa-T37-init0-final"
         cases += [
@@ -97,6 +103,16 @@ def test_matches_single_process(world, layout, decay, method):
     for errs in results:  # every quantity was compared
         assert {"o", "final_state", "dq", "dk", "dv"} <= set(errs)
         assert (decay == "none") != any(k.startswith("dlog_decay") for k in errs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("decay", ["const", "gate"])
+@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda p: f"P{p}")
+def test_fixed_decay_matches_single_process(world, decay, method):
+    results = [r[0][_case_id("gqa-T37-init0-final", decay, method, "fixed")] for r in _spawned(world)]
+    _assert_small(results)
+    for errs in results:
+        assert {"o", "final_state", "dq", "dk", "dv", "dlog_decay is not None"} <= set(errs)
 
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)

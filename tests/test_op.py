@@ -117,3 +117,20 @@ def test_only_final_state_used_and_expanded_output_grad():
     g_ref = torch.autograd.grad(o_ref.sum(), list(args.values()))
     for name, a, b in zip(args, g, g_ref):
         assert_close_rms(a, b, 1e-12, f"d{name}")
+
+
+@pytest.mark.parametrize("decay", ["const", "gate"])
+def test_decay_buffer_gets_no_gradient_and_the_rest_is_unchanged(decay):
+    """A decay that does not require grad (RetNet's fixed gammas) is skipped by the backward, nothing else."""
+    args = random_inputs(2, 77, 4, 8, 6, kv_heads=2, decay=decay, initial_state=True)
+    fixed = {n: a.detach().clone().requires_grad_(n != "log_decay") for n, a in args.items()}
+    for a in args.values():
+        a.requires_grad_()
+    do = torch.randn(2, 77, 4, 6, dtype=torch.float64)
+    grads = torch.autograd.grad((lasp_fx.linear_attention(**args) * do).sum(), list(args.values()))
+    inputs = [a for a in fixed.values() if a.requires_grad]
+    grads_fixed = torch.autograd.grad((lasp_fx.linear_attention(**fixed) * do).sum(), inputs)
+    names = [n for n in args if n != "log_decay"]
+    assert len(grads_fixed) == len(names) and fixed["log_decay"].grad is None
+    for name, got in zip(names, grads_fixed):
+        assert_close_rms(got, grads[list(args).index(name)], 1e-12, f"d{name}")

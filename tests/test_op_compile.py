@@ -23,7 +23,9 @@ def test_opcheck(decay):
     do, ds = torch.randn(B, T, H, 4, dtype=torch.float64), torch.randn(B, H, D, 4, dtype=torch.float64)
     bwd = torch.ops.lasp_fx.linear_attention_backward.default  # no double backward: plain inputs
     a = {n: t.detach() for n, t in a.items()}
-    torch.library.opcheck(bwd, (do, ds, a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"], 0.5))
+    for decay_grad in (True, False) if decay != "none" else (False,):
+        args = (do, ds, a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"], 0.5, decay_grad)
+        torch.library.opcheck(bwd, args)
 
 
 def test_compile_fullgraph_one_node_same_values():

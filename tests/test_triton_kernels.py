@@ -83,6 +83,21 @@ def test_fwd_bwd_match_reference(shape, dtype, decay, initial_state):
         assert_close_rms(ds_in, ref_grad["initial_state"], tol, "d initial state")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("decay", ["const", "gate"])
+def test_fixed_decay_skips_its_gradient(decay, dtype):
+    """decay_grad=False (a decay buffer): the kernels without dG and the hi/lo split give the same dq, dk, dv."""
+    a, do, ds_out, nsub = _inputs("gqa_odd", decay, True, dtype, seed=5)
+    _, _, ref_grad = _reference(a, do, ds_out)
+    args = (a["q"], a["k"], a["v"], a["log_decay"], SCALE, do, a["initial_state"], ds_out)
+    dq, dk, dv, dG, ds_in = tk.bwd(*args, nsub=nsub, decay_grad=False)
+    assert dG is None
+    for name, got in (("q", dq), ("k", dk), ("v", dv), ("initial_state", ds_in)):
+        assert_close_rms(got, ref_grad[name], TOL[dtype], f"d{name}")
+    *_, dG_chunked, _ = chunked.bwd(*args, decay_grad=False)
+    assert dG_chunked is None
+
+
 @pytest.mark.parametrize("nsub", [1, 3, None], ids=["seg1", "seg3", "auto"])
 def test_segment_length_does_not_change_the_function(nsub):
     a, do, ds_out, _ = _inputs("mha_2seg", "gate", True, torch.float32, seed=11)

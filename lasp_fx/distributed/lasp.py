@@ -5,7 +5,7 @@ the group travels as its name, and every output is consumed: STACK.md section 3)
     torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
         -> (o, final_state, state_in)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        scale, group_name, method) -> (dq, dk, dv, dlog_decay, d_initial_state)
+        scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
     forward   fwd(state_hook -> exchange): state pass -> exchange (recv X_{r-1}, send X_r)
@@ -124,6 +124,7 @@ def _sp_backward(
     scale: float,
     group_name: str,
     method: str,
+    decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
@@ -139,17 +140,19 @@ def _sp_backward(
 
         return exchange
 
-    dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange)
+    dq, dk, dv, dG, ds_in = kern.bwd(
+        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad
+    )
     wait_all(sends)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
-    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay).contiguous()
+    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay).contiguous()
     d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
     return dq, dk, dv, dlog_decay, d_initial
 
 
 @_sp_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, state_in, scale, group_name, method):
-    dlog_decay = q.new_empty(0) if log_decay is None else torch.empty_like(log_decay)
+def _(do, d_final_state, q, k, v, log_decay, state_in, scale, group_name, method, decay_grad):
+    dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
 
@@ -166,14 +169,15 @@ def _backward(ctx, do, d_final_state, _d_state_in):
     q, k, v, log_decay, state_in = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
+    decay_grad = log_decay is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dlog_decay, d_initial = torch.ops.lasp_fx.sp_linear_attention_backward(
-        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group_name, ctx.method
+        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group_name, ctx.method, decay_grad
     )
     return (
         dq,
         dk,
         dv,
-        None if log_decay is None else dlog_decay,
+        dlog_decay if decay_grad else None,
         d_initial if ctx.has_initial_state else None,
         None,
         None,

@@ -4,7 +4,7 @@ Two primitives, the same ones the Triton kernels implement, with a hook that let
 local work before any state arrives from another rank (DESIGN.md section 2):
 
     fwd(q, k, v, g, scale, s_in, state_hook)              -> o, s_out
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook)  -> dq, dk, dv, dG, ds_in
+    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad)  -> dq, dk, dv, dG, ds_in
 
 `state_hook(local_state)` is called once the slice's own state (forward: the final state from
 the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
@@ -208,14 +208,18 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = 
     return o, s_out
 
 
-def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
+def bwd(
+    q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE,
+    decay_grad: bool = True,
+):
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
 
     `state_hook(ds_local)` is called as soon as the gradient of the incoming state from `do`
     and `ds_out` is known; a late gradient it returns is awaited after dq and folded in.
+    `decay_grad=False` skips dG (a decay that is a fixed buffer, as in RetNet and lightning attention).
 
-    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None, and
-    ds_in [B, H, D, E], the gradient of the incoming state).
+    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None or not
+    decay_grad, and ds_in [B, H, D, E], the gradient of the incoming state).
     """
     c = _Chunks(q, k, v, g, scale, chunk_size)
     do_c = _chunk_q(do, c.Hk, c.C, c.dtype)
@@ -257,7 +261,7 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, c
     dv = dv + (kw @ dS_after).sum(dim=3)
 
     dG = None
-    if g is not None:
+    if g is not None and decay_grad:
         dG_c = (c.q * dq).sum(-1) - (c.k.unsqueeze(3) * dk_h).sum(-1)  # q.dq - k.dk per head
         dG = _unchunk_q(dG_c[..., None], c.T)[..., 0]
         if ds_out is not None:

@@ -3,8 +3,10 @@
 Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
 and `torch.export` keep each call as one node):
     torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale) -> (o, final_state)
-    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?, scale)
-        -> (dq, dk, dv, dlog_decay, d_initial_state)
+    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?, scale,
+        decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
+`decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay is then empty
+and the kernels skip the work for it.
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
@@ -60,20 +62,23 @@ def _linear_attention_backward(
     log_decay: Optional[Tensor],
     initial_state: Optional[Tensor],
     scale: float,
+    decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final_state = None if d_final_state is None else d_final_state.contiguous()
-    dq, dk, dv, dG, ds_in = kernels_for(q).bwd(q, k, v, log_decay, scale, do, initial_state, d_final_state)
-    dlog_decay = q.new_empty(0) if log_decay is None else chunked.log_decay_grad(dG, log_decay)
+    dq, dk, dv, dG, ds_in = kernels_for(q).bwd(
+        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad
+    )
+    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay)
     return dq, dk, dv, dlog_decay, ds_in
 
 
 @_linear_attention_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, initial_state, scale):
+def _(do, d_final_state, q, k, v, log_decay, initial_state, scale, decay_grad):
     B, _, H, D = q.shape
     E = v.shape[-1]
-    dlog_decay = q.new_empty(0) if log_decay is None else torch.empty_like(log_decay)
+    dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     ds_in = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, ds_in
 
@@ -89,14 +94,15 @@ def _backward(ctx, do, d_final_state):
     q, k, v, log_decay, initial_state = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
+    decay_grad = log_decay is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dlog_decay, ds_in = torch.ops.lasp_fx.linear_attention_backward(
-        do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale
+        do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale, decay_grad
     )
     return (
         dq,
         dk,
         dv,
-        None if log_decay is None else dlog_decay,
+        dlog_decay if decay_grad else None,
         None if initial_state is None else ds_in,
         None,
     )

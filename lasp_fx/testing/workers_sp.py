@@ -44,13 +44,14 @@ def _reference(args: dict, world: int, T: int, with_final: bool) -> dict:
     return {"o": o.detach(), "states": [s.detach() for s in states], **{f"d{n}": t.grad for n, t in x.items()}}
 
 
-def _local(args: dict, rank: int, T: int, init: str | None) -> dict:
-    """This rank's slice as leaves; the initial state on rank 0 only, or on every rank with init="all"."""
+def _local(args: dict, rank: int, T: int, init: str | None, fixed_decay: bool = False) -> dict:
+    """This rank's slice as leaves; the initial state on rank 0 only, or on every rank with init="all";
+    a fixed_decay is a buffer (no gradient asked)."""
     cut = slice(rank * T, (rank + 1) * T)
     x = {n: args[n][:, cut].clone().requires_grad_() for n in ("q", "k", "v")}
     if "log_decay" in args:
         g = args["log_decay"]
-        x["log_decay"] = (g[:, cut] if g.dim() == 3 else g).clone().requires_grad_()
+        x["log_decay"] = (g[:, cut] if g.dim() == 3 else g).clone().requires_grad_(not fixed_decay)
     if init is not None and (rank == 0 or init == "all"):
         x["initial_state"] = args["initial_state"].clone().requires_grad_()
     return x
@@ -77,7 +78,7 @@ def _sp_nodes(counter) -> int:
 
 def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> dict:
     T = case["T"]
-    x = _local(args, rank, T, case.get("init"))
+    x = _local(args, rank, T, case.get("init"), case.get("fixed_decay", False))
     run, counter = _attention(group, case["method"], case.get("compile"))
     o, final = run(**x)
     cut = slice(rank * T, (rank + 1) * T)
@@ -88,7 +89,9 @@ def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> 
     err = {"o": rel_rms(o, ref["o"][:, cut]), "final_state": rel_rms(final, ref["states"][rank])}
     for n in ("q", "k", "v"):
         err[f"d{n}"] = rel_rms(x[n].grad, ref[f"d{n}"][:, cut])
-    if "log_decay" in x:
+    if "log_decay" in x and not x["log_decay"].requires_grad:  # a buffer gets no gradient
+        err["dlog_decay is not None"] = float(x["log_decay"].grad is not None)
+    elif "log_decay" in x:
         g = x["log_decay"].grad
         if g.dim() == 3:
             err["dlog_decay"] = rel_rms(g, ref["dlog_decay"][:, cut])

@@ -31,12 +31,12 @@ from lasp_fx.ops.triton.states import add_late_at_end, segment_states
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
 @triton.jit
 def _dq_kernel(
     q, k, v, g, do, S, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-    BE: tl.constexpr,
+    G_MODE: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
+    BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -70,7 +70,7 @@ def _dq_kernel(
             kw = kt * tl.exp2(a - bc)[:, None]
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + inter) * scale
         tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
-        if G_MODE != 0:
+        if DG:
             # q . dq with the intra-chunk part summed from fp32 scores (this D tile's share), not
             # from the 16-bit copy of dP * M that fed the dot: the decay gradient sums these
             # over the sequence with heavy cancellation.
@@ -79,17 +79,18 @@ def _dq_kernel(
             dg = tl.sum(dp * m * s, 1) + tl.sum(qt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
             tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
+        if G_MODE != 0:
             st = st * tl.exp2(a) + dot_f32b(vt, kw, SPLIT, PREC)
         else:
             st += tl.dot(vt, kw, input_precision=PREC)
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "NSUB"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
 @triton.jit
 def _dk_kernel(
     q, k, v, g, do, dS, late, A, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -123,12 +124,13 @@ def _dk_kernel(
             qw = qt * tl.exp2(bc)[:, None]
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + inter
         tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
-        if G_MODE != 0:  # k . dk, intra-chunk part from fp32 scores as in the dq kernel
+        if DG:  # k . dk, intra-chunk part from fp32 scores as in the dq kernel
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
             st = tl.dot(kt, load_cols(q_base, t, valid, H * D, rk, D), input_precision=PREC)  # k_j . q_i
             dg = tl.sum(dpt * mt * st, 1) * scale + tl.sum(kt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
             tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg, mask=valid)
+        if G_MODE != 0:
             dst = dst * tl.exp2(a) + dot_f32b(dot_, qw, SPLIT, PREC) * scale
         else:
             dst += tl.dot(dot_, qw, input_precision=PREC) * scale
@@ -176,15 +178,20 @@ def _dv_kernel(
         ds += tl.dot(qw, dot_, input_precision=PREC) * scale
 
 
-def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None):
+def bwd(
+    q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
+    decay_grad: bool = True,
+):
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state (see chunked.bwd).
 
     `state_hook(ds_local)` runs after both state passes; the dq kernel (which needs no ds_out)
     is queued next, and only then is a late gradient awaited and folded into the segment
     states of the dk and dv kernels.
 
-    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None,
-    ds_in [B, H, D, E] float32).
+    `decay_grad=False` (a fixed decay) drops dG: no q.k products for it, no hi/lo split.
+
+    Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
+    decay_grad, ds_in [B, H, D, E] float32).
     """
     q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()
     B, T, H, D = q.shape
@@ -192,9 +199,12 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     g_mode, g = decay_mode(g)
     HS = HK if (g_mode == 0 and s_in is None) else H
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    # With a decay, dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry
-    # decay-weighted operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk.
-    split = g_mode != 0 and q.dtype != torch.float32
+    # dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry decay-weighted
+    # operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk. A fixed decay
+    # needs neither: at 32K (H200) that is ~0.11 ms per dq / dk kernel for the split plus the
+    # second q.k product and a [T, H, D/BK] float32 store for dG in each.
+    dg = g_mode != 0 and decay_grad
+    split = dg and q.dtype != torch.float32
     S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
     dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
     late = await_late(state_hook, ds_in)
@@ -203,11 +213,11 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
     n_k = triton.cdiv(D, BK)
     dq = torch.empty_like(q)
-    dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if g_mode else dq
+    dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if dg else dq
     gp = dq if g is None else g
     common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK)
     _dq_kernel[(n_k, nseg, B * H)](
-        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, BK=BK, BE=block(E), **common
+        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **common
     )
 
     ds_late = None if late is None else late()
@@ -218,9 +228,9 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
     late_args = (dS if ds_late is None else ds_late, dS if A is None else A)
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
-    dGk = torch.empty_like(dGq) if g_mode else dq
+    dGk = torch.empty_like(dGq) if dg else dq
     _dk_kernel[(n_k, nseg, B * H)](
-        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, BK=BK, BE=block(E), **fold
+        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **fold
     )
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     _dv_kernel[grid](q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D), **fold)
@@ -229,7 +239,7 @@ def bwd(q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, n
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)
 
     dG = None
-    if g_mode:
+    if dg:
         dG = dGq.sum(-1) - dGk.sum(-1)
         if ds_out is not None:
             dG[:, -1] += (ds_out.float() * s_out).sum((-1, -2))

@@ -1,0 +1,117 @@
+"""Host time of one call (Python, dispatch, kernel launches) with the GPU kept busy, and where it goes.
+
+    PYTHONPATH=. python bench/host.py                                 # the op, its primitives, one launch
+    torchrun --nproc-per-node=2 bench/host.py                         # + LASP (ring, check=False)
+    PYTHONPATH=. python bench/host.py --cprofile 25                   # + the top functions by own time
+
+Why: at 32K tokens the op's kernels take ~1.3-2.4 ms per fwd+bwd on an H200, and a host that
+needs as long to queue them sets the pace (bench/records/2026-11-28_fixed_decay/NOTES.md). A long
+sleep kernel is queued first, so nothing the host waits for is in the way; each number is the
+median over `--reps` calls. Shape: B=1, H=16, D=E=128, bf16, T=4096 (the host's work does not
+depend on T), constant decay as a buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+import lasp_fx
+from lasp_fx.ops.op import kernels_for
+
+B, H, D, T = 1, 16, 128, 4096
+
+
+def host_ms(fn, reps: int) -> float:
+    """Median host ms of `fn` while a sleep kernel keeps the GPU (and so every queued kernel) busy."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(1e9))  # ~0.5 s at ~2 GHz, longer than reps calls
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return statistics.median(ts)
+
+
+def _inputs(dev):
+    q, k, v, do = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(4))
+    g = -torch.linspace(0.01, 0.3, H, device=dev)
+    return q, k, v, g, do
+
+
+def _cases(dev, group):
+    q, k, v, g, do = _inputs(dev)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    kern = kernels_for(q)
+    scale = D**-0.5
+
+    def grads_cleared(fn):
+        def run():
+            for t in leaves:
+                t.grad = None
+            fn()
+
+        return run
+
+    qd, kd, vd = (t.detach() for t in (q, k, v))
+    cases = {
+        "empty [B,T,H,D] (one allocation)": lambda: torch.empty_like(qd),
+        "primitive fwd (3 launches)": lambda: kern.fwd(qd, kd, vd, g, scale),
+        "primitive bwd (7 launches)": lambda: kern.bwd(qd, kd, vd, g, scale, do, decay_grad=False),
+        "op fwd": lambda: lasp_fx.linear_attention(q, k, v, g),
+        "op fwd+bwd": grads_cleared(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)),
+    }
+    if group is not None:
+        cases["LASP ring fwd+bwd (check=False)"] = grads_cleared(
+            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
+                q, k, v, g, None, scale, group=group, method="ring", check=False
+            )[0].backward(do)
+        )
+    return cases
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--cprofile", type=int, default=0, help="print this many functions by own time per case")
+    args = ap.parse_args()
+    group = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        group = dist.group.WORLD
+    dev = torch.device("cuda", torch.cuda.current_device())
+    say = print if group is None or group.rank() == 0 else (lambda *a, **k: None)
+    say(f"card {torch.cuda.get_device_name()}  torch {torch.__version__}  T={T}  host ms per call (median):")
+    for name, fn in _cases(dev, group).items():
+        if group is not None:
+            dist.barrier()
+        ms = host_ms(fn, args.reps)
+        say(f"  {name:36s} {ms:7.3f}", flush=True)
+        if args.cprofile:
+            torch.cuda._sleep(int(1e9))
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.reps):
+                fn()
+            prof.disable()
+            torch.cuda.synchronize()
+            if group is None or group.rank() == 0:
+                pstats.Stats(prof).sort_stats("tottime").print_stats(args.cprofile)
+    if group is not None:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
