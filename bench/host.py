@@ -65,26 +65,78 @@ def _cases(dev, group):
         return run
 
     qd, kd, vd = (t.detach() for t in (q, k, v))
+    bwd_op = torch.ops.lasp_fx.linear_attention_backward
+    custom_op = torch.ops.lasp_fx.linear_attention
     cases = {
         "empty [B,T,H,D] (one allocation)": lambda: torch.empty_like(qd),
         "primitive fwd (3 launches)": lambda: kern.fwd(qd, kd, vd, g, scale),
         "primitive bwd (7 launches)": lambda: kern.bwd(qd, kd, vd, g, scale, do, decay_grad=False),
+        "backward custom op, called": lambda: bwd_op(do, None, qd, kd, vd, g, None, scale, False),
         "op fwd": lambda: lasp_fx.linear_attention(q, k, v, g),
         "op fwd+bwd": grads_cleared(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)),
+        "op fwd+bwd via the custom op": grads_cleared(lambda: custom_op(q, k, v, g, None, scale)[0].backward(do)),
     }
     if group is not None:
+        sp_op = torch.ops.lasp_fx.sp_linear_attention
         cases["LASP ring fwd+bwd (check=False)"] = grads_cleared(
             lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
                 q, k, v, g, None, scale, group=group, method="ring", check=False
             )[0].backward(do)
         )
+        cases["LASP ring fwd+bwd via the custom op"] = grads_cleared(
+            lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False)[0].backward(do)
+        )
+        cases.update(_lasp_pieces(qd, kd, vd, g, do, scale, group))
     return cases
+
+
+def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
+    """The parts of one LASP fwd+bwd, each alone: which of them holds the host's time."""
+    from lasp_fx.distributed import lasp, ring
+    from lasp_fx.distributed.combine import wait_all
+    from lasp_fx.ops.triton.states import add_late_at_end
+
+    s = torch.randn(B, H, D, D, device=q.device)
+    A = lasp._slice_decay(g, q)
+    A_seg = torch.zeros(B, H, 9, device=q.device)
+    kern = kernels_for(q)
+
+    def exchange(direction):
+        sends = []
+        if direction == "fwd":
+            ring.forward(s, A, group, sends)
+        else:
+            ring.backward(s, A, s, group, sends)
+        wait_all(sends)
+
+    def send_recv():  # the bare NCCL pair: rank 0 sends, rank 1 receives
+        if group.rank() == 0:
+            group.send([s], 1, 0).wait()
+        elif group.rank() == 1:
+            buf = torch.empty_like(s)
+            group.recv([buf], 0, 0).wait()
+
+    late = lambda local: lambda: s  # noqa: E731
+    return {
+        "  one NCCL send / recv + wait": send_recv,
+        "  ring exchange fwd (recv, step, send)": lambda: exchange("fwd"),
+        "  ring exchange bwd": lambda: exchange("bwd"),
+        "  slice decay": lambda: lasp._slice_decay(g, q),
+        "  add_late_at_end": lambda: add_late_at_end(s, s, A_seg),
+        "  primitive fwd, late state at once": lambda: kern.fwd(q, k, v, g, scale, state_hook=late),
+        "  primitive bwd, late state at once": lambda: kern.bwd(q, k, v, g, scale, do, s, state_hook=late,
+                                                                 decay_grad=False),
+        "  LASP forward, no autograd": lambda: lasp._forward(q, k, v, g, None, scale, group, "ring", False),
+        "  LASP gradients, no autograd": lambda: lasp._gradients(do, None, q, k, v, g, s, scale, group, "ring",
+                                                                 False),
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--cprofile", type=int, default=0, help="print this many functions by own time per case")
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime or cumulative")
     args = ap.parse_args()
     group = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -99,7 +151,7 @@ def main():
             dist.barrier()
         ms = host_ms(fn, args.reps)
         say(f"  {name:36s} {ms:7.3f}", flush=True)
-        if args.cprofile:
+        if args.cprofile and "fwd+bwd" in name:
             torch.cuda._sleep(int(1e9))
             prof = cProfile.Profile()
             prof.enable()
@@ -108,7 +160,7 @@ def main():
             prof.disable()
             torch.cuda.synchronize()
             if group is None or group.rank() == 0:
-                pstats.Stats(prof).sort_stats("tottime").print_stats(args.cprofile)
+                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.cprofile)
     if group is not None:
         dist.destroy_process_group()
 

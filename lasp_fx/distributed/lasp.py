@@ -6,6 +6,8 @@ the group travels as its name, and every output is consumed: STACK.md section 3)
         -> (o, final_state, state_in)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
         scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
+Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
+torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
     forward   fwd(state_hook -> exchange): state pass -> exchange (recv X_{r-1}, send X_r)
@@ -43,7 +45,7 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import kernels_for
+from lasp_fx.ops.op import kernels_for, linear_attention, runs_eagerly
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -65,23 +67,12 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
         return None
     B, T, H, _ = q.shape
     g = log_decay.to(chunked.acc_dtype(q.dtype))
-    return (g * T).expand(B, H).contiguous() if g.dim() == 1 else g.sum(1)
+    return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
 
 
-@torch.library.custom_op("lasp_fx::sp_linear_attention", mutates_args=())
-def _sp_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Optional[Tensor],
-    initial_state: Optional[Tensor],
-    scale: float,
-    group_name: str,
-    method: str,
-    check: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
+    """(o, X_r, X_{r-1}) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    group = resolve_group(group_name)
     method = _method(method, group, q, v)
     if check:
         check_same_inputs(group, q, k, v, log_decay, scale, method)
@@ -98,9 +89,50 @@ def _sp_forward(
     s0 = initial_state if rank == 0 else None
     o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
     wait_all(sends)
-    s_in = got[0][0]
-    if s_in is None:  # rank 0 started from the initial state
-        s_in = torch.zeros_like(s_out) if s0 is None else s0.to(s_out.dtype).clone()
+    return o, s_out, got[0][0] if rank > 0 else s0
+
+
+def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad):
+    """(dq, dk, dv, dlog_decay (empty without decay_grad), gradient of X_{r-1})."""
+    # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
+    do = do.contiguous()
+    d_final = None if d_final_state is None else d_final_state.contiguous()
+    method = _method(method, group, q, v)
+    kern, A = kernels_for(q), _slice_decay(log_decay, q)
+    sends = []
+
+    def start_exchange(ds_loc):
+        def exchange():  # queued when bwd asks for the late gradient: after its dq kernel
+            return _EXCHANGES[method].backward(ds_loc, A, d_final, group, sends)[0]  # ds_out or None
+
+        return exchange
+
+    dq, dk, dv, dG, ds_in = kern.bwd(
+        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad
+    )
+    wait_all(sends)
+    # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
+    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay).contiguous()
+    return dq, dk, dv, dlog_decay, ds_in
+
+
+@torch.library.custom_op("lasp_fx::sp_linear_attention", mutates_args=())
+def _sp_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor],
+    scale: float,
+    group_name: str,
+    method: str,
+    check: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    o, s_out, s_in = _forward(q, k, v, log_decay, initial_state, scale, resolve_group(group_name), method, check)
+    if s_in is None:  # rank 0 without an initial state; returned, so a tensor (the same as no state)
+        s_in = torch.zeros_like(s_out)
+    elif s_in is initial_state:  # an output must not alias an input
+        s_in = s_in.to(s_out.dtype).clone()
     return o, s_out, s_in
 
 
@@ -126,28 +158,10 @@ def _sp_backward(
     method: str,
     decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
-    do = do.contiguous()
-    d_final = None if d_final_state is None else d_final_state.contiguous()
     group = resolve_group(group_name)
-    method = _method(method, group, q, v)
-    kern, A = kernels_for(q), _slice_decay(log_decay, q)
-    sends = []
-
-    def start_exchange(ds_loc):
-        def exchange():  # queued when bwd asks for the late gradient: after its dq kernel
-            return _EXCHANGES[method].backward(ds_loc, A, d_final, group, sends)[0]  # ds_out or None
-
-        return exchange
-
-    dq, dk, dv, dG, ds_in = kern.bwd(
-        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad
-    )
-    wait_all(sends)
-    # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
-    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay).contiguous()
-    d_initial = ds_in if group.rank() == 0 else torch.zeros_like(ds_in)
-    return dq, dk, dv, dlog_decay, d_initial
+    grads = _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad)
+    d_initial = grads[4] if group.rank() == 0 else torch.zeros_like(grads[4])
+    return (*grads[:4], d_initial)
 
 
 @_sp_backward.register_fake
@@ -157,21 +171,21 @@ def _(do, d_final_state, q, k, v, log_decay, state_in, scale, group_name, method
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, group_name, method, check = inputs
+    q, k, v, log_decay, initial_state, scale, group, method, check = inputs
     _, _, state_in = output
     ctx.save_for_backward(q, k, v, log_decay, state_in)
     ctx.has_initial_state = initial_state is not None
-    ctx.scale, ctx.group_name, ctx.method = scale, group_name, method
+    ctx.scale, ctx.group, ctx.method = scale, group, method
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
-def _backward(ctx, do, d_final_state, _d_state_in):
+def _backward(ctx, do, d_final_state, *_d_state_in, gradients=torch.ops.lasp_fx.sp_linear_attention_backward):
     q, k, v, log_decay, state_in = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dlog_decay, d_initial = torch.ops.lasp_fx.sp_linear_attention_backward(
-        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group_name, ctx.method, decay_grad
+    dq, dk, dv, dlog_decay, d_initial = gradients(
+        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group, ctx.method, decay_grad
     )
     return (
         dq,
@@ -187,6 +201,29 @@ def _backward(ctx, do, d_final_state, _d_state_in):
 
 
 _sp_forward.register_autograd(_backward, setup_context=_setup_context)
+_traced_op = torch.ops.lasp_fx.sp_linear_attention
+
+
+def _eager_gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad):
+    dq, dk, dv, dlog_decay, d_initial = _gradients(
+        do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad
+    )
+    return dq, dk, dv, dlog_decay, d_initial if group.rank() == 0 else torch.zeros_like(d_initial)
+
+
+class _EagerLASP(torch.autograd.Function):
+    """The same op for plain tensors outside any tracing (ops.op.runs_eagerly), without torch.library
+    around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check):
+        o, s_out, s_in = _forward(q, k, v, log_decay, initial_state, scale, group, method, check)
+        _setup_context(ctx, (q, k, v, log_decay, initial_state, scale, group, method, check), (o, s_out, s_in))
+        return o, s_out
+
+    @staticmethod
+    def backward(ctx, do, d_final_state):
+        return _backward(ctx, do, d_final_state, gradients=_eager_gradients)
 
 
 def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
@@ -209,8 +246,8 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
         raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
     pg = resolve_group(group)
     if pg.size() == 1:
-        return torch.ops.lasp_fx.linear_attention(q, k, v, log_decay, initial_state, scale)
-    o, final_state, _ = torch.ops.lasp_fx.sp_linear_attention(
-        q, k, v, log_decay, initial_state, scale, pg.group_name, method, check
-    )
+        return linear_attention(q, k, v, log_decay, initial_state=initial_state, scale=scale, output_final_state=True)
+    if runs_eagerly(q, k, v, log_decay, initial_state):
+        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check)
+    o, final_state, _ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check)
     return o, final_state
