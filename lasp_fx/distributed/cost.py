@@ -6,19 +6,24 @@ the same moment on every rank, and both move only fp32 states of n = B*H*D*E*4 b
     ring       host_ring + (P - 1) hops in a chain:  (P - 1) * (alpha_p2p + n / beta_p2p)
     all-gather host_ag + one collective:             alpha_ag + (P - 1) * n / beta_ag
 
-`host_*` is what one call costs before its first byte moves and after its last (Python, stream
-and event handling, the combine kernels: the all-gather path launches ~10 small ops, the ring 2);
-it is paid once, in parallel on every rank, while the hops add up along the chain. The smaller
-total wins. With today's constants the ring wins up to P = 7 on NVLink GPUs.
+`host_*` is what one call costs before its first byte moves and after its last (Python, the
+NCCL calls, the combine kernels: the all-gather path launches ~8 small ops, the ring 2); it is
+paid once, in parallel on every rank, while the hops add up along the chain. The smaller total
+wins. With these constants the ring wins up to P = 4 and the all-gather from P = 5.
 
-Calibration (bench/records/2026-11-28_sp/NOTES.md): 2 x H200 (NV18), 1 MiB state, each exchange
-alone: ring 0.50 / 0.40 ms (fwd / bwd), all-gather 0.86 / 0.85 ms; NCCL alone on 4 x H100
-(shared/anchors): one-way 1 MiB p2p ~0.08 ms, all-gather of 1 MiB ~0.19 ms over 2 and 0.20 over 4.
-So alpha_p2p + n/beta_p2p = 80 us, alpha_ag ~ 180 us, and the rest of each measurement is host
-time (370 us ring, 665 us all-gather). Not yet measured on more than 2 GPUs (no 4-GPU machine was
-lent): the per-hop term is NCCL's, not ours. Checked on 4 x H200 since (bench/records/2026-11-28_fold,
-exchange on the compute stream): the ring was faster than the all-gather at P = 2 and P = 4 for
-the whole op (3.91 vs 4.00 ms and 4.58 vs 5.08 ms fwd+bwd at 32K/GPU), as this model predicts.
+Calibration: the forward exchange alone (1 MiB state, barrier then one call, max over ranks;
+`bench/sp.py` "exchange alone", on the compute stream as shipped), on 4 x H200 (NV18):
+    P = 2: ring 0.098 ms, all-gather 0.275 ms  (bench/records/2026-11-28_fold, call 2)
+    P = 4: ring 0.279 ms, all-gather 0.571 ms  (bench/records/2026-11-28_fixed_decay, call 8)
+The ring fits 8 us + (P - 1) x 90.5 us at both points, i.e. NCCL's one-way 1 MiB p2p (~80 us on
+4 x H100 in shared/anchors) plus 10 us of bytes. The all-gather is set from P = 2 (265 us + one
+collective) with NCCL's own growth over ranks (shared/anchors: 0.19 ms over 2, 0.20 over 4);
+at P = 4 it measured 0.57 ms, twice the model's 0.30 ms, unexplained so far (rank skew after
+the barrier is one candidate). Whole op at P = 4 (32K/GPU, fwd+bwd): ring 3.20 vs all-gather
+3.93 ms in one run, 3.14 vs 3.06 in another: a near tie, as the model's 280 vs 296 us says.
+Prediction for P = 8 (`bench/cost_check.py`): ring 0.64 ms, all-gather 0.34 ms -> all-gather;
+taking the P = 4 all-gather point at face value instead would predict the ring. An 8-GPU run
+decides (issue 8).
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ class Link:
 
 
 LINKS = {
-    "cuda": Link(host_ring_us=370.0, alpha_p2p_us=70.0, beta_p2p=100e3,
-                 host_ag_us=665.0, alpha_ag_us=180.0, beta_ag=100e3),
+    "cuda": Link(host_ring_us=8.0, alpha_p2p_us=80.0, beta_p2p=100e3,
+                 host_ag_us=85.0, alpha_ag_us=180.0, beta_ag=100e3),
     # gloo over loopback on a 2-core box: rough (only correctness matters there)
     "cpu": Link(host_ring_us=300.0, alpha_p2p_us=150.0, beta_p2p=2e3,
                 host_ag_us=900.0, alpha_ag_us=300.0, beta_ag=2e3),
