@@ -5,7 +5,7 @@ the group travels as its name, and every output is consumed: STACK.md section 3)
     torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
         -> (o, final_state, state_in)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
+        scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_state_in)
 Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
 torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
@@ -158,10 +158,8 @@ def _sp_backward(
     method: str,
     decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    group = resolve_group(group_name)
-    grads = _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad)
-    d_initial = grads[4] if group.rank() == 0 else torch.zeros_like(grads[4])
-    return (*grads[:4], d_initial)
+    return _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, resolve_group(group_name), method,
+                      decay_grad)
 
 
 @_sp_backward.register_fake
@@ -184,15 +182,18 @@ def _backward(ctx, do, d_final_state, *_d_state_in, gradients=torch.ops.lasp_fx.
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dlog_decay, d_initial = gradients(
+    dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group, ctx.method, decay_grad
     )
+    d_initial = None
+    if ctx.has_initial_state:  # read on rank 0 only: the other ranks' copies get zeros
+        d_initial = d_state_in if resolve_group(ctx.group).rank() == 0 else torch.zeros_like(d_state_in)
     return (
         dq,
         dk,
         dv,
         dlog_decay if decay_grad else None,
-        d_initial if ctx.has_initial_state else None,
+        d_initial,
         None,
         None,
         None,
@@ -202,13 +203,6 @@ def _backward(ctx, do, d_final_state, *_d_state_in, gradients=torch.ops.lasp_fx.
 
 _sp_forward.register_autograd(_backward, setup_context=_setup_context)
 _traced_op = torch.ops.lasp_fx.sp_linear_attention
-
-
-def _eager_gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad):
-    dq, dk, dv, dlog_decay, d_initial = _gradients(
-        do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad
-    )
-    return dq, dk, dv, dlog_decay, d_initial if group.rank() == 0 else torch.zeros_like(d_initial)
 
 
 class _EagerLASP(torch.autograd.Function):
@@ -223,7 +217,7 @@ class _EagerLASP(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, d_final_state):
-        return _backward(ctx, do, d_final_state, gradients=_eager_gradients)
+        return _backward(ctx, do, d_final_state, gradients=_gradients)
 
 
 def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
