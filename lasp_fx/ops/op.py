@@ -158,6 +158,7 @@ def linear_attention(
     output_final_state: bool = False,
     group=None,
     method: str = "auto",
+    check: bool = True,
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 
@@ -179,6 +180,10 @@ def linear_attention(
             the rules for gradients). A group of one rank is the single-device op.
         method: with a group, how states cross ranks: "ring", "allgather" or "auto"
             (lasp_fx.distributed.estimate says which and why).
+        check: with a group, all-gather every rank's shapes, dtypes and method first and raise
+            on every rank if they differ, instead of hanging. It waits for the GPU (one host
+            sync per call): a loop that calls with the same shapes every step can check on its
+            first call and pass check=False after, as `parallelize` does.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
@@ -198,6 +203,6 @@ def linear_attention(
         from lasp_fx.distributed.lasp import sequence_parallel_attention
 
         o, final_state = sequence_parallel_attention(
-            q, k, v, log_decay, initial_state, scale, group=group, method=method
+            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check
         )
     return (o, final_state) if output_final_state else o
