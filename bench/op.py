@@ -6,9 +6,10 @@ Run on one GPU from the repository root (fla-core and lasp installed, e.g. from 
     PYTHONPATH=. python bench/op.py --impls lasp_fx --profile 32768   # + per-kernel times
 
 Shape as in DESIGN.md section 5: B=1, H=16, D=E=128, bf16, decay none / const (per head, a
-fixed buffer: fla's g_gamma, whose gradient fla never computes) / const_learn (per head, learnable:
-lasp_fx alone, it is the only one with that gradient) / gate (per token, learnable). Times are medians of triton.testing.do_bench (L2 flushed between runs, grads
-reset). Floors: bytes = read q, k, v, do (+ gate) and write o, dq, dk, dv once (fwd: q, k, v, o);
+fixed buffer: fla's g_gamma, whose gradient fla never computes) / const_learn (per head,
+learnable: lasp_fx alone, the only one with that gradient; "x fla" against fla's const) / gate
+(per token, learnable). Times are medians of triton.testing.do_bench (L2 flushed between runs,
+grads reset). Floors: bytes = read q, k, v, do (+ gate) and write o, dq, dk, dv once (fwd: q, k, v, o);
 FLOPs of the chunked algorithm (C = 64) = T H (2C(D + E) + 4DE) forward, three times that for
 fwd+bwd; against the copy bandwidth and bf16 matmul rate measured at the start of the run.
 lasp_fx at the smallest T is also checked against float64 (the autotuned configs, not only the first).
