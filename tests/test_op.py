@@ -134,3 +134,19 @@ def test_decay_buffer_gets_no_gradient_and_the_rest_is_unchanged(decay):
     assert len(grads_fixed) == len(names) and fixed["log_decay"].grad is None
     for name, got in zip(names, grads_fixed):
         assert_close_rms(got, grads[list(args).index(name)], 1e-12, f"d{name}")
+
+
+def test_torch_func_grad_matches_reference():
+    """Eager calls run an autograd.Function with setup_context: functorch's grad transform works."""
+    args = random_inputs(1, 45, 2, 4, 6, decay="gate", initial_state=True)
+    names = list(args)
+
+    def loss(fn, *xs):
+        kw = dict(zip(names, xs))
+        out = fn(**kw, scale=0.4)
+        return (out[0] if isinstance(out, tuple) else out).square().sum()
+
+    ours = torch.func.grad(lambda *xs: loss(lasp_fx.linear_attention, *xs), argnums=tuple(range(len(names))))
+    ref = torch.func.grad(lambda *xs: loss(naive.quadratic_linear_attention, *xs), argnums=tuple(range(len(names))))
+    for name, a, b in zip(names, ours(*args.values()), ref(*args.values())):
+        assert_close_rms(a, b, 1e-10, f"d{name}")

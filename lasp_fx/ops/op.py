@@ -122,11 +122,8 @@ _traced_op = torch.ops.lasp_fx.linear_attention
 class _EagerLinearAttention(torch.autograd.Function):
     """The same op for plain tensors outside any tracing, without torch.library's dispatch around it."""
 
-    @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale):
-        output = _forward(q, k, v, log_decay, initial_state, scale)
-        _setup_context(ctx, (q, k, v, log_decay, initial_state, scale), output)
-        return output
+    forward = staticmethod(_forward)
+    setup_context = staticmethod(_setup_context)  # forward without ctx: torch.func.grad works too
 
     @staticmethod
     def backward(ctx, do, d_final_state):
