@@ -212,7 +212,7 @@ def profile(Ts):
             for n in ("q", "k", "v"):
                 x[n].requires_grad_()
 
-            def step():
+            def step(x=x):
                 for n in ("q", "k", "v"):  # as do_bench's grad_to_none: no gradient accumulation kernels
                     x[n].grad = None
                 _ours(x)().backward(x["do"])
