@@ -64,6 +64,7 @@ def _jobs(world: int) -> list:
     jobs = [("check_cases", _cases(world))]
     if world == 2:
         jobs += [("check_mismatch", what) for what in MISMATCHES]
+        jobs += [("backward_exchange_order", method) for method in METHODS]
     if world == 4:  # 2 x 2 mesh (dp, sp): two independent 2-rank sequences
         layout = dict(LAYOUTS["gqa-T37-init0-final"], decay="gate", seed=11)
         jobs += [("check_mesh_2d", dict(layout, method="ring")),
@@ -153,3 +154,16 @@ def test_mesh_without_sp_dimension_is_refused():
     for rank, result in enumerate(_spawned(4)):
         message = result[3]
         assert message is not None and "'sp'" in message and "('dp', 'tp')" in message, f"rank {rank}: {message}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_backward_exchange_starts_where_it_overlaps(method):
+    """The all-gather is issued as soon as the state passes are done (it runs during dq); the ring's
+    links wait until the late gradient is asked for (their recv would stall the compute stream)."""
+    start = _jobs(2).index(("backward_exchange_order", method))
+    for rank, results in enumerate(_spawned(2)):
+        events = results[start]
+        if method == "allgather":
+            assert events == ["_all_gather_single", "begun", "finished"], (rank, events)
+        else:  # rank 0 only receives, rank 1 only sends (P = 2)
+            assert events[0] == "begun" and events[-1] == "finished" and len(events) == 3, (rank, events)

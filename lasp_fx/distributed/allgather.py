@@ -6,9 +6,16 @@ Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
     M_{r+1} = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j,   ds_out_r = d_final_r + M_{r+1}.
 One collective per direction whatever P is; the weights are sums of log-decays (never
 differences of long cumulative sums, which would lose precision in float32).
+
+The backward's all-gather needs only the state passes, so `begin_backward` starts it without
+making the compute stream wait (NCCL runs it on its own stream) and returns the step that waits
+and combines: the backward calls that after queueing its dq kernel, so the collective overlaps dq.
+The forward's output kernel needs X_{r-1} at once, so `forward` waits straight away.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,20 +28,33 @@ from lasp_fx.distributed.combine import step
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
-def gather_rows(msg: Tensor, group) -> Tensor:
-    """[P, n]: row j is rank j's 1-D `msg` (one all-gather)."""
+def gather_rows(msg: Tensor, group, async_op: bool = False):
+    """[P, n]: row j is rank j's 1-D `msg` (one all-gather); with async_op, a callable that waits and gives it."""
     out = msg.new_empty(group.size() * msg.numel())  # flat: gloo takes no [P, n] output
-    _all_gather_single(out, msg, group=group)
-    return out.view(group.size(), msg.numel())
+    work = _all_gather_single(out, msg, group=group, async_op=async_op)
+    rows = out.view(group.size(), msg.numel())
+    if not async_op:
+        return rows
+
+    def wait() -> Tensor:
+        work.wait()  # NCCL: the current stream waits for the collective, the host does not
+        return rows
+
+    return wait
 
 
-def _gather(x: Tensor, log_decay, group):
-    """All ranks' x [P, ...] and log-decays [P, B, H] (or None), in one all-gather."""
+def _gather(x: Tensor, log_decay, group) -> Callable[[], tuple]:
+    """Start one all-gather of every rank's x and log-decay; returns the wait giving ([P, ...], [P, B, H] or None)."""
     parts = [x.reshape(-1)] if log_decay is None else [x.reshape(-1), log_decay.reshape(-1).to(x.dtype)]
-    out = gather_rows(torch.cat(parts), group)
-    xs = out[:, : x.numel()].view(group.size(), *x.shape)
-    decays = None if log_decay is None else out[:, x.numel():].view(group.size(), *log_decay.shape)
-    return xs, decays
+    wait = gather_rows(torch.cat(parts), group, async_op=True)
+
+    def gathered():
+        out = wait()
+        xs = out[:, : x.numel()].view(group.size(), *x.shape)
+        decays = None if log_decay is None else out[:, x.numel():].view(group.size(), *log_decay.shape)
+        return xs, decays
+
+    return gathered
 
 
 def _weighted_sum(log_w, xs: Tensor) -> Tensor:
@@ -47,7 +67,7 @@ def _weighted_sum(log_w, xs: Tensor) -> Tensor:
 def forward(s_loc: Tensor, log_decay, group, sends: list):
     """Run the exchange; returns (X_{r-1} or None on rank 0, X_r). `sends` stays empty (a collective)."""
     rank = group.rank()
-    states, decays = _gather(s_loc, log_decay, group)
+    states, decays = _gather(s_loc, log_decay, group)()
     s_in, s_out = None, s_loc
     if rank > 0:
         log_w = None
@@ -59,18 +79,28 @@ def forward(s_loc: Tensor, log_decay, group, sends: list):
     return s_in, s_out
 
 
-def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
-    """Run the exchange; returns (ds_out or None, M_r = gradient of X_{r-1})."""
+def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Callable[[], tuple]:
+    """Start the exchange; returns the step that finishes it: (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
-    grads, decays = _gather(n, log_decay, group)
-    ds_out, ds_in = d_final, n
-    if rank < P - 1:
-        log_w = None
-        if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
-            head = torch.cumsum(decays[rank + 1 : P - 1], 0)
-            log_w = torch.cat([torch.zeros_like(decays[:1]), head])
-        m_next = _weighted_sum(log_w, grads[rank + 1 :])
-        ds_out = m_next if d_final is None else m_next + d_final
-        ds_in = step(m_next, log_decay, n)
-    return ds_out, ds_in
+    gathered = _gather(n, log_decay, group)
+
+    def finish():
+        grads, decays = gathered()
+        ds_out, ds_in = d_final, n
+        if rank < P - 1:
+            log_w = None
+            if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
+                head = torch.cumsum(decays[rank + 1 : P - 1], 0)
+                log_w = torch.cat([torch.zeros_like(decays[:1]), head])
+            m_next = _weighted_sum(log_w, grads[rank + 1 :])
+            ds_out = m_next if d_final is None else m_next + d_final
+            ds_in = step(m_next, log_decay, n)
+        return ds_out, ds_in
+
+    return finish
+
+
+def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+    """Run the exchange at once; returns (ds_out or None, M_r = gradient of X_{r-1})."""
+    return begin_backward(ds_loc, log_decay, d_final, group, sends)()

@@ -1,10 +1,12 @@
 """The d x e combination step both exchanges apply, and waiting for the sends they leave in flight.
 
-Both exchanges run on the compute stream, queued when the kernels ask for the late state (the
+The ring's links run on the compute stream, queued when the kernels ask for the late state (the
 hook's callable, ops/chunked.py): in the forward right after the state pass (the output kernel
-needs the state at once), in the backward after the dq kernel (which needs none), so the chain
-of ranks overlaps dq without a side stream. A side stream cost ~0.37 ms of host work per call on
-an H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
+needs the state at once), in the backward after the dq kernel (which needs none), so a rank's
+recv never holds up its own dq; the chain itself then runs after every rank's dq, exposed. The
+all-gather's backward collective is issued earlier, on NCCL's own stream, and overlaps dq
+(allgather.begin_backward). A side stream of our own cost ~0.37 ms of host work per call on an
+H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
 NCCL hop it would hide. NCCL calls only make the compute stream wait, never the host; on CPU
 (gloo) they block, which is all the order needs.
 """

@@ -24,6 +24,12 @@ the barrier is one candidate). Whole op at P = 4 (32K/GPU, fwd+bwd): ring 3.20 v
 Prediction for P = 8 (`bench/cost_check.py`): ring 0.64 ms, all-gather 0.34 ms -> all-gather;
 taking the P = 4 all-gather point at face value instead would predict the ring. An 8-GPU run
 decides (issue 8).
+
+Not modelled yet: since the backward's all-gather is issued right after the state passes and
+runs during dq (allgather.begin_backward), while the ring's links wait until after dq, the
+all-gather's backward exchange is mostly hidden and the ring's is not. That favours the
+all-gather beyond what these forward-exchange numbers say; whole-op timings at P = 3 and 4
+after this change (not yet run) should set the crossover.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chun
               -> exchange (recv ds_out, send the gradient of X_{r-1}) -> dk, dv kernels with ds_out folded in
               -> log_decay_grad
 The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
-pass over the tokens; what the chain costs is the wait, which the backward overlaps with dq
-(the exchange is queued on the compute stream after it: combine.py says why no side stream).
+pass over the tokens; what the chain costs is the wait. In the backward the ring's links are
+queued on the compute stream after dq (combine.py says why no side stream), and the all-gather
+starts right after the state passes on NCCL's stream, so it runs during dq.
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
@@ -101,11 +102,9 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 
-    def start_exchange(ds_loc):
-        def exchange():  # queued when bwd asks for the late gradient: after its dq kernel
-            return _EXCHANGES[method].backward(ds_loc, A, d_final, group, sends)[0]  # ds_out or None
-
-        return exchange
+    def start_exchange(ds_loc):  # after the state passes: the all-gather starts here, the ring waits
+        finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
+        return lambda: finish()[0]  # when bwd asks for the late gradient (after dq): ds_out or None
 
     dq, dk, dv, dG, ds_in = kern.bwd(
         q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad

@@ -41,6 +41,12 @@ def forward(s_loc: Tensor, log_decay, group, sends: list):
     return s_in, s_out
 
 
+def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+    """The backward link, deferred: the chain's recv would make the compute stream wait, so the
+    whole link runs when the returned callable is called (after the dq kernel is queued)."""
+    return lambda: backward(ds_loc, log_decay, d_final, group, sends)
+
+
 def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
     """Run this rank's link of the backward chain; returns (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()

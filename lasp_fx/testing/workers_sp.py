@@ -172,6 +172,31 @@ def check_mismatch(rank: int, world: int, what: str) -> dict:
     return {"message": message, "still_works": still_works}
 
 
+def backward_exchange_order(rank: int, world: int, method: str) -> list[str]:
+    """When each backward exchange touches the network: the all-gather's collective must be issued by
+    `begin_backward` (so it runs during dq), the ring's sends and recvs only when the result is asked for."""
+    from lasp_fx.distributed import allgather, ring
+
+    events = []
+    spied = {"allgather": [(allgather, "_all_gather_single")], "ring": [(ring, "_recv_like"), (ring, "_send")]}[method]
+    originals = [(mod, name, getattr(mod, name)) for mod, name in spied]
+    for mod, name, fn in originals:
+        setattr(mod, name, lambda *a, _fn=fn, _name=name, **kw: (events.append(_name), _fn(*a, **kw))[1])
+    try:
+        ds = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+        sends = []
+        finish = {"allgather": allgather, "ring": ring}[method].begin_backward(ds, None, None, dist.group.WORLD, sends)
+        events.append("begun")
+        finish()
+        events.append("finished")
+        for work in sends:
+            work.wait()
+    finally:
+        for mod, name, fn in originals:
+            setattr(mod, name, fn)
+    return events
+
+
 def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:
     """A 2-D mesh whose dimensions are not named "sp" must be refused with a message saying so."""
     from torch.distributed.device_mesh import init_device_mesh
