@@ -17,8 +17,9 @@ Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chun
               -> log_decay_grad
 The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
 pass over the tokens; what the chain costs is the wait. In the backward the ring's links are
-queued on the compute stream after dq (combine.py says why no side stream), and the all-gather
-starts right after the state passes on NCCL's stream, so it runs during dq.
+queued on the compute stream after dq (combine.py says why no side stream) except the last
+rank's, which only sends and does so at once; the all-gather starts right after the state
+passes on NCCL's stream, so it runs during dq.
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
@@ -102,7 +103,7 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 
-    def start_exchange(ds_loc):  # after the state passes: the all-gather starts here, the ring waits
+    def start_exchange(ds_loc):  # after the state passes: the all-gather (and the last ring link) start here
         finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
         return lambda: finish()[0]  # when bwd asks for the late gradient (after dq): ds_out or None
 

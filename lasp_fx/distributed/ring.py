@@ -42,8 +42,16 @@ def forward(s_loc: Tensor, log_decay, group, sends: list):
 
 
 def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
-    """The backward link, deferred: the chain's recv would make the compute stream wait, so the
-    whole link runs when the returned callable is called (after the dq kernel is queued)."""
+    """Start this rank's backward link; returns the callable that gives (ds_out or None, M_r).
+
+    The last rank receives nothing, so it sends at once (the send runs on NCCL's stream while
+    this rank's dq kernel runs, and the next rank finds it there after its own dq). The others
+    wait until the callable is called, after their dq kernel is queued: their recv would make
+    the compute stream wait.
+    """
+    if group.rank() == group.size() - 1:
+        link = backward(ds_loc, log_decay, d_final, group, sends)
+        return lambda: link
     return lambda: backward(ds_loc, log_decay, d_final, group, sends)
 
 
