@@ -3,6 +3,7 @@ local length (the ideal), the original LASP package's lasp_fuse_parallel, and an
 
     torchrun --nproc-per-node=4 bench/sp.py --tlocal 8192,32768,131072 --json $OUT/sp_4gpu.json
     torchrun --nproc-per-node=2 bench/sp.py --device cpu --tlocal 256 --check-only     # debug on gloo
+    torchrun --nproc-per-node=4 bench/sp.py --tlocal 32768 --skip-check --impls ring,allgather   # a subset
     torchrun --nproc-per-node=2 bench/sp.py --profile 32768 --trace-dir $OUT   # per-kernel times, timelines
 
 Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
@@ -233,6 +234,9 @@ def _impls(x, group, dev):
         "auto": (lambda: lasp_fx.linear_attention(q, k, v, g, group=group), leaves, do),
         "auto-nocheck": (lambda: sequence_parallel_attention(q, k, v, g, None, scale, group=group, check=False)[0],
                          leaves, do),
+        **{f"{m}-nocheck": (lambda m=m: sequence_parallel_attention(q, k, v, g, None, scale, group=group, method=m,
+                                                                  check=False)[0], leaves, do)
+           for m in ("ring", "allgather")},
         "ulysses": (lambda: ulysses_attention(q, k, v, g, group=group), leaves, do),
     }
     if dev.type == "cuda":
@@ -263,13 +267,13 @@ def _components(x, dev, reps) -> dict:
     }
 
 
-def bench(dev, group, tlocals, reps, path, meta) -> list:
+def bench(dev, group, tlocals, reps, path, meta, only=None) -> list:
     P = group.size()
     rows = []
     for T in tlocals:
         x = _local(_global(P * T, H, D, "const", torch.bfloat16, dev, seed=2), group.rank(), T)
         x["g"] = x["g"].float()
-        impls = _impls(x, group, dev)
+        impls = {n: f for n, f in _impls(x, group, dev).items() if only is None or n in only or n == "single-GPU"}
         row = {"T_local": T, "P": P, **_components(x, dev, reps)}
         for name, (fn, leaves, do) in impls.items():
             slow = name == "lasp-original" and T > 32768
@@ -310,11 +314,11 @@ def _print_row(row, impls):
     print(f"\nP={row['P']} T/GPU={row['T_local']}: local primitives fwd+bwd {row['plain_fwdbwd_ms']:.3f} ms, "
           f"with a late state folded in {row['fold_fwdbwd_ms']:.3f} ms; host {row['plain_host_ms']:.3f} ms")
     stream_base = row.get("single-GPU_stream_ms")
-    print(f"{'impl':14} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9} "
+    print(f"{'impl':18} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9} "
           f"{'loop ms':>8} {'vs 1 GPU':>9} {'host ms':>8}")
     for name in impls:
         if f"{name}_error" in row:
-            print(f"{name:14} error: {row[f'{name}_error']}")
+            print(f"{name:18} error: {row[f'{name}_error']}")
             continue
         fb = row[f"{name}_fwdbwd_ms"]
         over = f"{100 * (fb / base - 1):+8.1f}%" if base else ""
@@ -322,7 +326,7 @@ def _print_row(row, impls):
         xu = f"{ref['ulysses'] / fb:9.2f}" if ref["ulysses"] else ""
         loop = row[f"{name}_stream_ms"]
         lover = f"{100 * (loop / stream_base - 1):+8.1f}%" if stream_base else ""
-        print(f"{name:14} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9} {loop:8.3f} {lover:>9} "
+        print(f"{name:18} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9} {loop:8.3f} {lover:>9} "
               f"{row[f'{name}_host_ms']:8.3f}", flush=True)
 
 
@@ -372,6 +376,7 @@ def main():
     ap.add_argument("--tlocal", default="8192,32768,131072")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--impls", default="", help="comma-separated subset of the timed paths (single-GPU always runs)")
     ap.add_argument("--json", default="")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--skip-check", action="store_true", help="timings only (no correctness pass, no calibration)")
@@ -380,6 +385,7 @@ def main():
     ap.add_argument("--trace-dir", default="", help="--profile writes each rank's chrome trace here")
     args = ap.parse_args()
     dev_type = args.device
+    only = set(args.impls.split(",")) if args.impls else None
     dist.init_process_group("nccl" if dev_type == "cuda" else "gloo")
     rank, P = dist.get_rank(), dist.get_world_size()
     if dev_type == "cuda":
@@ -403,7 +409,7 @@ def main():
 
     meta["t0"] = time.time()
     if args.skip_check:
-        bench(dev, group, [int(t) for t in args.tlocal.split(",")], args.reps, args.json, meta)
+        bench(dev, group, [int(t) for t in args.tlocal.split(",")], args.reps, args.json, meta, only)
         dist.barrier()
         dist.destroy_process_group()
         return
@@ -417,7 +423,7 @@ def main():
     meta["exchange"] = calibrate(dev, group, args.reps)
     say("exchange alone (1 MiB state):", json.dumps(meta["exchange"]), flush=True)
     rows = [] if args.check_only else bench(dev, group, [int(t) for t in args.tlocal.split(",")], args.reps,
-                                            args.json, meta)
+                                            args.json, meta, only)
     if rank == 0 and args.json:
         with open(args.json, "w") as fh:
             json.dump({**meta, "rows": rows}, fh, indent=1)
