@@ -27,6 +27,7 @@ METHODS = ("ring", "allgather")
 COMPILE_BACKENDS = ("eager", "aot_eager")
 COMPILE_P = (2, 3)
 MISMATCHES = ("length", "dtype", "heads", "decay", "method")
+DIRECTIONS = ("forward", "backward")
 
 
 def _case_id(layout, decay, method, backend=None) -> str:
@@ -64,7 +65,7 @@ def _jobs(world: int) -> list:
     jobs = [("check_cases", _cases(world))]
     if world == 2:
         jobs += [("check_mismatch", what) for what in MISMATCHES]
-        jobs += [("backward_exchange_order", method) for method in METHODS]
+        jobs += [("exchange_order", (method, direction)) for method in METHODS for direction in DIRECTIONS]
     if world == 4:  # 2 x 2 mesh (dp, sp): two independent 2-rank sequences
         layout = dict(LAYOUTS["gqa-T37-init0-final"], decay="gate", seed=11)
         jobs += [("check_mesh_2d", dict(layout, method="ring")),
@@ -156,15 +157,18 @@ def test_mesh_without_sp_dimension_is_refused():
         assert message is not None and "'sp'" in message and "('dp', 'tp')" in message, f"rank {rank}: {message}"
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("method", METHODS)
-def test_backward_exchange_starts_where_it_overlaps(method):
-    """The all-gather is issued as soon as the state passes are done (it runs during dq); so is the
-    last rank's ring send (it receives nothing); the other ring links wait until the late gradient
-    is asked for (their recv would stall the compute stream)."""
-    start = _jobs(2).index(("backward_exchange_order", method))
-    expected = {
-        "allgather": [["_all_gather_single", "begun", "finished"]] * 2,
-        "ring": [["begun", "_recv_like", "finished"], ["_send", "begun", "finished"]],  # rank 0, rank 1 (last)
-    }[method]
+def test_exchange_starts_where_it_overlaps(method, direction):
+    """The all-gather is issued as soon as the local states exist (it runs during the output / dq
+    kernel); so is the backward's last ring send (that rank receives nothing); the other ring links
+    wait until the late state is asked for (a recv would stall the compute stream)."""
+    start = _jobs(2).index(("exchange_order", (method, direction)))
+    expected = {  # per rank (0, 1), P = 2
+        ("allgather", "forward"): [["_all_gather_single", "begun", "finished"]] * 2,
+        ("allgather", "backward"): [["_all_gather_single", "begun", "finished"]] * 2,
+        ("ring", "forward"): [["begun", "_send", "finished"], ["begun", "_recv_like", "finished"]],
+        ("ring", "backward"): [["begun", "_recv_like", "finished"], ["_send", "begun", "finished"]],
+    }[method, direction]
     got = [results[start] for results in _spawned(2)]
     assert got == expected

@@ -26,15 +26,17 @@ def _late(state, seen=None):
     return hook
 
 
+@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
 @pytest.mark.parametrize("upfront", [False, True], ids=["late_only", "upfront_plus_late"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_forward_late_state_equals_state_passed_in(decay, upfront):
+def test_forward_late_state_equals_state_passed_in(decay, upfront, after_output):
     q, k, v, g, s_in = _inputs(decay)
     first = torch.randn_like(s_in) if upfront else None
     total = s_in if first is None else s_in + first
     o_full, s_full = chunked.fwd(q, k, v, g, SCALE, total, chunk_size=32)
     seen = []
-    o, s_out = chunked.fwd(q, k, v, g, SCALE, first, state_hook=_late(s_in, seen), chunk_size=32)
+    o, s_out = chunked.fwd(q, k, v, g, SCALE, first, state_hook=_late(s_in, seen), chunk_size=32,
+                           late_after_output=after_output)
     assert_close_rms(o, o_full, 1e-12, "o")
     assert_close_rms(s_out, s_full, 1e-12, "final state")
     _, s_local = chunked.fwd(q, k, v, g, SCALE, first, chunk_size=32)

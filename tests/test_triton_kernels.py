@@ -112,6 +112,19 @@ def test_segment_length_does_not_change_the_function(nsub):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
+def test_late_state_added_after_the_output_matches_reference(decay, dtype):
+    """fwd(late_after_output=True): the output kernel runs first, then _late_out_kernel adds the late state."""
+    a, _, _, nsub = _inputs("wide_d" if dtype == torch.float32 else "gqa_odd", decay, True, dtype, seed=9)
+    ref_o, ref_s, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], dtype=dtype), None)
+    q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
+    o, s_out = tk.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: s_in, nsub=nsub,
+                      late_after_output=True)
+    assert_close_rms(o, ref_o, 2 * TOL[dtype], "o with the late state added after")  # o is rounded twice
+    assert_close_rms(s_out, ref_s, TOL[dtype], "final state with the late state")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("decay", ["none", "const", "gate"])
 def test_late_states_folded_in_match_reference(decay, dtype):
     """fwd(None) with s_in handed back by the hook and bwd(ds_out=None) with ds_out handed back
     late give the full function: the late state enters the segment states of the output kernels."""
@@ -168,6 +181,20 @@ class _Spy:
     def __getitem__(self, grid):
         self.log.append(self.name)
         return self.kernel[grid]
+
+
+def test_late_state_after_output_is_asked_for_after_the_output_kernel(monkeypatch):
+    a, _, _, nsub = _inputs("mha_2seg", "gate", True, torch.float32, seed=4)
+    log = []
+    monkeypatch.setattr(tk_fwd, "_out_kernel", _Spy(tk_fwd._out_kernel, "out", log))
+    monkeypatch.setattr(tk_fwd, "_late_out_kernel", _Spy(tk_fwd._late_out_kernel, "late_out", log))
+
+    def hook(local):
+        log.append("hook")
+        return lambda: (log.append("late"), a["initial_state"])[1]
+
+    tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, None, state_hook=hook, nsub=nsub, late_after_output=True)
+    assert log == ["hook", "out", "late", "late_out"]
 
 
 def test_state_hook_runs_after_the_state_pass_and_before_the_outputs(monkeypatch):

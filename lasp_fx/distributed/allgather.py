@@ -7,10 +7,11 @@ Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
 One collective per direction whatever P is; the weights are sums of log-decays (never
 differences of long cumulative sums, which would lose precision in float32).
 
-The backward's all-gather needs only the state passes, so `begin_backward` starts it without
-making the compute stream wait (NCCL runs it on its own stream) and returns the step that waits
-and combines: the backward calls that after queueing its dq kernel, so the collective overlaps dq.
-The forward's output kernel needs X_{r-1} at once, so `forward` waits straight away.
+Both directions start the collective as soon as the local states exist, without making the
+compute stream wait (NCCL runs it on its own stream), and return the step that waits and
+combines (`begin_forward`, `begin_backward`). LASP calls that step after queueing work that
+does not need the result: the forward its output kernel (the late state is then added by one
+more pass over q and o, ~0.1 ms at 32K tokens on an H200), the backward its dq kernel.
 """
 
 from __future__ import annotations
@@ -64,19 +65,33 @@ def _weighted_sum(log_w, xs: Tensor) -> Tensor:
     return torch.einsum("pbh,pbhde->bhde", torch.exp(log_w), xs)
 
 
-def forward(s_loc: Tensor, log_decay, group, sends: list):
-    """Run the exchange; returns (X_{r-1} or None on rank 0, X_r). `sends` stays empty (a collective)."""
+def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], tuple]:
+    """Start the exchange; returns the step that finishes it: (X_{r-1} or None on rank 0, X_r).
+
+    `sends` stays empty (a collective). LASP's forward asks for the result only after queueing
+    its output kernel (fwd(late_after_output=True)), so the all-gather runs alongside it.
+    """
     rank = group.rank()
-    states, decays = _gather(s_loc, log_decay, group)()
-    s_in, s_out = None, s_loc
-    if rank > 0:
-        log_w = None
-        if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
-            tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
-            log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
-        s_in = _weighted_sum(log_w, states[:rank])
-        s_out = step(s_in, log_decay, s_loc)
-    return s_in, s_out
+    gathered = _gather(s_loc, log_decay, group)
+
+    def finish():
+        states, decays = gathered()
+        s_in, s_out = None, s_loc
+        if rank > 0:
+            log_w = None
+            if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
+                tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
+                log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
+            s_in = _weighted_sum(log_w, states[:rank])
+            s_out = step(s_in, log_decay, s_loc)
+        return s_in, s_out
+
+    return finish
+
+
+def forward(s_loc: Tensor, log_decay, group, sends: list):
+    """Run the exchange at once; returns (X_{r-1} or None on rank 0, X_r)."""
+    return begin_forward(s_loc, log_decay, group, sends)()
 
 
 def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Callable[[], tuple]:

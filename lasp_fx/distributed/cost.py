@@ -25,11 +25,11 @@ Prediction for P = 8 (`bench/cost_check.py`): ring 0.64 ms, all-gather 0.34 ms -
 taking the P = 4 all-gather point at face value instead would predict the ring. An 8-GPU run
 decides (issue 8).
 
-Not modelled yet: since the backward's all-gather is issued right after the state passes and
-runs during dq (allgather.begin_backward), while the ring's links wait until after dq, the
-all-gather's backward exchange is mostly hidden and the ring's is not. That favours the
-all-gather beyond what these forward-exchange numbers say; whole-op timings at P = 3 and 4
-after this change (not yet run) should set the crossover.
+Not modelled yet: the all-gather's collectives now run alongside the output kernel (forward,
+which then adds the late state in one more pass over q and o, ~0.1 ms at 32K tokens) and the dq
+kernel (backward), while the ring's chain stays exposed in both directions (less one hop in the
+backward). That favours the all-gather beyond what these exchange-alone numbers say; whole-op
+timings at P = 2, 3 and 4 after this change (not yet run) should set the crossover.
 """
 
 from __future__ import annotations

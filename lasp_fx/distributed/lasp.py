@@ -11,7 +11,8 @@ torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
     forward   fwd(state_hook -> exchange): state pass -> exchange (recv X_{r-1}, send X_r)
-              -> output kernel with X_{r-1} folded into its segment states
+              -> output kernel with X_{r-1} folded into its segment states (ring), or
+              state pass -> all-gather started -> output kernel -> X_{r-1} -> o += its share (all-gather)
     backward  bwd(s_in = X_{r-1}, state_hook -> exchange): state passes -> dq kernel
               -> exchange (recv ds_out, send the gradient of X_{r-1}) -> dk, dv kernels with ds_out folded in
               -> log_decay_grad
@@ -81,15 +82,18 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
     sends, got = [], []
 
-    def start_exchange(s_loc):
-        def exchange():  # queued when fwd asks for the late state: right after its state pass
-            got.append(_EXCHANGES[method].forward(s_loc, A, group, sends))
+    def start_exchange(s_loc):  # after the state pass: the all-gather starts here
+        finish = _EXCHANGES[method].begin_forward(s_loc, A, group, sends)
+
+        def exchange():  # when fwd asks for the late state (the ring: at once; the all-gather: after the output)
+            got.append(finish())
             return got[0][0]  # X_{r-1}, None on rank 0
 
         return exchange
 
     s0 = initial_state if rank == 0 else None
-    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
+    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange,
+                        late_after_output=method == "allgather")
     wait_all(sends)
     return o, s_out, got[0][0] if rank > 0 else s0
 

@@ -55,6 +55,12 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
     return lambda: backward(ds_loc, log_decay, d_final, group, sends)
 
 
+def begin_forward(s_loc: Tensor, log_decay, group, sends: list):
+    """The forward link, deferred to the returned callable (LASP calls it at once: the ring folds
+    X_{r-1} into the output kernel, since sending X_r after that kernel would lengthen the chain)."""
+    return lambda: forward(s_loc, log_decay, group, sends)
+
+
 def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
     """Run this rank's link of the backward chain; returns (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()

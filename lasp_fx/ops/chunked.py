@@ -145,6 +145,11 @@ class _Chunks:
         s = self.fold(self.q) @ self.k.transpose(-1, -2)
         return s.view(self.B, self.Hk, self.N, self.G, self.C, self.C)
 
+    def inter(self, states: Tensor) -> Tensor:
+        """exp(b_t) scale q_t S: the outputs from the states entering each chunk ([.., N, G, D, E] or broadcast)."""
+        out = self.q @ states
+        return out if self.b is None else out * torch.exp(self.b)[..., None]
+
     def chunk_decay(self) -> Tensor | None:
         """Total log-decay of each chunk, [B, Hk, N, G]."""
         return None if self.b is None else self.b[..., -1]
@@ -184,11 +189,15 @@ class _Chunks:
         return states + w * sl, end + total * late.to(self.dtype)
 
 
-def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE):
+def fwd(
+    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False
+):
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
     `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
-    known, before any output exists; a late state it returns (module docstring) is folded in.
+    known, before any output exists; a late state it returns (module docstring) is folded in,
+    or with `late_after_output` asked for once the output from everything else exists and added
+    to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype).
     """
@@ -196,16 +205,16 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = 
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, s_out)
-    s_late = None if late is None else late()
+    s_late = None if late is None or late_after_output else late()
     if s_late is not None:
         S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
     P = c.scores() * c.mask
-    o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v)  # intra-chunk
-    inter = c.q @ S_before
-    if c.b is not None:
-        inter = inter * torch.exp(c.b)[..., None]
-    o = _unchunk_q(o + inter, c.T).to(q.dtype)
-    return o, s_out
+    o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v) + c.inter(S_before)  # intra + states
+    s_late = late() if late is not None and late_after_output else None
+    if s_late is not None:  # the late state alone, decayed to each chunk
+        S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
+        o = o + c.inter(S_late)
+    return _unchunk_q(o, c.T).to(q.dtype), s_out
 
 
 def bwd(

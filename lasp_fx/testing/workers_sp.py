@@ -172,9 +172,11 @@ def check_mismatch(rank: int, world: int, what: str) -> dict:
     return {"message": message, "still_works": still_works}
 
 
-def backward_exchange_order(rank: int, world: int, method: str) -> list[str]:
-    """When each backward exchange touches the network: the all-gather's collective must be issued by
-    `begin_backward` (so it runs during dq), the ring's sends and recvs only when the result is asked for."""
+def exchange_order(rank: int, world: int, which: tuple[str, str]) -> list[str]:
+    """When an exchange touches the network: the all-gather's collective must be issued by `begin_*`
+    (so it runs during the output / dq kernel), the ring's links only when the result is asked for
+    (except the backward's last rank, which only sends)."""
+    method, direction = which
     from lasp_fx.distributed import allgather, ring
 
     events = []
@@ -185,7 +187,11 @@ def backward_exchange_order(rank: int, world: int, method: str) -> list[str]:
     try:
         ds = torch.randn(1, 2, 4, 4, dtype=torch.float64)
         sends = []
-        finish = {"allgather": allgather, "ring": ring}[method].begin_backward(ds, None, None, dist.group.WORLD, sends)
+        mod = {"allgather": allgather, "ring": ring}[method]
+        if direction == "forward":
+            finish = mod.begin_forward(ds, None, dist.group.WORLD, sends)
+        else:
+            finish = mod.begin_backward(ds, None, None, dist.group.WORLD, sends)
         events.append("begun")
         finish()
         events.append("finished")

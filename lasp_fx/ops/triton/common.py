@@ -199,10 +199,19 @@ def late_state(
     offs = rows * E + cols
     st = tl.load(s_ptr + offs, mask=mask, other=0.0)
     if HAS_LATE:
-        extra = tl.load(late + i_bh.to(tl.int64) * D * E + offs, mask=mask, other=0.0)
-        if G_MODE != 0:
-            seg = tl.arange(0, NSEG_P2)
-            between = (seg > i_s) & (seg < NSEG) if REVERSE else seg < i_s
-            extra *= tl.exp2(tl.sum(tl.load(A + i_bh * NSEG + seg, mask=between, other=0.0), 0))
-        st += extra
+        st += late_tile(late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE, REVERSE, NSEG_P2)
     return st
+
+
+@triton.jit
+def late_tile(
+    late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr
+):  # fmt: skip
+    """The late state's [D, E] tile of head i_bh, decayed to segment i_s (see late_state)."""
+    offs = rows * E + cols
+    extra = tl.load(late + i_bh.to(tl.int64) * D * E + offs, mask=(rows < D) & (cols < E), other=0.0)
+    if G_MODE != 0:
+        seg = tl.arange(0, NSEG_P2)
+        between = (seg > i_s) & (seg < NSEG) if REVERSE else seg < i_s
+        extra *= tl.exp2(tl.sum(tl.load(A + i_bh * NSEG + seg, mask=between, other=0.0), 0))
+    return extra
