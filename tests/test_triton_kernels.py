@@ -243,3 +243,13 @@ def test_kernels_for_routes_only_cuda_16_and_32_bit_to_triton():
     if torch.cuda.is_available():
         assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.bfloat16)) is tk
         assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.float64)) is chunked
+
+
+def test_kernel_that_adds_in_place_is_not_autotuned():
+    """Autotuning runs a kernel several times on the real arguments: one that adds into its output
+    (o += the late state's share) would add several times on the first call of each shape, on GPUs
+    only (the interpreter never tunes)."""
+    from triton.runtime.autotuner import Autotuner
+
+    assert not isinstance(tk_fwd._late_out_kernel, Autotuner)
+    assert isinstance(tk_fwd._out_kernel, Autotuner)  # the check can tell the two apart

@@ -74,8 +74,7 @@ def _out_kernel(
         state += tl.dot(kw, vt, input_precision=PREC)
 
 
-@autotune([config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
-@triton.jit
+@triton.jit  # not autotuned: tuning reruns a kernel, and this one adds into o in place
 def _late_out_kernel(
     q, g, late, A, o, scale, T, H, D, E, NSUB, NSEG,
     G_MODE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
@@ -143,5 +142,8 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     s_late = late() if late is not None and late_after_output else None
     if s_late is not None:
         s_late, s_out = add_late_at_end(s_out, s_late, A)
-        _late_out_kernel[grid](q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, **common)
+        BV = min(block(E), 64)  # memory-bound: q and o stream through once per E tile
+        _late_out_kernel[(triton.cdiv(E, BV), nseg, B * H)](
+            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, BV=BV, num_warps=4, **common
+        )
     return o, s_out
