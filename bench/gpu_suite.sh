@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One device call that checks and times lasp_fx on a 4-GPU machine, all logs in one file ($OUT/suite.log;
+# the device tool brings back at most 8 files). From the repository root, with the wheels in .whl/:
+#   run(kind="nvidia-h100-x4", carry=[".whl"], command="bash bench/gpu_suite.sh")
+#   run(kind="nvidia-h100-x4", carry=[".whl"], command="PARTS='check sp4' bash bench/gpu_suite.sh")
+# Parts (in this order; each has its own time limit, ~450 s in all):
+#   check  bench/check_op_gpu.py --quick: the kernels against float64 on one GPU (~75 s)
+#   op     bench/op.py, lasp_fx alone on GPU 0 at 32K and 128K, every decay form, with a profile (~150 s)
+#   sp4    bench/sp.py on 4 GPUs: the LASP check (autotuning off, to fit), then timings at 32K/GPU (~150 s)
+#   sp2    bench/sp.py on GPUs 0,1: timings at 32K/GPU (~80 s)
+# SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
+set -o pipefail
+PARTS=${PARTS:-check op sp4 sp2}
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
+LOG="$OUT/suite.log"
+NOISE='^W1\|OMP_NUM\|\*\*\*\*\|UserWarning\|return \|Variable._exec\|Guessing'
+IMPLS=${SP_IMPLS:+--impls $SP_IMPLS}
+{ date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
+for part in $PARTS; do
+  echo "=== $part" >> "$LOG"
+  case $part in
+    check) CUDA_VISIBLE_DEVICES=0 timeout 110 python3 bench/check_op_gpu.py --quick --json "$OUT/check.json" ;;
+    op) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/op.py --ts 32768,131072 --big "" --impls lasp_fx \
+          --profile 32768 --json "$OUT/op.json" ;;
+    sp4) LASP_FX_AUTOTUNE=0 timeout 100 torchrun --standalone --nproc-per-node=4 bench/sp.py --check-only --reps 3 \
+           --json "$OUT/sp4_check.json"
+         timeout 130 torchrun --standalone --nproc-per-node=4 bench/sp.py --tlocal 32768 --skip-check --reps 10 \
+           $IMPLS --json "$OUT/sp4.json" ;;
+    sp2) CUDA_VISIBLE_DEVICES=0,1 timeout 100 torchrun --standalone --nproc-per-node=2 bench/sp.py --tlocal 32768 \
+           --skip-check --reps 10 $IMPLS --json "$OUT/sp2.json" ;;
+    *) echo "unknown part $part" ;;
+  esac 2>&1 | grep -v "$NOISE" >> "$LOG"
+done
+grep "ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"
