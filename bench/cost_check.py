@@ -39,8 +39,9 @@ def _whole_op(path: str, d: dict) -> None:
             continue
         faster = min(times, key=times.get)
         pick = estimate(row["P"], STATE_BYTES, "cuda").method
+        verdict = "agrees" if pick == faster else "DIFFERS"
         print(f"{path}: P={row['P']} T/GPU={row['T_local']} fwd+bwd ring {times['ring']:.2f} ms, allgather "
-              f"{times['allgather']:.2f} ms: faster {faster}, auto picks {pick} ({'agrees' if pick == faster else 'DIFFERS'})")
+              f"{times['allgather']:.2f} ms: faster {faster}, auto picks {pick} ({verdict})")
 
 
 def main():

@@ -11,8 +11,8 @@ no per-token gate). Each timing: barrier, CUDA events around one call, median of
 ranks (the method of shared/anchors/anchors_ngpu.py); "loop" is the same fwd+bwd run back to
 back, reps in a row after one barrier (a training loop, where host work hides behind the GPU);
 "host" is the host's time per fwd+bwd while the GPU is kept busy (Python, dispatch, launches).
-Before timing, every path is checked against the single-device op on the whole sequence (fp32 at odd sizes against float64, and
-bf16 at the real shape against one GPU running all P*T tokens).
+Before timing, every path is checked against the single-device op on the whole sequence (fp32 at
+odd sizes against float64, and bf16 at the real shape against one GPU running all P*T tokens).
 
 Floors per rank (T tokens, H heads, D = E): the local op moves the same bytes as one GPU on T
 tokens; LASP adds one fp32 state (H*D*E*4 = 1 MiB) per direction per hop, and folding the late

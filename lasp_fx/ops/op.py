@@ -104,7 +104,9 @@ def _backward(ctx, do, d_final_state, gradients=torch.ops.lasp_fx.linear_attenti
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    dq, dk, dv, dlog_decay, ds_in = gradients(do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale, decay_grad)
+    dq, dk, dv, dlog_decay, ds_in = gradients(
+        do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale, decay_grad
+    )
     return (
         dq,
         dk,

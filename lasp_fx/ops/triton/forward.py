@@ -20,8 +20,8 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_precision, late_state, late_tile,
-    load_cols, load_rows, segment_chunks,
+    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_precision, late_state,
+    late_tile, load_cols, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states
@@ -132,7 +132,9 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
         s_late, s_out = add_late_at_end(s_out, s_late, A)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
-    common = dict(G_MODE=g_mode, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D))
+    common = dict(
+        G_MODE=g_mode, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D)
+    )
     gp, Ap = S if g is None else g, S if A is None else A
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     _out_kernel[grid](
