@@ -48,7 +48,7 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import kernels_for, linear_attention, runs_eagerly
+from lasp_fx.ops.op import kernels_for, runs_eagerly, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -244,7 +244,7 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
         raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
     pg = resolve_group(group)
     if pg.size() == 1:
-        return linear_attention(q, k, v, log_decay, initial_state=initial_state, scale=scale, output_final_state=True)
+        return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
     if runs_eagerly(q, k, v, log_decay, initial_state):
         return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check)
     o, final_state, _ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check)

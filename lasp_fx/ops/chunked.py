@@ -3,8 +3,8 @@
 Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
 local work before any state arrives from another rank (DESIGN.md section 2):
 
-    fwd(q, k, v, g, scale, s_in, state_hook)              -> o, s_out
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad)  -> dq, dk, dv, dG, ds_in
+    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output)       -> o, s_out
+    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad) -> dq, dk, dv, dG, ds_in
 
 `state_hook(local_state)` is called once the slice's own state (forward: the final state from
 the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is

@@ -132,6 +132,12 @@ class _EagerLinearAttention(torch.autograd.Function):
         return _backward(ctx, do, d_final_state, gradients=_gradients)
 
 
+def single_device(q, k, v, log_decay, initial_state, scale: float):
+    """(o, final_state) on already-checked arguments: the autograd.Function eagerly, the custom op when traced."""
+    op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state) else _traced_op
+    return op(q, k, v, log_decay, initial_state, scale)
+
+
 def runs_eagerly(*tensors) -> bool:
     """Plain tensors, no compiler, export or dispatch mode tracing: the op may skip its custom-op wrapper.
 
@@ -198,8 +204,7 @@ def linear_attention(
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
     if group is None:
-        op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state) else _traced_op
-        o, final_state = op(q, k, v, log_decay, initial_state, scale)
+        o, final_state = single_device(q, k, v, log_decay, initial_state, scale)
     else:  # imported here: lasp_fx.distributed builds on this module
         from lasp_fx.distributed.lasp import sequence_parallel_attention
 

@@ -1,7 +1,7 @@
 """Triton kernels for the op on CUDA: the two primitives of `chunked.py`, same signatures and semantics.
 
-    fwd(q, k, v, g, scale, s_in=None, state_hook=None)                 -> (o, s_out)
-    bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None) -> (dq, dk, dv, dG, ds_in)
+    fwd(q, k, v, g, scale, s_in=None, state_hook=None, late_after_output=False)          -> (o, s_out)
+    bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None, decay_grad=True) -> (dq, dk, dv, dG, ds_in)
 
 fwd and bwd run a state pass first (states.py), call `state_hook`, then the output / gradient
 kernels; a late state the hook hands back (LASP: the state from the ranks before, the gradient
