@@ -24,7 +24,7 @@ import lasp_fx  # noqa: E402
 from lasp_fx.ops import chunked  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
-from lasp_fx.ops.triton import backward, forward, states  # noqa: E402
+from lasp_fx.ops.triton import backward, forward, launch, states  # noqa: E402
 from lasp_fx.testing.numerics import random_inputs, rel_rms  # noqa: E402
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
@@ -125,12 +125,39 @@ def check_every_config(decay, seed):
             for kern, configs in zip(KERNELS, originals):
                 kern.configs = [configs[i % len(configs)]]
                 kern.cache.clear()
+            launch.forget(kern)
             ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed + i)
             ROWS[-1]["case"] += f" config#{i}"
     finally:
         for kern, configs in zip(KERNELS, originals):
             kern.configs = configs
             kern.cache.clear()
+            launch.forget(kern)
+    return ok
+
+
+def check_fast_launch(decay, seed):
+    """launch.launch's direct path (calls after the first) gives bit for bit what Triton's own path gives."""
+    B, T, H, Hk, D, E = SHAPES["B2_T4133_H16_Hk4_D128_E128"]
+    gen = torch.Generator().manual_seed(seed)
+    a = random_inputs(B, T, H, D, E, kv_heads=Hk, decay=decay, initial_state=True, generator=gen)
+    a = {n: x.double().cuda() for n, x in a.items()}
+    do = torch.randn(B, T, H, E, generator=gen).double().cuda()
+    ds = torch.randn(B, H, D, E, generator=gen, dtype=torch.float64).cuda()
+    enabled, runs = launch.ENABLED, []
+    try:
+        for fast in (False, True, True):  # Triton's path, then the first and the second call through launch
+            launch.ENABLED = fast
+            _poison()
+            runs.append(_run(a, do, ds, torch.bfloat16))
+    finally:
+        launch.ENABLED = enabled
+    hits = sum(1 for key in launch._cache if key[0] in KERNELS)
+    same = {n: float(all(torch.equal(r[n], runs[0][n]) for r in runs[1:])) for n in runs[0] if runs[0][n] is not None}
+    ok = all(same.values()) and hits > 0
+    ROWS.append({"case": f"fast launch {decay}", "ok": ok, "identical": same, "cached signatures": hits})
+    print(f"{'ok  ' if ok else 'FAIL'} {'fast launch ' + decay + ' bf16 (bitwise vs Triton path)':58s} "
+          f"identical={sorted(n for n, v in same.items() if v)} cached={hits}", flush=True)
     return ok
 
 
@@ -151,6 +178,8 @@ def main():
         ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed=50, fixed_decay=True)
     for decay in ("none", "const", "gate") if args.quick else ("none", "const", "gate"):
         ok &= check_split(decay, "bf16", seed=100)
+    for decay in ("none", "gate"):
+        ok &= check_fast_launch(decay, seed=150)
     for decay in () if args.quick else ("none", "const", "gate"):
         ok &= check_every_config(decay, seed=200)
     print(f"{'ALL OK' if ok else 'FAILURES'}: {sum(r['ok'] for r in ROWS)}/{len(ROWS)} in {time.time() - t0:.0f} s")

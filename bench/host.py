@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/host.py                                 # the op, its primitives, one launch
     torchrun --nproc-per-node=2 bench/host.py                         # + LASP (ring, check=False)
     PYTHONPATH=. python bench/host.py --cprofile 25                   # + the top functions by own time
+    torchrun --nproc-per-node=2 bench/host.py --trace 25 --only LASP  # + torch.profiler's host table (all threads)
 
 Why: at 32K tokens the op's kernels take ~1.3-2.4 ms per fwd+bwd on an H200, and a host that
 needs as long to queue them sets the pace (bench/records/2026-11-28_fixed_decay/NOTES.md). A long
@@ -25,6 +26,7 @@ import torch.distributed as dist
 
 import lasp_fx
 from lasp_fx.ops.op import kernels_for
+from lasp_fx.ops.triton import launch
 
 B, H, D, T = 1, 16, 128, 4096
 
@@ -64,16 +66,53 @@ def _cases(dev, group):
 
         return run
 
+    def triton_path(fn):  # Triton's own launch path for every kernel (ops.triton.launch off)
+        def run():
+            launch.ENABLED = False
+            try:
+                fn()
+            finally:
+                launch.ENABLED = True
+
+        return run
+
+    def on_this_thread(fn):  # autograd runs a CUDA backward on its own device thread unless told not to
+        def run():
+            with torch.autograd.set_multithreading_enabled(False):
+                fn()
+
+        return run
+
+    class Nothing(torch.autograd.Function):  # autograd's own cost: three leaves in, one out, no work
+        @staticmethod
+        def forward(ctx, a, b, c):
+            return torch.empty_like(a)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad, grad, grad
+
     qd, kd, vd = (t.detach() for t in (q, k, v))
     bwd_op = torch.ops.lasp_fx.linear_attention_backward
     custom_op = torch.ops.lasp_fx.linear_attention
     cases = {
         "empty [B,T,H,D] (one allocation)": lambda: torch.empty_like(qd),
         "primitive fwd (3 launches)": lambda: kern.fwd(qd, kd, vd, g, scale),
+        "primitive fwd, Triton's launch path": triton_path(lambda: kern.fwd(qd, kd, vd, g, scale)),
         "primitive bwd (7 launches)": lambda: kern.bwd(qd, kd, vd, g, scale, do, decay_grad=False),
+        "primitive bwd, Triton's launch path": triton_path(
+            lambda: kern.bwd(qd, kd, vd, g, scale, do, decay_grad=False)
+        ),
+        "autograd.Function, no work, fwd+bwd": grads_cleared(lambda: Nothing.apply(q, k, v).backward(do)),
         "backward custom op, called": lambda: bwd_op(do, None, qd, kd, vd, g, None, scale, False),
         "op fwd": lambda: lasp_fx.linear_attention(q, k, v, g),
         "op fwd+bwd": grads_cleared(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)),
+        "op fwd+bwd, backward on this thread": grads_cleared(on_this_thread(
+            lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)
+        )),
+        "op fwd+bwd, Triton's launch path": grads_cleared(
+            triton_path(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do))
+        ),
         "op fwd+bwd via the custom op": grads_cleared(lambda: custom_op(q, k, v, g, None, scale)[0].backward(do)),
     }
     if group is not None:
@@ -83,6 +122,16 @@ def _cases(dev, group):
                 q, k, v, g, None, scale, group=group, method="ring", check=False
             )[0].backward(do)
         )
+        cases["LASP ring fwd+bwd, backward on this thread"] = grads_cleared(on_this_thread(
+            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
+                q, k, v, g, None, scale, group=group, method="ring", check=False
+            )[0].backward(do)
+        ))
+        cases["LASP ring fwd+bwd, Triton's launch path"] = grads_cleared(triton_path(
+            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
+                q, k, v, g, None, scale, group=group, method="ring", check=False
+            )[0].backward(do)
+        ))
         cases["LASP ring fwd+bwd via the custom op"] = grads_cleared(
             lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False)[0].backward(do)
         )
@@ -132,11 +181,27 @@ def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
     }
 
 
+def _trace(fn, reps: int, rows: int, say) -> None:
+    """torch.profiler over `reps` calls with the GPU kept busy: host ops and CUDA API calls by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(1e9))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+    torch.cuda.synchronize()
+    say(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--cprofile", type=int, default=0, help="print this many functions by own time per case")
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime or cumulative")
+    ap.add_argument("--trace", type=int, default=0, help="print this many host ops (CUDA API calls included) by "
+                    "self time per fwd+bwd case, from torch.profiler: it sees the autograd thread, cProfile does not")
+    ap.add_argument("--only", default="", help="only the cases whose name contains this")
     args = ap.parse_args()
     group = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -147,6 +212,8 @@ def main():
     say = print if group is None or group.rank() == 0 else (lambda *a, **k: None)
     say(f"card {torch.cuda.get_device_name()}  torch {torch.__version__}  T={T}  host ms per call (median):")
     for name, fn in _cases(dev, group).items():
+        if args.only not in name:
+            continue
         if group is not None:
             dist.barrier()
         ms = host_ms(fn, args.reps)
@@ -161,6 +228,8 @@ def main():
             torch.cuda.synchronize()
             if group is None or group.rank() == 0:
                 pstats.Stats(prof).sort_stats(args.sort).print_stats(args.cprofile)
+        if args.trace and "fwd+bwd" in name:
+            _trace(fn, args.reps, args.trace, say)
     if group is not None:
         dist.destroy_process_group()
 

@@ -26,6 +26,7 @@ from lasp_fx.ops.triton.common import (
     late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
+from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
@@ -216,9 +217,10 @@ def bwd(
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if dg else dq
     gp = dq if g is None else g
     common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK)
-    _dq_kernel[(n_k, nseg, B * H)](
-        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **common
-    )
+    launch(
+        _dq_kernel, (n_k, nseg, B * H),
+        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **common,
+    )  # fmt: skip
 
     ds_late = None if late is None else late()
     if ds_late is not None:
@@ -229,11 +231,13 @@ def bwd(
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
     dGk = torch.empty_like(dGq) if dg else dq
-    _dk_kernel[(n_k, nseg, B * H)](
-        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **fold
-    )
+    launch(
+        _dk_kernel, (n_k, nseg, B * H),
+        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **fold,
+    )  # fmt: skip
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
-    _dv_kernel[grid](q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D), **fold)
+    launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),
+           **fold)
     if group > 1:
         dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)

@@ -24,6 +24,7 @@ from lasp_fx.ops.triton.common import (
     late_tile, load_cols, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
+from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states
 
 
@@ -137,7 +138,8 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     )
     gp, Ap = S if g is None else g, S if A is None else A
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
-    _out_kernel[grid](
+    launch(
+        _out_kernel, grid,
         q, k, v, gp, S, S if s_late is None else s_late, Ap, o, scale, T, H, HK, HS, D, E, nsub, nseg,
         HAS_LATE=s_late is not None, **common,
     )  # fmt: skip
@@ -145,7 +147,8 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     if s_late is not None:
         s_late, s_out = add_late_at_end(s_out, s_late, A)
         BV = min(block(E), 64)  # memory-bound: q and o stream through once per E tile
-        _late_out_kernel[(triton.cdiv(E, BV), nseg, B * H)](
-            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, BV=BV, num_warps=4, **common
-        )
+        launch(
+            _late_out_kernel, (triton.cdiv(E, BV), nseg, B * H),
+            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, BV=BV, num_warps=4, **common,
+        )  # fmt: skip
     return o, s_out

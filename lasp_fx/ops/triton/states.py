@@ -21,6 +21,7 @@ import triton.language as tl
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
+from lasp_fx.ops.triton.launch import launch
 
 
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)], key=["DX", "DY", "G_MODE", "NSUB"])
@@ -125,7 +126,8 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     U = torch.empty(B, heads, nseg, DX, DY, device=x.device, dtype=torch.float32)
     A = torch.empty(B, heads, nseg, device=x.device, dtype=torch.float32) if g_mode else U
     grid = lambda META: (triton.cdiv(DX, META["BX"]) * triton.cdiv(DY, META["BY"]), nseg, B * heads)  # noqa: E731
-    _local_kernel[grid](
+    launch(
+        _local_kernel, grid,
         x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
         G_MODE=g_mode, TO_END=not reverse, SPLIT=split, PREC=dot_precision(x.dtype), C=CHUNK,
     )  # fmt: skip
@@ -133,7 +135,8 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     end = torch.empty(B, heads, DX, DY, device=x.device, dtype=torch.float32)
     init = None if s0 is None else s0.float().contiguous()
     BLOCK = 1024 if INTERPRET else 128  # the interpreter runs programs one by one in Python: fewer, bigger
-    _scan_kernel[(triton.cdiv(DX * DY, BLOCK), B * heads)](
+    launch(
+        _scan_kernel, (triton.cdiv(DX * DY, BLOCK), B * heads),
         U, A, U if init is None else init, S, end, nseg, DX * DY,
         HAS_INIT=init is not None, HAS_DECAY=g_mode != 0, REVERSE=reverse, SB=16, BLOCK=BLOCK, num_warps=4,
     )  # fmt: skip
