@@ -14,6 +14,7 @@ registers. Bigger segments move fewer state bytes, smaller ones give more progra
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -104,15 +105,17 @@ def _sm_count(device_index: int) -> int:
 
 
 def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
-    """Chunks per segment: a power of two up to 32, as long as segments x heads still cover every SM.
+    """Chunks per segment: the power of two (1 to 32) nearest to one segment-head per SM.
 
-    Longer segments won at every length measured (bench/segments.py, H100, B=1, H=16, 32K
-    tokens, const decay, fwd+bwd ms): 4 -> 2.25, 8 -> 1.90, 16 -> 1.72, 32 -> 1.61; the gate
-    likewise (2.77 ... 2.07). The kernels' E tiles double the programs again.
+    Measured (bench/segments.py, H100, B=1, H=16, const decay, fwd+bwd ms; records
+    2026-11-28_launch): 8K tokens, nsub 4 / 8 / 16 / 32 -> 0.67 / 0.57 / 0.50 / 0.67 (16: 128
+    segment-heads on 132 SMs); 32K, nsub 4 / 8 / 16 / 32 -> 2.25 / 1.90 / 1.72 / 1.61 (32, the
+    cap, is the longest measured). Fewer, longer segments win until the GPU runs short of
+    programs: each program starts by loading its D x E state and then walks its chunks in order.
     """
     sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
-    n_seg = -(-sms // bh)
-    return 1 << max(0, min(5, (n_chunks // n_seg).bit_length() - 1))
+    per_sm = max(1.0, n_chunks * bh / sms)
+    return 1 << min(5, round(math.log2(per_sm)))
 
 
 @triton.jit
