@@ -8,6 +8,9 @@
 #   op     bench/op.py, lasp_fx alone on GPU 0 at 32K and 128K, every decay form, with a profile (~150 s)
 #   sp4    bench/sp.py on 4 GPUs: the LASP check (autotuning off, to fit), then timings at 32K/GPU (~150 s)
 #   sp2    bench/sp.py on GPUs 0,1: timings at 32K/GPU (~80 s)
+#   fla    bench/op.py, lasp_fx and fla at 32K and 128K, const and gate (fla's first 128K call tunes for minutes)
+#   seg    bench/segments.py: chunks per segment against speed at 8K, 32K, 128K (~150 s)
+#   host   bench/host.py on GPUs 0,1: host time per call, launch paths, autograd's thread (~60 s)
 # SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
 set -o pipefail
 PARTS=${PARTS:-check op sp4 sp2}
@@ -29,7 +32,11 @@ for part in $PARTS; do
            $IMPLS --json "$OUT/sp4.json" ;;
     sp2) CUDA_VISIBLE_DEVICES=0,1 timeout 100 torchrun --standalone --nproc-per-node=2 bench/sp.py --tlocal 32768 \
            --skip-check --reps 10 $IMPLS --json "$OUT/sp2.json" ;;
+    fla) CUDA_VISIBLE_DEVICES=0 timeout 400 python3 bench/op.py --ts 32768,131072 --big "" --impls lasp_fx,fla \
+           --decays const,gate --json "$OUT/op_fla.json" ;;
+    seg) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/segments.py --ts 8192,32768,131072 --decays const,gate ;;
+    host) CUDA_VISIBLE_DEVICES=0,1 timeout 120 torchrun --standalone --nproc-per-node=2 bench/host.py ;;
     *) echo "unknown part $part" ;;
   esac 2>&1 | grep -v "$NOISE" >> "$LOG"
 done
-grep "ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"
+grep "ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"

@@ -95,6 +95,7 @@ def _cases(dev, group):
     qd, kd, vd = (t.detach() for t in (q, k, v))
     bwd_op = torch.ops.lasp_fx.linear_attention_backward
     custom_op = torch.ops.lasp_fx.linear_attention
+    op_step = lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)  # noqa: E731
     cases = {
         "empty [B,T,H,D] (one allocation)": lambda: torch.empty_like(qd),
         "primitive fwd (3 launches)": lambda: kern.fwd(qd, kd, vd, g, scale),
@@ -106,32 +107,21 @@ def _cases(dev, group):
         "autograd.Function, no work, fwd+bwd": grads_cleared(lambda: Nothing.apply(q, k, v).backward(do)),
         "backward custom op, called": lambda: bwd_op(do, None, qd, kd, vd, g, None, scale, False),
         "op fwd": lambda: lasp_fx.linear_attention(q, k, v, g),
-        "op fwd+bwd": grads_cleared(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)),
-        "op fwd+bwd, backward on this thread": grads_cleared(on_this_thread(
-            lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)
-        )),
-        "op fwd+bwd, Triton's launch path": grads_cleared(
-            triton_path(lambda: lasp_fx.linear_attention(q, k, v, g).backward(do))
-        ),
+        "op fwd+bwd": grads_cleared(op_step),
+        "op fwd+bwd, backward on this thread": grads_cleared(on_this_thread(op_step)),
+        "op fwd+bwd, Triton's launch path": grads_cleared(triton_path(op_step)),
         "op fwd+bwd via the custom op": grads_cleared(lambda: custom_op(q, k, v, g, None, scale)[0].backward(do)),
     }
     if group is not None:
         sp_op = torch.ops.lasp_fx.sp_linear_attention
-        cases["LASP ring fwd+bwd (check=False)"] = grads_cleared(
-            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
+        def lasp_step():
+            lasp_fx.distributed.lasp.sequence_parallel_attention(
                 q, k, v, g, None, scale, group=group, method="ring", check=False
             )[0].backward(do)
-        )
-        cases["LASP ring fwd+bwd, backward on this thread"] = grads_cleared(on_this_thread(
-            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
-                q, k, v, g, None, scale, group=group, method="ring", check=False
-            )[0].backward(do)
-        ))
-        cases["LASP ring fwd+bwd, Triton's launch path"] = grads_cleared(triton_path(
-            lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
-                q, k, v, g, None, scale, group=group, method="ring", check=False
-            )[0].backward(do)
-        ))
+
+        cases["LASP ring fwd+bwd (check=False)"] = grads_cleared(lasp_step)
+        cases["LASP ring fwd+bwd, backward on this thread"] = grads_cleared(on_this_thread(lasp_step))
+        cases["LASP ring fwd+bwd, Triton's launch path"] = grads_cleared(triton_path(lasp_step))
         cases["LASP ring fwd+bwd via the custom op"] = grads_cleared(
             lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False)[0].backward(do)
         )

@@ -43,11 +43,11 @@ class _Compiled:
         self.kernel, self.meta, self.tail = kernel, meta, tail
 
 
-_cache: dict = {}  # (kernel, signature) -> _Compiled; a cache of compiled objects, like Triton's own
+_cache: dict = {}  # (kernel, device, signature) -> _Compiled: a cache of compiled objects, like Triton's own
 
 
 def signature(args: tuple, constexprs: dict) -> tuple:
-    """The call's specialization key (with the device): tensors by (dtype, 16-byte aligned), the rest by value."""
+    """The call's specialization key: tensors by (dtype, 16-byte aligned), everything else by type and value."""
     return (
         # by type too: True == 1, yet Triton compiles a bool and an int apart
         tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else (a.__class__, a) for a in args),
@@ -99,7 +99,12 @@ def _first_call(kernel, key, grid, args, constexprs):
         jit = jit.fn
     meta = dict(constexprs)
     if isinstance(kernel, Autotuner):
-        meta.update(kernel.best_config.all_kwargs())
+        # The config this call ran: Triton keeps it on the autotuner (as it keeps the call's
+        # arguments there, so one autotuned kernel is not for two threads at once in Triton either).
+        config = kernel.best_config
+        if config.pre_hook is not None:
+            return compiled  # a hook that must run before every launch: Triton's path runs it
+        meta.update(config.all_kwargs())
     params = jit.params
     if len(args) > len(params) or any(p.is_constexpr for p in params[: len(args)]):
         return compiled  # not the calling convention above: keep Triton's path for it (no entry)
