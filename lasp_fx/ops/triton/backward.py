@@ -5,7 +5,8 @@ and dS (gradient of the state after it):
     dq = scale * [dP K + exp(b) * dO S^T]
     dk = scale * dP^T Q + exp(A - b) * V dS^T          (per query head; summed over a GQA group)
     dv = scale * P^T dO + exp(A - b) * K dS
-    dG = q . dq - k . dk                                (per query head, the decay identity)
+    dG = q . dq - k . dk                                (per query head, the decay identity;
+                                                        intra-chunk parts: row and column sums of one matrix)
 Every transposed operand is either loaded transposed or computed as its own product (dP^T as
 V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton
 3.4-3.7.0 miscompiles on Hopper when the result feeds another dot.
@@ -72,12 +73,15 @@ def _dq_kernel(
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + inter) * scale
         tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
         if DG:
-            # q . dq with the intra-chunk part summed from fp32 scores (this D tile's share), not
-            # from the 16-bit copy of dP * M that fed the dot: the decay gradient sums these
-            # over the sequence with heavy cancellation.
+            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
+            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
+            # from the 16-bit copy of dP * M that fed the dot: the decay gradient sums them over
+            # the sequence with heavy cancellation. Both sums are taken here, so the dk kernel
+            # adds only its inter-chunk part (no second score product there).
             qt = load_rows(q_base, t, valid, H * D, rk, D)
             s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-            dg = tl.sum(dp * m * s, 1) + tl.sum(qt.to(tl.float32) * inter, 1)
+            w = dp * m * s
+            dg = tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
             tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
         if G_MODE != 0:
@@ -125,10 +129,9 @@ def _dk_kernel(
             qw = qt * tl.exp2(bc)[:, None]
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + inter
         tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
-        if DG:  # k . dk, intra-chunk part from fp32 scores as in the dq kernel
+        if DG:  # k . dk through the state; its intra-chunk part is in the dq kernel's dG (column sums)
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
-            st = tl.dot(kt, load_cols(q_base, t, valid, H * D, rk, D), input_precision=PREC)  # k_j . q_i
-            dg = tl.sum(dpt * mt * st, 1) * scale + tl.sum(kt.to(tl.float32) * inter, 1)
+            dg = tl.sum(kt.to(tl.float32) * inter, 1)
             n_k = tl.cdiv(D, BK)
             tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg, mask=valid)
         if G_MODE != 0:
@@ -202,8 +205,9 @@ def bwd(
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
     # dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry decay-weighted
     # operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk. A fixed decay
-    # needs neither: at 32K (H200) that is ~0.11 ms per dq / dk kernel for the split plus the
-    # second q.k product and a [T, H, D/BK] float32 store for dG in each.
+    # needs neither: at 32K (H200) that was ~0.11 ms per dq / dk kernel for the split, a second
+    # q.k product and a [T, H, D/BK] float32 store for dG in each (the dk kernel's q.k product
+    # has since moved into the dq kernel's, as column sums: not yet timed on a GPU).
     dg = g_mode != 0 and decay_grad
     split = dg and q.dtype != torch.float32
     S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
