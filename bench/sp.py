@@ -256,9 +256,11 @@ def _components(x, dev, reps) -> dict:
     def late(local):
         return lambda: s
 
+    decay_grad = x["g"] is not None and x["g"].requires_grad  # as LASP decides: no dG for a decay buffer
+
     def step(hook):
         kern.fwd(q, k, v, g, D**-0.5, None, state_hook=hook)
-        kern.bwd(q, k, v, g, D**-0.5, do, s, None, state_hook=hook)
+        kern.bwd(q, k, v, g, D**-0.5, do, s, None, state_hook=hook, decay_grad=decay_grad)
 
     return {
         "plain_fwdbwd_ms": _time(lambda: step(None), dev, 3, reps),
