@@ -16,6 +16,7 @@ more pass over q and o, ~0.1 ms at 32K tokens on an H200), the backward its dq k
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -58,11 +59,36 @@ def _gather(x: Tensor, log_decay, group) -> Callable[[], tuple]:
     return gathered
 
 
+@functools.lru_cache(maxsize=256)
+def _paths(P: int, rank: int, forward: bool, device: torch.device) -> Tensor:
+    """[n, P] bool: row j marks the slices i the state from rank j crosses before `rank`'s slice.
+
+    Forward (j < rank): j < i < rank; backward (j > rank): rank < i < j. A constant of (P, rank).
+    """
+    js = range(rank) if forward else range(rank + 1, P)
+    rows = [[min(j, rank) < i < max(j, rank) for i in range(P)] for j in js]
+    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(len(js), P)
+
+
+def _crossed(decays: Tensor, rank: int, forward: bool) -> Tensor:
+    """log w_j: the total log-decay of the slices each gathered state crosses on its way, [n, B, H].
+
+    Sums of the A_i themselves (selected, not multiplied, so a -inf stays a -inf), never differences.
+    One select and one sum, where a flip / cumsum / flip / cat took five launches.
+    """
+    paths = _paths(decays.shape[0], rank, forward, decays.device)
+    return torch.where(paths[:, :, None, None], decays, 0.0).sum(1)
+
+
 def _weighted_sum(log_w, xs: Tensor) -> Tensor:
-    """sum_j exp(log_w_j) xs_j over the leading dim; plain sum without decay."""
+    """sum_j exp(log_w_j) xs_j over the leading dim; plain sum without decay.
+
+    Elementwise, not an einsum: that lowers to a batched matmul, which runs in TF32 wherever a
+    training script allows it for float32 matmuls, and would round the states the ring keeps exact.
+    """
     if log_w is None:
         return xs.sum(0)
-    return torch.einsum("pbh,pbhde->bhde", torch.exp(log_w), xs)
+    return (torch.exp(log_w)[..., None, None] * xs).sum(0)
 
 
 def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], tuple]:
@@ -78,10 +104,7 @@ def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], 
         states, decays = gathered()
         s_in, s_out = None, s_loc
         if rank > 0:
-            log_w = None
-            if decays is not None:  # w_j = exp(A_{j+1} + ... + A_{r-1}): a reverse cumsum, 0 for j = r-1
-                tail = torch.flip(torch.cumsum(torch.flip(decays[1:rank], [0]), 0), [0])
-                log_w = torch.cat([tail, torch.zeros_like(decays[:1])])
+            log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}
             s_in = _weighted_sum(log_w, states[:rank])
             s_out = step(s_in, log_decay, s_loc)
         return s_in, s_out
@@ -104,10 +127,7 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Ca
         grads, decays = gathered()
         ds_out, ds_in = d_final, n
         if rank < P - 1:
-            log_w = None
-            if decays is not None:  # w_j = exp(A_{r+1} + ... + A_{j-1}): a cumsum, 0 for j = r+1
-                head = torch.cumsum(decays[rank + 1 : P - 1], 0)
-                log_w = torch.cat([torch.zeros_like(decays[:1]), head])
+            log_w = None if decays is None else _crossed(decays, rank, forward=False)  # A_{r+1} + ... + A_{j-1}
             m_next = _weighted_sum(log_w, grads[rank + 1 :])
             ds_out = m_next if d_final is None else m_next + d_final
             ds_in = step(m_next, log_decay, n)
