@@ -26,7 +26,7 @@ taking the P = 4 all-gather point at face value instead would predict the ring. 
 decides (issue 8).
 
 Not modelled yet: the all-gather's collectives now run alongside the output kernel (forward,
-which then adds the late state in one more pass over q and o, ~0.1 ms at 32K tokens) and the dq
+which then adds the late state in one more pass over q and o, tens of us at 32K tokens) and the dq
 kernel (backward), while the ring's chain stays exposed in both directions (less one hop in the
 backward). That favours the all-gather beyond what these exchange-alone numbers say; whole-op
 timings at P = 2, 3 and 4 after this change (not yet run) should set the crossover.

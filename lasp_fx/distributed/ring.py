@@ -6,7 +6,8 @@ Rank 0's local state already contains the initial state, so it only sends. Backw
 same chain in reverse on M_r = dL/dX_{r-1} (the gradient rank r sends back):
     recv M_{r+1} from r+1;  ds_out_r = d_final_r + M_{r+1};  M_r = ds_loc_r + exp(A_r) ds_out_r;  send M_r to r-1.
 Every rank does its state pass before it waits, so the chain carries only the combination step:
-(P - 1) x (latency + 1 axpy); in the backward it runs after the dq kernel, which hides it.
+(P - 1) x (latency + 1 axpy). In the backward it is queued after each rank's dq kernel, so it runs
+exposed after them, less its first hop (combine.py).
 """
 
 from __future__ import annotations
