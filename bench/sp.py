@@ -44,6 +44,8 @@ from lasp_fx.testing.numerics import rel_rms  # noqa: E402
 from ulysses import ulysses_attention  # noqa: E402
 
 B, H, D = 1, 16, 128
+# The paths timed as CUDA graphs too (the baselines are not: the original LASP package syncs the host).
+GRAPHED = ("single-GPU", "ring", "allgather", "ring-nocheck", "allgather-nocheck")
 SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])
 
 
@@ -94,6 +96,27 @@ def _time_stream(fn, dev, rep: int) -> float:
     t = torch.tensor([s.elapsed_time(e) / rep], device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
+
+
+def _time_graph(fn, dev, rep: int) -> float:
+    """Median ms of one replay of `fn` captured in a CUDA graph (each replay started together on all
+    ranks), max over ranks: the device's time with no host work in the way (NCCL's send / recv and
+    all-gather are captured too). What a training step run as a graph (torch.compile's
+    "reduce-overhead", make_graphed_callables) would see."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph asks
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    _sync(dev)
+    dist.barrier()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    t = _time(graph.replay, dev, 3, rep)
+    del graph
+    return t
 
 
 def _host_time(fn, dev, rep: int) -> float:
@@ -291,6 +314,8 @@ def bench(dev, group, tlocals, reps, path, meta, only=None) -> list:
                 row[f"{name}_fwdbwd_ms"] = _time(step, dev, warm, rep)
                 row[f"{name}_stream_ms"] = _time_stream(step, dev, rep)
                 row[f"{name}_host_ms"] = _host_time(step, dev, rep)
+                if dev.type == "cuda" and name in GRAPHED:
+                    row[f"{name}_graph_ms"] = _time_graph(step, dev, rep)
             except Exception as ex:  # a baseline that fails is reported, not fatal
                 row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
             row[f"{name}_done_s"] = round(time.time() - meta["t0"], 1)  # where a slow run spends its time
@@ -317,7 +342,7 @@ def _print_row(row, impls):
           f"with a late state folded in {row['fold_fwdbwd_ms']:.3f} ms; host {row['plain_host_ms']:.3f} ms")
     stream_base = row.get("single-GPU_stream_ms")
     print(f"{'impl':18} {'fwd ms':>8} {'fwd+bwd':>8} {'vs 1 GPU':>9} {'x orig':>7} {'x ulysses':>9} "
-          f"{'loop ms':>8} {'vs 1 GPU':>9} {'host ms':>8}")
+          f"{'loop ms':>8} {'vs 1 GPU':>9} {'host ms':>8} {'graph ms':>8} {'vs 1 GPU':>9}")
     for name in impls:
         if f"{name}_error" in row:
             print(f"{name:18} error: {row[f'{name}_error']}")
@@ -328,8 +353,10 @@ def _print_row(row, impls):
         xu = f"{ref['ulysses'] / fb:9.2f}" if ref["ulysses"] else ""
         loop = row[f"{name}_stream_ms"]
         lover = f"{100 * (loop / stream_base - 1):+8.1f}%" if stream_base else ""
+        graph, graph_base = row.get(f"{name}_graph_ms"), row.get("single-GPU_graph_ms")
+        gcol = f"{graph:8.3f} {100 * (graph / graph_base - 1):+8.1f}%" if graph and graph_base else ""
         print(f"{name:18} {row[f'{name}_fwd_ms']:8.3f} {fb:8.3f} {over:>9} {xo:>7} {xu:>9} {loop:8.3f} {lover:>9} "
-              f"{row[f'{name}_host_ms']:8.3f}", flush=True)
+              f"{row[f'{name}_host_ms']:8.3f} {gcol}", flush=True)
 
 
 def profile(dev, group, T, method, out_dir):
