@@ -110,10 +110,13 @@ def test_segment_length_does_not_change_the_function(nsub):
     assert_close_rms(tk.log_decay_grad(dG, a["log_decay"]), ref_grad["log_decay"], 1e-4, "decay gradient")
 
 
+@pytest.mark.parametrize("block_chunks", [8, 2], ids=["blocks8", "blocks2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_late_state_added_after_the_output_matches_reference(decay, dtype):
-    """fwd(late_after_output=True): the output kernel runs first, then _late_out_kernel adds the late state."""
+def test_late_state_added_after_the_output_matches_reference(decay, dtype, block_chunks, monkeypatch):
+    """fwd(late_after_output=True): the output kernel runs first, then _late_out_kernel adds the late
+    state, in blocks of chunks that need not be the segments (2: blocks start mid-segment)."""
+    monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
     a, _, _, nsub = _inputs("wide_d" if dtype == torch.float32 else "gqa_odd", decay, True, dtype, seed=9)
     ref_o, ref_s, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], dtype=dtype), None)
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
@@ -121,6 +124,19 @@ def test_late_state_added_after_the_output_matches_reference(decay, dtype):
                       late_after_output=True)
     assert_close_rms(o, ref_o, 2 * TOL[dtype], "o with the late state added after")  # o is rounded twice
     assert_close_rms(s_out, ref_s, TOL[dtype], "final state with the late state")
+
+
+@pytest.mark.parametrize("block_chunks", [1, 3], ids=["blocks1", "blocks3"])
+@pytest.mark.parametrize("decay", ["const", "gate"])
+def test_late_output_blocks_inside_long_segments(decay, block_chunks, monkeypatch):
+    """Blocks of _late_out_kernel starting deep inside a 31-chunk segment: the gate's decay from the
+    segment's start to the block's is summed in pieces of 1024 tokens (two pieces for the last blocks)."""
+    monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
+    a, _, _, _ = _inputs("many_seg", decay, True, torch.float32, seed=12)
+    ref_o, _, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1]), None)
+    o, _ = tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, None, nsub=32,
+                  state_hook=lambda local: lambda: a["initial_state"], late_after_output=True)
+    assert_close_rms(o, ref_o, 2 * TOL[torch.float32], "o with the late state added in blocks")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
     CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_precision, late_state,
-    late_tile, load_cols, load_rows, segment_chunks,
+    load_cols, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
@@ -78,31 +78,56 @@ def _out_kernel(
 
 @triton.jit  # not autotuned: tuning reruns a kernel, and this one adds into o in place
 def _late_out_kernel(
-    q, g, late, A, o, scale, T, H, D, E, NSUB, NSEG,
+    q, g, late, A, o, scale, T, H, D, E, NSUB, NSEG, SUB,
     G_MODE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-    BV: tl.constexpr,
+    BV: tl.constexpr, BT: tl.constexpr,
 ):  # fmt: skip
-    """o += scale * exp(G_t) q_t X for a late state X [B*H, D, E] (G_t: log-decay from the slice's start)."""
-    i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """o += scale * exp(G_t) q_t X for a late state X [B*H, D, E] (G_t: log-decay from the slice's start).
+
+    One program per (E tile, block of SUB chunks, head). X itself is never decayed: each row of
+    q X is scaled by exp2 of its log2-decay from the slice's start, carried as one running scalar
+    from the block's start (A: the segments' log2-decays, plus the gate's tokens from the
+    segment's start to the block's). With X fixed, blocks need not be segments: short blocks
+    keep every SM busy where a segment per program walked 32 chunks in a row (191 us at 32K on
+    an H200, a load-latency chain, against ~15 us of bytes).
+    """
+    i_v, i_blk, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     rd = tl.arange(0, BD)
     re = i_v * BV + tl.arange(0, BV)
     rc = tl.arange(0, C)
     q_base = head_base(q, i_b, T, H, i_h, D)
     o_base = head_base(o, i_b, T, H, i_h, E)
-    state = late_tile(late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, False, NSEG_P2)
-    for c in range(0, NSUB):
-        t = (i_s * NSUB + c) * C + rc
+    x_ptr = late + i_bh.to(tl.int64) * D * E + rd[:, None] * E + re[None, :]
+    x = tl.load(x_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0).to(q.dtype.element_ty)
+    t0 = i_blk * SUB * C
+    if G_MODE == 1:
+        off = tl.load(g + i_h) * 1.4426950408889634 * t0
+    if G_MODE == 2:
+        i_s = t0 // (NSUB * C)
+        seg = tl.arange(0, NSEG_P2)
+        off = tl.sum(tl.load(A + i_bh * NSEG + seg, mask=seg < i_s, other=0.0), 0)
+        rt = tl.arange(0, BT)
+        for t_start in range(i_s * NSUB * C, t0, BT):  # the gate from the segment's start to the block's
+            t = t_start + rt
+            gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=t < t0, other=0.0)
+            off += tl.sum(gv, 0) * 1.4426950408889634
+    for c in range(0, SUB):
+        t = t0 + c * C + rc
         valid = t < T
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
-        inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV], as the output kernel's
+        inter = tl.dot(qt, x, input_precision=PREC)  # [C, BV], as the output kernel's
         if G_MODE != 0:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            inter = inter * tl.exp2(bc)[:, None]
-            state = state * tl.exp2(a)
+            inter = inter * tl.exp2(off + bc)[:, None]
+            off += a
         ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
         mask = valid[:, None] & (re[None, :] < E)
         tl.store(ptr, tl.load(ptr, mask=mask, other=0.0).to(tl.float32) + inter * scale, mask=mask)
+
+
+# Chunks per program of _late_out_kernel: 8 gives 2048 programs at 32K tokens, H = 16, E = 128.
+LATE_BLOCK_CHUNKS = 8
 
 
 def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False):
@@ -147,9 +172,12 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     s_late = late() if late is not None and late_after_output else None
     if s_late is not None:
         s_late, s_out = add_late_at_end(s_out, s_late, A)
-        BV = min(block(E), 64)  # memory-bound: q and o stream through once per E tile
+        # Memory-bound: q is read once per E tile, so take all of E where X's tile fits in registers.
+        BV = min(block(E), max(16, 16384 // block(D)))
+        sub = LATE_BLOCK_CHUNKS
         launch(
-            _late_out_kernel, (triton.cdiv(E, BV), nseg, B * H),
-            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, BV=BV, num_warps=4, **common,
+            _late_out_kernel, (triton.cdiv(E, BV), triton.cdiv(-(-T // CHUNK), sub), B * H),
+            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, sub, BV=BV, BT=1024,
+            num_warps=8 if BV * block(D) >= 128 * 128 else 4, **common,
         )  # fmt: skip
     return o, s_out
