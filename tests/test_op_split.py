@@ -86,3 +86,31 @@ def test_exclusive_cumsum(reverse):
         idx = range(n + 1, 7) if reverse else range(n)
         want = sum((a[:, m] for m in idx), torch.zeros(3, 2, dtype=torch.float64))
         assert_close_rms(got[:, n], want, 1e-14, f"position {n}")
+
+
+def _primitives():
+    from lasp_fx.ops import triton as tk
+
+    return [pytest.param(chunked, id="chunked"), pytest.param(tk, id="triton")]
+
+
+@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
+@pytest.mark.parametrize("prims", _primitives())
+def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
+    """A late callable giving (late state, far-end state) is taken at its word for the far end
+    (the exchange computed that sum to send it on): a marker end comes back as s_out / ds_in,
+    while o and the gradients still see the late state."""
+    q, k, v, g, s_in = (x.float() if x is not None else None for x in _inputs("gate", T=130))
+    marker = torch.randn_like(s_in)
+    kw = dict(chunk_size=32) if prims is chunked else dict(nsub=2)
+    o_full, _ = prims.fwd(q, k, v, g, SCALE, s_in, **kw)
+    o, s_out = prims.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: (s_in, marker),
+                         late_after_output=after_output, **kw)
+    assert_close_rms(o, o_full, 1e-5, "o")
+    assert torch.equal(s_out, marker), "final state is the pair's second half"
+    do = torch.randn(*q.shape[:3], v.shape[-1])
+    full = prims.bwd(q, k, v, g, SCALE, do, s_in, s_in, **kw)
+    *grads, ds_in = prims.bwd(q, k, v, g, SCALE, do, s_in, None, state_hook=lambda local: lambda: (s_in, marker), **kw)
+    for name, a, b in zip(["dq", "dk", "dv", "dG"], grads, full):
+        assert_close_rms(a, b, 1e-4, name)
+    assert torch.equal(ds_in, marker), "ds_in is the pair's second half"

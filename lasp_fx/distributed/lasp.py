@@ -86,8 +86,9 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
         finish = _EXCHANGES[method].begin_forward(s_loc, A, group, sends)
 
         def exchange():  # when fwd asks for the late state (the ring: at once; the all-gather: after the output)
-            got.append(finish())
-            return got[0][0]  # X_{r-1}, None on rank 0
+            s_in, s_end = finish()
+            got.append(s_in)
+            return None if s_in is None else (s_in, s_end)  # (X_{r-1}, X_r): fwd takes X_r as is
 
         return exchange
 
@@ -95,7 +96,7 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
     o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange,
                         late_after_output=method == "allgather")
     wait_all(sends)
-    return o, s_out, got[0][0] if rank > 0 else s0
+    return o, s_out, got[0] if rank > 0 else s0
 
 
 def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad):
@@ -109,7 +110,11 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
 
     def start_exchange(ds_loc):  # after the state passes: the all-gather (and the last ring link) start here
         finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
-        return lambda: finish()[0]  # when bwd asks for the late gradient (after dq): ds_out or None
+        def exchange():  # when bwd asks for the late gradient (after dq): (ds_out, M_r) or None
+            ds_out, ds_in = finish()
+            return None if ds_out is None else (ds_out, ds_in)
+
+        return exchange
 
     dq, dk, dv, dG, ds_in = kern.bwd(
         q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad

@@ -10,7 +10,8 @@ local work before any state arrives from another rank (DESIGN.md section 2):
 the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
 known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
 state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
-arriving on top of `ds_out`. The primitive calls it as late as it can (backward: after dq, which
+arriving on top of `ds_out`. The callable may also give a pair (late state, the far end's state
+with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The primitive calls it as late as it can (backward: after dq, which
 needs no ds_out) and folds the late state into its per-chunk states, which by linearity is the
 same as having passed it in: no extra pass over the tokens. The returned s_out / ds_in include it.
 
@@ -102,6 +103,11 @@ def exclusive_cumsum(a: Tensor, dim: int, reverse: bool = False) -> Tensor:
         return exclusive_cumsum(a.flip(dim), dim).flip(dim)
     head = torch.zeros_like(a.narrow(dim, 0, 1))
     return torch.cumsum(torch.cat([head, a.narrow(dim, 0, a.shape[dim] - 1)], dim), dim)
+
+
+def split_late(value) -> tuple:
+    """(late state or None, far-end state with it or None) from what a late callable gave."""
+    return value if isinstance(value, tuple) else (value, None)
 
 
 def await_late(state_hook, local_state: Tensor):
@@ -205,14 +211,16 @@ def fwd(
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, s_out)
-    s_late = None if late is None or late_after_output else late()
+    s_late, end = split_late(None if late is None or late_after_output else late())
     if s_late is not None:
         S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
+        s_out = s_out if end is None else end.to(c.dtype)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v) + c.inter(S_before)  # intra + states
-    s_late = late() if late is not None and late_after_output else None
+    s_late, end = split_late(late() if late is not None and late_after_output else None)
     if s_late is not None:  # the late state alone, decayed to each chunk
         S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
+        s_out = s_out if end is None else end.to(c.dtype)
         o = o + c.inter(S_late)
     return _unchunk_q(o, c.T).to(q.dtype), s_out
 
@@ -255,9 +263,10 @@ def bwd(
     dq_inter = do_c @ S_before.transpose(-1, -2)  # o += exp(b) q S_before
     dq = dq + (dq_inter if eb is None else dq_inter * eb)
 
-    ds_late = None if late is None else late()
+    ds_late, end = split_late(None if late is None else late())
     if ds_late is not None:  # everything below needs the complete state gradient
         dS_after, ds_in = c.fold_late(dS_after, ds_in, ds_late, reverse=True)
+        ds_in = ds_in if end is None else end.to(c.dtype)
         ds_out = ds_late if ds_out is None else ds_out.to(c.dtype) + ds_late.to(c.dtype)
     dk_h = dS.transpose(-1, -2) @ c.q  # per query head: the decay identity needs it
     P = (c.scores() * c.mask).reshape(rows)

@@ -28,7 +28,7 @@ from lasp_fx.ops.triton.common import (
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
-from lasp_fx.ops.triton.states import add_late_at_end, segment_states
+from lasp_fx.ops.triton.states import segment_states, with_late
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
@@ -226,9 +226,8 @@ def bwd(
         q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **common,
     )  # fmt: skip
 
-    ds_late = None if late is None else late()
+    ds_late, ds_in = with_late(ds_in, None if late is None else late(), A)
     if ds_late is not None:
-        ds_late, ds_in = add_late_at_end(ds_in, ds_late, A)
         ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
     fold = dict(HAS_LATE=ds_late is not None, NSEG_P2=triton.next_power_of_2(nseg), **common)
     late_args = (dS if ds_late is None else ds_late, dS if A is None else A)

@@ -26,7 +26,7 @@ from lasp_fx.ops.triton.common import (
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
-from lasp_fx.ops.triton.states import add_late_at_end, segment_states
+from lasp_fx.ops.triton.states import segment_states, with_late
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
@@ -154,9 +154,7 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     late = await_late(state_hook, s_out)
-    s_late = None if late is None or late_after_output else late()
-    if s_late is not None:
-        s_late, s_out = add_late_at_end(s_out, s_late, A)
+    s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
     common = dict(
@@ -169,9 +167,9 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
         q, k, v, gp, S, S if s_late is None else s_late, Ap, o, scale, T, H, HK, HS, D, E, nsub, nseg,
         HAS_LATE=s_late is not None, **common,
     )  # fmt: skip
-    s_late = late() if late is not None and late_after_output else None
-    if s_late is not None:
-        s_late, s_out = add_late_at_end(s_out, s_late, A)
+    if late is not None and late_after_output:
+        s_late, s_out = with_late(s_out, late(), A)
+    if late_after_output and s_late is not None:
         # Memory-bound: q is read once per E tile, so take all of E where X's tile fits in registers.
         BV = min(block(E), max(16, 16384 // block(D)))
         sub = LATE_BLOCK_CHUNKS

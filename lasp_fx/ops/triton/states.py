@@ -21,6 +21,7 @@ import triton.language as tl
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
+from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.triton.launch import launch
 
 
@@ -141,6 +142,18 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
         HAS_INIT=init is not None, HAS_DECAY=g_mode != 0, REVERSE=reverse, SB=16, BLOCK=BLOCK, num_warps=4,
     )  # fmt: skip
     return S, (A if g_mode else None), end
+
+
+def with_late(end, value, A):
+    """(late state as contiguous fp32, the far end's state with it) from what a late callable gave
+    (ops.chunked.await_late): a state, whose decayed copy is added to `end` here, or a pair whose
+    second half is that sum already (LASP's exchange computes it to send it on: no second time)."""
+    late, new_end = split_late(value)
+    if late is None:
+        return None, end
+    if new_end is None:
+        return add_late_at_end(end, late, A)
+    return late.float().contiguous(), new_end.float().contiguous()
 
 
 def add_late_at_end(end, late, A):
