@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lasp_fx.distributed.combine import step
+from lasp_fx.ops.triton.gathered import combine_gathered
 
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the former.
@@ -45,18 +46,17 @@ def gather_rows(msg: Tensor, group, async_op: bool = False):
     return wait
 
 
-def _gather(x: Tensor, log_decay, group) -> Callable[[], tuple]:
-    """Start one all-gather of every rank's x and log-decay; returns the wait giving ([P, ...], [P, B, H] or None)."""
+def _gather(x: Tensor, log_decay, group) -> Callable[[], Tensor]:
+    """Start one all-gather of every rank's x and log-decay; returns the wait giving the rows [P, n]."""
     parts = [x.reshape(-1)] if log_decay is None else [x.reshape(-1), log_decay.reshape(-1).to(x.dtype)]
-    wait = gather_rows(torch.cat(parts), group, async_op=True)
+    return gather_rows(torch.cat(parts), group, async_op=True)
 
-    def gathered():
-        out = wait()
-        xs = out[:, : x.numel()].view(group.size(), *x.shape)
-        decays = None if log_decay is None else out[:, x.numel():].view(group.size(), *log_decay.shape)
-        return xs, decays
 
-    return gathered
+def _split(rows: Tensor, x: Tensor, log_decay) -> tuple:
+    """([P, *x.shape] states, [P, B, H] log-decays or None) as views of the gathered rows."""
+    xs = rows[:, : x.numel()].view(rows.shape[0], *x.shape)
+    decays = None if log_decay is None else rows[:, x.numel():].view(rows.shape[0], *log_decay.shape)
+    return xs, decays
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,16 +98,18 @@ def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], 
     its output kernel (fwd(late_after_output=True)), so the all-gather runs alongside it.
     """
     rank = group.rank()
-    gathered = _gather(s_loc, log_decay, group)
+    wait = _gather(s_loc, log_decay, group)
 
     def finish():
-        states, decays = gathered()
-        s_in, s_out = None, s_loc
-        if rank > 0:
-            log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}
-            s_in = _weighted_sum(log_w, states[:rank])
-            s_out = step(s_in, log_decay, s_loc)
-        return s_in, s_out
+        rows = wait()
+        if rank == 0:
+            return None, s_loc
+        if rows.is_cuda:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below
+            return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None)
+        states, decays = _split(rows, s_loc, log_decay)
+        log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}
+        s_in = _weighted_sum(log_w, states[:rank])
+        return s_in, step(s_in, log_decay, s_loc)
 
     return finish
 
@@ -121,17 +123,18 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Ca
     """Start the exchange; returns the step that finishes it: (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
-    gathered = _gather(n, log_decay, group)
+    wait = _gather(n, log_decay, group)
 
     def finish():
-        grads, decays = gathered()
-        ds_out, ds_in = d_final, n
-        if rank < P - 1:
-            log_w = None if decays is None else _crossed(decays, rank, forward=False)  # A_{r+1} + ... + A_{j-1}
-            m_next = _weighted_sum(log_w, grads[rank + 1 :])
-            ds_out = m_next if d_final is None else m_next + d_final
-            ds_in = step(m_next, log_decay, n)
-        return ds_out, ds_in
+        rows = wait()
+        if rank == P - 1:
+            return d_final, n
+        if rows.is_cuda:
+            return combine_gathered(rows, n.shape, rank, False, log_decay is not None, d_final)
+        grads, decays = _split(rows, n, log_decay)
+        log_w = None if decays is None else _crossed(decays, rank, forward=False)  # A_{r+1} + ... + A_{j-1}
+        m_next = _weighted_sum(log_w, grads[rank + 1 :])
+        return (m_next if d_final is None else m_next + d_final), step(m_next, log_decay, n)
 
     return finish
 
