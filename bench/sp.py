@@ -427,7 +427,8 @@ def main():
     say = print if rank == 0 else (lambda *a, **k: None)
     choice = estimate(P, B * H * D * D * 4, dev.type)
     meta = {"card": card, "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
-            dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason}
+            dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason,
+            "TORCH_NCCL_HIGH_PRIORITY": os.environ.get("TORCH_NCCL_HIGH_PRIORITY", "")}
     say(json.dumps(meta), flush=True)
     if args.profile:
         if dev.type != "cuda":
