@@ -359,7 +359,7 @@ def _print_row(row, impls):
               f"{row[f'{name}_host_ms']:8.3f} {gcol}", flush=True)
 
 
-def profile(dev, group, T, method, out_dir):
+def profile(dev, group, T, method, out_dir, graph=False):
     """Per-op device time of fwd+bwd of `method` at T tokens per GPU (check=False, as parallelize
     calls it), 3 steps back to back after warm-up: each rank's table in turn, and each rank's
     chrome trace (CPU and GPU timelines: where a rank waits) as out_dir/trace_rank<r>.json.gz."""
@@ -379,17 +379,33 @@ def profile(dev, group, T, method, out_dir):
                                            method=method, check=False)
         o.backward(x["do"])
 
+    run = step
+    if graph:  # the device's own timeline: no host gaps (kernels inside a graph are traced one by one)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        dist.barrier()
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            step()
+        run = cuda_graph.replay
     for _ in range(5):
-        step()
+        run()
     torch.cuda.synchronize()
     dist.barrier()
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            step()
+            torch.cuda.synchronize()
+            dist.barrier()  # each replay starts together on all ranks, as the timings do
+            run()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20)
     if out_dir:
-        path = os.path.join(out_dir, f"trace_{method}_rank{group.rank()}.json")
+        path = os.path.join(out_dir, f"trace_{method}{'_graph' if graph else ''}_rank{group.rank()}.json")
         prof.export_chrome_trace(path)
         with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -412,6 +428,7 @@ def main():
     ap.add_argument("--profile", type=int, default=0, help="profile fwd+bwd at this T/GPU and stop")
     ap.add_argument("--method", default="ring", help="what --profile runs")
     ap.add_argument("--trace-dir", default="", help="--profile writes each rank's chrome trace here")
+    ap.add_argument("--graph", action="store_true", help="--profile replays fwd+bwd captured as a CUDA graph")
     args = ap.parse_args()
     dev_type = args.device
     only = set(args.impls.split(",")) if args.impls else None
@@ -433,7 +450,7 @@ def main():
     if args.profile:
         if dev.type != "cuda":
             raise SystemExit("--profile times CUDA kernels: run it on GPUs")
-        profile(dev, group, args.profile, args.method, args.trace_dir)
+        profile(dev, group, args.profile, args.method, args.trace_dir, args.graph)
         dist.destroy_process_group()
         return
 
