@@ -159,14 +159,15 @@ def test_mesh_without_sp_dimension_is_refused():
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("method", METHODS)
-def test_exchange_starts_where_it_overlaps(method, direction):
-    """The all-gather is issued as soon as the local states exist (it runs during the output / dq
-    kernel); so is the backward's last ring send (that rank receives nothing); the other ring links
-    wait until the late state is asked for (a recv would stall the compute stream)."""
+def test_exchange_starts_where_it_is_needed(method, direction):
+    """The forward's all-gather is issued as soon as the local state exists (the output kernel
+    needs its result), the backward's only when the late gradient is asked for (after dq: run
+    alongside dq, NCCL's kernels slowed it); the backward's last ring send goes at once (that rank
+    receives nothing); the other ring links wait until the late state is asked for."""
     start = _jobs(2).index(("exchange_order", (method, direction)))
     expected = {  # per rank (0, 1), P = 2
         ("allgather", "forward"): [["_all_gather_single", "begun", "finished"]] * 2,
-        ("allgather", "backward"): [["_all_gather_single", "begun", "finished"]] * 2,
+        ("allgather", "backward"): [["begun", "_all_gather_single", "finished"]] * 2,
         ("ring", "forward"): [["begun", "_send", "finished"], ["begun", "_recv_like", "finished"]],
         ("ring", "backward"): [["begun", "_recv_like", "finished"], ["_send", "begun", "finished"]],
     }[method, direction]

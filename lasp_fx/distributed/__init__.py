@@ -1,4 +1,4 @@
-"""LASP across ranks: ring (P2P) and all-gather state exchanges, overlapped with the local kernels."""
+"""LASP across ranks: ring (P2P) and all-gather state exchanges after the local state passes."""
 
 from lasp_fx.distributed.cost import estimate
 from lasp_fx.distributed.group import resolve_group

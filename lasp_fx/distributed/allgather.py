@@ -7,11 +7,13 @@ Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
 One collective per direction whatever P is; the weights are sums of log-decays (never
 differences of long cumulative sums, which would lose precision in float32).
 
-Both directions start the collective as soon as the local states exist, without making the
-compute stream wait (NCCL runs it on its own stream), and return the step that waits and
-combines (`begin_forward`, `begin_backward`). LASP calls that step after queueing work that
-does not need the result: the forward its output kernel (the late state is then added by one
-more pass over q and o: forward._late_out_kernel), the backward its dq kernel.
+The collective runs exposed, where its result is needed: the forward issues it right after
+the state pass and folds X_{r-1} into the output kernel's segment states; the backward issues
+it once its dq kernel is queued, so it runs after dq, and folds ds_out into dk and dv. Run
+alongside those kernels on NCCL's stream, its kernels took SMs from them: on 4 H200s at 32K
+tokens per GPU the output kernel went from 280 to ~390 us and dq likewise, and the late pass
+the forward then needed (ops/triton/forward._late_out_kernel) cost ~130 us more; the exposed
+all-gather of 4 x 1 MiB takes tens of microseconds (bench/records/2026-11-28_overlap, call 4).
 """
 
 from __future__ import annotations
@@ -94,8 +96,7 @@ def _weighted_sum(log_w, xs: Tensor) -> Tensor:
 def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], tuple]:
     """Start the exchange; returns the step that finishes it: (X_{r-1} or None on rank 0, X_r).
 
-    `sends` stays empty (a collective). LASP's forward asks for the result only after queueing
-    its output kernel (fwd(late_after_output=True)), so the all-gather runs alongside it.
+    `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
     rank = group.rank()
     wait = _gather(s_loc, log_decay, group)
@@ -120,13 +121,13 @@ def forward(s_loc: Tensor, log_decay, group, sends: list):
 
 
 def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Callable[[], tuple]:
-    """Start the exchange; returns the step that finishes it: (ds_out or None, M_r = gradient of X_{r-1})."""
+    """The exchange, issued when the returned step is called (after LASP has queued dq: module
+    docstring); the step gives (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = group.rank(), group.size()
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
-    wait = _gather(n, log_decay, group)
 
     def finish():
-        rows = wait()
+        rows = _gather(n, log_decay, group)()
         if rank == P - 1:
             return d_final, n
         if rows.is_cuda:

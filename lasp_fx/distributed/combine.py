@@ -5,10 +5,9 @@ hook's callable, ops/chunked.py): in the forward right after the state pass (the
 needs the state at once), in the backward after the dq kernel (which needs none), so a rank's
 recv never holds up its own dq; the chain then runs after every rank's dq, exposed, less its
 first hop (the last rank receives nothing and sends at once: ring.begin_backward). The
-all-gather's collectives are issued as soon as the local states exist, on NCCL's own stream:
-the forward's overlaps the output kernel (the late state is added after it), the backward's dq
-(allgather.begin_forward / begin_backward). A side stream of our own cost ~0.37 ms of host work per call on an
-H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
+all-gather is issued where its result is needed, after the state pass (forward) and after dq
+(backward): run alongside the kernels, NCCL's kernels took their SMs (allgather.py). A side
+stream of our own cost ~0.37 ms of host work per call on an H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
 NCCL hop it would hide. NCCL calls only make the compute stream wait, never the host; on CPU
 (gloo) they block, which is all the order needs.
 """

@@ -10,17 +10,17 @@ Eager calls on plain tensors run the same two functions (`_forward`, `_gradients
 torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
-    forward   fwd(state_hook -> exchange): state pass -> exchange (recv X_{r-1}, send X_r)
-              -> output kernel with X_{r-1} folded into its segment states (ring), or
-              state pass -> all-gather started -> output kernel -> X_{r-1} -> o += its share (all-gather)
+    forward   fwd(state_hook -> exchange): state pass -> exchange (ring: recv X_{r-1}, send X_r;
+              all-gather: gather every (S_j, A_j), combine) -> output kernel with X_{r-1} folded
+              into its segment states
     backward  bwd(s_in = X_{r-1}, state_hook -> exchange): state passes -> dq kernel
-              -> exchange (recv ds_out, send the gradient of X_{r-1}) -> dk, dv kernels with ds_out folded in
-              -> log_decay_grad
+              -> exchange (ds_out, and the gradient of X_{r-1} sent back or gathered) -> dk, dv
+              kernels with ds_out folded in -> log_decay_grad
 The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
-pass over the tokens; what the chain costs is the wait. In the backward the ring's links are
-queued on the compute stream after dq (combine.py says why no side stream) except the last
-rank's, which only sends and does so at once; the all-gather starts right after the state
-passes on NCCL's stream, so it runs during dq.
+pass over the tokens; what the exchange costs is the wait. Both exchanges run on the compute
+stream's order (combine.py): the ring's backward links after dq, except the last rank's, which
+only sends and does so at once; the all-gather where its result is needed (allgather.py says
+why not alongside the kernels).
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
@@ -82,10 +82,10 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
     sends, got = [], []
 
-    def start_exchange(s_loc):  # after the state pass: the all-gather starts here
+    def start_exchange(s_loc):  # after the state pass: the all-gather is issued here
         finish = _EXCHANGES[method].begin_forward(s_loc, A, group, sends)
 
-        def exchange():  # when fwd asks for the late state (the ring: at once; the all-gather: after the output)
+        def exchange():  # when fwd asks for the late state: at once, before the output kernel
             s_in, s_end = finish()
             got.append(s_in)
             return None if s_in is None else (s_in, s_end)  # (X_{r-1}, X_r): fwd takes X_r as is
@@ -93,8 +93,7 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
         return exchange
 
     s0 = initial_state if rank == 0 else None
-    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange,
-                        late_after_output=method == "allgather")
+    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
     wait_all(sends)
     return o, s_out, got[0] if rank > 0 else s0
 
@@ -108,7 +107,7 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 
-    def start_exchange(ds_loc):  # after the state passes: the all-gather (and the last ring link) start here
+    def start_exchange(ds_loc):  # after the state passes: the last ring link starts here
         finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
         def exchange():  # when bwd asks for the late gradient (after dq): (ds_out, M_r) or None
             ds_out, ds_in = finish()
