@@ -1,11 +1,12 @@
 """The cost model of method="auto" against bench/sp.py measurements, and its predictions for more GPUs.
 
-    python bench/cost_check.py bench/records/*/sp_*gpu*.json bench/records/*/*/sp_*gpu*.json [--predict 8]
+    python bench/cost_check.py bench/records/*/*/sp*.json [--predict 8]
 
-For every sp.py JSON that holds an "exchange alone" calibration: the measured forward exchange
-of each method against the model's time (lasp_fx.distributed.cost); for every row that timed both
-methods on the whole op: which was faster, and whether `auto` picks it. Then the model's times and
-pick for P = 2 .. --predict with a 1 MiB state (B=1, H=16, D=E=128 in fp32, as sp.py runs).
+For every sp.py row timed as CUDA graph replays (the "graph" column: device time alone): what
+each method adds to the single-GPU op's fwd+bwd against the model's time
+(lasp_fx.distributed.cost), and whether `auto` picks the faster one. Rows without graph times
+compare the per-call fwd+bwd instead (host time included). Then the model's times and pick for
+P = 2 .. --predict with a 1 MiB state (B=1, H=16, D=E=128 in fp32, as sp.py runs).
 Runs anywhere (no GPU): it reads files.
 """
 
@@ -22,26 +23,26 @@ from lasp_fx.distributed.cost import estimate  # noqa: E402
 STATE_BYTES = 1 * 16 * 128 * 128 * 4
 
 
-def _exchange(path: str, d: dict) -> None:
-    ex, P = d["exchange"], d["P"]
-    model = estimate(P, STATE_BYTES, "cuda")
-    print(f"{path}: P={P} {d.get('card', '?')}")
-    for method, predicted in (("ring", model.ring_us), ("allgather", model.allgather_us)):
-        measured = ex[f"{method}_fwd_exchange_ms"] * 1e3
-        print(f"  {method:9s} fwd exchange measured {measured:6.0f} us, model {predicted:6.0f} us "
-              f"({measured / predicted:4.2f}x)")
+def _measured(row: dict, method: str, column: str):
+    for name in (f"{method}-nocheck", method):
+        if f"{name}_{column}" in row:
+            return row[f"{name}_{column}"]
+    return None
 
 
-def _whole_op(path: str, d: dict) -> None:
-    for row in d.get("rows", []):
-        times = {m: row.get(f"{m}_fwdbwd_ms") for m in ("ring", "allgather")}
-        if None in times.values():
-            continue
-        faster = min(times, key=times.get)
-        pick = estimate(row["P"], STATE_BYTES, "cuda").method
-        verdict = "agrees" if pick == faster else "DIFFERS"
-        print(f"{path}: P={row['P']} T/GPU={row['T_local']} fwd+bwd ring {times['ring']:.2f} ms, allgather "
-              f"{times['allgather']:.2f} ms: faster {faster}, auto picks {pick} ({verdict})")
+def _row(path: str, row: dict) -> None:
+    column = "graph_ms" if "single-GPU_graph_ms" in row else "fwdbwd_ms"
+    base = row.get(f"single-GPU_{column}")
+    times = {m: _measured(row, m, column) for m in ("ring", "allgather")}
+    if base is None or None in times.values():
+        return
+    model = estimate(row["P"], STATE_BYTES, "cuda")
+    added = {m: (t - base) * 1e3 for m, t in times.items()}
+    faster = min(times, key=times.get)
+    verdict = "agrees" if model.method == faster else "DIFFERS"
+    print(f"{path}: P={row['P']} T/GPU={row['T_local']} ({column}): ring adds {added['ring']:.0f} us "
+          f"(model {model.ring_us:.0f}), allgather {added['allgather']:.0f} us (model {model.allgather_us:.0f}): "
+          f"faster {faster}, auto picks {model.method} ({verdict})")
 
 
 def main():
@@ -52,9 +53,8 @@ def main():
     for path in args.files:
         with open(path) as fh:
             d = json.load(fh)
-        if "exchange" in d:
-            _exchange(path, d)
-        _whole_op(path, d)
+        for row in d.get("rows", []):
+            _row(path, row)
     print("model, 1 MiB state on cuda:")
     for P in range(2, args.predict + 1):
         c = estimate(P, STATE_BYTES, "cuda")

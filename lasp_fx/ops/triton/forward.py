@@ -10,8 +10,10 @@ A late state (LASP's X_{r-1}) either enters the output kernel's segment states (
 extra bytes, but the kernel waits for it) or, with `late_after_output`, is added afterwards by
 `_late_out_kernel`: o += scale * exp(G_t) q_t X, one more read of q and read-write of o
 (3 x T x H x D x 2 bytes, 50 MB, and a 2 T H D E FLOP product, 17 GFLOP, at 32K tokens, H = 16,
-D = E = 128: ~0.01 + ~0.03 ms at an H100's copy and bf16 rates; not timed alone), so the output
-kernel runs while the state is still on its way (the all-gather exchange).
+D = E = 128), so the output kernel can run while the state is still on its way. LASP does not
+use it now: on 4 H200s the pass took ~130 us at 32K (blocks of 8 chunks; 191 us with a segment
+per program), and the all-gather it was for slowed the output kernel it ran beside by ~100 us
+(distributed/allgather.py).
 """
 
 from __future__ import annotations
@@ -87,9 +89,10 @@ def _late_out_kernel(
     One program per (E tile, block of SUB chunks, head). X itself is never decayed: each row of
     q X is scaled by exp2 of its log2-decay from the slice's start, carried as one running scalar
     from the block's start (A: the segments' log2-decays, plus the gate's tokens from the
-    segment's start to the block's). With X fixed, blocks need not be segments: short blocks
-    keep every SM busy where a segment per program walked 32 chunks in a row (191 us at 32K on
-    an H200, a load-latency chain, against ~15 us of bytes).
+    segment's start to the block's). With X fixed, blocks need not be segments. At 32K on an
+    H200: 191 us with a segment (32 chunks) per program, 130 us with blocks of 8, against ~15 us
+    of bytes: still a chain of dependent loads per program, not tuned further since LASP stopped
+    using it (module docstring).
     """
     i_v, i_blk, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
