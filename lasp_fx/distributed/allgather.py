@@ -5,7 +5,8 @@ Forward, rank r gathers (S_j, A_j) of all ranks and forms the state entering its
 Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
     M_{r+1} = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j,   ds_out_r = d_final_r + M_{r+1}.
 One collective per direction whatever P is; the weights are sums of log-decays (never
-differences of long cumulative sums, which would lose precision in float32).
+differences of long cumulative sums, which would lose precision in float32). On CUDA one Triton
+kernel combines the gathered rows (ops/triton/gathered.py); elsewhere (gloo) the PyTorch ops below.
 
 The collective runs exposed, where its result is needed: the forward issues it right after
 the state pass and folds X_{r-1} into the output kernel's segment states; the backward issues

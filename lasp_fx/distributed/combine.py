@@ -7,9 +7,10 @@ recv never holds up its own dq; the chain then runs after every rank's dq, expos
 first hop (the last rank receives nothing and sends at once: ring.begin_backward). The
 all-gather is issued where its result is needed, after the state pass (forward) and after dq
 (backward): run alongside the kernels, NCCL's kernels took their SMs (allgather.py). A side
-stream of our own cost ~0.37 ms of host work per call on an H200 (stream, events, record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the
-NCCL hop it would hide. NCCL calls only make the compute stream wait, never the host; on CPU
-(gloo) they block, which is all the order needs.
+stream of our own cost ~0.37 ms of host work per call on an H200 (stream, events,
+record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the NCCL hop it would hide.
+NCCL calls only make the compute stream wait, never the host; on CPU (gloo) they block, which
+is all the order needs.
 """
 
 from __future__ import annotations

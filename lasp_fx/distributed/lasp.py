@@ -109,6 +109,7 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
 
     def start_exchange(ds_loc):  # after the state passes: the last ring link starts here
         finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
+
         def exchange():  # when bwd asks for the late gradient (after dq): (ds_out, M_r) or None
             ds_out, ds_in = finish()
             return None if ds_out is None else (ds_out, ds_in)

@@ -11,9 +11,10 @@ the tokens and `s_in`; backward: the gradient of the incoming state from `do` an
 known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
 state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
 arriving on top of `ds_out`. The callable may also give a pair (late state, the far end's state
-with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The primitive calls it as late as it can (backward: after dq, which
-needs no ds_out) and folds the late state into its per-chunk states, which by linearity is the
-same as having passed it in: no extra pass over the tokens. The returned s_out / ds_in include it.
+with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The
+primitive calls it as late as it can (backward: after dq, which needs no ds_out) and folds the
+late state into its per-chunk states, which by linearity is the same as having passed it in:
+no extra pass over the tokens. The returned s_out / ds_in include it.
 
 `g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
 `dG` is the gradient with respect to the running sum G_t, from the identity
