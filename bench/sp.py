@@ -99,25 +99,28 @@ def _time_stream(fn, dev, rep: int) -> float:
     return float(t)
 
 
-def _time_graph(fn, dev, rep: int) -> float:
-    """Median ms of one replay of `fn` captured in a CUDA graph (each replay started together on all
-    ranks), max over ranks: the device's time with no host work in the way (NCCL's send / recv and
-    all-gather are captured too). What a training step run as a graph (torch.compile's
-    "reduce-overhead", make_graphed_callables) would see."""
+def _captured(fn) -> torch.cuda.CUDAGraph:
+    """`fn` captured in a CUDA graph on every rank (NCCL's send / recv and all-gather included),
+    after a warm-up off the capture stream, as torch.cuda.graph asks."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graph asks
+    with torch.cuda.stream(side):
         for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(side)
-    _sync(dev)
+    torch.cuda.synchronize()
     dist.barrier()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    t = _time(graph.replay, dev, 3, rep)
-    del graph
-    return t
+    return graph
+
+
+def _time_graph(fn, dev, rep: int) -> float:
+    """Median ms of one replay of `fn` captured in a CUDA graph (each replay started together on all
+    ranks), max over ranks: the device's time with no host work in the way. What a training step
+    run as a graph (torch.compile's "reduce-overhead", make_graphed_callables) would see."""
+    return _time(_captured(fn).replay, dev, 3, rep)
 
 
 def _host_time(fn, dev, rep: int) -> float:
@@ -380,20 +383,8 @@ def profile(dev, group, T, method, out_dir, graph=False):
                                            method=method, check=False)
         o.backward(x["do"])
 
-    run = step
-    if graph:  # the device's own timeline: no host gaps (kernels inside a graph are traced one by one)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        dist.barrier()
-        cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):
-            step()
-        run = cuda_graph.replay
+    # graph: the device's own timeline, no host gaps (kernels inside a graph are traced one by one)
+    run = _captured(step).replay if graph else step
     for _ in range(5):
         run()
     torch.cuda.synchronize()
