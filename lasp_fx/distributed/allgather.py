@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lasp_fx.distributed.combine import step
+from lasp_fx.distributed import peer
 from lasp_fx.ops.triton.gathered import combine_gathered
 
 
@@ -100,6 +101,12 @@ def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], 
     `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
     rank = group.rank()
+    if peer.usable(group, s_loc):  # one kernel: push, wait, combine (distributed/peer.py)
+        def through_peers():
+            late, end = peer.exchange(s_loc, log_decay, None, group, forward=True)
+            return (None if rank == 0 else late), end
+
+        return through_peers
     wait = _gather(s_loc, log_decay, group)
 
     def finish():
@@ -128,6 +135,9 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Ca
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
 
     def finish():
+        if peer.usable(group, n):
+            late, end = peer.exchange(n, log_decay, d_final, group, forward=False)
+            return (d_final if rank == P - 1 else late), end
         rows = _gather(n, log_decay, group)()
         if rank == P - 1:
             return d_final, n

@@ -27,6 +27,25 @@ from lasp_fx.ops.triton.launch import launch
 
 
 @triton.jit
+def _add_crossed(acc, log_w, x, a, HAS_DECAY: tl.constexpr):
+    """One more state on the walk out from this rank: weighted by the log-decays crossed so far, then cross its slice."""
+    if HAS_DECAY:
+        return acc + tl.exp(log_w) * x, log_w + a
+    return acc + x, log_w
+
+
+@triton.jit
+def _store_ends(acc, own, own_a, d_final, late, end, at, mask, HAS_DECAY: tl.constexpr, HAS_FINAL: tl.constexpr):
+    if HAS_DECAY:
+        tl.store(end + at, tl.exp(own_a) * acc + own, mask=mask)
+    else:
+        tl.store(end + at, acc + own, mask=mask)
+    if HAS_FINAL:
+        acc += tl.load(d_final + at, mask=mask, other=0.0)
+    tl.store(late + at, acc, mask=mask)
+
+
+@triton.jit
 def _combine_kernel(
     rows, d_final, late, end, rank, P, N, DE, ROW,
     FORWARD: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_FINAL: tl.constexpr, BLOCK: tl.constexpr,
@@ -41,19 +60,11 @@ def _combine_kernel(
     for i in range(0, n_terms):
         j = rank - 1 - i if FORWARD else rank + 1 + i
         x = tl.load(rows + j * ROW + at, mask=mask, other=0.0)
-        if HAS_DECAY:
-            acc += tl.exp(log_w) * x
-            log_w += tl.load(rows + j * ROW + N + i_bh)
-        else:
-            acc += x
+        a = tl.load(rows + j * ROW + N + i_bh) if HAS_DECAY else log_w
+        acc, log_w = _add_crossed(acc, log_w, x, a, HAS_DECAY)
     own = tl.load(rows + rank * ROW + at, mask=mask, other=0.0)
-    if HAS_DECAY:
-        tl.store(end + at, tl.exp(tl.load(rows + rank * ROW + N + i_bh)) * acc + own, mask=mask)
-    else:
-        tl.store(end + at, acc + own, mask=mask)
-    if HAS_FINAL:
-        acc += tl.load(d_final + at, mask=mask, other=0.0)
-    tl.store(late + at, acc, mask=mask)
+    own_a = tl.load(rows + rank * ROW + N + i_bh) if HAS_DECAY else log_w
+    _store_ends(acc, own, own_a, d_final, late, end, at, mask, HAS_DECAY, HAS_FINAL)
 
 
 def combine_gathered(rows: torch.Tensor, shape, rank: int, forward: bool, has_decay: bool, d_final=None):

@@ -1,0 +1,115 @@
+"""Peer memory for LASP's all-gather: every rank's slots and flags mapped into every other rank.
+
+The exchange itself is one Triton kernel (ops/triton/peer.py): each rank pushes its state into
+the slots of the ranks that need it and raises a flag per tile; the receiver combines as the
+flags come up and lowers them. Against NCCL's all-gather plus the combination kernel it saves a
+collective's latency and a launch per direction, and it holds no SMs while waiting for a slow
+rank beyond its own small grid (bench/exchange.py, bench/records/2026-11-28_peer).
+
+The buffers live in symmetric memory (torch.distributed._symmetric_memory, CUDA backend: one
+host, peer access over NVLink or PCIe). Building them is collective (a rendezvous and a
+barrier), so it happens on the first exchange of a given state shape, which every rank of the
+group makes at the same point; they are kept per (group, device, state shape) in `_BUFFERS`,
+as torch keeps its own symmetric-memory workspace per group, and hold only zeros between calls.
+`release()` drops them (e.g. before destroying the group).
+
+`usable(group, x)` decides once per group whether the path applies: a CUDA float32 state, and
+every rank of the group on this host (hostnames gathered once); `LASP_FX_PEER=0` turns it off.
+Every rank computes the same answer, so every rank takes the same path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from lasp_fx.ops.triton import peer as kernel
+
+
+@dataclass
+class PeerBuffers:
+    """What ops/triton/peer.exchange needs on one rank."""
+
+    slots: Tensor
+    """[P * tiles * SLOT] float32: row j, tile t holds rank j's tile t of its last state sent here."""
+    flags: Tensor
+    """[P * tiles] int32: 1 while rank j's tile t waits in its slot, else 0."""
+    peer_slots: Tensor
+    """[P] int64: the address of every rank's `slots` as mapped into this process (ours included)."""
+    peer_flags: Tensor
+    """[P] int64: likewise for `flags`."""
+    status: Tensor
+    """[1] int32: set to 1 by a program that gave up waiting."""
+    mapped: tuple = ()
+    """What keeps the memory behind the addresses mapped (the symmetric tensor; in tests, the files)."""
+
+
+_BUFFERS: dict[tuple, PeerBuffers] = {}
+_USABLE: dict[str, bool] = {}
+
+
+def usable(group, x: Tensor) -> bool:
+    """Whether `group` exchanges a state like `x` through peer memory (module docstring)."""
+    if not x.is_cuda or x.dtype != torch.float32 or os.environ.get("LASP_FX_PEER", "1") == "0":
+        return False
+    name = group.group_name
+    if name not in _USABLE:  # once per group: one host sync, the same answer on every rank
+        hosts = [None] * group.size()
+        dist.all_gather_object(hosts, socket.gethostname(), group=group)
+        _USABLE[name] = len(set(hosts)) == 1 and _symmetric_memory_works()
+    return _USABLE[name]
+
+
+def _symmetric_memory_works() -> bool:
+    try:
+        import torch.distributed._symmetric_memory  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def buffers(group, shape, device: torch.device) -> PeerBuffers:
+    """This rank's buffers for states of `shape` [B, H, D, E] on `group` (built collectively on first use)."""
+    key = (group.group_name, device.index, tuple(shape))
+    if key not in _BUFFERS:
+        _BUFFERS[key] = _build(group, kernel.tiles(*shape), device)
+    return _BUFFERS[key]
+
+
+def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
+    import torch.distributed._symmetric_memory as symm_mem
+
+    P = group.size()
+    n_slots, n_flags = P * tiles * kernel.SLOT, P * tiles
+    raw = symm_mem.empty(n_slots + n_flags, dtype=torch.float32, device=device)
+    raw.zero_()
+    handle = symm_mem.rendezvous(raw, group.group_name)
+    # get_buffer, not buffer_ptrs: the tensor may sit at an offset inside a pooled allocation
+    bases = torch.tensor([handle.get_buffer(j, raw.shape, raw.dtype).data_ptr() for j in range(P)], dtype=torch.int64)
+    torch.cuda.synchronize(device)
+    dist.barrier(group=group, device_ids=[device.index])  # every rank's flags are zero before anyone raises one
+    return PeerBuffers(
+        slots=raw[:n_slots],
+        flags=raw[n_slots:].view(torch.int32),
+        peer_slots=bases.to(device),
+        peer_flags=(bases + n_slots * 4).to(device),
+        status=torch.zeros(1, dtype=torch.int32, device=device),
+        mapped=(raw, handle),
+    )
+
+
+def exchange(x: Tensor, log_decay, d_final, group, forward: bool) -> tuple[Tensor, Tensor]:
+    """(late, end) of ops/triton/gathered.py through peer memory; see ops/triton/peer.exchange."""
+    bufs = buffers(group, x.shape, x.device)
+    return kernel.exchange(x, log_decay, d_final, group.rank(), group.size(), forward, bufs)
+
+
+def release() -> None:
+    """Drop every peer buffer and usability answer (they are rebuilt on the next exchange)."""
+    _BUFFERS.clear()
+    _USABLE.clear()

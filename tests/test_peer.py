@@ -1,0 +1,53 @@
+"""The peer exchange kernel (ops/triton/peer.py) on spawned ranks sharing memory, against a float64 chain.
+
+On CPU the ranks are processes under Triton's interpreter whose slots and flags are shared
+files mapped into each (as symmetric memory maps them on GPUs), so the protocol itself runs:
+pushes, flags raised and lowered, several calls reusing the same buffers in both directions.
+"""
+
+import pytest
+import torch
+
+from lasp_fx.testing import workers_peer
+from lasp_fx.testing.numerics import assert_close_rms
+from lasp_fx.testing.spawn import run_spawned
+
+from test_gathered import _reference
+
+B, H, D, E = 1, 2, 5, 7  # D*E = 35: one masked tile per head
+
+
+def _calls(P, has_decay, seed):
+    gen = torch.Generator().manual_seed(seed)
+    calls = []
+    for forward in (True, False, True, False, False):  # the buffers are reused in both directions
+        x = torch.randn(P, B, H, D, E, generator=gen, dtype=torch.float64)
+        a = -torch.rand(P, B, H, generator=gen, dtype=torch.float64) * 3 if has_decay else None
+        d_final = None if forward else torch.randn(B, H, D, E, generator=gen, dtype=torch.float64)
+        calls.append((forward, x, a, d_final))
+    return calls
+
+
+@pytest.mark.parametrize("has_decay", [False, True], ids=["no_decay", "decay"])
+@pytest.mark.parametrize("P", [2, 3, 4], ids=lambda p: f"P{p}")
+def test_every_rank_combines_what_the_others_pushed(P, has_decay, tmp_path):
+    calls = _calls(P, has_decay, seed=P)
+    workers_peer.make_files(str(tmp_path), P, (B, H, D, E))
+    f32 = [(fwd, x.float(), None if a is None else a.float(), None if d is None else d.float())
+           for fwd, x, a, d in calls]
+    results = run_spawned(workers_peer.exchanges, P, str(tmp_path), f32, timeout=300)
+    for rank, (outs, flags) in enumerate(results):
+        assert not flags.any(), f"rank {rank} left flags up"
+        for (forward, x, a, d_final), (late, end) in zip(calls, outs):
+            late, end = torch.from_numpy(late), torch.from_numpy(end)
+            ref_late, ref_end = _reference(x, a, rank, forward, d_final)
+            assert_close_rms(end, ref_end, 1e-6, f"end rank {rank}")
+            if forward and rank == 0:  # nothing before rank 0: LASP does not use its late state
+                continue
+            assert_close_rms(late, ref_late, 1e-6, f"late rank {rank}")
+
+
+def test_a_rank_that_never_sends_is_an_error_not_a_hang(tmp_path):
+    workers_peer.make_files(str(tmp_path), 2, (B, H, D, E))
+    _, err = run_spawned(workers_peer.lone_receiver, 2, str(tmp_path), (B, H, D, E), 2000, timeout=120)
+    assert "waited too long" in err
