@@ -18,5 +18,5 @@ echo "=== P=2" >> $L
 CUDA_VISIBLE_DEVICES=0,1 timeout 80 torchrun --standalone --nproc-per-node=2 $SP --impls allgather-nocheck,ring-nocheck --json $OUT/sp2.json 2>&1 | grep -v "$F" | grep -A4 "^P=\|Error" >> $L
 echo "=== trace P=4 graph" >> $L
 timeout 60 torchrun --standalone --nproc-per-node=4 bench/sp.py --profile 32768 --method allgather --graph --trace-dir $OUT 2>&1 | grep -v "$F" | tail -5 >> $L
-ls $OUT >> $L
+rm -f $OUT/*rank1* $OUT/*rank2*; ls $OUT >> $L
 cat $L
