@@ -211,10 +211,13 @@ def profile(Ts):
             x = _inputs(T, decay)
             for n in ("q", "k", "v"):
                 x[n].requires_grad_()
+            if decay == "gate":  # learnable, as timed: its gradient too
+                x["g"].requires_grad_()
 
             def step(x=x):
-                for n in ("q", "k", "v"):  # as do_bench's grad_to_none: no gradient accumulation kernels
-                    x[n].grad = None
+                for n in ("q", "k", "v", "g"):  # as do_bench's grad_to_none: no gradient accumulation kernels
+                    if x[n] is not None:
+                        x[n].grad = None
                 _ours(x)().backward(x["do"])
 
             step()
