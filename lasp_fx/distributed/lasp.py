@@ -121,7 +121,7 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
     )
     wait_all(sends)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
-    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay).contiguous()
+    dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay).contiguous()
     return dq, dk, dv, dlog_decay, ds_in
 
 

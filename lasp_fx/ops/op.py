@@ -42,10 +42,9 @@ def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, scale, deca
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final_state = None if d_final_state is None else d_final_state.contiguous()
-    dq, dk, dv, dG, ds_in = kernels_for(q).bwd(
-        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad
-    )
-    dlog_decay = q.new_empty(0) if dG is None else chunked.log_decay_grad(dG, log_decay)
+    kern = kernels_for(q)
+    dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad)
+    dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay)
     return dq, dk, dv, dlog_decay, ds_in
 
 

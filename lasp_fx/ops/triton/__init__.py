@@ -12,8 +12,9 @@ tl.trans of a dot result that feeds another dot on sm_90; no kernel here does th
 says how).
 """
 
-from lasp_fx.ops.chunked import acc_dtype, log_decay_grad
+from lasp_fx.ops.chunked import acc_dtype
 from lasp_fx.ops.triton.backward import bwd
+from lasp_fx.ops.triton.decay_grad import log_decay_grad
 from lasp_fx.ops.triton.forward import fwd
 
 __all__ = ["fwd", "bwd", "log_decay_grad", "acc_dtype"]

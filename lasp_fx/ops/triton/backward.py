@@ -27,6 +27,7 @@ from lasp_fx.ops.triton.common import (
     late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
+from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import segment_states, with_late
 
@@ -247,7 +248,5 @@ def bwd(
 
     dG = None
     if dg:
-        dG = dGq.sum(-1) - dGk.sum(-1)
-        if ds_out is not None:
-            dG[:, -1] += (ds_out.float() * s_out).sum((-1, -2))
+        dG = assemble_dG(dGq, dGk, None if ds_out is None else (ds_out.float() * s_out).sum((-1, -2)))
     return dq, dk, dv, dG, ds_in
