@@ -86,7 +86,10 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
 
     P = group.size()
     n_slots, n_flags = P * tiles * kernel.SLOT, P * tiles
-    raw = symm_mem.empty(n_slots + n_flags, dtype=torch.float32, device=device)
+    # An allocation of its own, not symm_mem.empty's pooled one: there a second buffer may share a
+    # segment with the first, which torch 2.11's rendezvous did not take (LASP's check on 2 H200s
+    # failed at its second state shape; bench/records/2026-11-28_peer/NOTES.md).
+    raw = symm_mem._SymmetricMemory.empty_strided_p2p((n_slots + n_flags,), (1,), torch.float32, device)
     raw.zero_()
     handle = symm_mem.rendezvous(raw, group.group_name)
     # get_buffer, not buffer_ptrs: the tensor may sit at an offset inside a pooled allocation
