@@ -9,7 +9,7 @@ sum of the states before it (the forward's direction; distributed/allgather.py):
   peer  ops/triton/peer.py: rank r pushes its state into the P-1-r ranks after it, flags per
         tile, and combines what it received, in one launch.
 Both are latency, not bytes. Every timing is a CUDA graph of `--inner` exchanges replayed
-(median over `--reps`, max over ranks), per exchange:
+`--reps` times back to back (max over ranks), per exchange:
   alone   the exchanges back to back (what an exposed exchange costs);
   busy    a bf16 matmul of ~0.1 ms per exchange, alone;
   beside  the matmuls with each exchange on a side stream beside its matmul: beside - busy is
@@ -85,14 +85,14 @@ def main():
                 mm @ mm
                 torch.cuda.current_stream().wait_stream(side)
 
-        out[f"{name}_alone_us"] = _time_graph(alone, dev, args.reps) * 1e3 / args.inner
-        out[f"{name}_beside_us"] = _time_graph(beside, dev, args.reps) * 1e3 / args.inner
+        out[f"{name}_alone_us"] = _time_graph(alone, dev, args.reps)[1] * 1e3 / args.inner
+        out[f"{name}_beside_us"] = _time_graph(beside, dev, args.reps)[1] * 1e3 / args.inner
 
     def busy():
         for _ in range(args.inner):
             mm @ mm
 
-    out["busy_us"] = _time_graph(busy, dev, args.reps) * 1e3 / args.inner
+    out["busy_us"] = _time_graph(busy, dev, args.reps)[1] * 1e3 / args.inner
     for name in TRANSPORTS:
         out[f"{name}_overlap_cost_us"] = out[f"{name}_beside_us"] - out["busy_us"]
     if rank == 0:
