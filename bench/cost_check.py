@@ -5,8 +5,9 @@
 For every sp.py row timed as CUDA graph replays (the "graph" column: device time alone): what
 each method adds to the single-GPU op's fwd+bwd against the model's time
 (lasp_fx.distributed.cost), and whether `auto` picks the faster one. Rows without graph times
-compare the per-call fwd+bwd instead (host time included). Then the model's times and pick for
-P = 2 .. --predict with a 1 MiB state (B=1, H=16, D=E=128 in fp32, as sp.py runs).
+compare the per-call fwd+bwd instead (host time included). A file's "peer" says whether its
+all-gather went through peer memory. Then the model's times and pick for P = 2 .. --predict
+with a 1 MiB state (B=1, H=16, D=E=128 in fp32, as sp.py runs), for both transports.
 Runs anywhere (no GPU): it reads files.
 """
 
@@ -30,13 +31,13 @@ def _measured(row: dict, method: str, column: str):
     return None
 
 
-def _row(path: str, row: dict) -> None:
+def _row(path: str, row: dict, through_peers: bool) -> None:
     column = "graph_ms" if "single-GPU_graph_ms" in row else "fwdbwd_ms"
     base = row.get(f"single-GPU_{column}")
     times = {m: _measured(row, m, column) for m in ("ring", "allgather")}
     if base is None or None in times.values():
         return
-    model = estimate(row["P"], STATE_BYTES, "cuda")
+    model = estimate(row["P"], STATE_BYTES, "cuda", through_peers)
     added = {m: (t - base) * 1e3 for m, t in times.items()}
     faster = min(times, key=times.get)
     verdict = "agrees" if model.method == faster else "DIFFERS"
@@ -54,11 +55,12 @@ def main():
         with open(path) as fh:
             d = json.load(fh)
         for row in d.get("rows", []):
-            _row(path, row)
-    print("model, 1 MiB state on cuda:")
-    for P in range(2, args.predict + 1):
-        c = estimate(P, STATE_BYTES, "cuda")
-        print(f"  P={P}: ring {c.ring_us:5.0f} us, allgather {c.allgather_us:5.0f} us -> {c.method}")
+            _row(path, row, d.get("peer", False))  # files from before the peer path: NCCL's all-gather
+    for through_peers in (False, True):
+        print(f"model, 1 MiB state on cuda, all-gather {'through peer memory' if through_peers else 'over NCCL'}:")
+        for P in range(2, args.predict + 1):
+            c = estimate(P, STATE_BYTES, "cuda", through_peers)
+            print(f"  P={P}: ring {c.ring_us:5.0f} us, allgather {c.allgather_us:5.0f} us -> {c.method}")
 
 
 if __name__ == "__main__":

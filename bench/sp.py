@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lasp_fx  # noqa: E402
-from lasp_fx.distributed import allgather, estimate, ring  # noqa: E402
+from lasp_fx.distributed import allgather, estimate, peer, ring  # noqa: E402
 from lasp_fx.distributed.lasp import sequence_parallel_attention  # noqa: E402
 from lasp_fx.distributed.combine import wait_all  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
@@ -444,10 +444,11 @@ def main():
         dev, card = torch.device("cpu"), "cpu"
     group = dist.group.WORLD
     say = print if rank == 0 else (lambda *a, **k: None)
-    choice = estimate(P, B * H * D * D * 4, dev.type)
+    through_peers = peer.usable(group, dev, torch.float32)
+    choice = estimate(P, B * H * D * D * 4, dev.type, through_peers)
     meta = {"card": card, "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
             dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason,
-            "TORCH_NCCL_HIGH_PRIORITY": os.environ.get("TORCH_NCCL_HIGH_PRIORITY", "")}
+            "TORCH_NCCL_HIGH_PRIORITY": os.environ.get("TORCH_NCCL_HIGH_PRIORITY", ""), "peer": through_peers}
     say(json.dumps(meta), flush=True)
     if args.profile:
         if dev.type != "cuda":

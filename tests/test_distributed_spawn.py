@@ -48,6 +48,16 @@ def test_cost_model_ring_for_few_ranks_allgather_for_many(device):
     assert resolve_method("allgather", 2, mib, device) == "allgather"
 
 
+def test_cost_model_takes_the_allgather_through_peer_memory_at_every_size():
+    mib = 2**20
+    for P in (2, 3, 4, 8):
+        c = estimate(P, mib, "cuda", peer=True)
+        assert c.method == "allgather" and "through peer memory" in c.reason, c.reason
+        assert c.allgather_us < estimate(P, mib, "cuda").allgather_us  # cheaper than NCCL's
+    assert resolve_method("auto", 2, mib, "cuda", peer=True) == "allgather"
+    assert estimate(2, mib, "cpu", peer=True).method == "ring"  # no peer memory off CUDA
+
+
 @pytest.mark.parametrize("bad", ["Ring", "p2p", ""])
 def test_unknown_method_is_refused(bad):
     x = torch.randn(1, 4, 2, 4)

@@ -101,7 +101,7 @@ def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], 
     `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
     rank = group.rank()
-    if peer.usable(group, s_loc):  # one kernel: push, wait, combine (distributed/peer.py)
+    if peer.usable(group, s_loc.device, s_loc.dtype):  # one kernel: push, wait, combine (distributed/peer.py)
         def through_peers():
             late, end = peer.exchange(s_loc, log_decay, None, group, forward=True)
             return (None if rank == 0 else late), end
@@ -135,7 +135,7 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Ca
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
 
     def finish():
-        if peer.usable(group, n):
+        if peer.usable(group, n.device, n.dtype):
             late, end = peer.exchange(n, log_decay, d_final, group, forward=False)
             return (d_final if rank == P - 1 else late), end
         rows = _gather(n, log_decay, group)()

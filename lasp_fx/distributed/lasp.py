@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lasp_fx.distributed import allgather, ring
+from lasp_fx.distributed import allgather, peer, ring
 from lasp_fx.distributed.cost import METHODS, resolve_method
 from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
@@ -55,8 +55,10 @@ _EXCHANGES = {"ring": ring, "allgather": allgather}
 
 def _method(method: str, group, q: Tensor, v: Tensor) -> str:
     B, _, H, D = q.shape
-    state_bytes = B * H * D * v.shape[-1] * torch.finfo(chunked.acc_dtype(q.dtype)).bits // 8
-    return resolve_method(method, group.size(), state_bytes, q.device.type)
+    state_dtype = chunked.acc_dtype(q.dtype)
+    state_bytes = B * H * D * v.shape[-1] * torch.finfo(state_dtype).bits // 8
+    through_peers = method != "ring" and peer.usable(group, q.device, state_dtype)
+    return resolve_method(method, group.size(), state_bytes, q.device.type, through_peers)
 
 
 def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:

@@ -2,26 +2,29 @@
 
 The exchange itself is one Triton kernel (ops/triton/peer.py): each rank pushes its state into
 the slots of the ranks that need it and raises a flag per tile; the receiver combines as the
-flags come up and lowers them. Against NCCL's all-gather plus the combination kernel it saves a
-collective's latency and a launch per direction, and it holds no SMs while waiting for a slow
-rank beyond its own small grid (bench/exchange.py, bench/records/2026-11-28_peer).
+flags come up and lowers them. On 2 H200s, one 1 MiB state per rank (bench/exchange.py,
+bench/records/2026-11-28_peer): 9.8 us an exchange against 26 us for NCCL's all-gather and the
+combination kernel, and 9.7 us against 23 us run beside a matmul (NCCL's kernels hold SMs).
 
 The buffers live in symmetric memory (torch.distributed._symmetric_memory, CUDA backend: one
 host, peer access over NVLink or PCIe). Building them is collective (a rendezvous and a
 barrier), so it happens on the first exchange of a given state shape, which every rank of the
-group makes at the same point; they are kept per (group, device, state shape) in `_BUFFERS`,
-as torch keeps its own symmetric-memory workspace per group, and hold only zeros between calls.
-`release()` drops them (e.g. before destroying the group).
+group makes at the same point; they are kept per (group, device, state shape), as torch keeps
+its own symmetric-memory workspace per group, and hold only zeros between calls. `release()`
+drops them (e.g. before destroying the group).
 
-`usable(group, x)` decides once per group whether the path applies: a CUDA float32 state, and
-every rank of the group on this host (hostnames gathered once); `LASP_FX_PEER=0` turns it off.
-Every rank computes the same answer, so every rank takes the same path.
+`usable(group, device, dtype)` decides once per group whether the path applies: a CUDA float32
+state, and every rank of the group on this host (hostnames gathered once, a host sync: make the
+first call before capturing a CUDA graph, as any warm-up does). `LASP_FX_PEER=0` turns it off
+(the same on every rank, as torchrun sets it). Every rank computes the same answer, so every
+rank takes the same path.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -49,20 +52,21 @@ class PeerBuffers:
     """What keeps the memory behind the addresses mapped (the symmetric tensor; in tests, the files)."""
 
 
-_BUFFERS: dict[tuple, PeerBuffers] = {}
-_USABLE: dict[str, bool] = {}
+# Keyed by the group object (weakly): a group destroyed and made again gets fresh answers and
+# buffers even where it reuses the old name.
+_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> {(device, shape): PeerBuffers}
+_USABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # group -> bool
 
 
-def usable(group, x: Tensor) -> bool:
-    """Whether `group` exchanges a state like `x` through peer memory (module docstring)."""
-    if not x.is_cuda or x.dtype != torch.float32 or os.environ.get("LASP_FX_PEER", "1") == "0":
+def usable(group, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `group` exchanges states of `dtype` on `device` through peer memory (module docstring)."""
+    if device.type != "cuda" or dtype != torch.float32 or os.environ.get("LASP_FX_PEER", "1") == "0":
         return False
-    name = group.group_name
-    if name not in _USABLE:  # once per group: one host sync, the same answer on every rank
+    if group not in _USABLE:  # once per group: one host sync, the same answer on every rank
         hosts = [None] * group.size()
         dist.all_gather_object(hosts, socket.gethostname(), group=group)
-        _USABLE[name] = len(set(hosts)) == 1 and _symmetric_memory_works()
-    return _USABLE[name]
+        _USABLE[group] = len(set(hosts)) == 1 and _symmetric_memory_works()
+    return _USABLE[group]
 
 
 def _symmetric_memory_works() -> bool:
@@ -75,10 +79,11 @@ def _symmetric_memory_works() -> bool:
 
 def buffers(group, shape, device: torch.device) -> PeerBuffers:
     """This rank's buffers for states of `shape` [B, H, D, E] on `group` (built collectively on first use)."""
-    key = (group.group_name, device.index, tuple(shape))
-    if key not in _BUFFERS:
-        _BUFFERS[key] = _build(group, kernel.tiles(*shape), device)
-    return _BUFFERS[key]
+    mine = _BUFFERS.setdefault(group, {})
+    key = (device.index, tuple(shape))
+    if key not in mine:
+        mine[key] = _build(group, kernel.tiles(*shape), device)
+    return mine[key]
 
 
 def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
