@@ -4,9 +4,12 @@ Forward, rank r gathers (S_j, A_j) of all ranks and forms the state entering its
     X_{r-1} = sum_{j<r} exp(A_{j+1} + ... + A_{r-1}) S_j          (rank 0's S_0 holds the initial state)
 Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
     M_{r+1} = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j,   ds_out_r = d_final_r + M_{r+1}.
-One collective per direction whatever P is; the weights are sums of log-decays (never
-differences of long cumulative sums, which would lose precision in float32). On CUDA one Triton
-kernel combines the gathered rows (ops/triton/gathered.py); elsewhere (gloo) the PyTorch ops below.
+One exchange per direction whatever P is; the weights are sums of log-decays (never
+differences of long cumulative sums, which would lose precision in float32). Where every rank
+of the group can map the others' memory (distributed/peer.py), gather and combination are one
+Triton kernel with no collective (ops/triton/peer.py); otherwise NCCL's all-gather, then one
+Triton kernel combines the gathered rows on CUDA (ops/triton/gathered.py) and the PyTorch ops
+below do it elsewhere (gloo).
 
 The collective runs exposed, where its result is needed: the forward issues it right after
 the state pass and folds X_{r-1} into the output kernel's segment states; the backward issues
