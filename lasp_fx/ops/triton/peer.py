@@ -21,6 +21,9 @@ reads r MiB from its own memory; NVLink's latency, not its bandwidth, sets the t
 A rank that never answers (it died, or took another code path) would leave its peers spinning:
 after `spin` polls a program records the failure in `status` and, on a GPU, traps, so the
 process fails loudly instead of hanging or going on with a wrong state.
+
+Calls on one group must be ordered on one stream, as NCCL orders its collectives: two exchanges
+of the same buffers running at once on two streams would take each other's flags.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def tiles(B: int, H: int, D: int, E: int) -> int:
     return triton.cdiv(D * E, BLOCK) * B * H
 
 
-def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 1 << 26):
+def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 1 << 30):
     """(late, end) of gathered.py's docstring, the states coming straight from the other ranks' pushes.
 
     Args:
@@ -110,7 +113,9 @@ def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 
         bufs: this rank's `slots` [P * tiles * SLOT] float32 and `flags` [P * tiles] int32 (zeros
             at first), `peer_slots` / `peer_flags` (int64 addresses of every rank's, as mapped
             here) and `status` [1] int32: distributed/peer.py builds them.
-        spin: polls of one flag before giving up (~seconds on a GPU).
+        spin: polls of one flag before giving up: on the order of ten minutes on a GPU (NCCL's
+            watchdog waits ten minutes by default), so a rank busy elsewhere for a while (a
+            checkpoint save) is waited for, and a dead one still ends in an error.
     """
     B, H, D, E = x.shape
     x = x.contiguous()
