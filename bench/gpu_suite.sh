@@ -11,6 +11,8 @@
 #   fla    bench/op.py, lasp_fx and fla at 32K and 128K, const and gate (fla's first 128K call tunes for minutes)
 #   seg    bench/segments.py: chunks per segment against speed at 8K, 32K, 128K (~150 s)
 #   host   bench/host.py on GPUs 0,1: host time per call, launch paths, autograd's thread (~60 s)
+#   peer   bench/check_peer_gpu.py on GPU 0 (the peer exchange kernel, P ranks simulated), then
+#          bench/exchange.py on all GPUs (peer kernel against NCCL's all-gather, alone and beside a matmul) (~60 s)
 # SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
 set -o pipefail
 PARTS=${PARTS:-check op sp4 sp2}
@@ -36,6 +38,9 @@ for part in $PARTS; do
            --decays const,gate --json "$OUT/op_fla.json" ;;
     seg) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/segments.py --ts 8192,32768,131072 --decays const,gate ;;
     host) CUDA_VISIBLE_DEVICES=0,1 timeout 120 torchrun --standalone --nproc-per-node=2 bench/host.py ;;
+    peer) CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/check_peer_gpu.py
+          timeout 90 torchrun --standalone --nproc-per-node="$(nvidia-smi -L | wc -l)" bench/exchange.py \
+            --json "$OUT/exchange.json" ;;
     *) echo "unknown part $part" ;;
   esac 2>&1 | grep -v "$NOISE" >> "$LOG"
 done

@@ -51,3 +51,10 @@ def test_a_rank_that_never_sends_is_an_error_not_a_hang(tmp_path):
     workers_peer.make_files(str(tmp_path), 2, (B, H, D, E))
     _, err = run_spawned(workers_peer.lone_receiver, 2, str(tmp_path), (B, H, D, E), 2000, timeout=120)
     assert "waited too long" in err
+
+
+def test_usable_only_for_float32_cuda_states_on_one_host():
+    """Decided once per group from gathered hostnames (the spawned ranks share this host); off with LASP_FX_PEER=0."""
+    for answers in run_spawned(workers_peer.usable_answers, 2, timeout=120):
+        assert answers == {"cpu": False, "cuda_float64": False, "cuda_float32": True, "kept": True,
+                           "turned_off": False}

@@ -55,3 +55,20 @@ def lone_receiver(rank: int, P: int, tmp: str, shape, spin: int) -> str:
     except RuntimeError as e:
         return str(e)
     return "no error"
+
+
+def usable_answers(rank: int, P: int) -> dict:
+    """peer.usable on this rank for each kind of state, and whether the answer is kept per group."""
+    from lasp_fx.distributed import peer
+
+    group = dist.group.WORLD
+    cuda = torch.device("cuda")
+    answers = {
+        "cpu": peer.usable(group, torch.device("cpu"), torch.float32),
+        "cuda_float64": peer.usable(group, cuda, torch.float64),
+        "cuda_float32": peer.usable(group, cuda, torch.float32),  # hostnames gathered (gloo) here
+    }
+    answers["kept"] = group in peer._USABLE
+    os.environ["LASP_FX_PEER"] = "0"
+    answers["turned_off"] = peer.usable(group, cuda, torch.float32)
+    return answers
