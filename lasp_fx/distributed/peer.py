@@ -10,7 +10,7 @@ The buffers live in symmetric memory (torch.distributed._symmetric_memory, CUDA 
 host, peer access over NVLink or PCIe). Building them is collective (a rendezvous and a
 barrier), so it happens on the first exchange of a given state shape, which every rank of the
 group makes at the same point; they are kept per (group, device, state shape), as torch keeps
-its own symmetric-memory workspace per group, and hold only zeros between calls. `release()`
+its own symmetric-memory workspace per group, and every flag is down between calls. `release()`
 drops them (e.g. before destroying the group).
 
 `usable(group, device, dtype)` decides once per group whether the path applies: a CUDA float32
@@ -91,9 +91,9 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
 
     P = group.size()
     n_slots, n_flags = P * tiles * kernel.SLOT, P * tiles
-    # An allocation of its own, not symm_mem.empty's pooled one: there a second buffer may share a
-    # segment with the first, which torch 2.11's rendezvous did not take (LASP's check on 2 H200s
-    # failed at its second state shape; bench/records/2026-11-28_peer/NOTES.md).
+    # An allocation of its own (what symm_mem.empty gives with TORCH_SYMMMEM_IMPLICIT_POOL=0), so
+    # the buffer starts its mapping and the peers' addresses need no offset into a shared pool.
+    # Two state shapes, so two such buffers, ran in LASP's check on 2 H200s (2026-11-28_peer call 5).
     raw = symm_mem._SymmetricMemory.empty_strided_p2p((n_slots + n_flags,), (1,), torch.float32, device)
     raw.zero_()
     handle = symm_mem.rendezvous(raw, group.group_name)
