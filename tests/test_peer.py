@@ -54,7 +54,8 @@ def test_a_rank_that_never_sends_is_an_error_not_a_hang(tmp_path):
 
 
 def test_usable_only_for_float32_cuda_states_on_one_host():
-    """Decided once per group from gathered hostnames (the spawned ranks share this host); off with LASP_FX_PEER=0."""
+    """Decided once per group from gathered hostnames (the spawned ranks share this host); off with
+    LASP_FX_PEER=0; forgotten by release()."""
     for answers in run_spawned(workers_peer.usable_answers, 2, timeout=120):
         assert answers == {"cpu": False, "cuda_float64": False, "cuda_float32": True, "kept": True,
-                           "turned_off": False}
+                           "turned_off": False, "released": True}

@@ -57,7 +57,7 @@ def _method(method: str, group, q: Tensor, v: Tensor) -> str:
     B, _, H, D = q.shape
     state_dtype = chunked.acc_dtype(q.dtype)
     state_bytes = B * H * D * v.shape[-1] * torch.finfo(state_dtype).bits // 8
-    through_peers = method != "ring" and peer.usable(group, q.device, state_dtype)
+    through_peers = method == "auto" and peer.usable(group, q.device, state_dtype)  # only auto weighs it
     return resolve_method(method, group.size(), state_bytes, q.device.type, through_peers)
 
 

@@ -71,4 +71,6 @@ def usable_answers(rank: int, P: int) -> dict:
     answers["kept"] = group in peer._USABLE
     os.environ["LASP_FX_PEER"] = "0"
     answers["turned_off"] = peer.usable(group, cuda, torch.float32)
+    peer.release()
+    answers["released"] = group not in peer._USABLE
     return answers
