@@ -71,7 +71,8 @@ def main() -> int:
                 ok &= max(errs) < 1e-6
         up = sum(int(b.flags.abs().sum()) for b in bufs) + sum(int(b.status.item()) for b in bufs)
         ok &= up == 0
-        print(f"P={P}: 6 calls, concurrent ranks on one GPU, max rel RMS {worst:.2e}, flags/status left {up}", flush=True)
+        print(f"P={P}: 6 calls, concurrent ranks on one GPU, max rel RMS {worst:.2e}, flags/status left {up}",
+              flush=True)
 
         # a CUDA graph per rank holding one forward and one backward call, replayed 3 times
         x = torch.randn(P, B, H, D, E, device=dev)

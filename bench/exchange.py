@@ -65,7 +65,8 @@ def main():
     mm = torch.randn(args.matmul, args.matmul, device=dev, dtype=torch.bfloat16)
     side = torch.cuda.Stream()
     out = {"card": torch.cuda.get_device_name(), "P": group.size(), "torch": torch.__version__,
-           "state_MiB": s.numel() * 4 / 2**20, "matmul": args.matmul, "peer_usable": peer.usable(group, s.device, s.dtype)}
+           "state_MiB": s.numel() * 4 / 2**20, "matmul": args.matmul,
+           "peer_usable": peer.usable(group, s.device, s.dtype)}
     got = {name: fn(s, a, group) for name, fn in TRANSPORTS.items()}
     pairs = zip(got["peer"], got["nccl"]) if rank > 0 else [(got["peer"][1], got["nccl"][1])]  # rank 0: no late
     err = torch.tensor([max(rel_rms(x, y) for x, y in pairs)], device=dev)

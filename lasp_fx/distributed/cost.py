@@ -86,7 +86,7 @@ def estimate(world_size: int, state_bytes: int, device_type: str, peer: bool = F
 
 
 def resolve_method(method: str, world_size: int, state_bytes: int, device_type: str, peer: bool = False) -> str:
-    """`method` itself when it is "ring" or "allgather"; the cost model's pick for "auto" (every call: no words built)."""
+    """`method` itself when it is "ring" or "allgather"; the cost model's pick for "auto" (every call: no words)."""
     if method == "auto":
         _, ring, ag = _times(world_size, state_bytes, device_type, peer)
         return "ring" if ring <= ag else "allgather"

@@ -28,7 +28,7 @@ from lasp_fx.ops.triton.launch import launch
 
 @triton.jit
 def _add_crossed(acc, log_w, x, a, HAS_DECAY: tl.constexpr):
-    """One more state on the walk out from this rank: weighted by the log-decays crossed so far, then cross its slice."""
+    """Add a state on the walk out from this rank, weighted by the log-decays crossed so far; then cross its slice."""
     if HAS_DECAY:
         return acc + tl.exp(log_w) * x, log_w + a
     return acc + x, log_w
