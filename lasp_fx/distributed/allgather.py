@@ -11,13 +11,14 @@ Triton kernel with no collective (ops/triton/peer.py); otherwise NCCL's all-gath
 Triton kernel combines the gathered rows on CUDA (ops/triton/gathered.py) and the PyTorch ops
 below do it elsewhere (gloo).
 
-The collective runs exposed, where its result is needed: the forward issues it right after
+The exchange runs exposed, where its result is needed: the forward issues it right after
 the state pass and folds X_{r-1} into the output kernel's segment states; the backward issues
 it once its dq kernel is queued, so it runs after dq, and folds ds_out into dk and dv. Run
 alongside those kernels on NCCL's stream, its kernels took SMs from them: on 4 H200s at 32K
 tokens per GPU the output kernel went from 280 to ~390 us and dq likewise, and the late pass
 the forward then needed (ops/triton/forward._late_out_kernel) cost ~130 us more; the exposed
-all-gather of 4 x 1 MiB takes tens of microseconds (bench/records/2026-11-28_overlap, call 4).
+all-gather of 4 x 1 MiB takes tens of microseconds (bench/records/2026-11-28_overlap, call 4),
+and the peer kernel ~10 us at P = 2 (bench/records/2026-11-28_peer).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
 Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
     forward   fwd(state_hook -> exchange): state pass -> exchange (ring: recv X_{r-1}, send X_r;
-              all-gather: gather every (S_j, A_j), combine) -> output kernel with X_{r-1} folded
+              all-gather: gather every (S_j, A_j) and combine, in one kernel through peer
+              memory where the group allows it) -> output kernel with X_{r-1} folded
               into its segment states
     backward  bwd(s_in = X_{r-1}, state_hook -> exchange): state passes -> dq kernel
               -> exchange (ds_out, and the gradient of X_{r-1} sent back or gathered) -> dk, dv
