@@ -6,7 +6,7 @@
 # Parts (in this order; each has its own time limit, ~450 s in all):
 #   check  bench/check_op_gpu.py --quick: the kernels against float64 on one GPU (~75 s)
 #   op     bench/op.py, lasp_fx alone on GPU 0 at 32K and 128K, every decay form, with a profile (~150 s)
-#   sp4    bench/sp.py on 4 GPUs: the LASP check (autotuning off, to fit), then timings at 32K/GPU (~150 s)
+#   sp4    bench/sp.py on 4 GPUs: the LASP check (autotuning off; its bf16 part compiles for ~2 min), then timings at 32K/GPU (~250 s)
 #   sp2    bench/sp.py on GPUs 0,1: timings at 32K/GPU (~80 s)
 #   fla    bench/op.py, lasp_fx and fla at 32K and 128K, const and gate (fla's first 128K call tunes for minutes)
 #   seg    bench/segments.py: chunks per segment against speed at 8K, 32K, 128K (~150 s)
@@ -28,7 +28,7 @@ for part in $PARTS; do
     check) CUDA_VISIBLE_DEVICES=0 timeout 110 python3 bench/check_op_gpu.py --quick --json "$OUT/check.json" ;;
     op) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/op.py --ts 32768,131072 --big "" --impls lasp_fx \
           --profile 32768 --json "$OUT/op.json" ;;
-    sp4) LASP_FX_AUTOTUNE=0 timeout 100 torchrun --standalone --nproc-per-node=4 bench/sp.py --check-only --reps 3 \
+    sp4) LASP_FX_AUTOTUNE=0 timeout 160 torchrun --standalone --nproc-per-node=4 bench/sp.py --check-only --reps 3 \
            --json "$OUT/sp4_check.json"
          timeout 130 torchrun --standalone --nproc-per-node=4 bench/sp.py --tlocal 32768 --skip-check --reps 10 \
            $IMPLS --json "$OUT/sp4.json" ;;
