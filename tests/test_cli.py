@@ -90,6 +90,13 @@ def test_doctor_names_the_path_of_the_op():
     assert result.exit_code == 0, result.output
     assert "torch" in result.stdout and "gloo" in result.stdout
     assert "op on cpu" in result.stdout and "PyTorch chunked path" in result.stdout
+    assert "LASP all-gather" in result.stdout  # its transport: gloo here, peer memory or NCCL on GPUs
+
+
+def test_doctor_says_when_the_peer_all_gather_is_turned_off(monkeypatch):
+    monkeypatch.setenv("LASP_FX_PEER", "0")
+    result = invoke("doctor")
+    assert "NCCL (LASP_FX_PEER=0)" in result.stdout
 
 
 def test_unknown_command_fails():

@@ -1,5 +1,6 @@
 """`lasp-fx doctor`: the environment facts that decide which path each piece of lasp_fx takes."""
 
+import importlib
 import os
 import platform
 
@@ -48,7 +49,25 @@ def facts() -> list[tuple[str, str]]:
         rows.append(("op on cuda bf16", _path_name(torch.empty(0, device="cuda", dtype=torch.bfloat16))))
         rows.append(("op on cuda fp64", _path_name(torch.empty(0, device="cuda", dtype=torch.float64))))
     rows.append(("process-group backend", "nccl (GPU)" if torch.cuda.is_available() else "gloo (CPU)"))
+    rows.append(("LASP all-gather", _allgather_transport()))
     return rows
+
+
+def _allgather_transport() -> str:
+    """Which transport LASP's all-gather would take between this host's GPUs (distributed/peer.py)."""
+    if os.environ.get("LASP_FX_PEER", "1") == "0":
+        return "NCCL (LASP_FX_PEER=0)"
+    if not torch.cuda.is_available():
+        return "gloo collective (no CUDA)"
+    try:
+        importlib.import_module("torch.distributed._symmetric_memory")
+    except ImportError:
+        return "NCCL collective (torch has no symmetric memory)"
+    n = torch.cuda.device_count()
+    blocked = [(i, j) for i in range(n) for j in range(n) if i != j and not torch.cuda.can_device_access_peer(i, j)]
+    if blocked:
+        return f"NCCL collective (no peer access between GPUs {blocked[0][0]} and {blocked[0][1]})"
+    return "peer memory (one kernel a direction), for a group on this host"
 
 
 def _path_name(x: torch.Tensor) -> str:
