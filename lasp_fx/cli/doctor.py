@@ -1,12 +1,12 @@
 """`lasp-fx doctor`: the environment facts that decide which path each piece of lasp_fx takes."""
 
-import importlib
 import os
 import platform
 
 import torch
 import typer
 
+from lasp_fx.distributed import peer
 from lasp_fx.ops.op import kernels_for
 
 
@@ -59,9 +59,7 @@ def _allgather_transport() -> str:
         return "NCCL (LASP_FX_PEER=0)"
     if not torch.cuda.is_available():
         return "gloo collective (no CUDA)"
-    try:
-        importlib.import_module("torch.distributed._symmetric_memory")
-    except ImportError:
+    if not peer.symmetric_memory_importable():
         return "NCCL collective (torch has no symmetric memory)"
     n = torch.cuda.device_count()
     blocked = [(i, j) for i in range(n) for j in range(n) if i != j and not torch.cuda.can_device_access_peer(i, j)]

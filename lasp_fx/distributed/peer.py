@@ -22,6 +22,7 @@ rank takes the same path.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import weakref
@@ -65,13 +66,14 @@ def usable(group, device: torch.device, dtype: torch.dtype) -> bool:
     if group not in _USABLE:  # once per group: one host sync, the same answer on every rank
         hosts = [None] * group.size()
         dist.all_gather_object(hosts, socket.gethostname(), group=group)
-        _USABLE[group] = len(set(hosts)) == 1 and _symmetric_memory_works()
+        _USABLE[group] = len(set(hosts)) == 1 and symmetric_memory_importable()
     return _USABLE[group]
 
 
-def _symmetric_memory_works() -> bool:
+def symmetric_memory_importable() -> bool:
+    """Whether this torch build has torch.distributed._symmetric_memory (the buffers' allocator)."""
     try:
-        import torch.distributed._symmetric_memory  # noqa: F401
+        importlib.import_module("torch.distributed._symmetric_memory")
     except ImportError:
         return False
     return True
@@ -97,7 +99,7 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
     raw = symm_mem._SymmetricMemory.empty_strided_p2p((n_slots + n_flags,), (1,), torch.float32, device)
     raw.zero_()
     handle = symm_mem.rendezvous(raw, group.group_name)
-    # get_buffer, not buffer_ptrs: the tensor may sit at an offset inside a pooled allocation
+    # every rank's buffer as mapped here: get_buffer gives a tensor view of it (data_ptr is the address)
     bases = torch.tensor([handle.get_buffer(j, raw.shape, raw.dtype).data_ptr() for j in range(P)], dtype=torch.int64)
     torch.cuda.synchronize(device)
     dist.barrier(group=group, device_ids=[device.index])  # every rank's flags are zero before anyone raises one
