@@ -35,6 +35,9 @@ SHAPES = {
     "B1_T4133_H8_D64_E256": (1, 4133, 8, 8, 64, 256),
     "B1_T3001_H6_Hk2_D96_E80": (1, 3001, 6, 2, 96, 80),
 }
+# Long enough for segments of SAVED_CHUNKS on a 132-SM GPU: the backward reuses the forward's states.
+LONG = "B1_T20011_H16_Hk4_D128_E128"
+LONG_SHAPE = (1, 20011, 16, 4, 128, 128)
 KERNELS = [states._local_kernel, forward._out_kernel, backward._dq_kernel, backward._dk_kernel, backward._dv_kernel]
 ROWS = []
 
@@ -70,7 +73,7 @@ def _record(label, errs, dtype):
 
 
 def check_op(shape, decay, dname, initial_state, seed, fixed_decay=False):
-    B, T, H, Hk, D, E = SHAPES[shape]
+    B, T, H, Hk, D, E = SHAPES.get(shape, LONG_SHAPE)
     dtype = DTYPES[dname]
     gen = torch.Generator().manual_seed(seed)
     a = random_inputs(B, T, H, D, E, kv_heads=Hk, decay=decay, initial_state=initial_state, generator=gen)
@@ -84,6 +87,26 @@ def check_op(shape, decay, dname, initial_state, seed, fixed_decay=False):
     errs = {n: rel_rms(out[n], ref[n]) for n in out if out[n] is not None}
     fixed = " fixed" if fixed_decay else ""
     return _record(f"{shape} {decay:5s}{fixed} {dname} init={int(initial_state)}", errs, dtype)
+
+
+def check_saved_states(decay, fixed_decay, seed):
+    """The op at a length whose backward reuses the forward's states: it must run one state pass, not two."""
+    passes, real = [], backward.segment_states
+
+    def spy(*args, **kw):
+        passes.append(kw.get("reverse", False))
+        return real(*args, **kw)
+
+    backward.segment_states = spy
+    try:
+        ok = check_op(LONG, decay, "bf16", True, seed, fixed_decay)
+    finally:
+        backward.segment_states = real
+    if passes != [True]:  # (the float64 reference runs the PyTorch path: no passes of these kernels)
+        print(f"FAIL {LONG} {decay}: the backward ran state passes {passes}, expected only the reverse one")
+        ROWS.append({"case": f"{LONG} {decay} saved states reused", "ok": False})
+        return False
+    return ok
 
 
 def check_split(decay, dname, seed):
@@ -176,6 +199,8 @@ def main():
                 ok &= check_op(shape, decay, dname, initial_state=seed % 2 == 0, seed=seed)
     for decay in ("const", "gate"):  # a decay buffer: the backward without dG and the hi/lo split
         ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed=50, fixed_decay=True)
+    for decay, fixed in (("none", False), ("const", True), ("const", False), ("gate", False), ("gate", True)):
+        ok &= check_saved_states(decay, fixed, seed=80)
     for decay in ("none", "const", "gate") if args.quick else ("none", "const", "gate"):
         ok &= check_split(decay, "bf16", seed=100)
     for decay in ("none", "gate"):

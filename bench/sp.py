@@ -466,6 +466,10 @@ def main():
     meta["check_fp32_vs_fp64"] = check(dev, group, 200 if dev.type == "cpu" else 1000, 4, 64, torch.float32,
                                        torch.float64, ("none", "const", "gate"))
     say("fp32 (odd sizes) vs float64 on one device, max rel RMS:", json.dumps(meta["check_fp32_vs_fp64"]), flush=True)
+    if dev.type == "cuda":  # long enough slices that each backward reuses its forward's states (SAVED_CHUNKS)
+        meta["check_fp32_saved_states"] = check(dev, group, 20000, 16, 64, torch.float32, torch.float64,
+                                                ("none", "const", "gate"))
+        say("fp32 at T/GPU=20000, H=16 vs float64:", json.dumps(meta["check_fp32_saved_states"]), flush=True)
     big = 256 if dev.type == "cpu" else 8192
     meta["check_bf16_vs_1gpu"] = check(dev, group, big, H, D, torch.bfloat16, torch.bfloat16, ("const",))
     say(f"bf16 at T/GPU={big} vs one device on all tokens (bf16), max rel RMS:",

@@ -2,10 +2,11 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
 the group travels as its name, and every output is consumed: STACK.md section 3):
-    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
-        -> (o, final_state, state_in)
+    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check,
+        decay_grad) -> (o, final_state, state_in, saved_states)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_state_in)
+        saved_states?, final_state?, scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_state_in)
+(saved_states: the forward's own states, which the backward reuses: ops/op.py.)
 Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
 torch.autograd.Function instead (ops.op.runs_eagerly says why).
 
@@ -49,7 +50,7 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import kernels_for, runs_eagerly, single_device
+from lasp_fx.ops.op import kernels_for, needs_decay_grad, runs_eagerly, saved_states_like, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -76,8 +77,8 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
     return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
 
 
-def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
-    """(o, X_r, X_{r-1}) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
+def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad):
+    """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     method = _method(method, group, q, v)
     if check:
@@ -96,12 +97,15 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
         return exchange
 
     s0 = initial_state if rank == 0 else None
-    o, s_out = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange)
+    o, s_out, saved = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True,
+                               decay_grad=decay_grad)
     wait_all(sends)
-    return o, s_out, got[0] if rank > 0 else s0
+    return o, s_out, got[0] if rank > 0 else s0, saved
 
 
-def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, method, decay_grad):
+def _gradients(
+    do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad
+):  # fmt: skip
     """(dq, dk, dv, dlog_decay (empty without decay_grad), gradient of X_{r-1})."""
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
@@ -119,8 +123,9 @@ def _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, group, me
 
         return exchange
 
+    saved = None if saved_states is None else (saved_states, final_state)
     dq, dk, dv, dG, ds_in = kern.bwd(
-        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad
+        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad, saved=saved
     )
     wait_all(sends)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
@@ -139,21 +144,23 @@ def _sp_forward(
     group_name: str,
     method: str,
     check: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    o, s_out, s_in = _forward(q, k, v, log_decay, initial_state, scale, resolve_group(group_name), method, check)
+    decay_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    group = resolve_group(group_name)
+    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad)
     if s_in is None:  # rank 0 without an initial state; returned, so a tensor (the same as no state)
         s_in = torch.zeros_like(s_out)
     elif s_in is initial_state:  # an output must not alias an input
         s_in = s_in.to(s_out.dtype).clone()
-    return o, s_out, s_in
+    return o, s_out, s_in, saved
 
 
 @_sp_forward.register_fake
-def _(q, k, v, log_decay, initial_state, scale, group_name, method, check):
+def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, decay_grad):
     B, T, H, D = q.shape
     E = v.shape[-1]
     state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
-    return q.new_empty(B, T, H, E), state, torch.empty_like(state)
+    return q.new_empty(B, T, H, E), state, torch.empty_like(state), saved_states_like(q, k, v, log_decay)
 
 
 @torch.library.custom_op("lasp_fx::sp_linear_attention_backward", mutates_args=())
@@ -165,38 +172,46 @@ def _sp_backward(
     v: Tensor,
     log_decay: Optional[Tensor],
     state_in: Tensor,
+    saved_states: Optional[Tensor],
+    final_state: Optional[Tensor],
     scale: float,
     group_name: str,
     method: str,
     decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _gradients(do, d_final_state, q, k, v, log_decay, state_in, scale, resolve_group(group_name), method,
-                      decay_grad)
+    group = resolve_group(group_name)
+    return _gradients(
+        do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad
+    )
 
 
 @_sp_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, state_in, scale, group_name, method, decay_grad):
+def _(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group_name, method,
+      decay_grad):
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, group, method, check = inputs
-    _, _, state_in = output
-    ctx.save_for_backward(q, k, v, log_decay, state_in)
+    q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad = inputs
+    _, final_state, state_in, saved_states = output
+    ctx.save_for_backward(q, k, v, log_decay, state_in, saved_states, final_state)
     ctx.has_initial_state = initial_state is not None
-    ctx.scale, ctx.group, ctx.method = scale, group, method
+    ctx.scale, ctx.group, ctx.method, ctx.saved_decay_grad = scale, group, method, decay_grad
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
-def _backward(ctx, do, d_final_state, *_d_state_in, gradients=torch.ops.lasp_fx.sp_linear_attention_backward):
-    q, k, v, log_decay, state_in = ctx.saved_tensors
+def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp_linear_attention_backward):
+    q, k, v, log_decay, state_in, saved_states, final_state = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
+    if decay_grad != ctx.saved_decay_grad:  # kept for another backward than this one: run the state pass
+        saved_states = None
     dq, dk, dv, dlog_decay, d_state_in = gradients(
-        do, d_final_state, q, k, v, log_decay, state_in, ctx.scale, ctx.group, ctx.method, decay_grad
-    )
+        do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
+        ctx.method, decay_grad,
+    )  # fmt: skip
     d_initial = None
     if ctx.has_initial_state:  # read on rank 0 only: the other ranks' copies get zeros
         d_initial = d_state_in if resolve_group(ctx.group).rank() == 0 else torch.zeros_like(d_state_in)
@@ -206,6 +221,7 @@ def _backward(ctx, do, d_final_state, *_d_state_in, gradients=torch.ops.lasp_fx.
         dv,
         dlog_decay if decay_grad else None,
         d_initial,
+        None,
         None,
         None,
         None,
@@ -222,10 +238,11 @@ class _EagerLASP(torch.autograd.Function):
     around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check):
-        o, s_out, s_in = _forward(q, k, v, log_decay, initial_state, scale, group, method, check)
-        _setup_context(ctx, (q, k, v, log_decay, initial_state, scale, group, method, check), (o, s_out, s_in))
-        return o, s_out
+    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad):
+        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad)
+        outputs = _forward(*inputs)
+        _setup_context(ctx, inputs, outputs)
+        return outputs[:2]
 
     @staticmethod
     def backward(ctx, do, d_final_state):
@@ -253,7 +270,8 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
     pg = resolve_group(group)
     if pg.size() == 1:
         return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
+    decay_grad = needs_decay_grad(log_decay)
     if runs_eagerly(q, k, v, log_decay, initial_state):
-        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check)
-    o, final_state, _ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check)
+        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, decay_grad)
+    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, decay_grad)
     return o, final_state

@@ -3,8 +3,8 @@
 Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
 local work before any state arrives from another rank (DESIGN.md section 2):
 
-    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output)       -> o, s_out
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad) -> dq, dk, dv, dG, ds_in
+    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save, decay_grad) -> o, s_out[, saved]
+    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved)       -> dq, dk, dv, dG, ds_in
 
 `state_hook(local_state)` is called once the slice's own state (forward: the final state from
 the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
@@ -196,17 +196,26 @@ class _Chunks:
         return states + w * sl, end + total * late.to(self.dtype)
 
 
+def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
+    """What `fwd(save=True)` keeps for the backward here: nothing (the Triton kernels keep their states)."""
+    return (0,)
+
+
 def fwd(
-    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False
-):
+    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False,
+    save: bool = False, decay_grad: bool = False,
+):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
     `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
     known, before any output exists; a late state it returns (module docstring) is folded in,
     or with `late_after_output` asked for once the output from everything else exists and added
     to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
+    `save` (and `decay_grad`, how the backward will use it) asks for what the backward may reuse:
+    an empty tensor here, shaped `saved_shape`.
 
-    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype).
+    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype), and the
+    saved tensor with `save`.
     """
     c = _Chunks(q, k, v, g, scale, chunk_size)
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
@@ -223,18 +232,20 @@ def fwd(
         S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
         s_out = s_out if end is None else end.to(c.dtype)
         o = o + c.inter(S_late)
-    return _unchunk_q(o, c.T).to(q.dtype), s_out
+    o = _unchunk_q(o, c.T).to(q.dtype)
+    return (o, s_out, s_out.new_empty(saved_shape(q, v, g, c.Hk))) if save else (o, s_out)
 
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE,
-    decay_grad: bool = True,
-):
+    decay_grad: bool = True, saved=None,
+):  # fmt: skip
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
 
     `state_hook(ds_local)` is called as soon as the gradient of the incoming state from `do`
     and `ds_out` is known; a late gradient it returns is awaited after dq and folded in.
     `decay_grad=False` skips dG (a decay that is a fixed buffer, as in RetNet and lightning attention).
+    `saved` (what fwd(save=True) kept, and its s_out) is not used here: this path recomputes.
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None or not
     decay_grad, and ds_in [B, H, D, E], the gradient of the incoming state).

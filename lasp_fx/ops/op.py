@@ -2,12 +2,15 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
 and `torch.export` keep each call as one node):
-    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale) -> (o, final_state)
-    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?, scale,
-        decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
+    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale, decay_grad)
+        -> (o, final_state, saved_states)
+    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?,
+        saved_states?, final_state?, scale, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
 `decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay is then empty
-and the kernels skip the work for it. Eager calls on plain tensors run the same functions through
-a torch.autograd.Function instead (`runs_eagerly`): less host time, same kernels.
+and the kernels skip the work for it. `saved_states` are the forward's states that the backward
+reuses instead of running their pass again (its shape follows from the sizes: `saved_shape` of
+the kernels' module, empty on the PyTorch path). Eager calls on plain tensors run the same
+functions through a torch.autograd.Function instead (`runs_eagerly`): less host time, same kernels.
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
@@ -33,19 +36,33 @@ def kernels_for(x: Tensor) -> ModuleType:
     return chunked
 
 
-def _forward(q, k, v, log_decay, initial_state, scale):
+def _forward(q, k, v, log_decay, initial_state, scale, decay_grad):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state)
+    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True, decay_grad=decay_grad)
 
 
-def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, scale, decay_grad):
+def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad):
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final_state = None if d_final_state is None else d_final_state.contiguous()
     kern = kernels_for(q)
-    dq, dk, dv, dG, ds_in = kern.bwd(q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad)
+    saved = None if saved_states is None else (saved_states, final_state)
+    dq, dk, dv, dG, ds_in = kern.bwd(
+        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad, saved=saved
+    )
     dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay)
     return dq, dk, dv, dlog_decay, ds_in
+
+
+def saved_states_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor]) -> Tensor:
+    """An empty tensor shaped as the forward's saved states for these inputs (what a fake returns)."""
+    shape = kernels_for(q).saved_shape(q, v, log_decay, k.shape[2])
+    return q.new_empty(shape, dtype=chunked.acc_dtype(q.dtype))
+
+
+def needs_decay_grad(log_decay: Optional[Tensor]) -> bool:
+    """Whether a backward will want the decay's gradient (the forward keeps its states as that backward needs them)."""
+    return log_decay is not None and log_decay.requires_grad and torch.is_grad_enabled()
 
 
 @torch.library.custom_op("lasp_fx::linear_attention", mutates_args=())
@@ -56,15 +73,17 @@ def _linear_attention(
     log_decay: Optional[Tensor],
     initial_state: Optional[Tensor],
     scale: float,
-) -> tuple[Tensor, Tensor]:
-    return _forward(q, k, v, log_decay, initial_state, scale)
+    decay_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward(q, k, v, log_decay, initial_state, scale, decay_grad)
 
 
 @_linear_attention.register_fake
-def _(q, k, v, log_decay, initial_state, scale):
+def _(q, k, v, log_decay, initial_state, scale, decay_grad):
     B, T, H, D = q.shape
     E = v.shape[-1]
-    return q.new_empty(B, T, H, E), q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
+    final_state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
+    return q.new_empty(B, T, H, E), final_state, saved_states_like(q, k, v, log_decay)
 
 
 @torch.library.custom_op("lasp_fx::linear_attention_backward", mutates_args=())
@@ -76,14 +95,17 @@ def _linear_attention_backward(
     v: Tensor,
     log_decay: Optional[Tensor],
     initial_state: Optional[Tensor],
+    saved_states: Optional[Tensor],
+    final_state: Optional[Tensor],
     scale: float,
     decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _gradients(do, d_final_state, q, k, v, log_decay, initial_state, scale, decay_grad)
+    return _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale,
+                      decay_grad)
 
 
 @_linear_attention_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, initial_state, scale, decay_grad):
+def _(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad):
     B, _, H, D = q.shape
     E = v.shape[-1]
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
@@ -92,19 +114,22 @@ def _(do, d_final_state, q, k, v, log_decay, initial_state, scale, decay_grad):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale = inputs
-    ctx.save_for_backward(q, k, v, log_decay, initial_state)
-    ctx.scale = scale
+    q, k, v, log_decay, initial_state, scale, decay_grad = inputs
+    _, final_state, saved_states = output
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state)
+    ctx.scale, ctx.saved_decay_grad = scale, decay_grad
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no zeros to make and add
 
 
-def _backward(ctx, do, d_final_state, gradients=torch.ops.lasp_fx.linear_attention_backward):
-    q, k, v, log_decay, initial_state = ctx.saved_tensors
+def _backward(ctx, do, d_final_state, _d_saved=None, gradients=torch.ops.lasp_fx.linear_attention_backward):
+    q, k, v, log_decay, initial_state, saved_states, final_state = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
+    if decay_grad != ctx.saved_decay_grad:  # kept for another backward than this one: run the state pass
+        saved_states = None
     dq, dk, dv, dlog_decay, ds_in = gradients(
-        do, d_final_state, q, k, v, log_decay, initial_state, ctx.scale, decay_grad
+        do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
     )
     return (
         dq,
@@ -112,6 +137,7 @@ def _backward(ctx, do, d_final_state, gradients=torch.ops.lasp_fx.linear_attenti
         dv,
         dlog_decay if decay_grad else None,
         None if initial_state is None else ds_in,
+        None,
         None,
     )
 
@@ -127,14 +153,15 @@ class _EagerLinearAttention(torch.autograd.Function):
     setup_context = staticmethod(_setup_context)  # forward without ctx: torch.func.grad works too
 
     @staticmethod
-    def backward(ctx, do, d_final_state):
+    def backward(ctx, do, d_final_state, _d_saved):
         return _backward(ctx, do, d_final_state, gradients=_gradients)
 
 
 def single_device(q, k, v, log_decay, initial_state, scale: float):
     """(o, final_state) on already-checked arguments: the autograd.Function eagerly, the custom op when traced."""
     op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state) else _traced_op
-    return op(q, k, v, log_decay, initial_state, scale)
+    o, final_state, _ = op(q, k, v, log_decay, initial_state, scale, needs_decay_grad(log_decay))
+    return o, final_state
 
 
 def runs_eagerly(*tensors) -> bool:

@@ -198,7 +198,10 @@ def build(cand: Candidate, emit, env: dict):
         ones = emit(aten.ones_like.default, emit(aten.slice.Tensor, v, -1, 0, 1))  # no sizes: T may be symbolic
         v = emit(aten.cat.default, [v, ones], -1)
     dtype = acc_dtype(val(cand.q).dtype) if isinstance(emit, GraphEmitter) else torch.float64
-    res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale))
+    # decay_grad: whether the traced decay requires grad (the op keeps its states for such a backward;
+    # a backward that differs only runs the state pass again)
+    decay_grad = cand.decay.node is not None and bool(getattr(val(cand.decay.node), "requires_grad", False))
+    res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale), decay_grad)
     o = emit(operator.getitem, res, 0)
     if cand.normalised:
         num = emit(aten.slice.Tensor, o, -1, 0, E)

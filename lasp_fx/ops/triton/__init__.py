@@ -1,7 +1,9 @@
 """Triton kernels for the op on CUDA: the two primitives of `chunked.py`, same signatures and semantics.
 
-    fwd(q, k, v, g, scale, s_in=None, state_hook=None, late_after_output=False)          -> (o, s_out)
-    bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None, decay_grad=True) -> (dq, dk, dv, dG, ds_in)
+    fwd(q, k, v, g, scale, s_in=None, state_hook=None, late_after_output=False, save=False, decay_grad=False)
+        -> (o, s_out[, saved states])
+    bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None, decay_grad=True, saved=None)
+        -> (dq, dk, dv, dG, ds_in)
 
 fwd and bwd run a state pass first (states.py), call `state_hook`, then the output / gradient
 kernels; a late state the hook hands back (LASP: the state from the ranks before, the gradient
@@ -14,7 +16,8 @@ says how).
 
 from lasp_fx.ops.chunked import acc_dtype
 from lasp_fx.ops.triton.backward import bwd
+from lasp_fx.ops.triton.common import saved_shape
 from lasp_fx.ops.triton.decay_grad import log_decay_grad
 from lasp_fx.ops.triton.forward import fwd
 
-__all__ = ["fwd", "bwd", "log_decay_grad", "acc_dtype"]
+__all__ = ["fwd", "bwd", "log_decay_grad", "acc_dtype", "saved_shape"]

@@ -23,13 +23,13 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_f32b, dot_precision, load_cols,
-    late_state, load_rows, segment_chunks,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, config, decay_mode,
+    head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
-from lasp_fx.ops.triton.states import segment_states, with_late
+from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
@@ -37,9 +37,9 @@ _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untu
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
 @triton.jit
 def _dq_kernel(
-    q, k, v, g, do, S, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BE: tl.constexpr,
+    q, k, v, g, do, S, late, A, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr,
+    PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -53,7 +53,8 @@ def _dq_kernel(
     do_base = head_base(do, i_b, T, H, i_h, E)
     dq_base = head_base(dq, i_b, T, H, i_h, D)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
-    st = late_state(s_ptr, S, S, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, False, False, 1)  # S^T
+    # S^T, plus an incoming state (s_in: the saved states hold the tokens' own states alone)
+    st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2)
 
     for c in range(0, NSUB):
         t = (i_s * NSUB + c) * C + rc
@@ -185,8 +186,8 @@ def _dv_kernel(
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
-    decay_grad: bool = True,
-):
+    decay_grad: bool = True, saved=None,
+):  # fmt: skip
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state (see chunked.bwd).
 
     `state_hook(ds_local)` runs after both state passes; the dq kernel (which needs no ds_out)
@@ -194,6 +195,8 @@ def bwd(
     states of the dk and dv kernels.
 
     `decay_grad=False` (a fixed decay) drops dG: no q.k products for it, no hi/lo split.
+    `saved` = (the states `fwd(save=True, decay_grad=decay_grad)` returned, its s_out) spares the
+    forward-direction state pass when the segments are SAVED_CHUNKS long (`nsub` as fwd's).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
     decay_grad, ds_in [B, H, D, E] float32).
@@ -202,7 +205,7 @@ def bwd(
     B, T, H, D = q.shape
     HK, E = k.shape[2], v.shape[3]
     g_mode, g = decay_mode(g)
-    HS = HK if (g_mode == 0 and s_in is None) else H
+    HS = HK if g_mode == 0 else H  # as fwd: s_in enters the dq kernel as a late state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
     # dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry decay-weighted
     # operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk. A fixed decay
@@ -210,10 +213,19 @@ def bwd(
     # q.k product and a [T, H, D/BK] float32 store for dG in each (the dk kernel's q.k product
     # has since moved into the dq kernel's, as column sums: not yet timed on a GPU).
     dg = g_mode != 0 and decay_grad
-    split = dg and q.dtype != torch.float32
-    S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in, split=split)
+    split = backward_split(g_mode, decay_grad, q.dtype)
+    reuse = saved is not None and SAVE_STATES and nsub == SAVED_CHUNKS
+    if reuse:
+        S, s_out = saved
+    else:
+        S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, split=split)  # s_out: before s_in, unused without dG
     dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
     late = await_late(state_hook, ds_in)
+    # s_in reaches the dq kernel's segments as a late state, decayed by the segments' log2-decays A
+    # (the reverse pass sums the same chunks in the same order as the forward's: the same A)
+    entering = None if s_in is None else s_in.float().contiguous()
+    if dg and not reuse and entering is not None:
+        s_out = add_late_at_end(s_out, entering, A)[1]  # the forward's final state, for dG's last token
 
     nseg, prec, group = S.shape[2], dot_precision(q.dtype), H // HK
     BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
@@ -221,16 +233,17 @@ def bwd(
     dq = torch.empty_like(q)
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if dg else dq
     gp = dq if g is None else g
-    common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK)
+    common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg))
     launch(
         _dq_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, S, dq, dGq, scale, T, H, HK, HS, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **common,
+        q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, dq, dGq, scale, T, H, HK,
+        HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, BK=BK, BE=block(E), **common,
     )  # fmt: skip
 
     ds_late, ds_in = with_late(ds_in, None if late is None else late(), A)
     if ds_late is not None:
         ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
-    fold = dict(HAS_LATE=ds_late is not None, NSEG_P2=triton.next_power_of_2(nseg), **common)
+    fold = dict(HAS_LATE=ds_late is not None, **common)
     late_args = (dS if ds_late is None else ds_late, dS if A is None else A)
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)

@@ -23,12 +23,12 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, autotune, block, chunk_decay, chunk_mask, config, decay_mode, head_base, dot_precision, late_state,
-    load_cols, load_rows, segment_chunks,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, config, decay_mode,
+    head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
-from lasp_fx.ops.triton.states import segment_states, with_late
+from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
@@ -133,7 +133,10 @@ def _late_out_kernel(
 LATE_BLOCK_CHUNKS = 8
 
 
-def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False):
+def fwd(
+    q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False,
+    save: bool = False, decay_grad: bool = False,
+):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
     `state_hook(s_local)` runs after the state pass and before the output kernel; a late state
@@ -141,23 +144,31 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
     or with `late_after_output` is asked for after the output kernel is queued and added by
     `_late_out_kernel`. `nsub` (chunks per segment) is chosen from the sizes when None.
 
-    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32).
+    `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
+    (empty unless the segments are SAVED_CHUNKS long); `decay_grad` says the backward will want
+    the decay's gradient, so they are carried as it needs them (backward.bwd's split).
+
+    Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, T, H, D = q.shape
     HK, E = k.shape[2], v.shape[3]
     g_mode, g = decay_mode(g)
-    # Without decay or incoming state, the query heads of one kv head share every state.
-    HS = HK if (g_mode == 0 and s_in is None) else H
+    HS = HK if g_mode == 0 else H  # without decay the query heads of one kv head share every state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    # 16-bit decay-weighted keys suffice here (no common.dot_f32a split): the backward recomputes
-    # its states with the split wherever they meet the decay gradient, and an error in a state
-    # that enters from here (LASP's X_{r-1}) is consistent, like a slightly different s_in.
-    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, s_in)
+    # 16-bit decay-weighted keys suffice for the output (no common.dot_f32a split): an error in a
+    # state is consistent, like a slightly different s_in. The backward wants the split wherever
+    # its states meet the decay gradient, so states saved for it are carried with it.
+    split = save and SAVE_STATES and nsub == SAVED_CHUNKS and backward_split(g_mode, decay_grad, q.dtype)
+    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, split=split)
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
+    # s_in enters as a late state (common.late_state), so S holds the tokens' states alone: the
+    # backward reuses them whatever state flowed in.
+    entering, s_out = (None, s_out) if s_in is None else add_late_at_end(s_out, s_in, A)
     late = await_late(state_hook, s_out)
     s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A)
+    s_late = entering if s_late is None else (s_late if entering is None else s_late + entering)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = S.shape[2]
     common = dict(
@@ -170,9 +181,10 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
         q, k, v, gp, S, S if s_late is None else s_late, Ap, o, scale, T, H, HK, HS, D, E, nsub, nseg,
         HAS_LATE=s_late is not None, **common,
     )  # fmt: skip
+    s_late = None  # what entered the output kernel is in o; a state asked for only now is added below
     if late is not None and late_after_output:
         s_late, s_out = with_late(s_out, late(), A)
-    if late_after_output and s_late is not None:
+    if s_late is not None:
         # Memory-bound: q is read once per E tile, so take all of E where X's tile fits in registers.
         BV = min(block(E), max(16, 16384 // block(D)))
         sub = LATE_BLOCK_CHUNKS
@@ -181,4 +193,6 @@ def fwd(q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None =
             q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, sub, BV=BV, BT=1024,
             num_warps=8 if BV * block(D) >= 128 * 128 else 4, **common,
         )  # fmt: skip
-    return o, s_out
+    if not save:
+        return o, s_out
+    return o, s_out, S if nsub == SAVED_CHUNKS else S.new_empty(saved_shape(q, v, g, HK))

@@ -1,0 +1,140 @@
+"""The backward reuses the forward's segment states (fwd(save=True) -> bwd(saved=...)): same gradients, one pass less."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+pytest.importorskip("numpy", reason="Triton's CPU interpreter needs numpy")
+
+import lasp_fx  # noqa: E402
+from lasp_fx.ops import naive  # noqa: E402
+from lasp_fx.ops import triton as tk  # noqa: E402
+from lasp_fx.ops.triton import backward as tk_bwd  # noqa: E402
+from lasp_fx.ops.triton.common import CHUNK, SAVED_CHUNKS  # noqa: E402
+from lasp_fx.testing.numerics import assert_close_rms, random_inputs  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SCALE = 0.37
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
+# Two saved segments, the second cut mid-chunk; GQA (without decay the states are per kv head).
+B, T, H, HK, D, E = 1, CHUNK * SAVED_CHUNKS + 70, 2, 1, 16, 16
+
+
+def _inputs(decay, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a = random_inputs(B, T, H, D, E, kv_heads=HK, decay=decay, initial_state=True, dtype=dtype, generator=gen)
+    a = {name: x.to(DEVICE) for name, x in a.items()}
+    do = torch.randn(B, T, H, E, generator=gen).to(DEVICE, dtype)
+    ds_out = torch.randn(B, H, D, E, generator=gen).to(DEVICE)
+    return a, do, ds_out
+
+
+def _reference_grads(a, do, ds_out):
+    leaves = {name: x.detach().double().requires_grad_() for name, x in a.items()}
+    o, s = naive.quadratic_linear_attention(
+        leaves["q"], leaves["k"], leaves["v"], leaves.get("log_decay"),
+        scale=SCALE, initial_state=leaves["initial_state"],
+    )  # fmt: skip
+    ((o * do.double()).sum() + (s * ds_out.double()).sum()).backward()
+    return {name: x.grad for name, x in leaves.items()}
+
+
+def _count_state_passes(monkeypatch) -> list:
+    """Record each state pass the backward runs: False for the forward direction, True for the reverse."""
+    passes, real = [], tk_bwd.segment_states
+    monkeypatch.setattr(
+        tk_bwd, "segment_states", lambda *args, **kw: passes.append(kw.get("reverse", False)) or real(*args, **kw)
+    )
+    return passes
+
+
+# fp16 where the decay's gradient wants the hi/lo split (the saved states must carry it), fp32 where it does not
+@pytest.mark.parametrize(
+    "decay, dtype",
+    [("none", torch.float32), ("const", torch.float32), ("const", torch.float16), ("gate", torch.float16)],
+    ids=["none-fp32", "const-fp32", "const-fp16", "gate-fp16"],
+)
+def test_backward_reuses_the_saved_states(decay, dtype, monkeypatch):
+    a, do, ds_out = _inputs(decay, dtype, seed=3 + len(decay))
+    q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
+    o, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=SAVED_CHUNKS, save=True, decay_grad=True)
+    assert states.shape == tk.saved_shape(q, v, g, HK) == (B, HK if g is None else H, 2, D, E)
+
+    passes = _count_state_passes(monkeypatch)
+    got = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, nsub=SAVED_CHUNKS, saved=(states, s_out))
+    assert passes == [True], "the backward ran the forward-direction state pass again"
+    passes.clear()
+    recomputed = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, nsub=SAVED_CHUNKS)
+    assert passes == [False, True]
+
+    ref = _reference_grads(a, do, ds_out)
+    names = ["q", "k", "v", "log_decay", "initial_state"]
+    for name, x, y in zip(names, got, recomputed):
+        if name == "log_decay":
+            if g is None:
+                assert x is None and y is None
+                continue
+            x, y = tk.log_decay_grad(x, g), tk.log_decay_grad(y, g)
+        # the same states (with the hi/lo split where the decay's gradient needs it): the same numbers
+        assert_close_rms(x, y, 1e-6, f"d{name} saved vs recomputed")
+        # a constant decay's gradient sums every token's share, with heavy cancellation: fp32 reaches
+        # 2e-4 here at T = 2118 (the same before the states were saved)
+        assert_close_rms(x, ref[name], max(TOL[dtype], 5e-4) if name == "log_decay" else TOL[dtype], f"d{name}")
+
+
+def test_other_segment_lengths_leave_the_saved_tensor_unused(monkeypatch):
+    """Segments of another length than SAVED_CHUNKS: fwd returns an empty tensor of the same shape, bwd recomputes."""
+    a, do, ds_out = _inputs("gate", torch.float32, seed=9)
+    q, k, v, g, s_in = a["q"], a["k"], a["v"], a["log_decay"], a["initial_state"]
+    _, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=4, save=True, decay_grad=True)
+    assert states.shape == tk.saved_shape(q, v, g, HK)
+    passes = _count_state_passes(monkeypatch)
+    dq, dk, dv, dG, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, nsub=4, saved=(states, s_out))
+    assert passes == [False, True]
+    ref = _reference_grads(a, do, ds_out)
+    for name, x in (("q", dq), ("k", dk), ("v", dv), ("initial_state", ds_in)):
+        assert_close_rms(x, ref[name], TOL[torch.float32], f"d{name}")
+    assert_close_rms(tk.log_decay_grad(dG, g), ref["log_decay"], 1e-4, "dlog_decay")
+
+
+def _op_inputs(learnable: bool):
+    """Enough heads that the CPU's segment rule (4 "SMs") picks SAVED_CHUNKS, as a GPU does at long T."""
+    gen = torch.Generator().manual_seed(2)
+    a = random_inputs(1, T, 4, D, E, kv_heads=2, decay="gate", dtype=torch.float16, generator=gen)
+    a["log_decay"].requires_grad_(learnable)
+    for name in "qkv":
+        a[name].requires_grad_()
+    return a, torch.randn(1, T, 4, E, generator=gen).half()
+
+
+@pytest.mark.parametrize(
+    "entry, learnable, expected_passes",
+    [
+        ("public", True, [True]),  # states kept with the split the decay's gradient needs: reused
+        ("public", False, [True]),  # a fixed decay: kept without it, and reused
+        ("kept_for_another", True, [False, True]),  # forward told no decay gradient, backward wants one
+    ],
+    ids=["learnable_decay", "fixed_decay", "kept_for_another_backward"],
+)
+def test_op_reuses_states_kept_for_its_backward(entry, learnable, expected_passes, monkeypatch):
+    """Through the op, with the Triton kernels on the interpreter: which state passes its backward runs."""
+    from lasp_fx.ops import op as op_module
+
+    monkeypatch.setattr(op_module, "kernels_for", lambda x: tk)  # CPU tensors take the Triton kernels here
+    a, do = _op_inputs(learnable)
+    leaves = [a["q"], a["k"], a["v"]] + ([a["log_decay"]] if learnable else [])
+    if entry == "public":
+        o = lasp_fx.linear_attention(a["q"], a["k"], a["v"], a["log_decay"], scale=SCALE)
+    else:
+        op = torch.ops.lasp_fx.linear_attention
+        o, _, _ = op(a["q"], a["k"], a["v"], a["log_decay"], None, SCALE, False)
+    passes = _count_state_passes(monkeypatch)
+    grads = torch.autograd.grad((o.float() * do.float()).sum(), leaves)
+    assert passes == expected_passes
+
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    g_ref = ref_leaves[3] if learnable else a["log_decay"].detach().double()
+    ref_o, _ = naive.quadratic_linear_attention(*ref_leaves[:3], g_ref, scale=SCALE)
+    ref = torch.autograd.grad((ref_o * do.double()).sum(), ref_leaves)
+    for name, x, y in zip("qkvg", grads, ref):
+        assert_close_rms(x, y, 1e-3 if name == "g" else TOL[torch.float16], f"d{name}")
