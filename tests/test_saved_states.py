@@ -98,13 +98,13 @@ def test_other_segment_lengths_leave_the_saved_tensor_unused(monkeypatch):
 
 
 def _op_inputs(learnable: bool):
-    """Enough heads that the CPU's segment rule (4 "SMs") picks SAVED_CHUNKS, as a GPU does at long T."""
     gen = torch.Generator().manual_seed(2)
-    a = random_inputs(1, T, 4, D, E, kv_heads=2, decay="gate", dtype=torch.float16, generator=gen)
+    a = random_inputs(1, T, 2, D, E, kv_heads=1, decay="gate", dtype=torch.float16, generator=gen)
+    a = {name: x.to(DEVICE) for name, x in a.items()}
     a["log_decay"].requires_grad_(learnable)
     for name in "qkv":
         a[name].requires_grad_()
-    return a, torch.randn(1, T, 4, E, generator=gen).half()
+    return a, torch.randn(1, T, 2, E, generator=gen).to(DEVICE, torch.float16)
 
 
 @pytest.mark.parametrize(
@@ -119,8 +119,11 @@ def _op_inputs(learnable: bool):
 def test_op_reuses_states_kept_for_its_backward(entry, learnable, expected_passes, monkeypatch):
     """Through the op, with the Triton kernels on the interpreter: which state passes its backward runs."""
     from lasp_fx.ops import op as op_module
+    from lasp_fx.ops.triton import forward as tk_fwd
 
-    monkeypatch.setattr(op_module, "kernels_for", lambda x: tk)  # CPU tensors take the Triton kernels here
+    monkeypatch.setattr(op_module, "kernels_for", lambda x: tk)  # CPU tensors take the Triton kernels here too
+    for module in (tk_fwd, tk_bwd):  # the segment length the GPUs pick from ~16K tokens per head up
+        monkeypatch.setattr(module, "segment_chunks", lambda n_chunks, bh, device: SAVED_CHUNKS)
     a, do = _op_inputs(learnable)
     leaves = [a["q"], a["k"], a["v"]] + ([a["log_decay"]] if learnable else [])
     if entry == "public":
