@@ -118,7 +118,7 @@ def test_late_state_added_after_the_output_matches_reference(decay, dtype, block
     state, in blocks of chunks that need not be the segments (2: blocks start mid-segment)."""
     monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
     a, _, _, nsub = _inputs("wide_d" if dtype == torch.float32 else "gqa_odd", decay, True, dtype, seed=9)
-    ref_o, ref_s, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], dtype=dtype), None)
+    ref_o, ref_s, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], dtype=dtype, device=DEVICE), None)
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
     o, s_out = tk.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: s_in, nsub=nsub,
                       late_after_output=True)
@@ -133,7 +133,7 @@ def test_late_output_blocks_inside_long_segments(decay, block_chunks, monkeypatc
     segment's start to the block's is summed in pieces of 1024 tokens (two pieces for the last blocks)."""
     monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
     a, _, _, _ = _inputs("many_seg", decay, True, torch.float32, seed=12)
-    ref_o, _, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1]), None)
+    ref_o, _, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], device=DEVICE), None)
     o, _ = tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, None, nsub=32,
                   state_hook=lambda local: lambda: a["initial_state"], late_after_output=True)
     assert_close_rms(o, ref_o, 2 * TOL[torch.float32], "o with the late state added in blocks")
