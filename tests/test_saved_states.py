@@ -58,7 +58,8 @@ def test_backward_reuses_the_saved_states(decay, dtype, monkeypatch):
     a, do, ds_out = _inputs(decay, dtype, seed=3 + len(decay))
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
     o, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=SAVED_CHUNKS, save=True, decay_grad=True)
-    assert states.shape == tk.saved_shape(q, v, g, HK) == (B, HK if g is None else H, 2, D, E)
+    # two segments, and the first one's entering state (zero) has no row
+    assert states.shape == tk.saved_shape(q, v, g, HK) == (B, HK if g is None else H, 1, D, E)
 
     passes = _count_state_passes(monkeypatch)
     got = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, nsub=SAVED_CHUNKS, saved=(states, s_out))
@@ -88,6 +89,7 @@ def test_other_segment_lengths_leave_the_saved_tensor_unused(monkeypatch):
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a["log_decay"], a["initial_state"]
     _, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=4, save=True, decay_grad=True)
     assert states.shape == tk.saved_shape(q, v, g, HK)
+    assert tk.saved_shape(q[:, : CHUNK * SAVED_CHUNKS], v, g, HK)[2] == 0  # one segment or less: no memory held
     passes = _count_state_passes(monkeypatch)
     dq, dk, dv, dG, ds_in = tk.bwd(q, k, v, g, SCALE, do, s_in, ds_out, nsub=4, saved=(states, s_out))
     assert passes == [False, True]

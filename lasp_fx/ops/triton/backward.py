@@ -52,7 +52,7 @@ def _dq_kernel(
     v_base = head_base(v, i_b, T, HK, hk, E)
     do_base = head_base(do, i_b, T, H, i_h, E)
     dq_base = head_base(dq, i_b, T, H, i_h, D)
-    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # S^T, plus an incoming state (s_in: the saved states hold the tokens' own states alone)
     st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2)
 
@@ -227,7 +227,7 @@ def bwd(
     if dg and not reuse and entering is not None:
         s_out = add_late_at_end(s_out, entering, A)[1]  # the forward's final state, for dG's last token
 
-    nseg, prec, group = S.shape[2], dot_precision(q.dtype), H // HK
+    nseg, prec, group = dS.shape[2], dot_precision(q.dtype), H // HK
     BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
     n_k = triton.cdiv(D, BK)
     dq = torch.empty_like(q)

@@ -130,10 +130,14 @@ SAVE_STATES = os.environ.get("LASP_FX_SAVE_STATES", "1") != "0"
 
 
 def saved_shape(q: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None, kv_heads: int) -> tuple:
-    """Shape of the forward's segment states that `fwd(save=True)` returns: [B, state heads, n, D, E]."""
+    """Shape of the states `fwd(save=True)` returns: [B, state heads, n_segments - 1, D, E].
+
+    Segment 0's entering state is zero and has no row (states.py), so up to 2048 tokens this is
+    empty: short slices, whose segments are shorter, hold no memory for states they cannot reuse.
+    """
     B, T, H, D = q.shape
     heads = kv_heads if g is None else H  # without decay the query heads of one kv head share every state
-    return (B, heads, -(-T // (CHUNK * SAVED_CHUNKS)), D, v.shape[-1])
+    return (B, heads, (T - 1) // (CHUNK * SAVED_CHUNKS), D, v.shape[-1])
 
 
 @triton.jit
@@ -226,8 +230,13 @@ def late_state(
     """A segment's [D, E] float32 state tile (rows index D, cols E, either may be the broadcast
     dim: a transposed tile is read as such), plus with HAS_LATE a late state [B*H, D, E] decayed
     to this segment: by the log2-decays A [B*H, NSEG] of the segments before it (REVERSE: after
-    it), summed here from one vector load, so no host-side prefix sums are launched."""
+    it), summed here from one vector load, so no host-side prefix sums are launched.
+
+    Forward-direction states (not REVERSE) have no row for segment 0, whose entering state is zero
+    (states.py): there `s_ptr` points one row before the buffer and nothing is loaded."""
     mask = (rows < D) & (cols < E)
+    if not REVERSE:
+        mask = mask & (i_s > 0)
     offs = rows * E + cols
     st = tl.load(s_ptr + offs, mask=mask, other=0.0)
     if HAS_LATE:

@@ -47,7 +47,7 @@ def _out_kernel(
     k_base = head_base(k, i_b, T, HK, i_h // (H // HK), D)
     v_base = head_base(v, i_b, T, HK, i_h // (H // HK), E)
     o_base = head_base(o, i_b, T, H, i_h, E)
-    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * NSEG + i_s) * D * E
+    s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
     state = late_state(
         s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2
@@ -170,7 +170,7 @@ def fwd(
     s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A)
     s_late = entering if s_late is None else (s_late if entering is None else s_late + entering)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
-    nseg = S.shape[2]
+    nseg = -(-T // (CHUNK * nsub))
     common = dict(
         G_MODE=g_mode, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D)
     )

@@ -3,8 +3,9 @@
 Forward (x = k, y = v):  U_s = sum_{j in s} exp(A_s - b_j) k_j v_j^T,   S_before[s+1] = exp(A_s) S_before[s] + U_s
 Backward (x = q, y = do): dU_s = scale * sum_{t in s} exp(b_t) q_t do_t^T,  dS_after[s-1] = exp(A_s) dS_after[s] + dU_s
 (b: decay accumulated from the segment's start, A_s: the segment's total). Both produce a
-[B, heads, n_segments, D, E] float32 buffer of the state at each segment's boundary and the
-state at the far end (the slice's final state, or the gradient of its initial state).
+[B, heads, n_segments, D, E] float32 buffer of the state at each segment's boundary (forward:
+n_segments - 1, the first segment's entering state being zero) and the state at the far end
+(the slice's final state, or the gradient of its initial state).
 
 Bytes: the local pass reads x and y once (tiles of one segment share L2) and writes one
 D x E float32 state per segment; the scan reads that buffer and writes the running states to a
@@ -72,6 +73,10 @@ def _scan_kernel(
 ):  # fmt: skip
     """S[s] = the running state at segment s's near boundary, SB - 1 segments per step.
 
+    Forward (not REVERSE, no s0): the state entering segment 0 is zero and has no row; S[s - 1]
+    holds segment s's, so a slice of one segment stores nothing (the saved states cost nothing
+    up to 2048 tokens).
+
     Row i of a step's [SB, BLOCK] tile is the state at boundary p = p0 + i (in scan order): row 0
     is the carry, row i > 0 applies segment p - 1 to row i - 1 (x_i = 2^a x_{i-1} + u). One
     small product per step, so a step's loads are in flight together: a loop of one dependent
@@ -83,7 +88,7 @@ def _scan_kernel(
     m = r < N
     rows = tl.arange(0, SB)
     u_base = U + i_bh.to(tl.int64) * NSEG * N
-    s_base = S + i_bh.to(tl.int64) * NSEG * N
+    s_base = S + i_bh.to(tl.int64) * (NSEG if REVERSE else NSEG - 1) * N
     if HAS_INIT:
         carry = tl.load(s0 + i_bh.to(tl.int64) * N + r, mask=m, other=0.0)
     else:
@@ -103,8 +108,8 @@ def _scan_kernel(
         else:
             w = tl.where(rows[:, None] >= rows[None, :], 1.0, 0.0)
         x = tl.dot(w, x, input_precision="ieee")
-        dst = NSEG - 1 - p if REVERSE else p
-        keep = (rows < SB - 1) & (p < NSEG)
+        dst = NSEG - 1 - p if REVERSE else p - 1
+        keep = (rows < SB - 1) & (p < NSEG) & (dst >= 0)
         tl.store(s_base + dst[:, None].to(tl.int64) * N + r[None, :], x, mask=keep[:, None] & m[None, :])
         end += tl.sum(tl.where((p == NSEG)[:, None], x, 0.0), 0)
         carry = tl.sum(tl.where((rows == SB - 1)[:, None], x, 0.0), 0)
@@ -114,8 +119,9 @@ def _scan_kernel(
 def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, split=False):
     """States at the segment boundaries for `heads` state heads (H, or Hk when nothing differs per query head).
 
-    Forward (reverse=False): x = k, y = v, s0 = the incoming state; returns the state entering
-    each segment and the final state. Backward (reverse=True): x = q, y = do, s0 = the gradient
+    Forward (reverse=False): x = k, y = v, no s0 (an incoming state enters the kernels late);
+    returns the state entering each segment after the first ([B, heads, n_seg - 1, DX, DY]: the
+    first's is zero) and the final state. Backward (reverse=True): x = q, y = do, s0 = the gradient
     of the final state; returns the gradient of the state leaving each segment and of the
     initial state. Also returns the segments' total log2-decays [B, heads, n_seg] (None without decay).
     `split` carries decay-weighted operands to ~2^-16 (common.dot_f32a; the backward wants it).
@@ -132,7 +138,9 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
         x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
         G_MODE=g_mode, TO_END=not reverse, SPLIT=split, PREC=dot_precision(x.dtype), C=CHUNK,
     )  # fmt: skip
-    S = torch.empty_like(U)
+    if not reverse and s0 is not None:
+        raise ValueError("the forward direction takes an incoming state as a late state (common.late_state), not s0")
+    S = torch.empty(B, heads, nseg if reverse else nseg - 1, DX, DY, device=x.device, dtype=torch.float32)
     end = torch.empty(B, heads, DX, DY, device=x.device, dtype=torch.float32)
     init = None if s0 is None else s0.float().contiguous()
     BLOCK = 1024 if INTERPRET else 128  # the interpreter runs programs one by one in Python: fewer, bigger
