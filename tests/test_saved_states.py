@@ -143,3 +143,14 @@ def test_op_reuses_states_kept_for_its_backward(entry, learnable, expected_passe
     ref = torch.autograd.grad((ref_o * do.double()).sum(), ref_leaves)
     for name, x, y in zip("qkvg", grads, ref):
         assert_close_rms(x, y, 1e-3 if name == "g" else TOL[torch.float16], f"d{name}")
+
+
+def test_forward_state_pass_takes_no_incoming_state():
+    """Forward-direction states have no row for segment 0 (zero): an incoming state must enter late."""
+    from lasp_fx.ops.triton.states import segment_states
+
+    k = torch.randn(1, 100, 1, 16, device=DEVICE)
+    S, _, _ = segment_states(k, k, 0, None, 1, 1)
+    assert S.shape == (1, 1, 1, 16, 16)  # two segments of one chunk: one row
+    with pytest.raises(ValueError, match="late state"):
+        segment_states(k, k, 0, None, 1, 1, torch.zeros(1, 1, 16, 16, device=DEVICE))
