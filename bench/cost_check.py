@@ -2,10 +2,11 @@
 
     python bench/cost_check.py bench/records/*/*/sp*.json [--predict 8]
 
-For every sp.py row timed as CUDA graph replays (the "graph" column: device time alone): what
-each method adds to the single-GPU op's fwd+bwd against the model's time
-(lasp_fx.distributed.cost), and whether `auto` picks the faster one. Rows without graph times
-compare the per-call fwd+bwd instead (host time included). A file's "peer" says whether its
+For every sp.py row timed as CUDA graph replays: what each method adds to the single-GPU op's
+fwd+bwd against the model's time (lasp_fx.distributed.cost), and whether `auto` picks the
+faster one; in the "graph" column (each replay after a barrier: the ranks' start skew is
+included) and, where the file has it, "g.loop" (replays back to back: the exchange alone). Rows
+without graph times compare the per-call fwd+bwd instead (host time included). A file's "peer" says whether its
 all-gather went through peer memory. Then the model's times and pick for P = 2 .. --predict
 with a 1 MiB state (B=1, H=16, D=E=128 in fp32, as sp.py runs), for both transports.
 Runs anywhere (no GPU): it reads files.
@@ -32,18 +33,20 @@ def _measured(row: dict, method: str, column: str):
 
 
 def _row(path: str, row: dict, through_peers: bool) -> None:
-    column = "graph_ms" if "single-GPU_graph_ms" in row else "fwdbwd_ms"
-    base = row.get(f"single-GPU_{column}")
-    times = {m: _measured(row, m, column) for m in ("ring", "allgather")}
-    if base is None or None in times.values():
-        return
+    columns = [c for c in ("graph_ms", "graphloop_ms") if f"single-GPU_{c}" in row] or ["fwdbwd_ms"]
     model = estimate(row["P"], STATE_BYTES, "cuda", through_peers)
-    added = {m: (t - base) * 1e3 for m, t in times.items()}
-    faster = min(times, key=times.get)
-    verdict = "agrees" if model.method == faster else "DIFFERS"
-    print(f"{path}: P={row['P']} T/GPU={row['T_local']} ({column}): ring adds {added['ring']:.0f} us "
-          f"(model {model.ring_us:.0f}), allgather {added['allgather']:.0f} us (model {model.allgather_us:.0f}): "
-          f"faster {faster}, auto picks {model.method} ({verdict})")
+    modelled = {"ring": model.ring_us, "allgather": model.allgather_us}
+    for column in columns:
+        base = row.get(f"single-GPU_{column}")
+        times = {m: t for m in ("ring", "allgather") if (t := _measured(row, m, column)) is not None}
+        if base is None or not times:
+            continue
+        added = ", ".join(f"{m} adds {(t - base) * 1e3:.0f} us (model {modelled[m]:.0f})" for m, t in times.items())
+        verdict = ""
+        if len(times) == 2:
+            faster = min(times, key=times.get)
+            verdict = f": faster {faster}, auto picks {model.method} ({'agrees' if model.method == faster else 'DIFFERS'})"
+        print(f"{path}: P={row['P']} T/GPU={row['T_local']} ({column}): {added}{verdict}")
 
 
 def main():
