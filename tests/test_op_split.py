@@ -114,3 +114,26 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
     for name, a, b in zip(["dq", "dk", "dv", "dG"], grads, full):
         assert_close_rms(a, b, 1e-4, name)
     assert torch.equal(ds_in, marker), "ds_in is the pair's second half"
+
+
+@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
+@pytest.mark.parametrize("decay", ["none", "gate"])
+@pytest.mark.parametrize("prims", _primitives())
+def test_late_state_adds_to_an_incoming_state(prims, decay, after_output):
+    """fwd(s_in=A) whose hook hands back B late computes fwd(s_in=A + B): both enter at the slice's
+    start (the Triton kernels take both as late states of their segments)."""
+    q, k, v, g, s_in = (x.float() if x is not None else None for x in _inputs(decay, T=130))
+    late = torch.randn_like(s_in)
+    kw = dict(chunk_size=32) if prims is chunked else dict(nsub=2)
+    o_full, s_full = prims.fwd(q, k, v, g, SCALE, s_in + late, **kw)
+    seen = {}
+
+    def hook(local):
+        seen["local"] = local.clone()
+        return lambda: late
+
+    o, s_out = prims.fwd(q, k, v, g, SCALE, s_in, state_hook=hook, late_after_output=after_output, **kw)
+    assert_close_rms(o, o_full, 1e-5, "o")
+    assert_close_rms(s_out, s_full, 1e-5, "final state")
+    _, s_own = prims.fwd(q, k, v, g, SCALE, s_in, **kw)  # what the hook saw: the tokens and s_in, not the late state
+    assert_close_rms(seen["local"], s_own, 1e-6, "state given to the hook")
