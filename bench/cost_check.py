@@ -45,7 +45,8 @@ def _row(path: str, row: dict, through_peers: bool) -> None:
         verdict = ""
         if len(times) == 2:
             faster = min(times, key=times.get)
-            verdict = f": faster {faster}, auto picks {model.method} ({'agrees' if model.method == faster else 'DIFFERS'})"
+            agreement = "agrees" if model.method == faster else "DIFFERS"
+            verdict = f": faster {faster}, auto picks {model.method} ({agreement})"
         print(f"{path}: P={row['P']} T/GPU={row['T_local']} ({column}): {added}{verdict}")
 
 
