@@ -50,7 +50,9 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import kernels_for, needs_decay_grad, runs_eagerly, saved_states_like, single_device
+from lasp_fx.ops.op import (
+    kernels_for, needs_decay_grad, runs_eagerly, saved_states_like, single_device, states_for_this_backward,
+)  # fmt: skip
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -206,8 +208,7 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    if decay_grad != ctx.saved_decay_grad:  # kept for another backward than this one: run the state pass
-        saved_states = None
+    saved_states = states_for_this_backward(ctx, decay_grad, saved_states)
     dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
         ctx.method, decay_grad,

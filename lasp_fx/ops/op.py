@@ -60,6 +60,12 @@ def saved_states_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tenso
     return q.new_empty(shape, dtype=chunked.acc_dtype(q.dtype))
 
 
+def states_for_this_backward(ctx, decay_grad: bool, saved_states: Optional[Tensor]) -> Optional[Tensor]:
+    """The forward's saved states, or None when they were kept for another backward than this one
+    (with or without the decay gradient's split): that backward runs its state pass instead."""
+    return saved_states if decay_grad == ctx.saved_decay_grad else None
+
+
 def needs_decay_grad(log_decay: Optional[Tensor]) -> bool:
     """Whether a backward will want the decay's gradient (the forward keeps its states as that backward needs them)."""
     return log_decay is not None and log_decay.requires_grad and torch.is_grad_enabled()
@@ -126,8 +132,7 @@ def _backward(ctx, do, d_final_state, _d_saved=None, gradients=torch.ops.lasp_fx
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    if decay_grad != ctx.saved_decay_grad:  # kept for another backward than this one: run the state pass
-        saved_states = None
+    saved_states = states_for_this_backward(ctx, decay_grad, saved_states)
     dq, dk, dv, dlog_decay, ds_in = gradients(
         do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
     )
