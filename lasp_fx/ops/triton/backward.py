@@ -7,6 +7,15 @@ and dS (gradient of the state after it):
     dv = scale * P^T dO + exp(A - b) * K dS
     dG = q . dq - k . dk                                (per query head, the decay identity;
                                                         intra-chunk parts: row and column sums of one matrix)
+dG is summed over the sequence (a reverse cumsum), in which the pairs of tokens after t cancel:
+pairs seen by q . dq through S and by k . dk through dS must be the same numbers on both sides.
+So every state increment is formed from the same 16-bit decay-weighted operands everywhere (the
+state passes and the walks here go chunk by chunk, weights relative to the chunk), the terms
+through a state use those operands too, with the float32 state itself at ~2^-16 (common.dot_f32b),
+and the intra-chunk part is the row and column sums of one fp32 matrix. The cancelling pairs then
+drop out exactly, and dG is exact for the model whose increments are rounded to 16 bits: as
+accurate as the other gradients, at any T (bench/decay_grad_precision.py). The states' running
+sums need no split: carrying them at 2^-16 too cost 0.14 ms of 1.89 at 32K tokens on an H200.
 Every transposed operand is either loaded transposed or computed as its own product (dP^T as
 V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton
 3.4-3.7.0 miscompiles on Hopper when the result feeds another dot.
@@ -63,33 +72,33 @@ def _dq_kernel(
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
         dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
-        inter = dot_f32b(dot_, st, SPLIT, PREC)
+        inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
         if G_MODE == 0:
             m = chunk_mask(rc, rc, G_MODE, False)
-            kw = kt
+            dq_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             m = chunk_mask(bc, rc, G_MODE, False)
-            inter = inter * tl.exp2(bc)[:, None]
-            kw = kt * tl.exp2(a - bc)[:, None]
-        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + inter) * scale
+            dq_inter = inter * tl.exp2(bc)[:, None]
+        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
         tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
         if DG:
             # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
             # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
-            # from the 16-bit copy of dP * M that fed the dot: the decay gradient sums them over
-            # the sequence with heavy cancellation. Both sums are taken here, so the dk kernel
-            # adds only its inter-chunk part (no second score product there).
+            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
+            # Both sums are taken here: the dk kernel adds only its part through dS.
             qt = load_rows(q_base, t, valid, H * D, rk, D)
+            # through S: with exp(b) q rounded as in dS's increments (module docstring)
+            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
             s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
             w = dp * m * s
-            dg = tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qt.to(tl.float32) * inter, 1)
+            dg = tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qw * inter, 1)
             n_k = tl.cdiv(D, BK)
             tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
         if G_MODE != 0:
-            st = st * tl.exp2(a) + dot_f32b(vt, kw, SPLIT, PREC)
+            st = st * tl.exp2(a) + tl.dot(vt, (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype), input_precision=PREC)
         else:
-            st += tl.dot(vt, kw, input_precision=PREC)
+            st += tl.dot(vt, kt, input_precision=PREC)
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
@@ -120,24 +129,25 @@ def _dk_kernel(
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
         dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
-        inter = dot_f32b(vt, dst, SPLIT, PREC)
+        inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
         if G_MODE == 0:
             mt = chunk_mask(rc, rc, G_MODE, True)
             qw = qt
+            dk_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             mt = chunk_mask(bc, rc, G_MODE, True)
-            inter = inter * tl.exp2(a - bc)[:, None]
-            qw = qt * tl.exp2(bc)[:, None]
-        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + inter
+            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
+            dk_inter = inter * tl.exp2(a - bc)[:, None]
+        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
         tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
-        if DG:  # k . dk through the state; its intra-chunk part is in the dq kernel's dG (column sums)
+        if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
-            dg = tl.sum(kt.to(tl.float32) * inter, 1)
+            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
             n_k = tl.cdiv(D, BK)
-            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg, mask=valid)
+            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kw * inter, 1), mask=valid)
         if G_MODE != 0:
-            dst = dst * tl.exp2(a) + dot_f32b(dot_, qw, SPLIT, PREC) * scale
+            dst = dst * tl.exp2(a) + tl.dot(dot_, qw, input_precision=PREC) * scale
         else:
             dst += tl.dot(dot_, qw, input_precision=PREC) * scale
 
@@ -146,7 +156,7 @@ def _dk_kernel(
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, late, A, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -194,8 +204,8 @@ def bwd(
     is queued next, and only then is a late gradient awaited and folded into the segment
     states of the dk and dv kernels.
 
-    `decay_grad=False` (a fixed decay) drops dG: no q.k products for it, no hi/lo split.
-    `saved` = (the states `fwd(save=True, decay_grad=decay_grad)` returned, its s_out) spares the
+    `decay_grad=False` (a fixed decay) drops dG and the products only it needs.
+    `saved` = (the states `fwd(save=True)` returned, its s_out) spares the
     forward-direction state pass when the segments are SAVED_CHUNKS long (`nsub` as fwd's).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
@@ -207,19 +217,16 @@ def bwd(
     g_mode, g = decay_mode(g)
     HS = HK if g_mode == 0 else H  # as fwd: s_in enters the dq kernel as a late state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    # dG = q.dq - k.dk is summed over the sequence with heavy cancellation: carry decay-weighted
-    # operands and states at ~2^-16 (common.dot_f32a) wherever they reach dq, dk. A fixed decay
-    # needs neither: at 32K (H200) that was ~0.11 ms per dq / dk kernel for the split, a second
-    # q.k product and a [T, H, D/BK] float32 store for dG in each (the dk kernel's q.k product
-    # has since moved into the dq kernel's, as column sums: not yet timed on a GPU).
+    # dG needs, per chunk and D tile, a q.k product (dq), the state's low half in the product
+    # through it (dq and dk) and a [T, H, D/BK] float32 store (each): a fixed decay skips them.
     dg = g_mode != 0 and decay_grad
     split = backward_split(g_mode, decay_grad, q.dtype)
     reuse = saved is not None and SAVE_STATES and nsub == SAVED_CHUNKS
     if reuse:
         S, s_out = saved
     else:
-        S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, split=split)  # s_out: before s_in, unused without dG
-    dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, split=split)
+        S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub)  # s_out: before s_in, unused without dG
+    dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, chunkwise=dg)
     late = await_late(state_hook, ds_in)
     # s_in reaches the dq kernel's segments as a late state, decayed by the segments' log2-decays A
     # (the reverse pass sums the same chunks in the same order as the forward's: the same A)
@@ -233,11 +240,11 @@ def bwd(
     dq = torch.empty_like(q)
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if dg else dq
     gp = dq if g is None else g
-    common = dict(G_MODE=g_mode, SPLIT=split, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg))
+    common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg))
     launch(
         _dq_kernel, (n_k, nseg, B * H),
         q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, dq, dGq, scale, T, H, HK,
-        HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, BK=BK, BE=block(E), **common,
+        HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, SPLIT=split, BK=BK, BE=block(E), **common,
     )  # fmt: skip
 
     ds_late, ds_in = with_late(ds_in, None if late is None else late(), A)
@@ -250,7 +257,8 @@ def bwd(
     dGk = torch.empty_like(dGq) if dg else dq
     launch(
         _dk_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, BK=BK, BE=block(E), **fold,
+        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, SPLIT=split, BK=BK, BE=block(E),
+        **fold,
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),

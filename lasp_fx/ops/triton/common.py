@@ -191,30 +191,18 @@ def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 def backward_split(g_mode: int, decay_grad: bool, dtype: torch.dtype) -> bool:
-    """Whether the backward carries decay-weighted operands and states with the hi/lo split (dot_f32a):
+    """Whether dq / dk take the float32 state at ~2^-16 in their products through it (dot_f32b):
     for a decay gradient from 16-bit inputs (fp32 inputs take exact products)."""
     return g_mode != 0 and decay_grad and dtype != torch.float32
 
 
 @triton.jit
-def dot_f32a(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b for a float32 `a` and a 16-bit `b` on the tensor cores.
-
-    SPLIT adds the product of a's rounding remainder (a - a_hi): two 16-bit products carry a to
-    ~2^-16 instead of ~2^-8. The backward needs it where decay-weighted operands or states meet
-    the decay gradient, whose sum over the sequence cancels heavily (seen: fp16 const-decay
-    gradient 1e-2 -> 1e-5 relative).
-    """
-    hi = a.to(b.dtype)
-    out = tl.dot(hi, b, input_precision=PREC)
-    if SPLIT:
-        out += tl.dot((a - hi.to(tl.float32)).to(b.dtype), b, input_precision=PREC)
-    return out
-
-
-@triton.jit
 def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
-    """a @ b for a 16-bit `a` and a float32 `b` (see dot_f32a)."""
+    """a @ b for a 16-bit `a` and a float32 `b` on the tensor cores.
+
+    SPLIT adds the product of b's rounding remainder (b - b_hi): two 16-bit products carry b to
+    ~2^-16 instead of ~2^-8. The decay gradient needs it where a state meets it (backward.py).
+    """
     hi = b.to(a.dtype)
     out = tl.dot(a, hi, input_precision=PREC)
     if SPLIT:

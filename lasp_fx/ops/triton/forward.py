@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, config, decay_mode,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, config, decay_mode,
     head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
@@ -156,11 +156,7 @@ def fwd(
     g_mode, g = decay_mode(g)
     HS = HK if g_mode == 0 else H  # without decay the query heads of one kv head share every state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    # 16-bit decay-weighted keys suffice for the output (no common.dot_f32a split): an error in a
-    # state is consistent, like a slightly different s_in. The backward wants the split wherever
-    # its states meet the decay gradient, so states saved for it are carried with it.
-    split = save and SAVE_STATES and nsub == SAVED_CHUNKS and backward_split(g_mode, decay_grad, q.dtype)
-    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, split=split)
+    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub)
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     # s_in enters as a late state (common.late_state), so S holds the tokens' states alone: the

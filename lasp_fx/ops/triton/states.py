@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, config, dot_f32a, head_base, dot_precision, load_cols, load_rows,
+    CHUNK, INTERPRET, autotune, chunk_decay, config, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.triton.launch import launch
@@ -30,7 +30,7 @@ from lasp_fx.ops.triton.launch import launch
 @triton.jit
 def _local_kernel(
     x, y, g, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
-    G_MODE: tl.constexpr, TO_END: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr,
+    G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
 ):  # fmt: skip
     i_tile, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -44,9 +44,8 @@ def _local_kernel(
 
     acc = tl.zeros([BX, BY], dtype=tl.float32)
     total = tl.zeros([1], dtype=tl.float32)  # log2 decay of the segment so far
-    t_first = i_s * NSUB * C
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t = t_first + c * C + rc
+        t = (i_s * NSUB + c) * C + rc
         valid = t < T
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
@@ -54,10 +53,12 @@ def _local_kernel(
             acc += tl.dot(xt, yt, input_precision=PREC)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            if TO_END:  # decay from each token to the segment's end
-                acc = acc * tl.exp2(a) + dot_f32a(xt * tl.exp2(a - bc)[None, :], yt, SPLIT, PREC)
-            else:  # decay from the segment's start to each token
-                acc += dot_f32a(xt * tl.exp2(total + bc)[None, :], yt, SPLIT, PREC)
+            if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
+                acc = acc * tl.exp2(a) + tl.dot((xt * tl.exp2(a - bc)[None, :]).to(xt.dtype), yt, input_precision=PREC)
+            elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
+                acc += tl.dot((xt * tl.exp2(bc)[None, :]).to(xt.dtype), yt, input_precision=PREC) * tl.exp2(total)
+            else:  # from the segment's start: one weight per token
+                acc += tl.dot((xt * tl.exp2(total + bc)[None, :]).to(xt.dtype), yt, input_precision=PREC)
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
@@ -116,7 +117,7 @@ def _scan_kernel(
     tl.store(s_end + i_bh.to(tl.int64) * N + r, end, mask=m)
 
 
-def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, split=False):
+def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, chunkwise=False):
     """States at the segment boundaries for `heads` state heads (H, or Hk when nothing differs per query head).
 
     Forward (reverse=False): x = k, y = v, no s0 (an incoming state enters the kernels late);
@@ -124,7 +125,8 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     first's is zero) and the final state. Backward (reverse=True): x = q, y = do, s0 = the gradient
     of the final state; returns the gradient of the state leaving each segment and of the
     initial state. Also returns the segments' total log2-decays [B, heads, n_seg] (None without decay).
-    `split` carries decay-weighted operands to ~2^-16 (common.dot_f32a; the backward wants it).
+    `chunkwise` (backward) forms each chunk's increment as the dk kernel does, bit for bit, which
+    the decay gradient needs (backward.py); the forward direction always does.
     """
     B, T, HX, DX = x.shape
     HY, DY = y.shape[2], y.shape[3]
@@ -136,7 +138,7 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     launch(
         _local_kernel, grid,
         x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
-        G_MODE=g_mode, TO_END=not reverse, SPLIT=split, PREC=dot_precision(x.dtype), C=CHUNK,
+        G_MODE=g_mode, TO_END=not reverse, CHUNKWISE=chunkwise, PREC=dot_precision(x.dtype), C=CHUNK,
     )  # fmt: skip
     if not reverse and s0 is not None:
         raise ValueError("the forward direction takes an incoming state as a late state (common.late_state), not s0")
