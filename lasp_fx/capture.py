@@ -21,7 +21,6 @@ from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
-from lasp_fx.passes.graph import REQUIRES_GRAD
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -114,9 +113,8 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
         fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
         out = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake)
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    for node, name, x in zip((n for n in out.graph.nodes if n.op == "placeholder"), names, example_inputs):
+    for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
         node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
-        node.meta[REQUIRES_GRAD] = bool(getattr(x, "requires_grad", False))
     return drop_noop_slices(functionalize_inplace(out))
 
 

@@ -59,34 +59,3 @@ def test_no_seq_by_seq_tensor_left_in_matched_layers(name):
         stack = " ".join(str(v) for v in (n.meta.get("nn_module_stack") or {}).values())
         if isinstance(val, torch.Tensor) and "softmax" not in stack.lower():
             assert list(val.shape).count(SEQ) < 2, f"{name}: {n.name} {n.target} has shape {tuple(val.shape)}"
-
-
-@pytest.mark.parametrize(
-    "name, learnable",
-    [("learnable_exp_decay", True), ("gate_log_cumsum", True), ("retnet_pow_buffer", False),
-     ("decay_mask_buffer", False), ("block_loop_decay", False)],
-)  # fmt: skip
-@pytest.mark.parametrize("entry", ["export", "compile_backend"])
-def test_op_knows_whether_its_decay_is_learnable(name, learnable, entry):
-    """The emitted op's decay_grad: a decay computed from parameters keeps its states for a backward
-    that wants its gradient (ops/op.py); a buffer's does not (a mismatch only costs a state pass).
-    Through export (parameters are get_attr nodes) and through the torch.compile backend
-    (parameters are graph inputs, whose re-traced fakes no longer require grad)."""
-    if entry == "export":
-        _, gm, _, _ = converted(name)
-        graphs = [gm]
-    else:
-        from lasp_fx.compile import make_backend
-        from lasp_fx.passes import rewrite_linear_attention
-
-        graphs = []
-
-        def recording(gm, example_inputs):
-            graphs.append(rewrite_linear_attention(gm, example_inputs))
-            return graphs[-1]
-
-        torch._dynamo.reset()
-        model = CORPUS[name][0]()
-        torch.compile(model, backend=make_backend(None, compiler="eager", rewrite=recording))(torch.randn(2, SEQ, 32))
-    ops = [n for g in graphs for n in g.graph.nodes if n.target is LASP_OP]
-    assert ops and all(n.args[6] is learnable for n in ops)

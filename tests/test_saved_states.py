@@ -57,7 +57,7 @@ def _count_state_passes(monkeypatch) -> list:
 def test_backward_reuses_the_saved_states(decay, dtype, monkeypatch):
     a, do, ds_out = _inputs(decay, dtype, seed=3 + len(decay))
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
-    o, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=SAVED_CHUNKS, save=True, decay_grad=True)
+    o, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=SAVED_CHUNKS, save=True)
     # two segments, and the first one's entering state (zero) has no row
     assert states.shape == tk.saved_shape(q, v, g, HK) == (B, HK if g is None else H, 1, D, E)
 
@@ -87,7 +87,7 @@ def test_other_segment_lengths_leave_the_saved_tensor_unused(monkeypatch):
     """Segments of another length than SAVED_CHUNKS: fwd returns an empty tensor of the same shape, bwd recomputes."""
     a, do, ds_out = _inputs("gate", torch.float32, seed=9)
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a["log_decay"], a["initial_state"]
-    _, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=4, save=True, decay_grad=True)
+    _, s_out, states = tk.fwd(q, k, v, g, SCALE, s_in, nsub=4, save=True)
     assert states.shape == tk.saved_shape(q, v, g, HK)
     assert tk.saved_shape(q[:, : CHUNK * SAVED_CHUNKS], v, g, HK)[2] == 0  # one segment or less: no memory held
     passes = _count_state_passes(monkeypatch)
@@ -112,11 +112,11 @@ def _op_inputs(learnable: bool):
 @pytest.mark.parametrize(
     "entry, learnable, expected_passes",
     [
-        ("public", True, [True]),  # states kept with the split the decay's gradient needs: reused
-        ("public", False, [True]),  # a fixed decay: kept without it, and reused
-        ("kept_for_another", True, [False, True]),  # forward told no decay gradient, backward wants one
+        ("public", True, [True]),  # a learnable decay: its gradient through the reused states
+        ("public", False, [True]),  # a fixed decay
+        ("custom_op", True, [True]),  # the registered op, as graphs call it
     ],
-    ids=["learnable_decay", "fixed_decay", "kept_for_another_backward"],
+    ids=["learnable_decay", "fixed_decay", "custom_op"],
 )
 def test_op_reuses_states_kept_for_its_backward(entry, learnable, expected_passes, monkeypatch):
     """Through the op, with the Triton kernels on the interpreter: which state passes its backward runs."""
@@ -132,7 +132,7 @@ def test_op_reuses_states_kept_for_its_backward(entry, learnable, expected_passe
         o = lasp_fx.linear_attention(a["q"], a["k"], a["v"], a["log_decay"], scale=SCALE)
     else:
         op = torch.ops.lasp_fx.linear_attention
-        o, _, _ = op(a["q"], a["k"], a["v"], a["log_decay"], None, SCALE, False)
+        o, _, _ = op(a["q"], a["k"], a["v"], a["log_decay"], None, SCALE)
     passes = _count_state_passes(monkeypatch)
     grads = torch.autograd.grad((o.float() * do.float()).sum(), leaves)
     assert passes == expected_passes

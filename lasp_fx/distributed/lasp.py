@@ -2,8 +2,8 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
 the group travels as its name, and every output is consumed: STACK.md section 3):
-    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check,
-        decay_grad) -> (o, final_state, state_in, saved_states)
+    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
+        -> (o, final_state, state_in, saved_states)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
         saved_states?, final_state?, scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_state_in)
 (saved_states: the forward's own states, which the backward reuses: ops/op.py.)
@@ -50,9 +50,7 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import (
-    kernels_for, needs_decay_grad, runs_eagerly, saved_states_like, single_device, states_for_this_backward,
-)  # fmt: skip
+from lasp_fx.ops.op import kernels_for, runs_eagerly, saved_states_like, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -79,7 +77,7 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
     return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
 
 
-def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad):
+def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     method = _method(method, group, q, v)
@@ -99,8 +97,7 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, dec
         return exchange
 
     s0 = initial_state if rank == 0 else None
-    o, s_out, saved = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True,
-                               decay_grad=decay_grad)
+    o, s_out, saved = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True)
     wait_all(sends)
     return o, s_out, got[0] if rank > 0 else s0, saved
 
@@ -146,10 +143,9 @@ def _sp_forward(
     group_name: str,
     method: str,
     check: bool,
-    decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
-    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad)
+    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check)
     if s_in is None:  # rank 0 without an initial state; returned, so a tensor (the same as no state)
         s_in = torch.zeros_like(s_out)
     elif s_in is initial_state:  # an output must not alias an input
@@ -158,7 +154,7 @@ def _sp_forward(
 
 
 @_sp_forward.register_fake
-def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, decay_grad):
+def _(q, k, v, log_decay, initial_state, scale, group_name, method, check):
     B, T, H, D = q.shape
     E = v.shape[-1]
     state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
@@ -195,11 +191,11 @@ def _(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad = inputs
+    q, k, v, log_decay, initial_state, scale, group, method, check = inputs
     _, final_state, state_in, saved_states = output
     ctx.save_for_backward(q, k, v, log_decay, state_in, saved_states, final_state)
     ctx.has_initial_state = initial_state is not None
-    ctx.scale, ctx.group, ctx.method, ctx.saved_decay_grad = scale, group, method, decay_grad
+    ctx.scale, ctx.group, ctx.method = scale, group, method
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
@@ -208,7 +204,6 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    saved_states = states_for_this_backward(ctx, decay_grad, saved_states)
     dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
         ctx.method, decay_grad,
@@ -226,7 +221,6 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
         None,
         None,
         None,
-        None,
     )
 
 
@@ -239,8 +233,8 @@ class _EagerLASP(torch.autograd.Function):
     around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad):
-        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, decay_grad)
+    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check):
+        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check)
         outputs = _forward(*inputs)
         _setup_context(ctx, inputs, outputs)
         return outputs[:2]
@@ -271,8 +265,7 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
     pg = resolve_group(group)
     if pg.size() == 1:
         return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
-    decay_grad = needs_decay_grad(log_decay)
     if runs_eagerly(q, k, v, log_decay, initial_state):
-        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, decay_grad)
-    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, decay_grad)
+        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check)
+    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check)
     return o, final_state

@@ -3,7 +3,7 @@
 Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
 local work before any state arrives from another rank (DESIGN.md section 2):
 
-    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save, decay_grad) -> o, s_out[, saved]
+    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save)             -> o, s_out[, saved]
     bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved)       -> dq, dk, dv, dG, ds_in
 
 `state_hook(local_state)` is called once the slice's own state (forward: the final state from
@@ -203,7 +203,7 @@ def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False,
-    save: bool = False, decay_grad: bool = False,
+    save: bool = False,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
@@ -211,7 +211,7 @@ def fwd(
     known, before any output exists; a late state it returns (module docstring) is folded in,
     or with `late_after_output` asked for once the output from everything else exists and added
     to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
-    `save` (and `decay_grad`, how the backward will use it) asks for what the backward may reuse:
+    `save` asks for what the backward may reuse:
     an empty tensor here, shaped `saved_shape`.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype), and the

@@ -2,12 +2,12 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
 and `torch.export` keep each call as one node):
-    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale, decay_grad)
+    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale)
         -> (o, final_state, saved_states)
     torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?,
         saved_states?, final_state?, scale, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
-`decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay is then empty
-and the kernels skip the work for it. `saved_states` are the forward's states that the backward
+The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay
+is then empty and the kernels skip the work for it. `saved_states` are the forward's states that the backward
 reuses instead of running their pass again (its shape follows from the sizes: `saved_shape` of
 the kernels' module, empty on the PyTorch path). Eager calls on plain tensors run the same
 functions through a torch.autograd.Function instead (`runs_eagerly`): less host time, same kernels.
@@ -36,9 +36,9 @@ def kernels_for(x: Tensor) -> ModuleType:
     return chunked
 
 
-def _forward(q, k, v, log_decay, initial_state, scale, decay_grad):
+def _forward(q, k, v, log_decay, initial_state, scale):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True, decay_grad=decay_grad)
+    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True)
 
 
 def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad):
@@ -60,17 +60,6 @@ def saved_states_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tenso
     return q.new_empty(shape, dtype=chunked.acc_dtype(q.dtype))
 
 
-def states_for_this_backward(ctx, decay_grad: bool, saved_states: Optional[Tensor]) -> Optional[Tensor]:
-    """The forward's saved states, or None when they were kept for another backward than this one
-    (with or without the decay gradient's split): that backward runs its state pass instead."""
-    return saved_states if decay_grad == ctx.saved_decay_grad else None
-
-
-def needs_decay_grad(log_decay: Optional[Tensor]) -> bool:
-    """Whether a backward will want the decay's gradient (the forward keeps its states as that backward needs them)."""
-    return log_decay is not None and log_decay.requires_grad and torch.is_grad_enabled()
-
-
 @torch.library.custom_op("lasp_fx::linear_attention", mutates_args=())
 def _linear_attention(
     q: Tensor,
@@ -79,13 +68,12 @@ def _linear_attention(
     log_decay: Optional[Tensor],
     initial_state: Optional[Tensor],
     scale: float,
-    decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _forward(q, k, v, log_decay, initial_state, scale, decay_grad)
+    return _forward(q, k, v, log_decay, initial_state, scale)
 
 
 @_linear_attention.register_fake
-def _(q, k, v, log_decay, initial_state, scale, decay_grad):
+def _(q, k, v, log_decay, initial_state, scale):
     B, T, H, D = q.shape
     E = v.shape[-1]
     final_state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
@@ -120,10 +108,10 @@ def _(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, decay_grad = inputs
+    q, k, v, log_decay, initial_state, scale = inputs
     _, final_state, saved_states = output
     ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state)
-    ctx.scale, ctx.saved_decay_grad = scale, decay_grad
+    ctx.scale = scale
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no zeros to make and add
 
 
@@ -132,7 +120,6 @@ def _backward(ctx, do, d_final_state, _d_saved=None, gradients=torch.ops.lasp_fx
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
-    saved_states = states_for_this_backward(ctx, decay_grad, saved_states)
     dq, dk, dv, dlog_decay, ds_in = gradients(
         do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
     )
@@ -142,7 +129,6 @@ def _backward(ctx, do, d_final_state, _d_saved=None, gradients=torch.ops.lasp_fx
         dv,
         dlog_decay if decay_grad else None,
         None if initial_state is None else ds_in,
-        None,
         None,
     )
 
@@ -165,7 +151,7 @@ class _EagerLinearAttention(torch.autograd.Function):
 def single_device(q, k, v, log_decay, initial_state, scale: float):
     """(o, final_state) on already-checked arguments: the autograd.Function eagerly, the custom op when traced."""
     op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state) else _traced_op
-    o, final_state, _ = op(q, k, v, log_decay, initial_state, scale, needs_decay_grad(log_decay))
+    o, final_state, _ = op(q, k, v, log_decay, initial_state, scale)
     return o, final_state
 
 

@@ -15,7 +15,7 @@ from torch.fx.node import map_arg
 
 from lasp_fx.ops import op as _op  # noqa: F401  (registers torch.ops.lasp_fx)
 from lasp_fx.ops.chunked import acc_dtype
-from lasp_fx.passes.graph import REQUIRES_GRAD, aten, shape, val
+from lasp_fx.passes.graph import aten, shape, val
 from lasp_fx.passes.match import Candidate, Layout
 
 LASP_OP = torch.ops.lasp_fx.linear_attention.default
@@ -198,10 +198,7 @@ def build(cand: Candidate, emit, env: dict):
         ones = emit(aten.ones_like.default, emit(aten.slice.Tensor, v, -1, 0, 1))  # no sizes: T may be symbolic
         v = emit(aten.cat.default, [v, ones], -1)
     dtype = acc_dtype(val(cand.q).dtype) if isinstance(emit, GraphEmitter) else torch.float64
-    # decay_grad: whether the decay will want a gradient (the op keeps its states for such a backward;
-    # a backward that differs only runs the state pass again: a cost, never a different result)
-    decay_grad = cand.decay.node is not None and _requires_grad(cand.decay.node)
-    res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale), decay_grad)
+    res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale))
     o = emit(operator.getitem, res, 0)
     if cand.normalised:
         num = emit(aten.slice.Tensor, o, -1, 0, E)
@@ -219,28 +216,3 @@ def build(cand: Candidate, emit, env: dict):
 
 def shape_of(x, emit) -> tuple[int, ...]:
     return tuple(x.meta["val"].shape) if isinstance(emit, GraphEmitter) else tuple(x.shape)
-
-
-def _requires_grad(node: Node) -> bool:
-    """Whether a traced value depends on a parameter or an input that requires grad.
-
-    Read from the graph's sources (get_attr parameters, placeholders marked by capture_dynamo_graph):
-    the fake values of the captured graphs carry no requires_grad.
-    A detach ends the search (its result needs no gradient).
-    """
-    module, todo, seen = node.graph.owning_module, [node], set()
-    while todo:
-        n = todo.pop()
-        if n in seen or n.target in (aten.detach.default, aten.alias.default):
-            continue
-        seen.add(n)
-        if n.op == "get_attr":
-            source = module
-            for part in str(n.target).split("."):
-                source = getattr(source, part, None)
-            if isinstance(source, torch.Tensor) and source.requires_grad:
-                return True
-        elif n.op == "placeholder" and (n.meta.get(REQUIRES_GRAD) or getattr(val(n), "requires_grad", False)):
-            return True
-        todo.extend(n.all_input_nodes)
-    return False

@@ -12,9 +12,6 @@ import sympy
 import torch
 from torch.fx import Graph, Node
 
-# placeholder meta: whether its example input required grad (capture_dynamo_graph; the fakes lose it)
-REQUIRES_GRAD = "lasp_fx_requires_grad"
-
 aten = torch.ops.aten
 
 # Ops that only move, copy or re-type data: they never mix positions or features.

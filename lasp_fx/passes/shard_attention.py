@@ -23,8 +23,7 @@ def _linear_attention(ctx, node):
             )
     node.target = torch.ops.lasp_fx.sp_linear_attention.default
     # The shapes were checked once for the whole model (parallelize's first call): no per-layer check.
-    *tensors_and_scale, decay_grad = node.args
-    node.args = tuple(tensors_and_scale) + (ctx.spec.group_name, ctx.spec.method, False, decay_grad)
+    node.args = tuple(node.args) + (ctx.spec.group_name, ctx.spec.method, False)
 
 
 def _per_token(log_decay) -> bool:

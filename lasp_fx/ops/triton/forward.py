@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, config, decay_mode,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, config, decay_mode,
     head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
@@ -135,7 +135,7 @@ LATE_BLOCK_CHUNKS = 8
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False,
-    save: bool = False, decay_grad: bool = False,
+    save: bool = False,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
@@ -145,8 +145,8 @@ def fwd(
     `_late_out_kernel`. `nsub` (chunks per segment) is chosen from the sizes when None.
 
     `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
-    (empty unless the segments are SAVED_CHUNKS long); `decay_grad` says the backward will want
-    the decay's gradient, so they are carried as it needs them (backward.bwd's split).
+    (empty unless the segments are SAVED_CHUNKS long), the same whether or not the backward
+    computes the decay's gradient.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """
