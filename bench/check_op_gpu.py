@@ -197,7 +197,7 @@ def main():
             for decay in ("none", "const", "gate") if main or not args.quick else ("const",):
                 seed += 1
                 ok &= check_op(shape, decay, dname, initial_state=seed % 2 == 0, seed=seed)
-    for decay in ("const", "gate"):  # a decay buffer: the backward without dG and the hi/lo split
+    for decay in ("const", "gate"):  # a decay buffer: the backward without dG and what only it needs
         ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed=50, fixed_decay=True)
     for decay, fixed in (("none", False), ("const", True), ("const", False), ("gate", False), ("gate", True)):
         ok &= check_saved_states(decay, fixed, seed=80)

@@ -48,7 +48,7 @@ def _count_state_passes(monkeypatch) -> list:
     return passes
 
 
-# fp16 where the decay's gradient wants the hi/lo split (the saved states must carry it), fp32 where it does not
+# fp16 where the decay's gradient needs the states' 16-bit increments to match the backward's, fp32 exact
 @pytest.mark.parametrize(
     "decay, dtype",
     [("none", torch.float32), ("const", torch.float32), ("const", torch.float16), ("gate", torch.float16)],
@@ -76,7 +76,7 @@ def test_backward_reuses_the_saved_states(decay, dtype, monkeypatch):
                 assert x is None and y is None
                 continue
             x, y = tk.log_decay_grad(x, g), tk.log_decay_grad(y, g)
-        # the same states (with the hi/lo split where the decay's gradient needs it): the same numbers
+        # the same states, formed as the backward's state pass forms them: the same numbers
         assert_close_rms(x, y, 1e-6, f"d{name} saved vs recomputed")
         # a constant decay's gradient sums every token's share, with heavy cancellation: fp32 reaches
         # 2e-4 here at T = 2118 (the same before the states were saved)
