@@ -257,8 +257,8 @@ def bwd(
     dGk = torch.empty_like(dGq) if dg else dq
     launch(
         _dk_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg, DG=dg, SPLIT=split, BK=BK, BE=block(E),
-        **fold,
+        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg,
+        DG=dg, SPLIT=split, BK=BK, BE=block(E), **fold,
     )  # fmt: skip
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),
