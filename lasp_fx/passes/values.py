@@ -1,8 +1,11 @@
-"""Float64 evaluation of a captured graph, and of parts of it with some node values replaced.
+"""Float64 evaluation of a captured graph on the CPU, and of parts of it with some values replaced.
 
 The probes compare a region of the user's graph with its replacement on random inputs; doing
 that in float64 (every floating tensor, parameter and dtype argument upcast) makes a relative
-error of 1e-9 a safe verdict for "the same function".
+error of 1e-9 a safe verdict for "the same function". Every replay runs on the CPU whatever
+device the model lives on (tensors copied, device arguments rewritten), so the probes, which
+build their own random tensors on the CPU, meet the graph's values on one device, and the
+verdicts are the same for a model on CPU or CUDA.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ from lasp_fx.passes.graph import _hint
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
 
 
+_CPU = torch.device("cpu")
+
+
 def upcast(x: Any) -> Any:
-    """float16/bfloat16/float32 tensors and dtypes -> float64; everything else unchanged."""
+    """Tensors -> CPU (float16/bfloat16/float32 ones -> float64), low float dtypes -> float64,
+    devices -> CPU; everything else unchanged."""
     if isinstance(x, torch.Tensor) and x.dtype in _LOW:
-        return x.detach().to(torch.float64)
+        return x.detach().to(device=_CPU, dtype=torch.float64)
     if isinstance(x, torch.Tensor):
-        return x.detach()
+        return x.detach().to(_CPU)
+    if isinstance(x, torch.device):
+        return _CPU
     if isinstance(x, torch.SymInt):  # a symbolic size in the example inputs: its example value
         return _hint(x)
     if isinstance(x, torch.dtype) and x in _LOW:
