@@ -7,6 +7,7 @@ from lasp_fx.ops.triton.gathered import combine_gathered
 from lasp_fx.testing.numerics import assert_close_rms
 
 B, H, D, E = 2, 3, 5, 7  # D*E = 35: one masked block per head
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel: on the GPU, else the interpreter
 
 
 def _rows(P, has_decay, dtype, seed):
@@ -51,8 +52,8 @@ CASES = [
 def test_combination_matches_the_chain(P, rank, forward, with_final, has_decay, dtype):
     rows, states, decays = _rows(P, has_decay, dtype, seed=P * 10 + rank)
     d_final = torch.randn(B, H, D, E, dtype=torch.float64) if with_final else None
-    late, end = combine_gathered(rows, (B, H, D, E), rank, forward, has_decay,
-                                 None if d_final is None else d_final.to(dtype))
+    late, end = combine_gathered(rows.to(DEVICE), (B, H, D, E), rank, forward, has_decay,
+                                 None if d_final is None else d_final.to(DEVICE, dtype))
     ref_late, ref_end = _reference(states, decays, rank, forward, d_final)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     assert late.dtype == end.dtype == dtype

@@ -7,6 +7,7 @@ from lasp_fx.ops import chunked
 from lasp_fx.testing.numerics import assert_close_rms, random_inputs
 
 SCALE = 0.4
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernels: on the GPU, else the interpreter
 
 
 def _inputs(decay, T=150):
@@ -100,7 +101,8 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
     """A late callable giving (late state, far-end state) is taken at its word for the far end
     (the exchange computed that sum to send it on): a marker end comes back as s_out / ds_in,
     while o and the gradients still see the late state."""
-    q, k, v, g, s_in = (x.float() if x is not None else None for x in _inputs("gate", T=130))
+    dev = "cpu" if prims is chunked else DEVICE
+    q, k, v, g, s_in = (x.to(dev, torch.float32) if x is not None else None for x in _inputs("gate", T=130))
     marker = torch.randn_like(s_in)
     kw = dict(chunk_size=32) if prims is chunked else dict(nsub=2)
     o_full, _ = prims.fwd(q, k, v, g, SCALE, s_in, **kw)
@@ -108,7 +110,7 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
                          late_after_output=after_output, **kw)
     assert_close_rms(o, o_full, 1e-5, "o")
     assert torch.equal(s_out, marker), "final state is the pair's second half"
-    do = torch.randn(*q.shape[:3], v.shape[-1])
+    do = torch.randn(*q.shape[:3], v.shape[-1]).to(dev)
     full = prims.bwd(q, k, v, g, SCALE, do, s_in, s_in, **kw)
     *grads, ds_in = prims.bwd(q, k, v, g, SCALE, do, s_in, None, state_hook=lambda local: lambda: (s_in, marker), **kw)
     for name, a, b in zip(["dq", "dk", "dv", "dG"], grads, full):
@@ -122,7 +124,8 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
 def test_late_state_adds_to_an_incoming_state(prims, decay, after_output):
     """fwd(s_in=A) whose hook hands back B late computes fwd(s_in=A + B): both enter at the slice's
     start (the Triton kernels take both as late states of their segments)."""
-    q, k, v, g, s_in = (x.float() if x is not None else None for x in _inputs(decay, T=130))
+    dev = "cpu" if prims is chunked else DEVICE
+    q, k, v, g, s_in = (x.to(dev, torch.float32) if x is not None else None for x in _inputs(decay, T=130))
     late = torch.randn_like(s_in)
     kw = dict(chunk_size=32) if prims is chunked else dict(nsub=2)
     o_full, s_full = prims.fwd(q, k, v, g, SCALE, s_in + late, **kw)
