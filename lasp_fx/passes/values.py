@@ -10,15 +10,22 @@ verdicts are the same for a model on CPU or CUDA.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Iterable
 
 import torch
 from torch.fx import GraphModule, Node
 from torch.utils._pytree import tree_map
 
-from lasp_fx.passes.graph import _hint
+from lasp_fx.passes.graph import _hint, shape, source_of, val
 
 _LOW = (torch.float16, torch.bfloat16, torch.float32)
+_LARGEST_GIB = float(os.environ.get("LASP_FX_REPLAY_GIB", "4"))  # one replayed value, in float64
+
+
+class ReplayTooLarge(ValueError):
+    """Replaying the graph in float64 would hold a value too large for the CPU."""
 
 
 _CPU = torch.device("cpu")
@@ -76,6 +83,7 @@ class Values:
     def __init__(self, gm: GraphModule, flat_inputs: Iterable[Any]):
         self.gm = gm
         self._env: dict[Node, Any] = {}
+        _check_size(gm)
         inputs = iter(list(flat_inputs))
         with torch.no_grad():
             for node in gm.graph.nodes:
@@ -95,3 +103,24 @@ class Values:
                 if node not in env:
                     env[node] = run_node(self.gm, node, env, fallback=self)
         return env
+
+
+def _check_size(gm: GraphModule) -> None:
+    """Refuse before allocating when one value of the replay would pass _LARGEST_GIB: a graph whose
+    sequence length is static is replayed at that length, where the model's T x T masks cost
+    T * T * 8 bytes a head (128 GiB at 128K tokens)."""
+    worst, where = 0.0, None
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method", "call_module") and val(node) is not None:
+            gib = math.prod(shape(node)) * 8 / 2**30
+            if gib > worst:
+                worst, where = gib, node
+    if worst > _LARGEST_GIB:
+        line, code = source_of(where)
+        raise ReplayTooLarge(
+            f"lasp_fx proves each match by replaying the graph in float64 on the CPU, and at this static "
+            f"sequence length one value ({where.target} at {line}: {code.strip()}, shape {shape(where)}) would take "
+            f"{worst:.3g} GiB. Mark the sequence length dynamic so the replay uses a short prefix: "
+            "torch.compile(..., dynamic=True) or torch._dynamo.mark_dynamic(x, seq_dim) "
+            "(parallelize() does this itself); LASP_FX_REPLAY_GIB raises the limit."
+        )
