@@ -20,6 +20,6 @@ from lasp_fx.testing.spawn import devices  # noqa: E402 (after TRITON_INTERPRET)
 DEVICES = devices()
 
 
-@pytest.fixture(params=DEVICES, scope="session")
+@pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param

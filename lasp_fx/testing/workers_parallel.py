@@ -93,7 +93,7 @@ def parallel_errors(rank, world_size, cases) -> list:
 def _on_device(case, rank):
     """The case with its device made concrete (cuda:{rank}; spawn made it the current device) and
     its ids and labels on it."""
-    device = f"cuda:{rank}" if case.get("device", "cpu") == "cuda" else "cpu"
+    device = f"cuda:{rank}" if torch.device(case.get("device", "cpu")).type == "cuda" else "cpu"
     return {**case, "device": device, "ids": case["ids"].to(device), "labels": case["labels"].to(device)}
 
 
