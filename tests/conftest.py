@@ -23,3 +23,8 @@ DEVICES = devices()
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param
+
+
+def pytest_configure(config):
+    # pytest-xdist's mark, named here too so that a run without xdist (CI) does not warn about it
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker (--dist loadgroup)")

@@ -6,9 +6,9 @@
 Each child sets one thread (2-core CI boxes), joins a process group (gloo on the CPU; NCCL on
 CUDA, after selecting cuda:{rank}) through a FileStore in a fresh temporary directory (no port
 to collide on), runs `fn(rank, world_size, *args)`, sends back what it returned and always
-destroys the group. `fn` must be importable by name (a
-module-level function in an importable module, not in a test file: STACK.md section 4.4), and
-its arguments and result must pickle (plain Python data is safest).
+destroys the group. `fn` must be importable by name (a module-level function in an importable
+module, not in a test file: STACK.md section 4.4), and its arguments and result must pickle
+(plain Python data on the CPU is safest: CUDA tensors would travel as IPC handles).
 """
 
 from __future__ import annotations
