@@ -85,7 +85,8 @@ def _save_folder(gm: GraphModule, report: str, folder: str, target: str, device:
     code = re.sub(r"torch\.load\(r'" + re.escape(str(folder).rstrip("/")) + r"/([^']+)'",
                   r"torch.load(os.path.join(_HERE, '\1')", code)
     if device != "cpu":  # to_folder makes the module's own parameters and buffers on the CPU, then loads into them
-        code = re.sub(r"^( *)(self\.load_state_dict\(.*)$", rf"\1\2\n\1self.to({device!r})", code, count=1, flags=re.M)
+        code = re.sub(r"^( *)(self\.load_state_dict\(.*)$", rf"\1\2\n\1self.to({device!r})", code, count=1,
+                      flags=re.M)
     header = (f'"""{target} with its linear attention rewritten into lasp_fx\'s op (lasp-fx convert); '
               'see report.txt."""\nimport os\n\nimport lasp_fx  # noqa: F401 (registers torch.ops.lasp_fx, '
               'which forward calls)\n\n_HERE = os.path.dirname(os.path.abspath(__file__))\n')

@@ -32,7 +32,8 @@ VOCAB_OPT = typer.Option(None, "--vocab", help="Token ids are drawn below this (
 INPUTS_OPT = typer.Option(None, "--inputs", help="module:factory returning the example inputs (a tensor, a "
                           "tuple, or a dict of keyword inputs) instead of --input-shape.")
 SEED_OPT = typer.Option(0, "--seed", help="Seed for the model's initialisation and the random inputs.")
-DEVICE_OPT = typer.Option("cpu", "--device", help=f"Where the model and its example inputs live: {', '.join(DEVICES)}.")
+DEVICE_OPT = typer.Option("cpu", "--device",
+                          help=f"Where the model and its example inputs live: {', '.join(DEVICES)}.")
 
 
 def load(target, input_shape, dtype, vocab, inputs, seed, device="cpu") -> Example:

@@ -83,7 +83,7 @@ def run_spawned(fn, world_size: int, *args, device: str = "cpu", backend: str | 
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and world_size > _cuda_count():
         raise ValueError(f"{world_size} CUDA ranks need {world_size} GPUs, this machine has {_cuda_count()}: "
-                         "pass world_sizes('cuda', sizes) to the test's parametrisation")
+                         "parametrise the test with device_worlds(...) (sizes collapse to the GPU count)")
     backend = backend or ("nccl" if device == "cuda" else "gloo")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
