@@ -13,6 +13,9 @@
 #   host   bench/host.py on GPUs 0,1: host time per call, launch paths, autograd's thread (~60 s)
 #   peer   bench/check_peer_gpu.py on GPU 0 (the peer exchange kernel, P ranks simulated), then
 #          bench/exchange.py on all GPUs (peer kernel against NCCL's all-gather, alone and beside a matmul) (~60 s)
+#   tests  the whole pytest suite: every device-taking test on CPU and on CUDA (multi-rank ones over NCCL, one
+#          rank per GPU), 8 xdist workers (the tests of one test_distributed_sp spawn on one worker), junit XML
+#          in $OUT/tests.xml; at most 540 s, SIGINT first so that the XML and the summary are still written
 # SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
 set -o pipefail
 PARTS=${PARTS:-check op sp4 sp2}
@@ -41,7 +44,9 @@ for part in $PARTS; do
     peer) CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/check_peer_gpu.py
           timeout 90 torchrun --standalone --nproc-per-node="$(nvidia-smi -L | wc -l)" bench/exchange.py \
             --json "$OUT/exchange.json" ;;
+    tests) timeout -s INT -k 30 540 python3 -m pytest -q -n 8 -p xdist --dist loadgroup -p no:cacheprovider --durations=25 \
+             --junitxml="$OUT/tests.xml" tests ;;
     *) echo "unknown part $part" ;;
   esac 2>&1 | grep -v "$NOISE" >> "$LOG"
 done
-grep "ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"
+grep " passed\| failed\|^FAILED\|^ERROR\|ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"

@@ -1,4 +1,5 @@
-"""torch.compile(backend="lasp") against eager on the example models: outputs, loss, every parameter gradient."""
+"""torch.compile(backend="lasp") against eager on the example models, on every device: outputs, loss, every
+parameter gradient."""
 
 import collections
 import importlib.metadata
@@ -20,14 +21,15 @@ LAYERS = {"lightning": (1, 1), "retnet": (1, 1), "linear": (1, 1), "gated": (1, 
 T = 45  # longer than the detector's 40-token probe prefix, not a multiple of the 64-token chunk
 
 
-def _batch(t=T, vocab=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (2, t), generator=gen), torch.randint(0, vocab, (2, t), generator=gen)
+def _batch(device, t=T, vocab=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same ids on every device
+    ids, labels = torch.randint(0, vocab, (2, t), generator=gen), torch.randint(0, vocab, (2, t), generator=gen)
+    return ids.to(device), labels.to(device)
 
 
-def _model(name):
+def _model(name, device):
     torch.manual_seed(0)
-    return MODELS[name](ModelConfig(num_layers=LAYERS[name][0])).double()
+    return MODELS[name](ModelConfig(num_layers=LAYERS[name][0])).double().to(device)
 
 
 def _loss_and_grads(fn, model, ids, labels):
@@ -53,11 +55,11 @@ def _op_calls(fn) -> collections.Counter:
                                if e.name.startswith("lasp_fx::") and outermost(e))
 
 
-def _check_against_eager(name, options, tol=1e-12):
+def _check_against_eager(name, device, options, tol=1e-12):
     """Loss and every parameter gradient through backend="lasp" equal eager's, and the op ran."""
     torch._dynamo.reset()
-    model = _model(name)
-    ids, labels = _batch()
+    model = _model(name, device)
+    ids, labels = _batch(device)
     ref_loss, ref_grads = _loss_and_grads(model, model, ids, labels)
     compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, options=options)
     loss, grads = _loss_and_grads(compiled, model, ids, labels)
@@ -73,37 +75,37 @@ def _check_against_eager(name, options, tol=1e-12):
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "eager"])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_lasp_backend_matches_eager(name, compiler):
-    _check_against_eager(name, {"compiler": compiler})
+def test_lasp_backend_matches_eager(name, compiler, device):
+    _check_against_eager(name, device, {"compiler": compiler})
 
 
 @pytest.mark.parametrize("dynamic, graphs", [(True, 1), (None, 2), (False, 3)],
                          ids=["dynamic", "automatic", "static"])
-def test_new_lengths_reuse_a_dynamic_graph_or_recompile(dynamic, graphs):
+def test_new_lengths_reuse_a_dynamic_graph_or_recompile(dynamic, graphs, device):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = _model("retnet")
+    model = _model("retnet", device)
     compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, dynamic=dynamic,
                              options={"compiler": "eager"})
     for t in (T, 17, 130):  # longer and shorter than the 40-token probe prefix, and over two chunks
-        ids, _ = _batch(t, seed=t)
+        ids, _ = _batch(device, t, seed=t)
         assert rel_rms(compiled(ids), model(ids)) <= 1e-12, f"T={t}"
     # automatic: the second length makes the length symbolic, the third reuses that graph
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
-def test_a_static_length_is_probed_whole_when_only_the_batch_is_dynamic():
+def test_a_static_length_is_probed_whole_when_only_the_batch_is_dynamic(device):
     torch._dynamo.reset()
-    model = _model("retnet")
-    ids, _ = _batch()
+    model = _model("retnet", device)
+    ids, _ = _batch(device)
     torch._dynamo.mark_dynamic(ids, 0)  # the batch is symbolic, the 45 tokens are not: no 40-token probes
     compiled = torch.compile(model, backend=lasp_backend, fullgraph=True, options={"compiler": "eager"})
     assert rel_rms(compiled(ids), model(ids)) <= 1e-12
     assert _op_calls(lambda: compiled(ids))["lasp_fx::linear_attention"] == 1
 
 
-def test_inductor_smoke():
-    _check_against_eager("linear", {"compiler": "inductor"}, tol=1e-10)
+def test_inductor_smoke(device):
+    _check_against_eager("linear", device, {"compiler": "inductor"}, tol=1e-10)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -125,9 +127,10 @@ def test_mode_is_refused_with_a_hint():
 _FRESH = textwrap.dedent("""
     import sys, torch
     from examples.models import LinearLM
+    device = sys.argv[1]
     torch.manual_seed(0)
-    model = LinearLM().double()
-    ids = torch.randint(0, 64, (2, 45))
+    model = LinearLM().double().to(device)
+    ids = torch.randint(0, 64, (2, 45)).to(device)
     ref = model(ids)
     assert "lasp_fx" not in sys.modules
     out = torch.compile(model, backend="lasp", fullgraph=True, options={"compiler": "eager"})(ids)
@@ -136,13 +139,13 @@ _FRESH = textwrap.dedent("""
 """)
 
 
-def test_entry_point_works_in_a_fresh_process():
+def test_entry_point_works_in_a_fresh_process(device):
     names = [ep.name for ep in importlib.metadata.entry_points(group="torch_dynamo_backends")]
     if "lasp" not in names:
         pytest.skip('no "lasp" torch_dynamo_backends entry point: install the package (pip install -e .)')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root)
-    done = subprocess.run([sys.executable, "-c", _FRESH], cwd=root, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _FRESH, device], cwd=root, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.strip().splitlines()[-1]) <= 1e-12

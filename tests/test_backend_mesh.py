@@ -1,34 +1,36 @@
-"""backend="lasp" with options={"mesh": ...}: each gloo rank passes its slice and gets the single-process numbers."""
+"""backend="lasp" with options={"mesh": ...}: each rank (gloo on the CPU, NCCL on GPUs) passes its slice
+and gets the single-process numbers."""
 
+import pytest
 import torch
 
 from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from lasp_fx.testing.spawn import device_worlds, run_spawned
 
 T = 30  # 10 tokens per rank on 3 ranks: every slice ends mid-chunk
 
 
-def _case(seed=0):
+def _case(device, seed=0):
     from examples.models import GatedLM, ModelConfig
 
     torch.manual_seed(seed)
-    model = GatedLM(ModelConfig(num_layers=1)).double()
-    gen = torch.Generator().manual_seed(seed)
+    model = GatedLM(ModelConfig(num_layers=1)).double().to(device)
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same ids on every device
     ids, labels = torch.randint(0, 64, (2, T), generator=gen), torch.randint(0, 64, (2, T), generator=gen)
-    return model, ids, labels
+    return model, ids.to(device), labels.to(device)
 
 
 def _run(fn, model, ids, labels):
     logits = fn(ids)
     loss = fn(ids, labels=labels)
     loss.backward()
-    return {"logits": logits.detach(), "loss": loss.detach(),
-            "grads": {n: p.grad for n, p in model.named_parameters()}}
+    return {"logits": logits.detach().cpu(), "loss": loss.detach().cpu(),
+            "grads": {n: p.grad.cpu() for n, p in model.named_parameters()}}
 
 
-def sharded(rank, world_size):
-    """On each rank: compile with the mesh option, run this rank's slice; a DeviceMesh with the ring
-    exchange, then the ProcessGroup with the all-gather exchange."""
+def sharded(rank, world_size, device):
+    """On each rank (on cuda:{rank} for "cuda"): compile with the mesh option, run this rank's slice; a
+    DeviceMesh with the ring exchange, then the ProcessGroup with the all-gather exchange."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -36,10 +38,12 @@ def sharded(rank, world_size):
     from lasp_fx.backend import lasp_backend
 
     results = []
-    for mesh, method in ((init_device_mesh("cpu", (world_size,), mesh_dim_names=("sp",)), "ring"),
+    device = f"cuda:{rank}" if device == "cuda" else "cpu"
+    mesh_device = torch.device(device).type
+    for mesh, method in ((init_device_mesh(mesh_device, (world_size,), mesh_dim_names=("sp",)), "ring"),
                          (dist.group.WORLD, "allgather")):
         torch._dynamo.reset()
-        model, ids, labels = _case()
+        model, ids, labels = _case(device)
         ids, labels = lasp_fx.shard_batch((ids, labels), mesh)
         compiled = torch.compile(model, backend=lasp_backend, fullgraph=True,
                                  options={"mesh": mesh, "method": method, "compiler": "eager"})
@@ -49,12 +53,12 @@ def sharded(rank, world_size):
     return results
 
 
-def test_mesh_option_makes_the_model_sequence_parallel():
-    model, ids, labels = _case()
+@pytest.mark.parametrize("device, world_size", device_worlds(3))
+def test_mesh_option_makes_the_model_sequence_parallel(device, world_size):
+    model, ids, labels = _case(device)
     ref = _run(model, model, ids, labels)
-    world_size = 3
     local = T // world_size
-    for rank, per_rank in enumerate(run_spawned(sharded, world_size, timeout=600)):
+    for rank, per_rank in enumerate(run_spawned(sharded, world_size, device, device=device, timeout=600)):
         for got, how in zip(per_rank, ("DeviceMesh, ring", "ProcessGroup, allgather")):
             f64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
             where = f"rank {rank} ({how})"

@@ -1,4 +1,4 @@
-"""Detection on the corpus: the expected matches, near-misses with reasons, no false positives."""
+"""Detection on the corpus, on every device: the expected matches, near-misses with reasons, no false positives."""
 
 import pytest
 
@@ -9,8 +9,8 @@ NAMES = list(CORPUS)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_expected_matches(name):
-    _, _, report, _ = converted(name)
+def test_expected_matches(name, device):
+    _, _, report, _ = converted(name, device)
     expected = CORPUS[name][1]
     got = [(m.family, m.decay, m.normalised) for m in report.matches]
     assert got == expected, f"{name}:\n{report}"
@@ -20,8 +20,8 @@ def test_expected_matches(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_expected_near_misses(name):
-    _, _, report, _ = converted(name)
+def test_expected_near_misses(name, device):
+    _, _, report, _ = converted(name, device)
     assert [n.family for n in report.near_misses] == CORPUS[name][2], f"{name}:\n{report}"
     for n in report.near_misses:
         assert n.reason and n.source.startswith("tests/corpus/"), n
@@ -36,8 +36,8 @@ def test_expected_near_misses(name):
         ("softmax_manual", "softmax"),
     ],
 )
-def test_near_miss_reason_says_why(name, words):
-    _, _, report, _ = converted(name)
+def test_near_miss_reason_says_why(name, words, device):
+    _, _, report, _ = converted(name, device)
     assert words in report.near_misses[0].reason
 
 
@@ -56,14 +56,14 @@ def test_near_miss_reason_says_why(name, words):
         ("rowsum_normalised", "norm_eps", 1e-6),
     ],
 )
-def test_match_description(name, field, value):
-    _, _, report, _ = converted(name)
+def test_match_description(name, field, value, device):
+    _, _, report, _ = converted(name, device)
     got = getattr(report.matches[0], field)
     assert got == pytest.approx(value, rel=1e-6) if isinstance(value, float) else got == value
 
 
-def test_report_prints_a_table():
-    _, _, report, _ = converted("hybrid_linear_softmax")
+def test_report_prints_a_table(device):
+    _, _, report, _ = converted("hybrid_linear_softmax", device)
     text = str(report)
     assert "match" in text and "near-miss" in text and "tests/corpus/decay_masks.py:" in text
     assert "1 match(es), 1 near-miss(es)" in text

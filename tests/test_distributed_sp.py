@@ -1,7 +1,10 @@
-"""LASP across P = 1..4 gloo ranks: every rank's output, final state and gradients equal the single-process op's.
+"""LASP across P = 1..4 ranks (gloo on the CPU; NCCL on GPUs, one rank per GPU): every rank's output, final
+state and gradients equal the single-process op's.
 
-One spawn per world size runs every check of that size (process starts cost ~2 s each on the
-2-core CI box); the tests below read its results. float64 throughout, tolerance 1e-10 relative RMS.
+One spawn per device and world size runs every check of that size (process starts cost ~2 s each
+on the 2-core CI box); the tests below read its results. float64 throughout, tolerance 1e-10
+relative RMS. On CUDA the sizes above the GPU count collapse to it (one GPU: the checks of
+`check_cases` on a group of one); checks that need a given size run only where it fits.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import functools
 import pytest
 
 from lasp_fx.testing import workers_sp
-from lasp_fx.testing.spawn import SpawnedError, run_spawned
+from lasp_fx.testing.spawn import SpawnedError, device_worlds, run_spawned, world_sizes
 
 TOL = 1e-10
 
@@ -28,6 +31,13 @@ COMPILE_BACKENDS = ("eager", "aot_eager")
 COMPILE_P = (2, 3)
 MISMATCHES = ("length", "dtype", "heads", "decay", "method")
 DIRECTIONS = ("forward", "backward")
+
+
+def _worlds(*sizes, exact=False) -> list:
+    """device_worlds with one xdist group per spawn: under `pytest -n N --dist loadgroup` the tests
+    reading one spawn's results run on one worker, which spawns it once."""
+    return [pytest.param(*p.values, id=p.id, marks=pytest.mark.xdist_group(f"sp-{p.id}"))
+            for p in device_worlds(*sizes, exact=exact)]
 
 
 def _case_id(layout, decay, method, backend=None) -> str:
@@ -58,11 +68,13 @@ def _cases(world: int) -> list[dict]:
     return cases
 
 
-def _jobs(world: int) -> list:
+def _jobs(device: str, world: int) -> list:
+    jobs = []
     if world == 1:
-        return [("check_group_of_one", dict(LAYOUTS["gqa-T37-init0-final"], decay=d, method=m, seed=7))
-                for d in DECAYS for m in METHODS]
-    jobs = [("check_cases", _cases(world))]
+        jobs += [("check_group_of_one", dict(LAYOUTS["gqa-T37-init0-final"], decay=d, method=m, seed=7))
+                 for d in DECAYS for m in METHODS]
+    if world in world_sizes(device, (2, 3, 4)):  # on one GPU the group of one runs them too
+        jobs += [("check_cases", _cases(world))]
     if world == 2:
         jobs += [("check_mismatch", what) for what in MISMATCHES]
         jobs += [("exchange_order", (method, direction)) for method in METHODS for direction in DIRECTIONS]
@@ -75,19 +87,23 @@ def _jobs(world: int) -> list:
 
 
 @functools.cache
-def _spawn_once(world: int):
+def _spawn_once(device: str, world: int):
     try:
-        return run_spawned(workers_sp.run_jobs, world, _jobs(world), timeout=240.0), None
+        return run_spawned(workers_sp.run_jobs, world, _jobs(device, world), device, device=device,
+                           timeout=240.0), None
     except SpawnedError as e:  # cached too: one failed spawn must not be retried by every test
         return None, e
 
 
-def _spawned(world: int) -> list:
-    """results[rank][job index] for every job of this world size (one spawn per session)."""
-    results, error = _spawn_once(world)
+def _spawned(device: str, world: int, job) -> list:
+    """Every rank's result of `job` ((function name, argument), or the name of a function run once) on
+    this device and world size (one spawn per session)."""
+    results, error = _spawn_once(device, world)
     if error is not None:
         raise error
-    return results
+    jobs = _jobs(device, world)
+    index = next(i for i, j in enumerate(jobs) if j == job or j[0] == job)
+    return [r[index] for r in results]
 
 
 def _assert_small(errors_per_rank: list[dict], tol: float = TOL) -> None:
@@ -99,9 +115,9 @@ def _assert_small(errors_per_rank: list[dict], tol: float = TOL) -> None:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("decay", DECAYS)
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda p: f"P{p}")
-def test_matches_single_process(world, layout, decay, method):
-    results = [r[0][_case_id(layout, decay, method)] for r in _spawned(world)]
+@pytest.mark.parametrize("device, world", _worlds(2, 3, 4))
+def test_matches_single_process(device, world, layout, decay, method):
+    results = [r[_case_id(layout, decay, method)] for r in _spawned(device, world, "check_cases")]
     _assert_small(results)
     for errs in results:  # every quantity was compared
         assert {"o", "final_state", "dq", "dk", "dv"} <= set(errs)
@@ -110,9 +126,10 @@ def test_matches_single_process(world, layout, decay, method):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("decay", ["const", "gate"])
-@pytest.mark.parametrize("world", [2, 3, 4], ids=lambda p: f"P{p}")
-def test_fixed_decay_matches_single_process(world, decay, method):
-    results = [r[0][_case_id("gqa-T37-init0-final", decay, method, "fixed")] for r in _spawned(world)]
+@pytest.mark.parametrize("device, world", _worlds(2, 3, 4))
+def test_fixed_decay_matches_single_process(device, world, decay, method):
+    results = [r[_case_id("gqa-T37-init0-final", decay, method, "fixed")]
+               for r in _spawned(device, world, "check_cases")]
     _assert_small(results)
     for errs in results:
         assert {"o", "final_state", "dq", "dk", "dv", "dlog_decay is not None"} <= set(errs)
@@ -120,56 +137,58 @@ def test_fixed_decay_matches_single_process(world, decay, method):
 
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("world", COMPILE_P, ids=lambda p: f"P{p}")
-def test_compiled_fullgraph(world, method, backend):
-    results = [r[0][_case_id("gqa-T37-init0-final", "gate", method, backend)] for r in _spawned(world)]
+@pytest.mark.parametrize("device, world", _worlds(*COMPILE_P, exact=True))
+def test_compiled_fullgraph(device, world, method, backend):
+    results = [r[_case_id("gqa-T37-init0-final", "gate", method, backend)]
+               for r in _spawned(device, world, "check_cases")]
     _assert_small(results)
     assert all("LASP ops in graph - 1" in errs for errs in results)
 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("decay", DECAYS)
-def test_group_of_one_is_the_single_device_op(decay, method):
-    index = [(d, m) for d in DECAYS for m in METHODS].index((decay, method))
-    same = _spawned(1)[0][index]
+@pytest.mark.parametrize("device, world", _worlds(1))
+def test_group_of_one_is_the_single_device_op(device, world, decay, method):
+    job = ("check_group_of_one", dict(LAYOUTS["gqa-T37-init0-final"], decay=decay, method=method, seed=7))
+    (same,) = _spawned(device, world, job)
     assert same and all(same.values()), f"not bit-identical: {same}"
 
 
 @pytest.mark.parametrize("what", MISMATCHES)
-def test_mismatched_ranks_raise_everywhere(what):
-    index = 1 + MISMATCHES.index(what)
-    for rank, result in enumerate(_spawned(2)):
-        message = result[index]["message"]
+@pytest.mark.parametrize("device, world", _worlds(2, exact=True))
+def test_mismatched_ranks_raise_everywhere(device, world, what):
+    for rank, result in enumerate(_spawned(device, world, ("check_mismatch", what))):
+        message = result["message"]
         assert message is not None, f"rank {rank} did not raise for a different {what}"
         assert "passed different inputs" in message and "rank 1:" in message
-        assert result[index]["still_works"], f"rank {rank}: the group was unusable after the error"
+        assert result["still_works"], f"rank {rank}: the group was unusable after the error"
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_dp_x_sp_mesh_uses_the_sp_dimension(method):
-    index = 1 + METHODS.index(method)
-    _assert_small([r[index] for r in _spawned(4)])
+@pytest.mark.parametrize("device, world", _worlds(4, exact=True))
+def test_dp_x_sp_mesh_uses_the_sp_dimension(device, world, method):
+    job = next(j for j in _jobs(device, world) if j[0] == "check_mesh_2d" and j[1]["method"] == method)
+    _assert_small(_spawned(device, world, job))
 
 
-def test_mesh_without_sp_dimension_is_refused():
-    for rank, result in enumerate(_spawned(4)):
-        message = result[3]
+@pytest.mark.parametrize("device, world", _worlds(4, exact=True))
+def test_mesh_without_sp_dimension_is_refused(device, world):
+    for rank, message in enumerate(_spawned(device, world, "mesh_without_sp_dim")):
         assert message is not None and "'sp'" in message and "('dp', 'tp')" in message, f"rank {rank}: {message}"
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("method", METHODS)
-def test_exchange_starts_where_it_is_needed(method, direction):
+@pytest.mark.parametrize("device, world", _worlds(2, exact=True))
+def test_exchange_starts_where_it_is_needed(device, world, method, direction):
     """The forward's all-gather is issued as soon as the local state exists (the output kernel
     needs its result), the backward's only when the late gradient is asked for (after dq: run
     alongside dq, NCCL's kernels slowed it); the backward's last ring send goes at once (that rank
     receives nothing); the other ring links wait until the late state is asked for."""
-    start = _jobs(2).index(("exchange_order", (method, direction)))
     expected = {  # per rank (0, 1), P = 2
         ("allgather", "forward"): [["_all_gather_single", "begun", "finished"]] * 2,
         ("allgather", "backward"): [["begun", "_all_gather_single", "finished"]] * 2,
         ("ring", "forward"): [["begun", "_send", "finished"], ["begun", "_recv_like", "finished"]],
         ("ring", "backward"): [["begun", "_recv_like", "finished"], ["_send", "begun", "finished"]],
     }[method, direction]
-    got = [results[start] for results in _spawned(2)]
-    assert got == expected
+    assert _spawned(device, world, ("exchange_order", (method, direction))) == expected

@@ -1,5 +1,6 @@
-"""Rewrite on the corpus: same outputs and parameter gradients in float64, same parameters and
-state_dict, one op node per match, and no T x T tensor left in the matched layers."""
+"""Rewrite on the corpus, on every device: same outputs and parameter gradients in float64 (the rewritten
+graph against the original on the same device), same parameters and state_dict, one op node per match,
+and no T x T tensor left in the matched layers."""
 
 import pytest
 import torch
@@ -17,14 +18,15 @@ TOL = {"decay_mask_buffer": 1e-6}
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_outputs_and_parameter_gradients_equal(name):
-    model, gm, _, _ = converted(name)
-    x = torch.randn(2, SEQ, 32, dtype=torch.float64)  # fresh inputs, not the capture's
+def test_outputs_and_parameter_gradients_equal(name, device):
+    model, gm, _, _ = converted(name, device)
+    x = torch.randn(2, SEQ, 32, dtype=torch.float64).to(device)  # fresh inputs, not the capture's
     tol = TOL.get(name, 1e-10)
     ref = model(x)
     dy = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()), dy, allow_unused=True)
     out = gm(x)
+    assert out.device == ref.device == x.device, f"{name}: output on {out.device}, input on {x.device}"
     assert_close_rms(out, ref, tol, f"{name} output")
     grads = torch.autograd.grad(out, list(model.parameters()), dy, allow_unused=True)
     for (pname, _), g, r in zip(model.named_parameters(), grads, ref_grads):
@@ -35,8 +37,8 @@ def test_outputs_and_parameter_gradients_equal(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_parameters_and_state_dict(name):
-    model, gm, _, _ = converted(name)
+def test_same_parameters_and_state_dict(name, device):
+    model, gm, _, _ = converted(name, device)
     theirs = dict(gm.named_parameters())
     for pname, p in model.named_parameters():
         assert theirs[pname] is p, pname
@@ -44,16 +46,16 @@ def test_same_parameters_and_state_dict(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_one_op_node_per_match(name):
-    _, gm, report, _ = converted(name)
+def test_one_op_node_per_match(name, device):
+    _, gm, report, _ = converted(name, device)
     ops = [n for n in gm.graph.nodes if n.target is LASP_OP]
     assert len(ops) == len(report.matches)
     assert [n.meta[MATCH_KEY] for n in ops] == report.matches
 
 
 @pytest.mark.parametrize("name", MATCHED)
-def test_no_seq_by_seq_tensor_left_in_matched_layers(name):
-    _, gm, _, _ = converted(name)
+def test_no_seq_by_seq_tensor_left_in_matched_layers(name, device):
+    _, gm, _, _ = converted(name, device)
     for n in gm.graph.nodes:
         val = n.meta.get("val")
         stack = " ".join(str(v) for v in (n.meta.get("nn_module_stack") or {}).values())

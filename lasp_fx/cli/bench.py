@@ -64,9 +64,8 @@ def bench(
             if kind == "op":
                 op += op_rows(shape, n, warmup, reps)
             else:
-                backend = "nccl" if device == "cuda" else "gloo"
                 per_rank = run_spawned(sp_worker, n, asdict(shape), local, warmup, reps, ["ring", "allgather"],
-                                       backend=backend, timeout=600)
+                                       device=device, timeout=600)
                 sp += per_rank[0]
     os.makedirs(out, exist_ok=True)
     md = _markdown(shape, op, sp)

@@ -6,7 +6,7 @@
     --out folder      readable Python (GraphModule.to_folder: module.py, the weights beside it) and
                       report.txt; `import lasp_fx` is written at the top of module.py, and the weights
                       are found relative to it, so the folder can be moved.
-Both are specialised to the example inputs' shapes, like the capture they come from.
+Both are specialised to the example inputs' shapes and device (--device), like the capture they come from.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.fx import CodeGen, GraphModule
 from torch.utils import _pytree as pytree
 
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
-from lasp_fx.cli.inspect import DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
+from lasp_fx.cli.inspect import DEVICE_OPT, DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
 
 EPILOG = """Examples:
 
@@ -45,13 +45,14 @@ def convert(
     vocab: Optional[int] = VOCAB_OPT,
     inputs: Optional[str] = INPUTS_OPT,
     seed: int = SEED_OPT,
+    device: str = DEVICE_OPT,
 ):
     """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
     from lasp_fx.passes import convert as convert_model
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")
-    ex = load(target, input_shape, dtype, vocab, inputs, seed)
+    ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
     with quiet_torch(ctx):
         gm, report = convert_model(ex.model, *ex.args, **ex.kwargs)
     typer.echo(str(report))
@@ -62,7 +63,7 @@ def convert(
         if out.endswith(".pt2"):
             written = _save_program(gm, ex, str(report), out)
         else:
-            written = _save_folder(gm, str(report), out, target)
+            written = _save_folder(gm, str(report), out, target, device)
     typer.echo(f"\nwrote {', '.join(written)}")
 
 
@@ -74,7 +75,7 @@ def _save_program(gm: GraphModule, ex, report: str, path: str) -> list[str]:
     return [path, path + ".report.txt"]
 
 
-def _save_folder(gm: GraphModule, report: str, folder: str, target: str) -> list[str]:
+def _save_folder(gm: GraphModule, report: str, folder: str, target: str, device: str) -> list[str]:
     gm = _plain(gm)
     gm.to_folder(folder, CLASS_NAME)
     module_py = os.path.join(folder, "module.py")
@@ -83,6 +84,9 @@ def _save_folder(gm: GraphModule, report: str, folder: str, target: str) -> list
     # to_folder writes the folder's path into every torch.load: load relative to module.py instead
     code = re.sub(r"torch\.load\(r'" + re.escape(str(folder).rstrip("/")) + r"/([^']+)'",
                   r"torch.load(os.path.join(_HERE, '\1')", code)
+    if device != "cpu":  # to_folder makes the module's own parameters and buffers on the CPU, then loads into them
+        code = re.sub(r"^( *)(self\.load_state_dict\(.*)$", rf"\1\2\n\1self.to({device!r})", code, count=1,
+                      flags=re.M)
     header = (f'"""{target} with its linear attention rewritten into lasp_fx\'s op (lasp-fx convert); '
               'see report.txt."""\nimport os\n\nimport lasp_fx  # noqa: F401 (registers torch.ops.lasp_fx, '
               'which forward calls)\n\n_HERE = os.path.dirname(os.path.abspath(__file__))\n')

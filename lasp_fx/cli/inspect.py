@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
-from lasp_fx.cli.target import DTYPES, Example, build_model, example
+from lasp_fx.cli.target import DEVICES, DTYPES, Example, build_model, check_device, example
 
 EPILOG = """Examples:
 
@@ -17,6 +17,8 @@ EPILOG = """Examples:
   lasp-fx inspect examples/models/retnet.py:RetNetLM --input-shape 2,128 --dtype float64
 
   lasp-fx inspect my_model.py:build --inputs my_model.py:example_batch --graph attention.svg
+
+  lasp-fx inspect examples.models:GatedLM --device cuda
 """
 
 # The options every command that builds a model takes (inspect, convert).
@@ -30,14 +32,17 @@ VOCAB_OPT = typer.Option(None, "--vocab", help="Token ids are drawn below this (
 INPUTS_OPT = typer.Option(None, "--inputs", help="module:factory returning the example inputs (a tensor, a "
                           "tuple, or a dict of keyword inputs) instead of --input-shape.")
 SEED_OPT = typer.Option(0, "--seed", help="Seed for the model's initialisation and the random inputs.")
+DEVICE_OPT = typer.Option("cpu", "--device",
+                          help=f"Where the model and its example inputs live: {', '.join(DEVICES)}.")
 
 
-def load(target, input_shape, dtype, vocab, inputs, seed) -> Example:
+def load(target, input_shape, dtype, vocab, inputs, seed, device="cpu") -> Example:
     """The model TARGET builds and its example inputs (the options of inspect and convert)."""
     if dtype not in DTYPES:
         raise CliError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
-    model = build_model(target, dtype, seed)
-    return example(model, target, list(input_shape or []), dtype, vocab, inputs, seed)
+    check_device(device)
+    model = build_model(target, dtype, seed, device)
+    return example(model, target, list(input_shape or []), dtype, vocab, inputs, seed, device)
 
 
 @friendly
@@ -49,6 +54,7 @@ def inspect(
     vocab: Optional[int] = VOCAB_OPT,
     inputs: Optional[str] = INPUTS_OPT,
     seed: int = SEED_OPT,
+    device: str = DEVICE_OPT,
     graph: Optional[str] = typer.Option(None, "--graph", help="Draw the captured graph, matches highlighted: "
                                         "FILE.svg or FILE.png."),
     method: str = typer.Option("export", "--method", help="Capture with torch.export (\"export\") or dynamo."),
@@ -63,7 +69,7 @@ def inspect(
         raise CliError(f"--graph {graph!r}: unknown picture format", "name a .svg or .png file")
     if method not in ("export", "dynamo"):
         raise CliError(f"--method {method!r} is not a capture method", "use export or dynamo")
-    ex = load(target, input_shape, dtype, vocab, inputs, seed)
+    ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
     with quiet_torch(ctx):
         captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
         cands, near = detect(captured.gm, captured.example_inputs)

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lasp_fx.cli.errors import CliError, one_line, where_raised
 
 TARGET_FORMS = "path/to/file.py:factory or package.module:factory (e.g. examples.models:LightningLM)"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("cpu", "cuda")
 DEFAULT_TOKENS = 64
 
 
@@ -57,20 +59,32 @@ def load_factory(target: str):
     return obj
 
 
-def build_model(target: str, dtype: str, seed: int) -> nn.Module:
-    """Call TARGET's factory with no arguments (after seeding) and check that it made a model."""
+def check_device(device: str) -> None:
+    """--device names a device lasp-fx takes, and one this machine has."""
+    if device not in DEVICES:
+        raise CliError(f"--device {device!r} is not a device lasp-fx runs on", f"use one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no GPU is available here (torch.cuda.is_available() is False)",
+                       "use --device cpu, or run on a machine with a GPU and a CUDA build of torch")
+
+
+def build_model(target: str, dtype: str, seed: int, device: str = "cpu") -> nn.Module:
+    """Call TARGET's factory with no arguments (after seeding) and check that it made a model; on `device`."""
     factory = load_factory(target)
     torch.manual_seed(seed)
     model = _call(factory, target)
     if not isinstance(model, nn.Module):
         raise CliError(f"{target}() returned a {type(model).__name__}, not a torch.nn.Module",
                        "TARGET must be a class or function that returns the model")
-    return model.to(DTYPES[dtype])
+    return model.to(device=device, dtype=DTYPES[dtype])
 
 
 def example(model: nn.Module, target: str, shapes: list[str], dtype: str, vocab: int | None,
-            inputs: str | None, seed: int) -> Example:
-    """The model with the inputs of one forward call, checked by running it once."""
+            inputs: str | None, seed: int, device: str = "cpu") -> Example:
+    """The model with the inputs of one forward call on `device`, checked by running it once.
+
+    Random inputs are drawn on the CPU and moved: the same seed gives the same inputs on any device.
+    """
     if inputs and shapes:
         raise CliError("both --inputs and --input-shape were given", "use one of them")
     torch.manual_seed(seed)
@@ -79,6 +93,7 @@ def example(model: nn.Module, target: str, shapes: list[str], dtype: str, vocab:
     else:
         parsed = [parse_shape(s) for s in shapes] or [_guess_shape(model, target)]
         ex = Example(model, tuple(_tensor(model, s, DTYPES[dtype], vocab) for s in parsed))
+    ex.args, ex.kwargs = tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, (ex.args, ex.kwargs))
     _check_runs(ex, target)
     return ex
 

@@ -28,14 +28,13 @@ class SequenceMesh:
         """From a DeviceMesh (1-D or with an "sp" dimension), a ProcessGroup, or None (all ranks)."""
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialised: call init_process_group first (torchrun)")
-        device_type = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
         if mesh is None:
-            mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=(SP_DIM,))
+            mesh = init_device_mesh(_device_type(None), (dist.get_world_size(),), mesh_dim_names=(SP_DIM,))
         if isinstance(mesh, DeviceMesh):
             sp = mesh if mesh.ndim == 1 else mesh[SP_DIM]
             return SequenceMesh(resolve_group(mesh), sp)
         group = resolve_group(mesh)
-        return SequenceMesh(group, DeviceMesh.from_group(group, device_type))
+        return SequenceMesh(group, DeviceMesh.from_group(group, _device_type(group)))
 
     @property
     def rank(self) -> int:
@@ -126,6 +125,12 @@ class SequenceMesh:
             return dt.full_tensor() if mode == "full" else dt
 
         return tree_map(wrap, out)
+
+
+def _device_type(group) -> str:
+    """The device type of a DeviceMesh over `group` (None: the default group): "cuda" where its backend
+    includes NCCL ("nccl", or a mixed "cpu:gloo,cuda:nccl"), else "cpu"."""
+    return "cuda" if torch.cuda.is_available() and "nccl" in dist.get_backend(group) else "cpu"
 
 
 def shard_batch(batch, mesh=None, seq_dim: int = 1):

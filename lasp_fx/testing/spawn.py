@@ -1,12 +1,14 @@
-"""Run a function on W spawned CPU processes joined by a gloo group; errors come back with tracebacks.
+"""Run a function on W spawned processes joined by one process group; errors come back with tracebacks.
 
     results = run_spawned(workers_sp.check_cases, 3, cases)   # -> [rank 0's result, rank 1's, rank 2's]
+    results = run_spawned(workers_parallel.parallel, 2, cases, device="cuda")   # NCCL, rank r on cuda:r
 
-Each child sets one thread (2-core CI boxes), joins a process group through a FileStore in a
-fresh temporary directory (no port to collide on), runs `fn(rank, world_size, *args)`, sends
-back what it returned and always destroys the group. `fn` must be importable by name (a
-module-level function in an importable module, not in a test file: STACK.md section 4.4), and
-its arguments and result must pickle (plain Python data is safest).
+Each child sets one thread (2-core CI boxes), joins a process group (gloo on the CPU; NCCL on
+CUDA, after selecting cuda:{rank}) through a FileStore in a fresh temporary directory (no port
+to collide on), runs `fn(rank, world_size, *args)`, sends back what it returned and always
+destroys the group. `fn` must be importable by name (a module-level function in an importable
+module, not in a test file: STACK.md section 4.4), and its arguments and result must pickle
+(plain Python data on the CPU is safest: CUDA tensors would travel as IPC handles).
 """
 
 from __future__ import annotations
@@ -27,15 +29,46 @@ class SpawnedError(RuntimeError):
     """A spawned rank raised, timed out or died; the message holds each failing rank's traceback."""
 
 
-def run_spawned(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 120.0,
-                pg_timeout: float = 60.0) -> list:
+def devices() -> list[str]:
+    """The devices the tests run on: the CPU always, CUDA as well where a GPU is present."""
+    return ["cpu"] + (["cuda"] if _cuda_count() else [])
+
+
+def world_sizes(device: str, sizes) -> list[int]:
+    """The world sizes a multi-rank test takes on `device`: every size on the CPU (gloo processes);
+    on CUDA one rank per GPU, so sizes above the GPU count become the GPU count and duplicates go
+    (one GPU: a group of one)."""
+    if device == "cpu":
+        return list(sizes)
+    return sorted({min(p, _cuda_count()) for p in sizes})
+
+
+def device_worlds(*sizes, exact: bool = False) -> list:
+    """pytest parameters (device, world_size), ids "cpu-P2", "cuda-P1", ...: `world_sizes` on every
+    device of `devices()`; with exact=True only the sizes a device can hold as they are (a 2 x 2 mesh
+    needs 4 ranks)."""
+    import pytest
+
+    pairs = [(d, p) for d in devices() for p in world_sizes(d, sizes) if not exact or p in sizes]
+    return [pytest.param(d, p, id=f"{d}-P{p}") for d, p in pairs]
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_spawned(fn, world_size: int, *args, device: str = "cpu", backend: str | None = None,
+                timeout: float = 120.0, pg_timeout: float = 60.0) -> list:
     """Run `fn(rank, world_size, *args)` on `world_size` fresh processes and return their results.
 
     Args:
         fn: module-level function; it runs after `torch.distributed` is initialised.
         world_size: number of processes (ranks 0 .. world_size - 1).
         *args: passed to every rank.
-        backend: process-group backend ("gloo" on CPU).
+        device: "cpu", or "cuda": rank r selects cuda:r before joining the group (one GPU a rank).
+        backend: process-group backend (default: "gloo" on the CPU, "nccl" on CUDA).
         timeout: seconds the parent waits for all ranks before killing them.
         pg_timeout: the process group's own timeout, so a rank stuck in a collective errors out.
 
@@ -44,13 +77,20 @@ def run_spawned(fn, world_size: int, *args, backend: str = "gloo", timeout: floa
 
     Raises:
         SpawnedError: a rank raised (its traceback is in the message), died or did not finish.
+        ValueError: an unknown device, or more CUDA ranks than GPUs.
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and world_size > _cuda_count():
+        raise ValueError(f"{world_size} CUDA ranks need {world_size} GPUs, this machine has {_cuda_count()}: "
+                         "parametrise the test with device_worlds(...) (sizes collapse to the GPU count)")
+    backend = backend or ("nccl" if device == "cuda" else "gloo")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="lasp_spawn_") as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_child, args=(fn, rank, world_size, store, backend, pg_timeout, args, results),
+            ctx.Process(target=_child, args=(fn, rank, world_size, store, device, backend, pg_timeout, args, results),
                         daemon=True)
             for rank in range(world_size)
         ]
@@ -90,13 +130,15 @@ def _collect(results, procs, timeout: float) -> dict:
     return got
 
 
-def _child(fn, rank, world_size, store_path, backend, pg_timeout, args, results):
+def _child(fn, rank, world_size, store_path, device, backend, pg_timeout, args, results):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
+        if device == "cuda":  # before the group: NCCL binds each rank to its current device
+            torch.cuda.set_device(rank)
         store = dist.FileStore(store_path, world_size)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=pg_timeout))

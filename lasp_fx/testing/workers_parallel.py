@@ -1,8 +1,10 @@
 """Spawned-rank workers for parallelize(): each rank builds a model, runs it sequence-parallel, reports.
 
 A case is a dict: model ("module:Class"), ids, labels, dtype ("float64" / "float32"), steps (AdamW
-steps after the gradient check), options (parallelize keyword arguments), mesh ("sp" or "dp,sp").
-`single(case)` computes the same numbers in one process, for the parent to compare with.
+steps after the gradient check), options (parallelize keyword arguments), mesh ("sp" or "dp,sp"),
+device ("cpu", or "cuda": rank r on cuda:r, under spawn's NCCL group; ids and labels travel on the
+CPU). `single(case)` computes the same numbers in one process, for the parent to compare with.
+Results come back as numpy arrays, on the CPU whatever the device.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def _run(model, case, gather):
 
 
 def single(case) -> dict:
-    """The case on one process: the reference."""
-    return _run(build(case["model"], case.get("dtype", "float64"), **case.get("kwargs", {})), case, lambda t: t)
+    """The case on one process (on the case's device, cuda:0 for "cuda"): the reference."""
+    case = _on_device(case, 0)
+    return _run(_model(case), case, lambda t: t)
 
 
 def parallel(rank, world_size, cases) -> list:
@@ -50,9 +53,9 @@ def parallel(rank, world_size, cases) -> list:
 
     results = []
     for case in cases:
-        mesh = _mesh(case.get("mesh", "sp"), world_size)
-        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64"), **case.get("kwargs", {})), mesh=mesh,
-                                    **case.get("options", {}))
+        case = _on_device(case, rank)
+        mesh = _mesh(case.get("mesh", "sp"), world_size, case["device"])
+        model = lasp_fx.parallelize(_model(case), mesh=mesh, **case.get("options", {}))
         if case.get("mesh") == "dp,sp":  # each data-parallel replica takes its own half of the batch
             case = _dp_slice(case, mesh)
             if case.get("data_parallel") == "fsdp":
@@ -77,7 +80,8 @@ def parallel_errors(rank, world_size, cases) -> list:
 
     messages = []
     for case in cases:
-        model = lasp_fx.parallelize(build(case["model"], case.get("dtype", "float64")), **case.get("options", {}))
+        case = _on_device(case, rank)
+        model = lasp_fx.parallelize(_model(case), **case.get("options", {}))
         try:
             model(case["ids"])
             messages.append(None)
@@ -86,17 +90,29 @@ def parallel_errors(rank, world_size, cases) -> list:
     return messages
 
 
+def _on_device(case, rank):
+    """The case with its device made concrete (cuda:{rank}; spawn made it the current device) and
+    its ids and labels on it."""
+    device = f"cuda:{rank}" if torch.device(case.get("device", "cpu")).type == "cuda" else "cpu"
+    return {**case, "device": device, "ids": case["ids"].to(device), "labels": case["labels"].to(device)}
+
+
+def _model(case):
+    return build(case["model"], case.get("dtype", "float64"), **case.get("kwargs", {})).to(case["device"])
+
+
 def _full(grad):
     """A gradient as a plain tensor (FSDP2 keeps it as a DTensor sharded over "dp")."""
     return grad.full_tensor() if hasattr(grad, "full_tensor") else grad.detach().clone()
 
 
-def _mesh(kind: str, world_size: int):
+def _mesh(kind: str, world_size: int, device: str):
     from torch.distributed.device_mesh import init_device_mesh
 
+    device_type = torch.device(device).type
     if kind == "dp,sp":
-        return init_device_mesh("cpu", (2, world_size // 2), mesh_dim_names=("dp", "sp"))
-    return init_device_mesh("cpu", (world_size,), mesh_dim_names=("sp",))
+        return init_device_mesh(device_type, (2, world_size // 2), mesh_dim_names=("dp", "sp"))
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=("sp",))
 
 
 def _dp_slice(case, mesh):
@@ -106,5 +122,6 @@ def _dp_slice(case, mesh):
 
 
 def _plain(tree):
-    """Tensors as numpy arrays: they cross the process boundary without shared-memory handles."""
-    return torch.utils._pytree.tree_map(lambda t: t.detach().numpy() if isinstance(t, torch.Tensor) else t, tree)
+    """Tensors as numpy arrays (copied to the CPU): they cross the process boundary without
+    shared-memory or CUDA IPC handles."""
+    return torch.utils._pytree.tree_map(lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t, tree)

@@ -1,7 +1,8 @@
 """Spawned-rank workers for the LASP tests: each rank compares its slice with the single-process op.
 
-Every function runs on every rank as `fn(rank, world_size, ...)` under `spawn.run_spawned` and
-returns plain data (relative-RMS errors, messages) for the parent to assert on.
+Every function runs on every rank as `fn(rank, world_size, arg, device)` under `spawn.run_spawned` (through
+`run_jobs`) and returns plain data (relative-RMS errors, messages) for the parent to assert on. `device`
+is "cpu" or this rank's "cuda:{rank}"; inputs are drawn on the CPU and moved there.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import lasp_fx
 from lasp_fx.testing.numerics import random_inputs, rel_rms
 
 
-def _global_inputs(case: dict, world: int, seed: int) -> dict:
+def _global_inputs(case: dict, world: int, seed: int, device: str = "cpu") -> dict:
     gen = torch.Generator().manual_seed(seed)
     B, T, H, D, E = case["B"], case["T"] * world, case["H"], case["D"], case["E"]
     args = random_inputs(B, T, H, D, E, kv_heads=case.get("Hk"), decay=case["decay"],
                          initial_state=case.get("init") is not None, generator=gen)
     args["w_o"] = torch.randn(B, T, H, E, generator=gen, dtype=torch.float64)
     args["w_f"] = torch.randn(world, B, H, D, E, generator=gen, dtype=torch.float64)
-    return args
+    return {n: t.to(device) for n, t in args.items()}
 
 
 def _leaves(args: dict) -> dict:
@@ -108,31 +109,31 @@ def _errors(case: dict, rank: int, world: int, group, args: dict, ref: dict) -> 
     return err
 
 
-def check_cases(rank: int, world: int, cases: list[dict]) -> dict:
+def check_cases(rank: int, world: int, cases: list[dict], device: str = "cpu") -> dict:
     """For each case (a dict of sizes, decay, init, final, method, compile): {case id: {what: rel RMS}}."""
     out = {}
     for case in cases:
-        args = _global_inputs(case, world, case["seed"])
+        args = _global_inputs(case, world, case["seed"], device)
         ref = _reference(args, world, case["T"], bool(case.get("final")))
         out[case["id"]] = _errors(case, rank, world, dist.group.WORLD, args, ref)
     return out
 
 
-def check_mesh_2d(rank: int, world: int, case: dict) -> dict:
+def check_mesh_2d(rank: int, world: int, case: dict, device: str = "cpu") -> dict:
     """A dp x sp mesh: each data-parallel row runs its own sequence over the mesh's "sp" dimension."""
     from torch.distributed.device_mesh import init_device_mesh
 
     sp = 2
-    mesh = init_device_mesh("cpu", (world // sp, sp), mesh_dim_names=("dp", "sp"))
+    mesh = init_device_mesh(torch.device(device).type, (world // sp, sp), mesh_dim_names=("dp", "sp"))
     dp_rank, sp_rank = mesh.get_coordinate()
-    args = _global_inputs(case, sp, case["seed"] + dp_rank)  # different data on each replica
+    args = _global_inputs(case, sp, case["seed"] + dp_rank, device)  # different data on each replica
     ref = _reference(args, sp, case["T"], bool(case.get("final")))
     return _errors(case, sp_rank, sp, mesh, args, ref)
 
 
-def check_group_of_one(rank: int, world: int, case: dict) -> dict:
+def check_group_of_one(rank: int, world: int, case: dict, device: str = "cpu") -> dict:
     """With a group of one rank the result is the single-device op's, bit for bit."""
-    args = _global_inputs(case, 1, case["seed"])
+    args = _global_inputs(case, 1, case["seed"], device)
     x, y = _leaves(args), _leaves(args)
     extra = lambda d: {n: d[n] for n in ("log_decay", "initial_state") if n in d}  # noqa: E731
     o1, s1 = lasp_fx.linear_attention(x["q"], x["k"], x["v"], **extra(x), output_final_state=True)
@@ -145,10 +146,10 @@ def check_group_of_one(rank: int, world: int, case: dict) -> dict:
     return same
 
 
-def check_mismatch(rank: int, world: int, what: str) -> dict:
+def check_mismatch(rank: int, world: int, what: str, device: str = "cpu") -> dict:
     """Rank 1 passes a different `what`; every rank must raise, and the group must still work afterwards."""
     case = dict(B=1, T=8, H=2, D=4, E=4, decay="gate", seed=0)
-    args = _global_inputs(case, world, 0)
+    args = _global_inputs(case, world, 0, device)
     x = {n: args[n][:, :8] for n in ("q", "k", "v", "log_decay")}
     method = "ring"
     if rank == 1:
@@ -172,7 +173,7 @@ def check_mismatch(rank: int, world: int, what: str) -> dict:
     return {"message": message, "still_works": still_works}
 
 
-def exchange_order(rank: int, world: int, which: tuple[str, str]) -> list[str]:
+def exchange_order(rank: int, world: int, which: tuple[str, str], device: str = "cpu") -> list[str]:
     """When an exchange touches the network: the all-gather's collective must be issued by `begin_*`
     (so it runs during the output / dq kernel), the ring's links only when the result is asked for
     (except the backward's last rank, which only sends)."""
@@ -185,7 +186,7 @@ def exchange_order(rank: int, world: int, which: tuple[str, str]) -> list[str]:
     for mod, name, fn in originals:
         setattr(mod, name, lambda *a, _fn=fn, _name=name, **kw: (events.append(_name), _fn(*a, **kw))[1])
     try:
-        ds = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+        ds = torch.randn(1, 2, 4, 4, dtype=torch.float64).to(device)
         sends = []
         mod = {"allgather": allgather, "ring": ring}[method]
         if direction == "forward":
@@ -203,12 +204,12 @@ def exchange_order(rank: int, world: int, which: tuple[str, str]) -> list[str]:
     return events
 
 
-def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:
+def mesh_without_sp_dim(rank: int, world: int, _=None, device: str = "cpu") -> str | None:
     """A 2-D mesh whose dimensions are not named "sp" must be refused with a message saying so."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "tp"))
-    x = torch.randn(1, 4, 2, 4, dtype=torch.float64)
+    mesh = init_device_mesh(torch.device(device).type, (2, world // 2), mesh_dim_names=("dp", "tp"))
+    x = torch.randn(1, 4, 2, 4, dtype=torch.float64).to(device)
     try:
         lasp_fx.linear_attention(x, x, x, group=mesh)
     except ValueError as e:
@@ -216,6 +217,8 @@ def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:
     return None
 
 
-def run_jobs(rank: int, world: int, jobs: list[tuple[str, object]]) -> list:
-    """Several checks in one spawn (a process start costs ~2 s): [(function name, its argument), ...]."""
-    return [globals()[name](rank, world, arg) for name, arg in jobs]
+def run_jobs(rank: int, world: int, jobs: list[tuple[str, object]], device: str = "cpu") -> list:
+    """Several checks in one spawn (a process start costs ~2 s): [(function name, its argument), ...], on
+    `device` ("cuda": this rank's GPU, cuda:{rank})."""
+    device = f"cuda:{rank}" if torch.device(device).type == "cuda" else "cpu"
+    return [globals()[name](rank, world, arg, device) for name, arg in jobs]

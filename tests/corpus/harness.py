@@ -11,9 +11,10 @@ BATCH, SEQ = 2, 11  # T = 11: not a multiple of the op's chunk, nor of the block
 
 
 @functools.lru_cache(maxsize=None)
-def converted(name: str):
-    """(original float64 model, rewritten GraphModule, report, example input) for a corpus entry."""
-    model = CORPUS[name][0]().double()
-    x = torch.randn(BATCH, SEQ, DIM, dtype=torch.float64)
+def converted(name: str, device: str = "cpu"):
+    """(original float64 model, rewritten GraphModule, report, example input), all on `device`, for a
+    corpus entry."""
+    model = CORPUS[name][0]().double().to(device)
+    x = torch.randn(BATCH, SEQ, DIM, dtype=torch.float64).to(device)
     gm, report = convert(model, x)
     return model, gm, report, x
