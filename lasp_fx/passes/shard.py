@@ -81,7 +81,9 @@ class ShardContext:
 
     def call(self, before: fx.Node, fn, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(before):
-            return self.graph.call_function(fn, args, kwargs)
+            new = self.graph.call_function(fn, args, kwargs)
+        _copy_meta(before, new, _CHECKPOINT_TAGS)
+        return new
 
     def replace(self, node: fx.Node, new: fx.Node) -> fx.Node:
         """Send every use of `node` to `new`, which takes over its meta (shape, source line)."""
@@ -98,8 +100,13 @@ class ShardContext:
         return new
 
 
-def _copy_meta(src: fx.Node, dst: fx.Node) -> None:
-    for key in ("val", "stack_trace", "nn_module_stack"):
+# Activation checkpointing (capture.inline_checkpoints): nodes a rule adds inside a checkpointed
+# region are recomputed in backward with it, instead of pinning their inputs in memory.
+_CHECKPOINT_TAGS = ("recompute", "ac_graph_id")
+
+
+def _copy_meta(src: fx.Node, dst: fx.Node, keys=("val", "stack_trace", "nn_module_stack", *_CHECKPOINT_TAGS)) -> None:
+    for key in keys:
         if key in src.meta:
             dst.meta.setdefault(key, src.meta[key])
 
