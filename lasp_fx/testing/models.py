@@ -113,13 +113,15 @@ class HFLlama(nn.Module):
 
 
 class CheckpointedLM(nn.Module):
-    """The lightning example with activation checkpointing on every block (non-reentrant)."""
+    """The lightning example with activation checkpointing on every block (non-reentrant, or the
+    reentrant form with use_reentrant=True)."""
 
-    def __init__(self):
+    def __init__(self, use_reentrant=False):
         super().__init__()
         from examples.models import LightningLM
 
         self.lm = LightningLM()
+        self.use_reentrant = use_reentrant
 
     def forward(self, ids, labels=None):
         from torch.utils.checkpoint import checkpoint
@@ -127,7 +129,7 @@ class CheckpointedLM(nn.Module):
         lm = self.lm
         x = lm.embed(ids)
         for block in lm.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint(block, x, use_reentrant=self.use_reentrant)
         logits = lm.head(lm.norm(x))
         if labels is None:
             return logits
