@@ -1,0 +1,155 @@
+"""Memory levers under parallelize(): activation checkpointing (both forms, or checkpoint="blocks"), host
+offload of saved activations and the vocabulary-chunked loss compute the single-process function on every
+rank; checkpointing keeps only the blocks' inputs, and offload moves them to the host and back."""
+
+import pytest
+import torch
+
+from examples.models import LightningLM, ModelConfig
+from lasp_fx.testing import workers_parallel
+from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.testing.spawn import run_spawned
+
+T = 24  # 24, 12 and 8 tokens per rank
+
+
+def _batch(vocab=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (2, T), generator=gen)
+    labels = torch.randint(0, vocab, (2, T), generator=gen)
+    labels[0, :5] = -100  # ignored labels change the loss's count, not only its sum
+    labels[1, 17] = -100
+    return ids, labels
+
+
+def _case(model, options=None, **kwargs):
+    ids, labels = _batch()
+    # aot_eager: AOTAutograd's partitioner runs and honours the checkpoint tags, as Inductor's does
+    return dict(model=model, ids=ids, labels=labels, kwargs=kwargs,
+                options={"compiler": "aot_eager", **(options or {})})
+
+
+CASES = {
+    "user_ckpt": _case("lasp_fx.testing.models:CheckpointedLM"),
+    "user_ckpt_reentrant": _case("lasp_fx.testing.models:CheckpointedLM", use_reentrant=True),
+    "option_blocks": _case("examples.models:LightningLM", {"checkpoint": "blocks"}),
+    "option_blocks_offload": _case("examples.models:LightningLM", {"checkpoint": "blocks", "offload": True}),
+    "chunked_loss": _case("examples.models:LightningLM", cfg=ModelConfig(loss_chunks=3)),  # 22 + 21 + 21
+    "gated_blocks_chunked": _case("examples.models:GatedLM", {"checkpoint": "blocks"},  # halo conv recomputed
+                                  cfg=ModelConfig(loss_chunks=2)),
+    "hybrid_blocks_chunked": _case("examples.models:HybridLM", {"checkpoint": "blocks"},  # softmax layer too
+                                   cfg=ModelConfig(num_layers=4, loss_chunks=5)),
+}
+
+
+@pytest.fixture(scope="module")
+def references():
+    return {name: workers_parallel.single(case) for name, case in CASES.items()}
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3], ids=lambda p: f"P{p}")
+def test_levers_match_one_process(world_size, references):
+    names = list(CASES)
+    results = run_spawned(workers_parallel.parallel, world_size, [CASES[n] for n in names], timeout=900)
+    for rank, per_rank in enumerate(results):
+        for name, got in zip(names, per_rank):
+            ref, where = references[name], f"{name} rank {rank}/{world_size}"
+            assert rel_rms(torch.as_tensor(got["loss"]), torch.as_tensor(ref["loss"])) <= 1e-10, f"{where}: loss"
+            assert set(got["grads"]) == set(ref["grads"]), f"{where}: different parameters got gradients"
+            for p, g in ref["grads"].items():
+                err = rel_rms(torch.as_tensor(got["grads"][p]), torch.as_tensor(g))
+                assert err <= 1e-10, f"{where}: gradient of {p} off by {err:.2e}"
+
+
+def test_chunked_loss_is_the_cross_entropy():
+    ids, labels = _batch()
+    grads, losses = [], []
+    for chunks in (0, 3):
+        torch.manual_seed(0)
+        model = LightningLM(ModelConfig(loss_chunks=chunks)).double()
+        loss = model(ids, labels=labels)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad for p in model.parameters()])
+    assert rel_rms(losses[1], losses[0]) <= 1e-13
+    for a, b in zip(*grads):
+        assert rel_rms(b, a) <= 1e-12
+
+
+def _saved_per_token(model) -> float:
+    """Tensor elements autograd keeps per extra token, for the model under the lasp backend."""
+    from lasp_fx.compile import make_backend
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=make_backend(None, compiler="aot_eager"), fullgraph=True)
+    counts = []
+    for n in (96, 192):
+        ids, labels = torch.randint(0, 64, (1, n)), torch.randint(0, 64, (1, n))
+        torch._dynamo.mark_dynamic(ids, 1)
+        torch._dynamo.mark_dynamic(labels, 1)
+        compiled(ids, labels).backward()  # compiles; the second call below is what is counted
+        total = [0]
+
+        def pack(t):
+            total[0] += 0 if isinstance(t, torch.nn.Parameter) else t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = compiled(ids, labels)
+        loss.backward()
+        counts.append(total[0])
+    return (counts[1] - counts[0]) / 96
+
+
+def test_checkpointed_blocks_keep_only_their_inputs():
+    # Per token, checkpointing must keep each block's input, the final hidden state and its norm
+    # and the log-softmax: (layers + 2) * dim + vocab. Without the checkpoint tags on the nodes
+    # the rewrite inserts, the op's inputs and outputs would be kept too (~389 here).
+    from lasp_fx.testing.models import CheckpointedLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    per_token = _saved_per_token(CheckpointedLM())
+    assert per_token <= (cfg.num_layers + 2) * cfg.dim + cfg.vocab_size + 8, per_token
+    assert _saved_per_token(LightningLM()) > 4 * per_token  # the check can fail: without checkpointing
+
+
+def test_checkpoint_option_is_checked():
+    from lasp_fx.api import ParallelConfig, _check_config
+    from lasp_fx.memory import checkpoint_blocks
+
+    with pytest.raises(ValueError, match="checkpoint must be one of"):
+        _check_config(ParallelConfig(checkpoint="layers"))
+    with pytest.raises(ValueError, match="has no nn.ModuleList of blocks"):
+        checkpoint_blocks(torch.nn.Linear(2, 2))
+    model = LightningLM()
+    blocks = checkpoint_blocks(model)
+    wrapped = [b.forward for b in blocks]
+    assert checkpoint_blocks(model) == blocks and [b.forward for b in blocks] == wrapped  # not wrapped twice
+
+
+def test_offload_moves_the_saved_blocks_inputs_to_the_host_and_back(monkeypatch):
+    import functorch.compile
+
+    from lasp_fx.compile import make_backend
+    from lasp_fx.memory import offload_available
+    from lasp_fx.testing.models import CheckpointedLM
+
+    if not offload_available():
+        pytest.skip("this torch has no activation offloading in AOTAutograd")
+    graphs, boxed = [], functorch.compile.make_boxed_func
+    monkeypatch.setattr(functorch.compile, "make_boxed_func", lambda f: graphs.append(f.__self__.graph) or boxed(f))
+    torch.manual_seed(0)
+    model = CheckpointedLM().double()
+    ids, labels = _batch()
+    for t in (ids, labels):  # as parallelize does: values whose size grows with the length are offloaded
+        torch._dynamo.mark_dynamic(t, 1)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=make_backend(None, compiler="aot_eager", offload=True), fullgraph=True)
+    compiled(ids, labels).backward()
+    forward, backward = ([n.name for n in g.nodes if n.target is torch.ops.prims.device_put.default] for g in graphs)
+    # the input of every block (the embedding's output feeds block 0) leaves in forward, comes back in backward
+    assert "cpu_offload_embedding" in forward and len(forward) >= ModelConfig().num_layers, forward
+    assert sorted(n.replace("gpu_reload_", "") for n in backward) == sorted(n.replace("cpu_offload_", "") for n in forward)
+    with pytest.raises(ValueError, match="offload=True needs compiler"):
+        make_backend(None, compiler="eager", offload=True)
