@@ -17,9 +17,10 @@ checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss
 --loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), offload (saved activations in
 host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile path without
 its rewrite), none. fla's kernel runs outside the compiled graphs (see _fla_kernel).
-Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory, the first step's
-seconds (compile and autotuning; later lengths of one variant reuse its graph: the length is
-dynamic), the first step's loss (the same weights and tokens for every variant: a cross-check).
+Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory (of the steps after
+the first, and of the first on its own), the first step's seconds (compile and autotuning; later
+lengths of one variant reuse its graph: the length is dynamic), the first step's loss (the same
+weights and tokens for every variant: a cross-check).
 An out-of-memory row is recorded as such and ends that variant's longer lengths. The JSON is
 rewritten after every row, so a run cut short still leaves what it measured.
 """
@@ -77,14 +78,16 @@ def _lasp_kernel(q, k, v, log_decay):
     return lasp_fx.linear_attention(q, k, v, log_decay, scale=1.0)
 
 
-@torch.compiler.disable
-def _fla_kernel(q, k, v, log_decay):
-    # Outside dynamo's graph: once lasp_fx's backend exists (the parallelize rows), dynamo would
-    # trace chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/patterns/
-    # kernels.py), and this row would time lasp_fx. So fla's kernels run as themselves, between graphs.
+def _fla_in_graph(q, k, v, log_decay):
     from fla.ops.simple_gla import chunk_simple_gla
 
     return chunk_simple_gla(q, k, v, g_gamma=log_decay.float(), scale=1.0)[0]
+
+
+# Outside dynamo's graph by default: once lasp_fx's backend exists (the parallelize rows), dynamo
+# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/patterns/
+# kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
+_fla_kernel = torch.compiler.disable(_fla_in_graph)
 
 
 def _build(variant, levers, cfg, state, dev, dtype, a):
@@ -99,7 +102,7 @@ def _build(variant, levers, cfg, state, dev, dtype, a):
     if variant == "fla":
         import fla  # noqa: F401 - ImportError: the row says fla is missing
     if variant in ("hand", "fla"):
-        _by_hand(model, _lasp_kernel if variant == "hand" else _fla_kernel)
+        _by_hand(model, _lasp_kernel if variant == "hand" else _fla_in_graph if a.fla_in_graph else _fla_kernel)
     if ckpt:
         checkpoint_blocks(model)
     backend = a.backend or ("inductor" if dev.type == "cuda" else "aot_eager")
@@ -156,6 +159,9 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
         times.append(time.perf_counter() - t0)
         if i == 0:
             first_loss = float(loss.detach())
+            if dev.type == "cuda":  # the first step's peak holds compile and autotuning buffers too
+                first_peak = torch.cuda.max_memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
         del loss
     flops, n = _flops_per_step(model, cfg, T)
     ms = statistics.median(times[1 + warmup:]) * 1e3 if steps else None
@@ -165,7 +171,8 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
     if ms and dev.type == "cuda":
         out["mfu"] = round(flops / (ms * 1e-3) / (world * _ARGS.peak_tflops * 1e12), 4)
     if dev.type == "cuda":
-        out["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if steps + warmup else None
+        out["first_step_peak_gib"] = round(first_peak / 2**30, 2)
     return out
 
 
@@ -364,6 +371,8 @@ def main():
     ap.add_argument("--compile-max", type=int, default=4096, help="longest T for the T x T model as written")
     ap.add_argument("--backend", default=None, help="torch.compile backend of the by-hand variants "
                     "(default: inductor on CUDA, aot_eager on CPU, as parallelize)")
+    ap.add_argument("--fla-in-graph", action="store_true", help="let dynamo trace fla's kernel call "
+                    "(valid only when no parallelize row runs in the same process: --variants fla)")
     ap.add_argument("--longest", action="store_true", help="find the longest length that trains a step")
     ap.add_argument("--start", type=int, default=65536, help="--longest: first length")
     ap.add_argument("--max-tokens", type=int, default=4 * 2**20, help="--longest: stop doubling here")
@@ -377,6 +386,8 @@ def main():
     a = _ARGS = ap.parse_args()
     _DEADLINE = time.monotonic() + a.budget
     a.variants = a.variants or ("parallelize" if a.longest else "parallelize,hand,fla,compile")
+    if a.fla_in_graph and a.variants != "fla":
+        ap.error("--fla-in-graph needs --variants fla: lasp_fx's backend would trace fla's kernel as its own op")
     cuda = torch.cuda.is_available() and not a.tiny
     dist.init_process_group("nccl" if cuda else "gloo")
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
