@@ -1,6 +1,7 @@
 """Memory levers under parallelize(): activation checkpointing (both forms, or checkpoint="blocks"), host
-offload of saved activations and the vocabulary-chunked loss compute the single-process function on every
-rank; checkpointing keeps only the blocks' inputs, and offload moves them to the host and back."""
+offload of saved activations, sequence tiles of the MLP and the vocabulary-chunked loss compute the
+single-process function on every rank; checkpointing keeps only the blocks' inputs, offload moves them to
+the host and back, and tiles that mix positions are refused."""
 
 import pytest
 import torch
@@ -38,12 +39,15 @@ CASES = {
                                   cfg=ModelConfig(loss_chunks=2)),
     "hybrid_blocks_chunked": _case("examples.models:HybridLM", {"checkpoint": "blocks"}, compiler="eager",
                                    cfg=ModelConfig(num_layers=4, loss_chunks=5)),  # a softmax layer too
+    "mlp_tiles_blocks": _case("examples.models:LightningLM", {"checkpoint": "blocks"},  # nested checkpoints
+                              cfg=ModelConfig(mlp_tiles=3, loss_chunks=2)),
+    "mlp_tiles": _case("examples.models:RetNetLM", compiler="eager", cfg=ModelConfig(mlp_tiles=3)),  # 3+3+2 at P3
 }
 # each case on one or two group sizes, every size on checkpointing: CPU time stays small
 BY_WORLD = {
     1: ["user_ckpt_reentrant", "blocks_offload"],
-    2: ["user_ckpt", "chunked_loss", "gated_blocks_chunked"],
-    3: ["user_ckpt_reentrant", "blocks_offload", "hybrid_blocks_chunked"],
+    2: ["user_ckpt", "chunked_loss", "gated_blocks_chunked", "mlp_tiles_blocks"],
+    3: ["user_ckpt_reentrant", "blocks_offload", "hybrid_blocks_chunked", "mlp_tiles"],
 }
 
 
@@ -185,3 +189,20 @@ def test_no_value_in_the_rewritten_graph_grows_faster_than_the_length(name, monk
             expr = val.numel().node.expr
             small, large = (int(expr.subs({s: 2**k for s in expr.free_symbols})) for k in (20, 21))
             assert large <= 2.01 * small, f"{node.name} ({node.target}): {expr} elements"
+
+
+TILE_REFUSALS = {
+    "TileCumsum": r"aten.cumsum.default at .*models.py:\d+ .*reduces over the sequence",
+    "TileReversed": r"aten.cat.default at .*models.py:\d+ .*does not put the tiles of the sequence back in their order",
+}
+
+
+def test_tiles_that_mix_positions_are_refused():
+    import re
+
+    ids = _batch(vocab=32)[0]
+    cases = [dict(_case(f"lasp_fx.testing.models:{n}", compiler="eager"), ids=ids) for n in TILE_REFUSALS]
+    messages = run_spawned(workers_parallel.parallel_errors, 2, cases, timeout=600)
+    for rank_messages in messages:
+        for pattern, message in zip(TILE_REFUSALS.values(), rank_messages):
+            assert message is not None and re.search(pattern, message), message

@@ -15,6 +15,9 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 2
+    mlp_tiles: int = 0
+    """> 0: each block's norm + MLP runs on this many tiles of the sequence, each recomputed in
+    backward, so only one tile's MLP activations are alive at once (0: the whole sequence)."""
     loss_chunks: int = 0
     """> 0: the loss takes the log-sum-exp over this many slices of the vocabulary, each recomputed
     in backward, so only [batch, tokens, vocab / loss_chunks] logits are alive at once (0: the
@@ -51,10 +54,17 @@ class Block(nn.Module):
         self.mixer = mixer
         self.norm2 = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio * cfg.dim)
+        self.mlp_tiles = cfg.mlp_tiles
 
     def forward(self, x):
         x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if self.mlp_tiles:  # position by position: the tiles' results are the whole one's
+            tiles = x.tensor_split(self.mlp_tiles, dim=1)
+            return x + torch.cat([checkpoint(self._mlp, t, use_reentrant=False) for t in tiles], dim=1)
+        return x + self._mlp(x)
+
+    def _mlp(self, x):
+        return self.mlp(self.norm2(x))
 
 
 class LanguageModel(nn.Module):

@@ -134,3 +134,28 @@ class CheckpointedLM(nn.Module):
         if labels is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class TileCumsum(nn.Module):
+    """Sequence tiles with a running sum inside each: mixes positions, must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([torch.cumsum(t, dim=1) for t in x.tensor_split(2, dim=1)], dim=1)
+
+
+class TileReversed(nn.Module):
+    """Position-wise tiles concatenated back in reverse order: must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([self.proj(t) for t in reversed(x.tensor_split(2, dim=1))], dim=1)
