@@ -14,9 +14,10 @@ weights and takes the same tokens. Variants (--variants):
     compile      the model as written (a T x T decay mask: small T only) under torch.compile
 Levers (--levers, joined by "+"): ckpt (non-reentrant checkpointing of every block: parallelize's
 checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss (the loss over
---loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), offload (saved activations in
-host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile path without
-its rewrite), none. fla's kernel runs outside the compiled graphs (see _fla_kernel).
+--loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's norm + MLP
+on --mlp-tiles sequence tiles, each recomputed in backward: ModelConfig.mlp_tiles), offload (saved
+activations in host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile
+path without its rewrite), none. fla's kernel runs outside the compiled graphs (see _fla_kernel).
 Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory (of the steps after
 the first, and of the first on its own), the first step's seconds (compile and autotuning; later
 lengths of one variant reuse its graph: the length is dynamic), the first step's loss (the same
@@ -92,7 +93,8 @@ _fla_kernel = torch.compiler.disable(_fla_in_graph)
 
 def _build(variant, levers, cfg, state, dev, dtype, a):
     """(model to call, module whose parameters train) for one variant and lever set."""
-    mcfg = ModelConfig(**cfg, loss_chunks=a.loss_chunks if "chunkloss" in levers else 0)
+    mcfg = ModelConfig(**cfg, loss_chunks=a.loss_chunks if "chunkloss" in levers else 0,
+                       mlp_tiles=a.mlp_tiles if "tiles" in levers else 0)
     with dev:  # initialised on the device (fast), then overwritten: every variant starts from `state`
         model = LightningLM(mcfg).to(dtype)
     model.load_state_dict(state)
@@ -368,6 +370,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps per row (median)")
     ap.add_argument("--warmup", type=int, default=1, help="steps after the first before timing")
     ap.add_argument("--loss-chunks", type=int, default=32, help="vocabulary slices of the chunked loss")
+    ap.add_argument("--mlp-tiles", type=int, default=8, help="sequence tiles of each block's MLP (lever tiles)")
     ap.add_argument("--compile-max", type=int, default=4096, help="longest T for the T x T model as written")
     ap.add_argument("--backend", default=None, help="torch.compile backend of the by-hand variants "
                     "(default: inductor on CUDA, aot_eager on CPU, as parallelize)")
@@ -397,6 +400,7 @@ def main():
     if a.tiny:
         a.lengths = "64,128" if a.lengths == ap.get_default("lengths") else a.lengths
         a.loss_chunks = 4 if a.loss_chunks == ap.get_default("loss_chunks") else a.loss_chunks
+        a.mlp_tiles = 2 if a.mlp_tiles == ap.get_default("mlp_tiles") else a.mlp_tiles
         a.start, a.max_tokens, a.granularity = 64, min(a.max_tokens, 256), 32
         a.compile_max = max(a.compile_max, 128)
     dtype = getattr(torch, a.dtype)
