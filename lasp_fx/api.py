@@ -45,7 +45,8 @@ class ParallelConfig:
     """"blocks": every child of the model's largest nn.ModuleList (its layers) runs under
     non-reentrant activation checkpointing (lasp_fx.memory.checkpoint_blocks): only each block's
     input is kept for backward, the rest is recomputed. "none": the model as written (its own
-    torch.utils.checkpoint calls, either form, are honoured too)."""
+    torch.utils.checkpoint calls, either form, are honoured too). Recomputation needs an
+    AOTAutograd compiler: with compiler="eager" the result is the same, the memory is not."""
     offload: bool = False
     """Keep the large activations saved for backward (with checkpoint="blocks": each block's input)
     in host memory, copied back before their backward (AOTAutograd's activation offloading)."""
