@@ -46,6 +46,8 @@ def _split(ctx, node, rules):
     if not all(p.target is operator.getitem for p in pieces):
         raise ShardError(node, "splits the sequence and uses the pieces as a list", _HINT)
     pieces.sort(key=lambda p: p.args[1])
+    if [p.args[1] for p in pieces] != list(range(len(_val(node)))):  # a dropped piece drops positions
+        raise ShardError(node, "splits the sequence and leaves pieces out (or takes one twice)", _HINT)
     cat = _tiles_cat(ctx, node, pieces, dim, rules)
     cat.meta[TILES] = node.name
 

@@ -159,3 +159,16 @@ class TileReversed(nn.Module):
     def forward(self, ids):
         x = self.embed(ids)
         return torch.cat([self.proj(t) for t in reversed(x.tensor_split(2, dim=1))], dim=1)
+
+
+class TileDropped(nn.Module):
+    """Position-wise tiles with the last one left out (the sequence shrinks): must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([self.proj(t) for t in x.tensor_split(3, dim=1)[:2]], dim=1)
