@@ -41,6 +41,15 @@ class ParallelConfig:
     """Outputs that carry the sequence come back as "dtensor" (sharded on seq_dim; `.full_tensor()`
     gathers), "local" (this rank's slice) or "full" (gathered on every rank). Scalars, such as a
     loss, are the global value on every rank."""
+    checkpoint: str = "none"
+    """"blocks": every child of the model's largest nn.ModuleList (its layers) runs under
+    non-reentrant activation checkpointing (lasp_fx.memory.checkpoint_blocks): only each block's
+    input is kept for backward, the rest is recomputed. "none": the model as written (its own
+    torch.utils.checkpoint calls, either form, are honoured too). Recomputation needs an
+    AOTAutograd compiler: with compiler="eager" the result is the same, the memory is not."""
+    offload: bool = False
+    """Keep the large activations saved for backward (with checkpoint="blocks": each block's input)
+    in host memory, copied back before their backward (AOTAutograd's activation offloading)."""
     compiler: str = "auto"
     """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
     CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
@@ -67,8 +76,13 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
     config = dataclasses.replace(config or ParallelConfig(), **options)
     _check_config(config)
     smesh = SequenceMesh.resolve(mesh)
+    if config.checkpoint == "blocks":
+        from lasp_fx.memory import checkpoint_blocks
+
+        checkpoint_blocks(model)
     original = model.forward
-    backend = make_backend(smesh.spec(config.method), seq_dim=config.seq_dim, compiler=config.compiler)
+    backend = make_backend(smesh.spec(config.method), seq_dim=config.seq_dim, compiler=config.compiler,
+                           offload=config.offload)
     compiled = torch.compile(original, backend=backend, fullgraph=True, dynamic=False)
     state = {"checked": False}
 
@@ -113,6 +127,7 @@ def _check_config(config: ParallelConfig) -> None:
         "inputs": ("full", "local"),
         "outputs": ("dtensor", "local", "full"),
         "compiler": ("auto", "inductor", "aot_eager", "eager"),
+        "checkpoint": ("none", "blocks"),
     }
     for field, allowed in choices.items():
         value = getattr(config, field)

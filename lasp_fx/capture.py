@@ -134,7 +134,13 @@ def inline_checkpoints(gm: GraphModule) -> GraphModule:
         if not calls:
             break
         for call in calls:
-            region += 1
+            # A region nested in another (tiles inside a checkpointed block) joins its region: with an id
+            # of its own, the partitioner would save every value the outer region passes into it.
+            if "ac_graph_id" in call.meta:
+                rid = call.meta["ac_graph_id"]
+            else:
+                region += 1
+                rid = region
             body = getattr(gm, call.args[0].target)
             env = dict(zip(body.graph.find_nodes(op="placeholder"), call.args[1:]))
             result = None
@@ -152,7 +158,7 @@ def inline_checkpoints(gm: GraphModule) -> GraphModule:
                         continue
                     new = gm.graph.node_copy(node, env.__getitem__)
                     new.meta["recompute"] = CheckpointPolicy.PREFER_RECOMPUTE
-                    new.meta["ac_graph_id"] = region
+                    new.meta["ac_graph_id"] = rid
                     env[node] = new
             for user in list(call.users):  # getitem(call, i) -> the body's i-th output
                 user.replace_all_uses_with(result[user.args[1]])

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
 from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
+from lasp_fx import memory
 from lasp_fx.passes.graph import probe_sizes
 from lasp_fx.passes.patterns.kernels import register_known_kernels
 from lasp_fx.passes.seq_dims import sequence_symbols
@@ -23,7 +24,7 @@ from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
 COMPILERS = ("auto", "inductor", "aot_eager", "eager")
 
 
-def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
+def _compile(gm: fx.GraphModule, example_inputs, compiler: str, offload: bool = False):
     if compiler not in COMPILERS:
         raise ValueError(f"compiler must be one of {COMPILERS}, got {compiler!r}")
     if compiler == "auto":
@@ -34,6 +35,9 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
     if compiler == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
+        if offload:
+            with memory.offloading():
+                return compile_fx(gm, example_inputs, config_patches={"joint_custom_pre_pass": memory.mark_offload})
         return compile_fx(gm, example_inputs)
     from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
@@ -44,8 +48,11 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str):
 
     # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
     # The min-cut partitioner honours activation checkpointing (nodes tagged "recompute").
+    partition = min_cut_rematerialization_partition
+    if offload:
+        partition = memory.offloading_partition(partition)
     return aot_autograd(fw_compiler=nop, bw_compiler=nop, decompositions=select_decomp_table(),
-                        partition_fn=min_cut_rematerialization_partition)(gm, example_inputs)
+                        partition_fn=partition)(gm, example_inputs)
 
 
 PROBE_LENGTH = 40  # tokens the detector replays: mid-chunk, and tiny next to real lengths
@@ -64,7 +71,8 @@ def _short_inputs(example_inputs, fakes, seq_dim_of):
     return short, length
 
 
-def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "auto", rewrite=None):
+def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "auto", rewrite=None,
+                 offload: bool = False):
     """A dynamo backend: rewrite linear attention, shard for `spec` (None: one device), compile.
 
     Args:
@@ -73,7 +81,11 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         compiler: "inductor", "aot_eager", "eager" or "auto".
         rewrite: `(gm, example_inputs) -> gm` pass replacing linear attention by the lasp_fx op
             (default: lasp_fx.passes.rewrite_linear_attention).
+        offload: keep the large activations saved for backward in host memory (lasp_fx.memory);
+            needs an AOTAutograd compiler ("inductor" or "aot_eager").
     """
+    if offload and compiler == "eager":
+        raise ValueError('offload=True needs compiler "inductor", "aot_eager" or "auto", not "eager"')
 
     register_known_kernels()  # before dynamo traces: fla / lasp kernel calls become the op
 
@@ -98,6 +110,6 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
                 )
             graph = sync_parameter_grads(graph, spec, lambda i, ph: isinstance(example_inputs[i], nn.Parameter))
             graph = shard_pass(graph, spec, symbols)
-        return _compile(graph, example_inputs, compiler)
+        return _compile(graph, example_inputs, compiler, offload)
 
     return backend

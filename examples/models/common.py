@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -14,6 +15,13 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 2
+    mlp_tiles: int = 0
+    """> 0: each block's norm + MLP runs on this many tiles of the sequence, each recomputed in
+    backward, so only one tile's MLP activations are alive at once (0: the whole sequence)."""
+    loss_chunks: int = 0
+    """> 0: the loss takes the log-sum-exp over this many slices of the vocabulary, each recomputed
+    in backward, so only [batch, tokens, vocab / loss_chunks] logits are alive at once (0: the
+    whole logits and F.cross_entropy)."""
 
 
 class RMSNorm(nn.Module):
@@ -46,10 +54,17 @@ class Block(nn.Module):
         self.mixer = mixer
         self.norm2 = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio * cfg.dim)
+        self.mlp_tiles = cfg.mlp_tiles
 
     def forward(self, x):
         x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if self.mlp_tiles:  # position by position: the tiles' results are the whole one's
+            tiles = x.tensor_split(self.mlp_tiles, dim=1)
+            return x + torch.cat([checkpoint(self._mlp, t, use_reentrant=False) for t in tiles], dim=1)
+        return x + self._mlp(x)
+
+    def _mlp(self, x):
+        return self.mlp(self.norm2(x))
 
 
 class LanguageModel(nn.Module):
@@ -67,8 +82,34 @@ class LanguageModel(nn.Module):
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x)
+        if labels is not None and self.cfg.loss_chunks:
+            return chunked_cross_entropy(self.norm(x), self.head.weight, labels, self.cfg.loss_chunks)
         logits = self.head(self.norm(x))
         if labels is None:
             return logits
         # labels are already the next tokens (shifted by the data pipeline); -100 is ignored
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def chunked_cross_entropy(hidden, weight, labels, chunks: int, ignore_index: int = -100):
+    """F.cross_entropy(hidden @ weight.T, labels, ignore_index) without the whole logits.
+
+    The vocabulary is cut in `chunks` slices rather than the sequence: every op stays position
+    by position, so the loss is the same however the sequence is split (sequence parallelism,
+    any length), and no loop depends on the length.
+    """
+    def lse(h, w):  # checkpointed: the backward recomputes this slice's logits, one slice at a time
+        return torch.logsumexp(_wide(F.linear(h, w)), dim=-1)
+
+    def label_logit(h, w, y):  # checkpointed too: its float32 operands are as large as the hidden states
+        return (_wide(h) * _wide(F.embedding(y.clamp(min=0), w))).sum(-1)
+
+    total = torch.stack([checkpoint(lse, hidden, w, use_reentrant=False) for w in weight.chunk(chunks)]).logsumexp(0)
+    target = checkpoint(label_logit, hidden, weight, labels, use_reentrant=False)
+    kept = labels != ignore_index
+    return torch.where(kept, total - target, 0.0).sum() / kept.sum()
+
+
+def _wide(x):
+    """bf16 / fp16 -> fp32 for the exponentials and sums; fp32 and fp64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

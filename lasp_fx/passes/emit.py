@@ -51,7 +51,9 @@ class GraphEmitter:
         fk = map_arg(kwargs, lambda n: n.meta["val"])
         with self.fake_mode:
             node.meta["val"] = target(*fa, **fk)
-        for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+        # the source for error messages; the checkpoint tags so that the replacement of a
+        # checkpointed region is recomputed in backward like the nodes it replaces
+        for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "recompute", "ac_graph_id"):
             if key in self.where.meta:
                 node.meta[key] = self.where.meta[key]
         self.nodes.append(node)

@@ -9,6 +9,7 @@ here or refused with its source line (DESIGN.md section 3):
     causal conv, token shift  -> halos from the neighbouring ranks
     sums, means, losses       -> over all ranks, with the global count
     causal softmax attention  -> all-gathered keys and values, lower-right causal
+    position-wise tiles       -> as they are (a split of the slice, concatenated back)
     parameters                -> gradients summed over the group
     anything else that mixes positions -> ShardError, before the first step
 
@@ -25,7 +26,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes import shard_attention, shard_halo, shard_rules
+from lasp_fx.passes import shard_attention, shard_halo, shard_rules, shard_tiles
 from lasp_fx.passes.causal_masks import causal_masks_pass
 from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
 from lasp_fx.passes.seq_dims import seq_dims_of, size_has, touches_sequence
@@ -55,6 +56,9 @@ class ShardContext:
     def seq_dims(self, node) -> tuple[int, ...]:
         return seq_dims_of(node.meta.get("val") if isinstance(node, fx.Node) else None, self.symbols)
 
+    def seq_dims_of(self, value) -> tuple[int, ...]:
+        return seq_dims_of(value, self.symbols)
+
     def is_seq_size(self, size) -> bool:
         return size_has(size, self.symbols)
 
@@ -81,7 +85,9 @@ class ShardContext:
 
     def call(self, before: fx.Node, fn, *args, **kwargs) -> fx.Node:
         with self.graph.inserting_before(before):
-            return self.graph.call_function(fn, args, kwargs)
+            new = self.graph.call_function(fn, args, kwargs)
+        _copy_meta(before, new, _CHECKPOINT_TAGS)
+        return new
 
     def replace(self, node: fx.Node, new: fx.Node) -> fx.Node:
         """Send every use of `node` to `new`, which takes over its meta (shape, source line)."""
@@ -98,8 +104,16 @@ class ShardContext:
         return new
 
 
-def _copy_meta(src: fx.Node, dst: fx.Node) -> None:
-    for key in ("val", "stack_trace", "nn_module_stack"):
+# Activation checkpointing (capture.inline_checkpoints): nodes a rule adds inside a checkpointed
+# region are recomputed in backward with it, instead of pinning their inputs in memory.
+_CHECKPOINT_TAGS = ("recompute", "ac_graph_id")
+
+
+_META = ("val", "stack_trace", "nn_module_stack", *_CHECKPOINT_TAGS)
+
+
+def _copy_meta(src: fx.Node, dst: fx.Node, keys=_META) -> None:
+    for key in keys:
         if key in src.meta:
             dst.meta.setdefault(key, src.meta[key])
 
@@ -145,6 +159,7 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
     ctx = ShardContext(gm, spec, symbols)
     rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
+    rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue

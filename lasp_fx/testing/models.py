@@ -113,13 +113,15 @@ class HFLlama(nn.Module):
 
 
 class CheckpointedLM(nn.Module):
-    """The lightning example with activation checkpointing on every block (non-reentrant)."""
+    """The lightning example with activation checkpointing on every block (non-reentrant, or the
+    reentrant form with use_reentrant=True)."""
 
-    def __init__(self):
+    def __init__(self, use_reentrant=False):
         super().__init__()
         from examples.models import LightningLM
 
         self.lm = LightningLM()
+        self.use_reentrant = use_reentrant
 
     def forward(self, ids, labels=None):
         from torch.utils.checkpoint import checkpoint
@@ -127,8 +129,46 @@ class CheckpointedLM(nn.Module):
         lm = self.lm
         x = lm.embed(ids)
         for block in lm.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint(block, x, use_reentrant=self.use_reentrant)
         logits = lm.head(lm.norm(x))
         if labels is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class TileCumsum(nn.Module):
+    """Sequence tiles with a running sum inside each: mixes positions, must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([torch.cumsum(t, dim=1) for t in x.tensor_split(2, dim=1)], dim=1)
+
+
+class TileReversed(nn.Module):
+    """Position-wise tiles concatenated back in reverse order: must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([self.proj(t) for t in reversed(x.tensor_split(2, dim=1))], dim=1)
+
+
+class TileDropped(nn.Module):
+    """Position-wise tiles with the last one left out (the sequence shrinks): must be refused."""
+
+    def __init__(self, vocab=32, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        return torch.cat([self.proj(t) for t in x.tensor_split(3, dim=1)[:2]], dim=1)

@@ -1,0 +1,432 @@
+"""Training steps end to end: a ~1B lightning LM through parallelize(), beside the same model written by hand.
+
+    PYTHONPATH=. torchrun --standalone --nproc-per-node=1 bench/e2e.py --lengths 8192,32768,131072 \\
+        --levers none,ckpt+chunkloss --json e2e.json --png e2e.png
+    PYTHONPATH=. torchrun --standalone --nproc-per-node=1 bench/e2e.py --longest --levers ckpt+chunkloss
+    PYTHONPATH=. torchrun --standalone --nproc-per-node=1 bench/e2e.py --tiny        # CPU (gloo), a dry run
+
+Model: examples/models LightningLM, 16 layers, dim 2048, 16 heads, vocab 32000, mlp_ratio 2 (0.74B
+parameters in the blocks), bf16 parameters, fused AdamW, batch 1; every variant starts from the same
+weights and takes the same tokens. Variants (--variants):
+    parallelize  lasp_fx.parallelize(model) (Inductor on CUDA), the model as written
+    hand         the attention rewritten by hand around lasp_fx.linear_attention, torch.compile
+    fla          the same with fla's chunk_simple_gla (fla-core), torch.compile
+    compile      the model as written (a T x T decay mask: small T only) under torch.compile
+Levers (--levers, joined by "+"): ckpt (non-reentrant checkpointing of every block: parallelize's
+checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss (the loss over
+--loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's norm + MLP
+on --mlp-tiles sequence tiles, each recomputed in backward: ModelConfig.mlp_tiles), offload (saved
+activations in host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile
+path without its rewrite), none. fla's kernel runs outside the compiled graphs (see _fla_kernel).
+Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory (of the steps after
+the first, and of the first on its own), the first step's seconds (compile and autotuning; later
+lengths of one variant reuse its graph: the length is dynamic), the first step's loss (the same
+weights and tokens for every variant: a cross-check).
+An out-of-memory row is recorded as such and ends that variant's longer lengths. The JSON is
+rewritten after every row, so a run cut short still leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import lasp_fx
+from examples.models import LightningLM, ModelConfig
+from lasp_fx.memory import checkpoint_blocks
+
+BIG = dict(vocab_size=32000, dim=2048, num_layers=16, num_heads=16, mlp_ratio=2)
+TINY = dict(vocab_size=64, dim=64, num_layers=2, num_heads=4, mlp_ratio=2)
+FLOPS = ("6 * N * T + 12 * L * H * Dk * Dv * T per step; N = every parameter but the embedding table "
+         "(blocks, final norm, head), the recurrent form of linear attention's state update and "
+         "read-out (fwd + bwd); recomputation by checkpointing is not counted")
+
+
+def _log(*a):
+    if dist.get_rank() == 0:
+        print(*a, flush=True)
+
+
+# ------------------------------------------------------------------------------ variants
+def _by_hand(model, kernel):
+    """Replace each attention's forward by the same math around a linear-attention kernel."""
+    for block in model.blocks:
+        attn = block.mixer
+
+        def forward(x, attn=attn):
+            b, n, _ = x.shape
+            q, k, v, u = attn.qkvu(x).chunk(4, dim=-1)
+            q, k, v = (t.view(b, n, attn.h, -1) for t in (q, k, v))  # [b, n, h, d]
+            o = kernel(F.silu(q), F.silu(k), v, -attn.slopes).reshape(b, n, -1)
+            o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return attn.out(o * torch.sigmoid(u))
+
+        attn.forward = forward
+    return model
+
+
+def _lasp_kernel(q, k, v, log_decay):
+    return lasp_fx.linear_attention(q, k, v, log_decay, scale=1.0)
+
+
+def _fla_in_graph(q, k, v, log_decay):
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    return chunk_simple_gla(q, k, v, g_gamma=log_decay.float(), scale=1.0)[0]
+
+
+# Outside dynamo's graph by default: once lasp_fx's backend exists (the parallelize rows), dynamo
+# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/patterns/
+# kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
+_fla_kernel = torch.compiler.disable(_fla_in_graph)
+
+
+def _build(variant, levers, cfg, state, dev, dtype, a):
+    """(model to call, module whose parameters train) for one variant and lever set."""
+    mcfg = ModelConfig(**cfg, loss_chunks=a.loss_chunks if "chunkloss" in levers else 0,
+                       mlp_tiles=a.mlp_tiles if "tiles" in levers else 0)
+    with dev:  # initialised on the device (fast), then overwritten: every variant starts from `state`
+        model = LightningLM(mcfg).to(dtype)
+    model.load_state_dict(state)
+    ckpt, offload = "ckpt" in levers, "offload" in levers
+    if variant == "parallelize":
+        return lasp_fx.parallelize(model, checkpoint="blocks" if ckpt else "none", offload=offload), model
+    if variant == "fla":
+        import fla  # noqa: F401 - ImportError: the row says fla is missing
+    if variant in ("hand", "fla"):
+        _by_hand(model, _lasp_kernel if variant == "hand" else _fla_in_graph if a.fla_in_graph else _fla_kernel)
+    if ckpt:
+        checkpoint_blocks(model)
+    backend = a.backend or ("inductor" if dev.type == "cuda" else "aot_eager")
+    if offload:  # lasp_fx's compile path without its rewrite: the same offload as parallelize's
+        from lasp_fx.compile import make_backend
+
+        backend = make_backend(None, compiler=backend, rewrite=lambda gm, _: gm, offload=True)
+    return torch.compile(model, backend=backend), model
+
+
+def _flops_per_step(model, cfg, T):
+    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embed."))
+    d = cfg["dim"] // cfg["num_heads"]
+    return 6 * n * T + 12 * cfg["num_layers"] * cfg["num_heads"] * d * d * T, n
+
+
+# ------------------------------------------------------------------------------ one row
+def _is_oom(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _batch(T, vocab, dev, rank_seed=0):
+    gen = torch.Generator().manual_seed(1234 + rank_seed)
+    ids = torch.randint(0, vocab, (1, T + 1), generator=gen)
+    return ids[:, :-1].contiguous().to(dev), ids[:, 1:].contiguous().to(dev)  # labels: the next tokens
+
+
+def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
+    """Time `steps` training steps at length T (after `warmup`); the first is timed on its own."""
+    ids, labels = _batch(T, cfg["vocab_size"], dev)
+    if variant != "parallelize":  # parallelize marks the length dynamic itself
+        torch._dynamo.maybe_mark_dynamic(ids, 1)
+        torch._dynamo.maybe_mark_dynamic(labels, 1)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times, first_loss = [], None
+    for i in range(1 + warmup + steps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = run(ids, labels=labels)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            first_loss = float(loss.detach())
+            if dev.type == "cuda":  # the first step's peak holds compile and autotuning buffers too
+                first_peak = torch.cuda.max_memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+        del loss
+    flops, n = _flops_per_step(model, cfg, T)
+    ms = statistics.median(times[1 + warmup:]) * 1e3 if steps else None
+    world = dist.get_world_size()
+    out = {"first_step_s": round(times[0], 2), "step_ms": ms and round(ms, 2), "loss": first_loss,
+           "tokens_per_s": ms and round(T / ms * 1e3), "params_N": n}
+    if ms and dev.type == "cuda":
+        out["mfu"] = round(flops / (ms * 1e-3) / (world * _ARGS.peak_tflops * 1e12), 4)
+    if dev.type == "cuda":
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if steps + warmup else None
+        out["first_step_peak_gib"] = round(first_peak / 2**30, 2)
+    return out
+
+
+def _free(dev):
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _Variant:
+    """One variant and lever set: built on first use, kept (its graph serves every length) until closed."""
+
+    def __init__(self, variant, levers, cfg, state, dev, dtype, a):
+        self.args = (variant, levers, cfg, state, dev, dtype, a)
+        self.run = self.model = self.opt = None
+
+    def step(self, T, steps, warmup):
+        variant, levers, cfg, state, dev, dtype, a = self.args
+        if self.run is None:
+            self.run, self.model = _build(variant, levers, cfg, state, dev, dtype, a)
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=dev.type == "cuda")
+        return _row(self.run, self.model, self.opt, T, cfg, dev, steps, warmup, variant)
+
+    def after_oom(self):
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+
+    def close(self):
+        self.run = self.model = self.opt = None
+        torch._dynamo.reset()
+        _free(self.args[4])
+
+
+def _attempt(v, T, steps, warmup, dev):
+    """One row, with an out-of-memory or any other error recorded instead of raised."""
+    error = None
+    try:
+        return v.step(T, steps, warmup)
+    except Exception as e:  # noqa: BLE001 - recorded in the row; the run goes on
+        error = {"oom": True} if _is_oom(e) else {"error": f"{type(e).__name__}: {str(e)[:800]}"}
+        del e  # the traceback holds the step's tensors
+    v.after_oom()
+    _free(dev)
+    return error
+
+
+# ------------------------------------------------------------------------------ modes
+def _table(a, cfg, state, dev, dtype, record, save):
+    lengths = [int(x) for x in a.lengths.split(",")]
+    for levers in a.levers.split(","):
+        for variant in a.variants.split(","):
+            skip = _skip(variant, levers, dev, a)
+            if skip:
+                record["rows"].append({"variant": variant, "levers": levers, "skipped": skip})
+                continue
+            v = _Variant(variant, levers, cfg, state, dev, dtype, a)
+            stop = None
+            for T in lengths:
+                row = {"variant": variant, "levers": levers, "tokens": T}
+                if stop or time.monotonic() > _DEADLINE:
+                    row["skipped"] = stop or "time budget (--budget) spent"
+                elif variant == "compile" and T > a.compile_max:
+                    row["skipped"] = f"the T x T model above --compile-max {a.compile_max}"
+                else:
+                    row.update(_attempt(v, T, a.steps, a.warmup, dev))
+                    if row.get("oom"):
+                        stop = f"out of memory at {T} tokens"
+                    elif "error" in row:
+                        stop = "error at a shorter length"
+                record["rows"].append(row)
+                _log(json.dumps(row))
+                save()
+            v.close()
+
+
+def _longest(a, cfg, state, dev, dtype, record, save):
+    """Double the length until a step runs out of memory, then bisect between the last two."""
+    for levers in a.levers.split(","):
+        for variant in a.variants.split(","):
+            skip = _skip(variant, levers, dev, a)
+            if skip:
+                record["longest"].append({"variant": variant, "levers": levers, "skipped": skip})
+                continue
+            v = _Variant(variant, levers, cfg, state, dev, dtype, a)
+            ok, bad, T, tries = None, None, a.start, []
+
+            def attempt(T):
+                r = _attempt(v, T, 1, 0, dev)
+                tries.append({"tokens": T, **r})
+                _log(json.dumps({"variant": variant, "levers": levers, "tokens": T, **r}))
+                save()
+                return "oom" not in r and "error" not in r
+
+            while T <= a.max_tokens and time.monotonic() < _DEADLINE:
+                if not attempt(T):
+                    bad = T
+                    break
+                ok, T = T, 2 * T
+            while ok and bad and bad - ok > max(a.granularity, ok // 8) and time.monotonic() < _DEADLINE:
+                mid = (ok + bad) // 2 // a.granularity * a.granularity
+                if mid in (ok, bad):
+                    break
+                if attempt(mid):
+                    ok = mid
+                else:
+                    bad = mid
+            best = next((t for t in tries if t["tokens"] == ok), {})
+            record["longest"].append({"variant": variant, "levers": levers, "longest_tokens": ok,
+                                      "first_oom_tokens": bad, "at_longest": best, "tries": tries})
+            save()
+            v.close()
+
+
+def _skip(variant, levers, dev, a) -> str | None:
+    if variant != "parallelize" and dist.get_world_size() > 1:
+        return "one GPU only (the by-hand variants do not split the sequence)"
+    if "offload" in levers:
+        from lasp_fx.memory import offload_available
+
+        if not offload_available():
+            return f"torch {torch.__version__} has no activation offloading in AOTAutograd"
+        if variant == "fla":
+            return "offload goes through lasp_fx's backend, which would trace fla's kernel as lasp_fx's op"
+    if variant == "fla":
+        if dev.type != "cuda":
+            return "fla's Triton kernels need a GPU"
+        try:
+            import fla  # noqa: F401
+        except ImportError:
+            return "fla-core is not installed"
+    return None
+
+
+def _plot(record, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log("matplotlib missing: no plot")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    series = {}
+    for r in record["rows"]:
+        if r.get("tokens_per_s"):
+            series.setdefault(f"{r['variant']} [{r['levers']}]", []).append(r)
+    for name, rs in series.items():
+        ax1.plot([r["tokens"] for r in rs], [r["tokens_per_s"] / 1e3 for r in rs], "o-", label=name)
+        if rs[0].get("peak_gib") is not None:
+            ax2.plot([r["tokens"] for r in rs], [r["peak_gib"] for r in rs], "o-", label=name)
+    for ax, label in ((ax1, "K tokens/s"), (ax2, "peak GiB (max_memory_allocated)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens per step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    fig.suptitle(f"{record['model']['desc']} on {record['card']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _environment(dev):
+    env = {"torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+           "command": " ".join(sys.argv), "world_size": dist.get_world_size(),
+           "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        env["fla_core"] = version("fla-core")
+    except Exception:  # noqa: BLE001
+        env["fla_core"] = None
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        env["commit"] = None
+    return env
+
+
+def main():
+    global _ARGS, _DEADLINE
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="8192,32768,131072", help="global tokens per step, comma-separated")
+    ap.add_argument("--levers", default="none,ckpt+chunkloss", help='lever sets, comma-separated; "+" joins levers')
+    ap.add_argument("--variants", default=None, help="default: parallelize,hand,fla,compile (--longest: parallelize)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per row (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="steps after the first before timing")
+    ap.add_argument("--loss-chunks", type=int, default=32, help="vocabulary slices of the chunked loss")
+    ap.add_argument("--mlp-tiles", type=int, default=8, help="sequence tiles of each block's MLP (lever tiles)")
+    ap.add_argument("--compile-max", type=int, default=4096, help="longest T for the T x T model as written")
+    ap.add_argument("--backend", default=None, help="torch.compile backend of the by-hand variants "
+                    "(default: inductor on CUDA, aot_eager on CPU, as parallelize)")
+    ap.add_argument("--fla-in-graph", action="store_true", help="let dynamo trace fla's kernel call "
+                    "(valid only when no parallelize row runs in the same process: --variants fla)")
+    ap.add_argument("--longest", action="store_true", help="find the longest length that trains a step")
+    ap.add_argument("--start", type=int, default=65536, help="--longest: first length")
+    ap.add_argument("--max-tokens", type=int, default=4 * 2**20, help="--longest: stop doubling here")
+    ap.add_argument("--granularity", type=int, default=32768, help="--longest: bisection step")
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new row starts")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--tiny", action="store_true", help="dim 64, 2 layers, vocab 64, lengths 64,128 (CPU dry run)")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None)
+    a = _ARGS = ap.parse_args()
+    _DEADLINE = time.monotonic() + a.budget
+    a.variants = a.variants or ("parallelize" if a.longest else "parallelize,hand,fla,compile")
+    if a.fla_in_graph and a.variants != "fla":
+        ap.error("--fla-in-graph needs --variants fla: lasp_fx's backend would trace fla's kernel as its own op")
+    cuda = torch.cuda.is_available() and not a.tiny
+    dist.init_process_group("nccl" if cuda else "gloo")
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    cfg = dict(TINY if a.tiny else BIG)
+    if a.tiny:
+        a.lengths = "64,128" if a.lengths == ap.get_default("lengths") else a.lengths
+        a.loss_chunks = 4 if a.loss_chunks == ap.get_default("loss_chunks") else a.loss_chunks
+        a.mlp_tiles = 2 if a.mlp_tiles == ap.get_default("mlp_tiles") else a.mlp_tiles
+        a.start, a.max_tokens, a.granularity = 64, min(a.max_tokens, 256), 32
+        a.compile_max = max(a.compile_max, 128)
+    dtype = getattr(torch, a.dtype)
+    torch.manual_seed(0)
+    state = {k: v.to(dtype) for k, v in LightningLM(ModelConfig(**cfg)).state_dict().items()}
+    desc = (f"LightningLM {cfg['num_layers']} layers, dim {cfg['dim']}, {cfg['num_heads']} heads, "
+            f"vocab {cfg['vocab_size']}, {a.dtype}, B=1, fused AdamW")
+    record = {**_environment(dev), "model": {**cfg, "desc": desc, "loss_chunks": a.loss_chunks},
+              "flops": FLOPS, "peak_tflops": a.peak_tflops, "steps": a.steps, "warmup": a.warmup,
+              "rows": [], "longest": []}
+
+    def save():
+        if dist.get_rank() == 0 and a.json:
+            with open(a.json, "w") as f:
+                json.dump(record, f, indent=1, default=str)
+
+    _log(desc, "|", record["card"], "| world", dist.get_world_size())
+    (_longest if a.longest else _table)(a, cfg, state, dev, dtype, record, save)
+    save()
+    if dist.get_rank() == 0 and a.png and record["rows"]:
+        _plot(record, a.png)
+    dist.destroy_process_group()
+
+
+_ARGS = None
+_DEADLINE = float("inf")
+
+if __name__ == "__main__":
+    main()
