@@ -44,6 +44,12 @@ class ParallelConfig:
     compiler: str = "auto"
     """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
     CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
+    timeout: float = 600.0
+    """Seconds a rank waits in linear attention's state exchange for a peer that failed, died or
+    is stuck, before it raises ExchangeTimeoutError naming that peer (a peer that fails inside the
+    exchange is reported at once). On CPU (gloo) groups; on CUDA the process group's timeout
+    bounds NCCL's waits (init_process_group(timeout=...), 10 minutes by default), as it bounds
+    the other collectives of the step. 600 s: NCCL's default, room for a peer saving a checkpoint."""
 
 
 def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = None, **options) -> nn.Module:
@@ -68,7 +74,7 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
     _check_config(config)
     smesh = SequenceMesh.resolve(mesh)
     original = model.forward
-    backend = make_backend(smesh.spec(config.method), seq_dim=config.seq_dim, compiler=config.compiler)
+    backend = make_backend(smesh.spec(config.method, config.timeout), seq_dim=config.seq_dim, compiler=config.compiler)
     compiled = torch.compile(original, backend=backend, fullgraph=True, dynamic=False)
     state = {"checked": False}
 
@@ -118,6 +124,8 @@ def _check_config(config: ParallelConfig) -> None:
         value = getattr(config, field)
         if value not in allowed:
             raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+    if not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {config.timeout!r}")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "lasp_fx.parallelize needs torch.distributed: run under torchrun and call "

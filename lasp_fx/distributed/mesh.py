@@ -45,10 +45,10 @@ class SequenceMesh:
     def size(self) -> int:
         return self.group.size()
 
-    def spec(self, method: str):
+    def spec(self, method: str, timeout: float = 600.0):
         from lasp_fx.passes.shard import ShardSpec
 
-        return ShardSpec(self.group.group_name, self.rank, self.size, method)
+        return ShardSpec(self.group.group_name, self.rank, self.size, method, timeout)
 
     # -------------------------------------------------------------------------- inputs
     def shard_inputs(self, args, kwargs, seq_dim: int, mode: str):

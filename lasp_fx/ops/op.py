@@ -183,6 +183,7 @@ def linear_attention(
     group=None,
     method: str = "auto",
     check: bool = True,
+    timeout: float = 600.0,
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 
@@ -204,10 +205,22 @@ def linear_attention(
             the rules for gradients). A group of one rank is the single-device op.
         method: with a group, how states cross ranks: "ring", "allgather" or "auto"
             (lasp_fx.distributed.estimate says which and why).
-        check: with a group, all-gather every rank's shapes, dtypes and method first and raise
-            on every rank if they differ, instead of hanging. It waits for the GPU (one host
-            sync per call): a loop that calls with the same shapes every step can check on its
-            first call and pass check=False after, as `parallelize` does.
+        check: with a group, all-gather every rank's shapes, dtype, heads, decay form, scale and
+            method first, so that a mismatch raises the same RankMismatchError on every rank
+            (naming each rank's values) and the group stays usable. Without it (check=False) every
+            state message still carries the same header and its receiver checks it: on CPU groups
+            the receiving ranks raise (in the ring only those after the first rank that differs;
+            the others fail at their next wait, within `timeout`); on CUDA the check runs on the
+            device, without a host sync, and a mismatch turns the received states, hence this
+            call's outputs and gradients, into NaN instead of raising. check=True costs one small
+            all-gather per call, and on an NCCL-only group a host sync: `parallelize` checks its
+            first call and relies on the headers after.
+        timeout: with a group, seconds a rank waits for a peer's state on a CPU (gloo) group
+            before it raises ExchangeTimeoutError naming the peer; a rank that fails inside the
+            exchange tells its peers at once (RankFailedError "rank r failed: ..."). On CUDA the
+            host never waits: NCCL's waits are bounded by the process group's timeout
+            (init_process_group(timeout=...), 10 minutes by default), the peer-memory kernel's by
+            its own spin (about as long). Default 600 s, NCCL's default.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
@@ -226,6 +239,6 @@ def linear_attention(
         from lasp_fx.distributed.lasp import sequence_parallel_attention
 
         o, final_state = sequence_parallel_attention(
-            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check
+            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check, timeout=timeout
         )
     return (o, final_state) if output_final_state else o

@@ -43,6 +43,8 @@ class ShardSpec:
     """Number of ranks the sequence is split over."""
     method: str = "auto"
     """State exchange of the LASP op: "ring", "allgather" or "auto"."""
+    timeout: float = 600.0
+    """Seconds the LASP op waits for a peer's state on a CPU group (ParallelConfig.timeout)."""
 
 
 class ShardContext:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 import lasp_fx
+from lasp_fx.distributed.combine import wait_all
 from lasp_fx.testing.numerics import random_inputs, rel_rms
 
 
@@ -180,27 +181,38 @@ def exchange_order(rank: int, world: int, which: tuple[str, str]) -> list[str]:
     from lasp_fx.distributed import allgather, ring
 
     events = []
-    spied = {"allgather": [(allgather, "_all_gather_single")], "ring": [(ring, "_recv_like"), (ring, "_send")]}[method]
+    spied = {"allgather": [(allgather, "_all_gather_single")], "ring": [(ring, "_recv"), (ring, "_send")]}[method]
     originals = [(mod, name, getattr(mod, name)) for mod, name in spied]
     for mod, name, fn in originals:
         setattr(mod, name, lambda *a, _fn=fn, _name=name, **kw: (events.append(_name), _fn(*a, **kw))[1])
     try:
         ds = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+        link = _link(ds, method, direction)
         sends = []
         mod = {"allgather": allgather, "ring": ring}[method]
         if direction == "forward":
-            finish = mod.begin_forward(ds, None, dist.group.WORLD, sends)
+            finish = mod.begin_forward(ds, None, link, sends)
         else:
-            finish = mod.begin_backward(ds, None, None, dist.group.WORLD, sends)
+            finish = mod.begin_backward(ds, None, None, link, sends)
         events.append("begun")
         finish()
         events.append("finished")
-        for work in sends:
-            work.wait()
+        wait_all(sends, link)
     finally:
         for mod, name, fn in originals:
             setattr(mod, name, fn)
     return events
+
+
+def _link(state, method: str, direction: str):
+    """The exchange context of a call whose state is `state` [B, H, D, E] (as lasp.py builds it)."""
+    from lasp_fx.distributed.header import make
+    from lasp_fx.distributed.link import Link
+
+    B, H, D, E = state.shape
+    q = state.new_empty(B, 1, H, D)
+    head = make(q, q, state.new_empty(B, 1, H, E), None, 1.0, method, direction, dist.get_rank())
+    return Link(dist.group.WORLD, head, 30.0, tuple(state.shape), state.dtype, state.device, False)
 
 
 def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:

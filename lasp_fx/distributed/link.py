@@ -1,0 +1,123 @@
+"""One call's exchange context: the group, this rank's header, the timeout, and what it still owes its peers.
+
+Messages are sealed with the header (header.py) and opened with a check of the senders' headers;
+every wait is bounded by `timeout` on a CPU group (on CUDA the host never waits: NCCL's watchdog,
+set by the process group's own timeout, and the peer kernel's spin bound it there). A rank that
+fails before it has sent what its peers wait for sends them a FAILED header in its place
+(`abandon`), so they raise at once instead of waiting out the timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+from torch import Tensor
+
+from lasp_fx.distributed import header as hdr
+from lasp_fx.distributed.errors import ExchangeTimeoutError, RankFailedError, RankMismatchError
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a rank waits for a peer's state: NCCL's default watchdog timeout, long enough for a
+peer saving a checkpoint or compiling a graph, short enough that a dead job frees its machines."""
+
+# The header's values that must agree (status included: a FAILED sender never matches); not the
+# sender's rank (index 2) or the failure text (from index 24).
+_CHECKED = [0, 1, 3, *range(4, 23)]
+
+
+@dataclass
+class Link:
+    group: object
+    header: hdr.Header
+    timeout: float
+    state_shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    has_decay: bool
+    sent: bool = False
+    """Whether this rank's message of this direction has left (then there is nothing to abandon)."""
+    _tail: list = field(default_factory=list)
+
+    @property
+    def on_host(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
+    def rank(self) -> int:
+        return self.group.rank()
+
+    @property
+    def what(self) -> str:
+        return "state" if self.header.direction == 0 else "state gradient"
+
+    def tail(self) -> Tensor:
+        """This rank's header as a tensor of the state dtype, made once per call."""
+        if not self._tail:
+            self._tail.append(hdr.as_tensor(self.header, torch.empty(0, dtype=self.dtype, device=self.device)))
+        return self._tail[0]
+
+    def seal(self, parts: list[Tensor], status: hdr.Header | None = None) -> Tensor:
+        """One flat message: `parts` flattened, then the header (or `status`, a FAILED header)."""
+        tail = self.tail() if status is None else hdr.as_tensor(status, parts[0])
+        return torch.cat([p.reshape(-1).to(self.dtype) for p in parts] + [tail])
+
+    def open(self, rows: Tensor, sources: list[int]) -> Tensor:
+        """rows [m, n + SIZE] from ranks `sources`: the payloads [m, n], once the headers check out.
+
+        On the host a FAILED header raises RankFailedError and a different one RankMismatchError;
+        on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring).
+        """
+        payload, tails = rows[:, : -hdr.SIZE], rows[:, -hdr.SIZE:]
+        if not sources:
+            return payload
+        if not self.on_host:
+            mine = self.tail()[_CHECKED]
+            bad = (tails[:, _CHECKED] != mine).any()
+            return torch.where(bad, torch.nan, payload)
+        got = {src: hdr.Header.decode(t) for src, t in zip(sources, tails.tolist())}
+        for src, h in got.items():
+            if h is None:
+                raise RankMismatchError(
+                    f"rank {self.rank}: the message from rank {src} carries no lasp_fx header: the ranks of "
+                    f"group {self.group.group_name!r} are not in the same call (different code paths or methods)"
+                )
+            if h.status == hdr.FAILED:
+                error = RankFailedError(
+                    f"rank {h.rank} failed inside lasp_fx's sequence-parallel linear_attention ({_DIR[h.direction]}): "
+                    f"{h.reason}; rank {self.rank} stops too"
+                )
+                error.origin = h
+                raise error
+        if any(h.key() != self.header.key() for h in got.values()):
+            error = RankMismatchError(hdr.mismatch_message({self.rank: self.header, **got}, self.group))
+            error.short = "inputs differ: " + "; ".join(
+                f"r{r} T={h.dims[1]}" for r, h in sorted({self.rank: self.header, **got}.items()))
+            raise error
+        return payload
+
+    def wait(self, work, peer: str) -> None:
+        """Wait for `work` (a recv, send or collective with `peer`); bounded by the timeout on the host."""
+        if not self.on_host:
+            work.wait()  # NCCL: the stream waits, not the host
+            return
+        try:
+            work.wait(timedelta(seconds=self.timeout))
+        except RuntimeError as e:
+            raise ExchangeTimeoutError(
+                f"rank {self.rank}: no {self.what} exchanged with {peer} within {self.timeout:g} s "
+                f"(lasp_fx linear_attention, {_DIR[self.header.direction]}): that rank failed before its "
+                f"exchange, died, or is stuck elsewhere. Cause: {str(e).strip()[:300]}"
+            ) from None
+
+    def failure(self, error: BaseException) -> hdr.Header:
+        """The FAILED header to send in place of this rank's message: the first failure's, passed on."""
+        origin = getattr(error, "origin", None)
+        if origin is not None:
+            return origin
+        reason = getattr(error, "short", None) or f"{type(error).__name__}: {error}"
+        return self.header.failed(reason.replace("\n", " "))
+
+
+_DIR = ("forward", "backward")
