@@ -67,7 +67,7 @@ def _gather(link: Link, x: Tensor, log_decay) -> Callable[[], Tensor]:
     link.sent = True
 
     def wait() -> Tensor:
-        link.wait(work, "the group's all-gather")  # NCCL: the current stream waits, the host does not
+        link.wait(work, "all ranks")  # NCCL: the current stream waits, the host does not
         return link.open(out.view(P, msg.numel()), list(range(P)))
 
     return wait
@@ -81,7 +81,7 @@ def abandon(link: Link, failed) -> None:
     msg = link.seal([torch.zeros(n, dtype=link.dtype, device=link.device)], status=failed)
     link.sent = True
     out = msg.new_empty(link.group.size() * msg.numel())
-    link.wait(_all_gather_single(out, msg, group=link.group, async_op=True), "the group's all-gather")
+    link.wait(_all_gather_single(out, msg, group=link.group, async_op=True), "all ranks")
 
 
 def _split(rows: Tensor, x: Tensor, log_decay) -> tuple:

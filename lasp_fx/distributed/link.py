@@ -98,17 +98,20 @@ class Link:
         return payload
 
     def wait(self, work, peer: str) -> None:
-        """Wait for `work` (a recv, send or collective with `peer`); bounded by the timeout on the host."""
+        """Wait for `work` (a recv, send or collective with `peer`: "rank 2", or "all ranks" for a
+        collective, where gloo cannot tell which one is missing); bounded by the timeout on the host."""
         if not self.on_host:
             work.wait()  # NCCL: the stream waits, not the host
             return
         try:
             work.wait(timedelta(seconds=self.timeout))
         except RuntimeError as e:
+            culprit = "that rank" if peer.startswith("rank") else "one of them"
             raise ExchangeTimeoutError(
-                f"rank {self.rank}: no {self.what} exchanged with {peer} within {self.timeout:g} s "
-                f"(lasp_fx linear_attention, {_DIR[self.header.direction]}): that rank failed before its "
-                f"exchange, died, or is stuck elsewhere. Cause: {str(e).strip()[:300]}"
+                f"rank {self.rank}: the {self.what} exchange with {peer} of group {self.group.group_name!r} did "
+                f"not complete within {self.timeout:g} s (lasp_fx linear_attention, {_DIR[self.header.direction]}): "
+                f"{culprit} failed before its exchange, died, or is stuck elsewhere. "
+                f"Cause: {str(e).strip()[:300]}"
             ) from None
 
     def failure(self, error: BaseException) -> hdr.Header:

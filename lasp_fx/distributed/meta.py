@@ -31,7 +31,7 @@ def check_same_inputs(link: Link) -> None:
     from lasp_fx.distributed.allgather import _all_gather_single
 
     work = _all_gather_single(out, mine, group=group, async_op=True)
-    link.wait(work, "the group's header all-gather")
+    link.wait(work, "all ranks")
     rows = {r: hdr.Header.decode(v) for r, v in enumerate(out.view(P, hdr.SIZE).tolist())}
     if all(h is not None and h.key() == link.header.key() for h in rows.values()):
         return

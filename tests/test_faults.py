@@ -1,0 +1,63 @@
+"""Failure behaviour on 3 gloo ranks: a rank that raises, dies or disagrees never leaves the others hanging.
+
+Every rank's outcome is checked: the culprit (rank 1) raises its own error; each other rank raises a
+lasp_fx error (RankFailedError, RankMismatchError or ExchangeTimeoutError) naming rank 1, within
+the bound (BOUND_S, from a `timeout` of TIMEOUT_S), and none returns a result.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lasp_fx.testing import workers_faults
+from lasp_fx.testing.spawn import run_spawned
+
+TIMEOUT_S = 2.0
+BOUND_S = 30.0  # timeout, plus the process's own slowness on a loaded 2-core box
+FAULTS = ("bad_input", "inside", "killed", "length")
+METHODS = ("ring", "allgather")
+LASP_ERRORS = ("RankFailedError", "RankMismatchError", "ExchangeTimeoutError")
+
+
+def _assert_bystander(rank, outcome, fault):
+    assert outcome["error"] in LASP_ERRORS, f"rank {rank} ({fault}): {outcome}"
+    assert outcome["module"].startswith("lasp_fx"), outcome
+    # a point-to-point wait or a reported failure names rank 1; a collective that timed out cannot
+    named = "rank 1" in outcome["message"] or "with all ranks" in outcome["message"]
+    assert named, f"rank {rank} does not name the culprit: {outcome['message']}"
+    assert outcome["seconds"] < BOUND_S, f"rank {rank} took {outcome['seconds']:.1f} s"
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_other_rank_raises_within_the_bound(method, fault):
+    case = dict(method=method, fault=fault, timeout=TIMEOUT_S)
+    results = run_spawned(workers_faults.op_fault, 3, case, timeout=90, may_die=(1,) if fault == "killed" else ())
+    culprit = results[workers_faults.CULPRIT]
+    if fault == "killed":
+        assert culprit is None
+    else:
+        expected = {"bad_input": "ValueError", "inside": "_PlantedFailure", "length": "RankMismatchError"}[fault]
+        assert culprit["error"] == expected, culprit
+    for rank in (0, 2):
+        _assert_bystander(rank, results[rank], fault)
+    if fault == "inside" and method == "allgather":  # the failure travels in the all-gather: named at once
+        assert all("rank 1 failed" in results[r]["message"] for r in (0, 2))
+        assert "planted failure" in results[0]["message"]
+    if fault == "inside" and method == "ring":  # rank 2 waits for rank 1's state, and gets its failure instead
+        assert "rank 1 failed" in results[2]["message"] and results[2]["seconds"] < TIMEOUT_S
+    if fault == "length":  # each rank's value is named
+        mismatch = results[1]["message"] if method == "ring" else results[0]["message"]
+        assert "q [1, 8, 2, 4]" in mismatch and "q [1, 6, 2, 4]" in mismatch, mismatch
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parallelize_refuses_a_later_call_with_another_local_length(method):
+    results = run_spawned(workers_faults.parallelize_length_change, 2, dict(method=method, timeout=TIMEOUT_S),
+                          timeout=240, pg_timeout=10)
+    for rank, outcomes in enumerate(results):
+        assert outcomes[0]["error"] is None, f"rank {rank}: the first call failed: {outcomes[0]}"
+        assert len(outcomes) == 2 and outcomes[1]["error"] is not None, f"rank {rank} returned a result: {outcomes}"
+    mismatch = results[1][1]
+    assert mismatch["error"] == "RankMismatchError", mismatch
+    assert ", 8, " in mismatch["message"] and ", 6, " in mismatch["message"], mismatch["message"]
