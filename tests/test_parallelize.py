@@ -56,12 +56,14 @@ def test_every_model_matches_one_process(world_size, references):
 def test_float32_losses_of_20_steps_match():
     cases = [_case(n, dtype="float32", steps=20) for n in ("LightningLM", "GatedLM")]
     results = run_spawned(workers_parallel.parallel, 2, cases, timeout=900)
-    for case, got in zip(cases, results[0]):
-        ref = workers_parallel.single(case)
-        assert len(got["losses"]) == 20
-        assert ref["losses"][-1] < ref["losses"][0]  # it trains
-        for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
-            assert abs(a - b) <= 1e-4 * abs(b), f"{case['model']} step {step}: {a} vs {b}"
+    refs = [workers_parallel.single(case) for case in cases]
+    for rank, per_rank in enumerate(results):
+        for case, ref, got in zip(cases, refs, per_rank):
+            assert len(got["losses"]) == 20
+            assert ref["losses"][-1] < ref["losses"][0]  # it trains
+            for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
+                assert abs(a - b) <= 1e-4 * abs(b), f"{case['model']} rank {rank} step {step}: {a} vs {b}"
+            _check(got, ref, 1e-5, f"{case['model']} rank {rank} (float32)")
 
 
 def test_2d_mesh_with_ddp_or_fsdp_over_dp():
@@ -69,15 +71,18 @@ def test_2d_mesh_with_ddp_or_fsdp_over_dp():
     # average over dp, so the gradients are those of the mean loss over the two halves.
     cases = [dict(_case("RetNetLM"), mesh="dp,sp"), dict(_case("HybridLM"), mesh="dp,sp", data_parallel="fsdp")]
     results = run_spawned(workers_parallel.parallel, 4, cases, timeout=900)
-    for case, got in zip(cases, results[0]):
+    for c, case in enumerate(cases):
         halves = [workers_parallel.single(dict(case, ids=case["ids"][i:i + 2], labels=case["labels"][i:i + 2]))
                   for i in (0, 2)]
         mean_grads = {p: (torch.as_tensor(halves[0]["grads"][p]) + torch.as_tensor(halves[1]["grads"][p])) / 2
                       for p in halves[0]["grads"]}
-        for p, g in mean_grads.items():
-            err = rel_rms(torch.as_tensor(got["grads"][p]), g)
-            assert err <= 1e-10, f"{case['model']}: gradient of {p} off by {err:.2e}"
-        assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(halves[0]["logits"])) <= 1e-10
+        for rank, per_rank in enumerate(results):  # mesh (2, 2): ranks 0, 1 hold dp row 0, ranks 2, 3 row 1
+            got, half = per_rank[c], halves[rank // 2]
+            for p, g in mean_grads.items():
+                err = rel_rms(torch.as_tensor(got["grads"][p]), g)
+                assert err <= 1e-10, f"{case['model']} rank {rank}: gradient of {p} off by {err:.2e}"
+            assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(half["logits"])) <= 1e-10, f"rank {rank}"
+            assert rel_rms(torch.as_tensor(got["loss"]), torch.as_tensor(half["loss"])) <= 1e-10, f"rank {rank}"
 
 
 def test_local_slices_and_dtensor_inputs():
@@ -94,8 +99,10 @@ def test_aot_eager_compiler_and_activation_checkpointing():
     cases = [dict(_case("GatedLM"), options={"compiler": "aot_eager"}),
              dict(_case("CheckpointedLM", module="lasp_fx.testing.models"), options={"compiler": "aot_eager"})]
     results = run_spawned(workers_parallel.parallel, 2, cases, timeout=900)
-    for case, got in zip(cases, results[1]):
-        _check(got, workers_parallel.single(case), 1e-10, f"{case['model']} aot_eager")
+    for case in cases:
+        ref = workers_parallel.single(case)
+        for rank, per_rank in enumerate(results):
+            _check(per_rank[cases.index(case)], ref, 1e-10, f"{case['model']} aot_eager rank {rank}")
 
 
 REFUSED = {
