@@ -194,7 +194,9 @@ def linear_attention(
         k: keys [B, T, H_kv, D]; H % H_kv == 0 (each kv head serves H / H_kv query heads).
         v: values [B, T, H_kv, E].
         log_decay: None (no decay), [H] (one constant per head, e.g. RetNet's log(gamma)) or
-            [B, T, H] (a data-dependent gate); values <= 0. May require grad.
+            [B, T, H] (a data-dependent gate); finite values <= 0. May require grad. On CPU tensors
+            called eagerly a positive, NaN or -inf value is refused (ValueError); on a GPU the values
+            are not read (that would be a host sync per call), so they are the caller's promise.
         scale: multiplies q . k; defaults to D ** -0.5 (pass 1.0 for models that do not scale).
         initial_state: [B, H, D, E] state carried in from earlier tokens.
         output_final_state: also return the state after the last token.
@@ -227,6 +229,8 @@ def linear_attention(
         `output_final_state=True`. States are float32 (float64 for float64 inputs).
     """
     check_linear_attention_args(q, k, v, log_decay, scale, initial_state)
+    if group is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     state_dtype = chunked.acc_dtype(q.dtype)
     if log_decay is not None:
