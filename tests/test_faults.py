@@ -8,6 +8,9 @@ the bound (BOUND_S, from a `timeout` of TIMEOUT_S), and none returns a result.
 from __future__ import annotations
 
 import pytest
+import torch
+
+from lasp_fx.distributed.errors import RankMismatchError
 
 from lasp_fx.testing import workers_faults
 from lasp_fx.testing.spawn import run_spawned
@@ -61,3 +64,40 @@ def test_parallelize_refuses_a_later_call_with_another_local_length(method):
     mismatch = results[1][1]
     assert mismatch["error"] == "RankMismatchError", mismatch
     assert ", 8, " in mismatch["message"] and ", 6, " in mismatch["message"], mismatch["message"]
+
+
+class _Group:
+    group_name = "unit"
+
+    def rank(self):
+        return 0
+
+    def size(self):
+        return 2
+
+
+def _link(T, on_host=True):
+    from lasp_fx.distributed import header
+    from lasp_fx.distributed.link import Link
+
+    q = torch.zeros(1, T, 2, 4)
+    kind = Link if on_host else type("DeviceLink", (Link,), {"on_host": property(lambda self: False)})
+    return kind(_Group(), header.make(q, q, q, None, 0.5, "ring", "forward", 0), 1.0, (1, 2, 4, 4),
+                torch.float32, q.device, False)
+
+
+def test_header_round_trip_and_the_device_check_poisons_instead_of_syncing():
+    from lasp_fx.distributed import header
+
+    mine = _link(8)
+    sent = header.Header.decode(mine.seal([torch.ones(32)])[-header.SIZE:].tolist())
+    assert sent == mine.header
+    good, other = mine.seal([torch.ones(32)]), _link(6).seal([torch.ones(32)])
+    assert torch.equal(mine.open(good[None], [1]), torch.ones(1, 32))
+    with pytest.raises(RankMismatchError, match=r"rank 1: q \[1, 6, 2, 4\]"):
+        mine.open(other[None], [1])
+    device_side = _link(8, on_host=False)
+    assert torch.equal(device_side.open(good[None], [1]), torch.ones(1, 32))
+    assert device_side.open(other[None], [1]).isnan().all()
+    failed = mine.seal([torch.ones(32)], status=mine.header.failed("OutOfMemoryError: boom"))
+    assert device_side.open(failed[None], [1]).isnan().all()

@@ -26,6 +26,7 @@ _DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")
 _DIRECTIONS = ("forward", "backward")
 _DIMS = ("B", "T", "H", "H_kv", "D", "E")
 _TEXT = SIZE - 24  # characters of a failure's reason that fit
+CHECKED = slice(0, 22)  # the encoded values that must agree: magic, status, direction, shapes, dtype, decay, method, scale
 OK, FAILED = 0, 1
 
 
@@ -61,7 +62,8 @@ class Header:
         scale = struct.unpack("<4H", struct.pack("<d", self.scale))
         dims = [half for d in self.dims for half in (d >> 16 & 0xFFFF, d & 0xFFFF)]
         text = [min(ord(c), 127) for c in self.reason[:_TEXT]]
-        head = [_MAGIC, self.status, self.rank, self.direction, *dims, self.dtype, self.decay, self.method, *scale, 0]
+        # what must agree first (CHECKED), then the sender's rank and the failure text
+        head = [_MAGIC, self.status, self.direction, *dims, self.dtype, self.decay, self.method, *scale, self.rank, 0]
         return head + text + [0] * (_TEXT - len(text))
 
     @staticmethod
@@ -70,10 +72,10 @@ class Header:
         v = [int(x) for x in values]
         if len(v) != SIZE or v[0] != _MAGIC:
             return None
-        dims = tuple(v[4 + 2 * i] << 16 | v[5 + 2 * i] for i in range(6))
-        scale = struct.unpack("<d", struct.pack("<4H", *v[19:23]))[0]
+        dims = tuple(v[3 + 2 * i] << 16 | v[4 + 2 * i] for i in range(6))
+        scale = struct.unpack("<d", struct.pack("<4H", *v[18:22]))[0]
         reason = "".join(chr(c) for c in v[24:] if c)
-        return Header(dims, v[16], v[17], v[18], scale, v[3], v[2], v[1], reason)
+        return Header(dims, v[15], v[16], v[17], scale, v[2], v[22], v[1], reason)
 
 
 def _pick(names, i):

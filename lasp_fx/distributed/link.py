@@ -22,9 +22,6 @@ DEFAULT_TIMEOUT = 600.0
 """Seconds a rank waits for a peer's state: NCCL's default watchdog timeout, long enough for a
 peer saving a checkpoint or compiling a graph, short enough that a dead job frees its machines."""
 
-# The header's values that must agree (status included: a FAILED sender never matches); not the
-# sender's rank (index 2) or the failure text (from index 24).
-_CHECKED = [0, 1, 3, *range(4, 23)]
 
 
 @dataclass
@@ -73,8 +70,8 @@ class Link:
         if not sources:
             return payload
         if not self.on_host:
-            mine = self.tail()[_CHECKED]
-            bad = (tails[:, _CHECKED] != mine).any()
+            # status included: a FAILED sender never matches; a slice, so no index tensor to copy over
+            bad = (tails[:, hdr.CHECKED] != self.tail()[hdr.CHECKED]).any()
             return torch.where(bad, torch.nan, payload)
         got = {src: hdr.Header.decode(t) for src, t in zip(sources, tails.tolist())}
         for src, h in got.items():
