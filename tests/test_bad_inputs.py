@@ -1,5 +1,6 @@
 """Every public entry x every bad input a user can pass: the error type, and a message naming the
-argument, what was expected and what was given (one table; spawned rows need a process group)."""
+argument, what was expected and what was given (one table; spawned rows need a process group).
+A -inf log-decay is not bad input: it is a state reset (tests/test_forget_gate.py)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ LOCAL = {
     "op-decay-positive-token": (_op(log_decay=_decay(0.5)), ValueError, r"log_decay must be <= 0 .*got 0.5 at index"),
     "op-decay-positive-head": (_op(log_decay=_decay(0.25, per_token=False)), ValueError, r"log_decay must be <= 0 .*got 0.25 at index \[1\]"),
     "op-decay-nan": (_op(log_decay=_decay(float("nan"))), ValueError, r"log_decay must be <= 0 .*got nan"),
-    "op-decay-minus-inf": (_op(log_decay=_decay(float("-inf"))), ValueError, r"log_decay must be finite, got -inf at index"),
     "op-initial-state-shape": (_op(initial_state=torch.zeros(B, H, D)), ValueError, r"initial_state must have shape \[B, H, D, E\] = \[1, 2, 4, 4\], got \[1, 2, 4\]"),
     "op-scale-type": (_op(scale="0.5"), TypeError, r"scale must be a Python float or None, got str"),
     "op-method": (_op(group="any", method="p2p"), ValueError, r"method must be 'ring', 'allgather' or 'auto', got 'p2p'"),
@@ -99,10 +99,3 @@ def test_bad_input_on_every_rank_is_refused_with_a_clear_message(row, spawned):
     for rank, per_rank in enumerate(spawned):
         got_type, message = per_rank[row]
         assert got_type == error and re.search(pattern, message), f"{row} rank {rank}: {got_type}: {message}"
-
-
-def test_minus_inf_gate_stays_refused_until_supported():
-    """A -inf gate (exact state reset) gives NaN in the kernels today, so the op refuses it on CPU
-    rather than return NaN; this test pins that, and is to become an exactness test once supported."""
-    with pytest.raises(ValueError, match="not supported yet"):
-        _op(log_decay=_decay(float("-inf")))()

@@ -83,26 +83,21 @@ def check_linear_attention_args(q, k, v, log_decay, scale, initial_state) -> Non
 
 
 def _check_decay_values(log_decay: Tensor) -> None:
-    """Refuse a positive, NaN or -inf log-decay where looking costs no host sync: a CPU tensor, eagerly.
+    """Refuse a positive or NaN log-decay where looking costs no host sync: a CPU tensor, eagerly.
 
     On a GPU reading the values back would wait for the GPU on every call (the hot path of a
     training step), and under tracing there are no values: there the check is skipped, and the
-    README says that values must be finite and <= 0.
+    README says that values must be <= 0. (-inf is allowed: a state reset, ops/op.py.)
     """
     if log_decay.device.type != "cpu" or type(log_decay) is not Tensor or torch.compiler.is_compiling():
         return
     with torch.no_grad():
-        bad = ~(log_decay <= 0) | torch.isneginf(log_decay)  # NaN compares false
+        bad = ~(log_decay <= 0)  # NaN compares false
         if not bool(bad.any()):
             return
         where = tuple(int(i) for i in bad.nonzero()[0])
         value = float(log_decay[where])
-    if value == float("-inf"):
-        raise ValueError(
-            f"log_decay must be finite, got -inf at index {list(where)}: a gate that forgets everything "
-            "(a state reset) is not supported yet; use a large negative finite value such as -60 (exp(-60) < 1e-26)"
-        )
     raise ValueError(
-        f"log_decay must be <= 0 (a decay factor exp(log_decay) in (0, 1]), got {value} at index {list(where)}; "
-        "pass log(decay) of a decay in (0, 1], e.g. -softplus(x) or logsigmoid(x)"
+        f"log_decay must be <= 0 (a decay factor exp(log_decay) in [0, 1]), got {value} at index {list(where)}; "
+        "pass log(decay) of a decay in [0, 1], e.g. -softplus(x) or logsigmoid(x)"
     )

@@ -171,6 +171,22 @@ def runs_eagerly(*tensors) -> bool:
     return all(t is None or (type(t) is Tensor and not t.is_meta) for t in tensors)
 
 
+# A log-decay of -inf (a gate that forgets everything: a state reset) becomes this finite value.
+# Every kernel forms decays from differences of running sums, where -inf - -inf would be NaN; a
+# finite value below the exponent range makes exp() of anything crossing it exactly 0, and only
+# adds its own rounding to the running sums after it (float32: ~1e-5 relative in the decays of the
+# tokens after the reset in the same chunk, what a strong gate of that size gives).
+_FORGET_ALL = {torch.float32: -110.0, torch.float64: -800.0}  # exp(-110) and exp(-800) round to 0
+
+
+def forget_all_as_finite(log_decay: Tensor) -> Tensor:
+    """log_decay with -inf replaced by a finite value whose exp() is exactly 0 (its gradient is 0 there).
+
+    One elementwise op, no host sync: a clamp from below, which leaves NaN as NaN.
+    """
+    return torch.clamp(log_decay, min=_FORGET_ALL[log_decay.dtype])
+
+
 def linear_attention(
     q: Tensor,
     k: Tensor,
@@ -194,9 +210,11 @@ def linear_attention(
         k: keys [B, T, H_kv, D]; H % H_kv == 0 (each kv head serves H / H_kv query heads).
         v: values [B, T, H_kv, E].
         log_decay: None (no decay), [H] (one constant per head, e.g. RetNet's log(gamma)) or
-            [B, T, H] (a data-dependent gate); finite values <= 0. May require grad. On CPU tensors
-            called eagerly a positive, NaN or -inf value is refused (ValueError); on a GPU the values
-            are not read (that would be a host sync per call), so they are the caller's promise.
+            [B, T, H] (a data-dependent gate); values <= 0, where -inf forgets everything before
+            (a state reset: the tokens before contribute exactly 0 after it, its gradient is 0).
+            May require grad. On CPU tensors called eagerly a positive or NaN value is refused
+            (ValueError); on a GPU the values are not read (that would be a host sync per call),
+            so they are the caller's promise.
         scale: multiplies q . k; defaults to D ** -0.5 (pass 1.0 for models that do not scale).
         initial_state: [B, H, D, E] state carried in from earlier tokens.
         output_final_state: also return the state after the last token.
@@ -234,7 +252,7 @@ def linear_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     state_dtype = chunked.acc_dtype(q.dtype)
     if log_decay is not None:
-        log_decay = log_decay.to(state_dtype)
+        log_decay = forget_all_as_finite(log_decay.to(state_dtype))
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
     if group is None:

@@ -231,3 +231,31 @@ def mesh_without_sp_dim(rank: int, world: int, _=None) -> str | None:
 def run_jobs(rank: int, world: int, jobs: list[tuple[str, object]]) -> list:
     """Several checks in one spawn (a process start costs ~2 s): [(function name, its argument), ...]."""
     return [globals()[name](rank, world, arg) for name, arg in jobs]
+
+
+def check_reset(rank: int, world: int, method: str) -> dict:
+    """-inf gates (state resets) on rank 0's last token, inside rank 1's slice and on rank 2's first: every
+    rank's output, gradients and final state equal the single-process op's."""
+    T = 9
+    gen = torch.Generator().manual_seed(3)
+    g_all = -torch.rand(1, T * world, 2, generator=gen, dtype=torch.float64)
+    for t, h in ((T - 1, 0), (T + 4, 1), (2 * T, 0)):
+        g_all[0, t, h] = float("-inf")
+    full = {n: torch.randn(1, T * world, 2, 4, generator=gen, dtype=torch.float64) for n in ("q", "k", "v", "do")}
+
+    def run(cut, group):
+        x = {n: full[n][:, cut].clone().requires_grad_() for n in "qkv"}
+        g = g_all[:, cut].clone().requires_grad_()
+        o, s = lasp_fx.linear_attention(x["q"], x["k"], x["v"], g, output_final_state=True, group=group, method=method)
+        (o * full["do"][:, cut]).sum().backward()
+        return o.detach(), s.detach(), {n: x[n].grad for n in "qkv"}, g.grad
+
+    cut = slice(rank * T, (rank + 1) * T)
+    o, s, grads, dg = run(cut, dist.group.WORLD)
+    ref_o, _, ref_grads, ref_dg = run(slice(0, T * world), None)
+    prefix = lasp_fx.linear_attention(*(full[n][:, : (rank + 1) * T] for n in "qkv"), g_all[:, : (rank + 1) * T],
+                                      output_final_state=True)[1]
+    errors = {"o": rel_rms(o, ref_o[:, cut]), "final_state": rel_rms(s, prefix), "dlog_decay": rel_rms(dg, ref_dg[:, cut])}
+    errors.update({f"d{n}": rel_rms(grads[n], ref_grads[n][:, cut]) for n in "qkv"})
+    errors["non-finite"] = float(not all(torch.isfinite(t).all() for t in (o, s, dg, *grads.values())))
+    return errors
