@@ -101,3 +101,30 @@ def test_header_round_trip_and_the_device_check_poisons_instead_of_syncing():
     assert device_side.open(other[None], [1]).isnan().all()
     failed = mine.seal([torch.ones(32)], status=mine.header.failed("OutOfMemoryError: boom"))
     assert device_side.open(failed[None], [1]).isnan().all()
+
+
+DEVICE_CASES = [dict(B=2, T=37, H=4, Hk=2, D=8, E=6, init="rank0", final=True, decay=d, method=m, check=False,
+                     id=f"{d}-{m}", seed=i) for i, (d, m) in enumerate((d, m) for d in ("none", "const", "gate")
+                                                                          for m in METHODS)]
+
+
+def test_the_cuda_paths_kernels_compute_the_same_function(monkeypatch):
+    """The CUDA path (headers checked inside the ring's and the all-gather's combination kernels)
+    run on gloo ranks under Triton's interpreter: every rank matches the single-process op."""
+    from lasp_fx.testing import workers_sp
+
+    monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for rank, errors in enumerate(run_spawned(workers_sp.check_cases, 3, DEVICE_CASES, timeout=300)):
+        for case, errs in errors.items():
+            assert all(e <= 1e-5 for e in errs.values()), f"rank {rank} {case}: {errs}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_on_the_cuda_path_a_mismatch_is_nan_not_a_wrong_number(method, monkeypatch):
+    monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    results = run_spawned(workers_faults.device_mismatch, 3, method, timeout=300)
+    for rank, flags in enumerate(results):
+        assert not flags["grads finite"], f"rank {rank}: finite gradients from mismatched ranks: {flags}"
+    assert not results[1]["o finite"] and not results[2]["o finite"]  # after the first rank that differs

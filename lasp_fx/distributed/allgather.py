@@ -33,7 +33,7 @@ from torch import Tensor
 
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.link import Link
-from lasp_fx.distributed import peer
+from lasp_fx.distributed import header, peer
 from lasp_fx.ops.triton.gathered import combine_gathered
 
 
@@ -68,9 +68,16 @@ def _gather(link: Link, x: Tensor, log_decay) -> Callable[[], Tensor]:
 
     def wait() -> Tensor:
         link.wait(work, "all ranks")  # NCCL: the current stream waits, the host does not
-        return link.open(out.view(P, msg.numel()), list(range(P)))
+        rows = out.view(P, msg.numel())
+        # on CUDA the combination kernel checks the headers (ops/triton/gathered.py): rows as gathered
+        return link.open(rows, list(range(P))) if link.on_host else rows
 
     return wait
+
+
+def _checks(link: Link) -> tuple:
+    """(own header, how many of its values must agree): what combine_gathered checks every row's header against."""
+    return link.tail(), header.CHECKED.stop
 
 
 def abandon(link: Link, failed) -> None:
@@ -142,8 +149,8 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable
         rows = wait()
         if rank == 0:
             return None, s_loc
-        if rows.is_cuda:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below
-            return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None)
+        if not link.on_host:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below and the check
+            return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None, None, *_checks(link))
         states, decays = _split(rows, s_loc, log_decay)
         log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}
         s_in = _weighted_sum(log_w, states[:rank])
@@ -171,8 +178,8 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list) 
         rows = _gather(link, n, log_decay)()
         if rank == P - 1:
             return d_final, n
-        if rows.is_cuda:
-            return combine_gathered(rows, n.shape, rank, False, log_decay is not None, d_final)
+        if not link.on_host:
+            return combine_gathered(rows, n.shape, rank, False, log_decay is not None, d_final, *_checks(link))
         grads, decays = _split(rows, n, log_decay)
         log_w = None if decays is None else _crossed(decays, rank, forward=False)  # A_{r+1} + ... + A_{j-1}
         m_next = _weighted_sum(log_w, grads[rank + 1 :])

@@ -11,6 +11,7 @@ the first characters of its error instead, so its peers raise "rank r failed: ..
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -92,8 +93,17 @@ def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, 
 
 
 def as_tensor(header: Header, like: Tensor) -> Tensor:
-    """The header as SIZE values of `like`'s dtype on its device (exact: every value is below 2^16)."""
-    return torch.tensor(header.encode(), dtype=like.dtype, device=like.device)
+    """The header as SIZE values of `like`'s dtype on its device (exact: every value is below 2^16).
+
+    Read-only, and the same tensor for the same header: a training loop's calls repeat a few
+    headers, so the copy to the GPU happens once per layout, not once per call.
+    """
+    return _as_tensor(header, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _as_tensor(header: Header, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(header.encode(), dtype=dtype, device=device)
 
 
 def mismatch_message(headers: dict, group) -> str:

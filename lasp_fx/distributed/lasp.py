@@ -51,7 +51,7 @@ from lasp_fx.distributed.cost import METHODS, resolve_method
 from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT, Link
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT, Link, checks_on_host
 from lasp_fx.ops import chunked
 from lasp_fx.ops.op import kernels_for, runs_eagerly, saved_states_like, single_device
 
@@ -84,7 +84,7 @@ def _link(q, k, v, log_decay, scale, group, method, timeout, direction) -> Link:
     B, _, H, D = q.shape
     head = header.make(q, k, v, log_decay, scale, method, direction, group.rank())
     return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
-                log_decay is not None)
+                log_decay is not None, checks_on_host(q.device))
 
 
 def _guarded(link: Link, method: str, run):

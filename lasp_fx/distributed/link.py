@@ -9,7 +9,8 @@ fails before it has sent what its peers wait for sends them a FAILED header in i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -24,6 +25,11 @@ peer saving a checkpoint or compiling a graph, short enough that a dead job free
 
 
 
+def checks_on_host(device: torch.device) -> bool:
+    """Whether a call's exchange with states on `device` takes the host path (see Link.host)."""
+    return device.type == "cpu" and os.environ.get("LASP_FX_DEVICE_CHECKS", "0") != "1"
+
+
 @dataclass
 class Link:
     group: object
@@ -33,13 +39,16 @@ class Link:
     dtype: torch.dtype
     device: torch.device
     has_decay: bool
+    host: bool = True
+    """Check headers on the host and bound waits by `timeout` (CPU states); False: the CUDA path,
+    whose checks run in the combination kernels (also on CPU with LASP_FX_DEVICE_CHECKS=1, so
+    tests run those kernels under Triton's interpreter)."""
     sent: bool = False
     """Whether this rank's message of this direction has left (then there is nothing to abandon)."""
-    _tail: list = field(default_factory=list)
 
     @property
     def on_host(self) -> bool:
-        return self.device.type == "cpu"
+        return self.host
 
     @property
     def rank(self) -> int:
@@ -50,10 +59,8 @@ class Link:
         return "state" if self.header.direction == 0 else "state gradient"
 
     def tail(self) -> Tensor:
-        """This rank's header as a tensor of the state dtype, made once per call."""
-        if not self._tail:
-            self._tail.append(hdr.as_tensor(self.header, torch.empty(0, dtype=self.dtype, device=self.device)))
-        return self._tail[0]
+        """This rank's header as a tensor of the state dtype on the state's device (cached per header)."""
+        return hdr._as_tensor(self.header, self.dtype, self.device)
 
     def seal(self, parts: list[Tensor], status: hdr.Header | None = None) -> Tensor:
         """One flat message: `parts` flattened, then the header (or `status`, a FAILED header)."""
@@ -64,7 +71,8 @@ class Link:
         """rows [m, n + SIZE] from ranks `sources`: the payloads [m, n], once the headers check out.
 
         On the host a FAILED header raises RankFailedError and a different one RankMismatchError;
-        on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring).
+        on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring). The
+        exchanges' CUDA paths check inside their combination kernels instead (ops/triton/gathered.py).
         """
         payload, tails = rows[:, : -hdr.SIZE], rows[:, -hdr.SIZE:]
         if not sources:

@@ -20,20 +20,36 @@ from torch import Tensor
 from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.link import Link
+from lasp_fx.ops.triton.gathered import checked_step
 
 # Every message is this rank's state followed by the call's header (distributed/header.py): the
 # receiver checks it before using the state, so ranks that disagree raise instead of mixing states.
 
 
 def _recv(link: Link, src: int) -> Tensor:
+    """The raw message from `src`: its state [n] then its header [SIZE]."""
     # ProcessGroup.recv / send take group ranks and skip dist.irecv's Python checks (~20 us a call).
     buf = torch.empty(math.prod(link.state_shape) + header.SIZE, dtype=link.dtype, device=link.device)
     link.wait(link.group.recv([buf], src, 0), f"rank {src}")  # NCCL: the current stream waits, not the host
-    return link.open(buf[None], [src])[0].view(link.state_shape)
+    return buf
 
 
-def _send(link: Link, x: Tensor, dst: int) -> list:
-    msg = link.seal([x])
+def _carry(link: Link, msg: Tensor, src: int, own: Tensor, log_decay, d_final, seal: bool):
+    """(late, end, the next message or None): late = the state in `msg` once its header checks out
+    (+ d_final), end = exp(A) late + own. On CUDA one kernel, which also writes end into the next
+    message with this rank's header (`seal`); on the host the header is read and a mismatch raises."""
+    if link.on_host:
+        late = link.open(msg[None], [src])[0].view(link.state_shape)
+        late = late if d_final is None else late + d_final
+        return late, step(late, log_decay, own), None
+    late, end = checked_step(msg, link.tail(), own, log_decay, d_final, seal=seal, checked=header.CHECKED.stop)
+    if not seal:
+        return late, end, None
+    return late, end[: own.numel()].view(own.shape), end
+
+
+def _send(link: Link, x: Tensor, dst: int, msg: Tensor | None = None) -> list:
+    msg = link.seal([x]) if msg is None else msg
     link.sent = True
     return [(link.group.send([msg], dst, 0), f"rank {dst}", msg)]
 
@@ -41,12 +57,11 @@ def _send(link: Link, x: Tensor, dst: int) -> list:
 def forward(s_loc: Tensor, log_decay, link: Link, sends: list):
     """Run this rank's link of the forward chain; returns (X_{r-1} or None on rank 0, X_r), the send in `sends`."""
     rank, P = link.group.rank(), link.group.size()
-    s_in, s_out = None, s_loc
+    s_in, s_out, msg = None, s_loc, None
     if rank > 0:
-        s_in = _recv(link, rank - 1)
-        s_out = step(s_in, log_decay, s_loc)
+        s_in, s_out, msg = _carry(link, _recv(link, rank - 1), rank - 1, s_loc, log_decay, None, seal=rank < P - 1)
     if rank < P - 1:
-        sends.extend(_send(link, s_out, rank + 1))
+        sends.extend(_send(link, s_out, rank + 1, msg))
     return s_in, s_out
 
 
@@ -73,13 +88,14 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list):
 def backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list):
     """Run this rank's link of the backward chain; returns (ds_out or None, M_r = gradient of X_{r-1})."""
     rank, P = link.group.rank(), link.group.size()
-    ds_out = d_final
+    msg = None
     if rank < P - 1:
-        m_next = _recv(link, rank + 1)
-        ds_out = m_next if d_final is None else m_next + d_final
-    ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
+        ds_out, ds_in, msg = _carry(link, _recv(link, rank + 1), rank + 1, ds_loc, log_decay, d_final, seal=rank > 0)
+    else:
+        ds_out = d_final
+        ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
     if rank > 0:
-        sends.extend(_send(link, ds_in, rank - 1))
+        sends.extend(_send(link, ds_in, rank - 1, msg))
     return ds_out, ds_in
 
 

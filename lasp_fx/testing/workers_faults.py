@@ -100,3 +100,13 @@ def parallelize_length_change(rank: int, world: int, case: dict) -> list:
     if rank == CULPRIT:
         time.sleep(case["timeout"] + 1)
     return outcomes
+
+
+def device_mismatch(rank: int, world: int, method: str) -> dict:
+    """The CUDA path's check (run on CPU with LASP_FX_DEVICE_CHECKS=1): rank CULPRIT passes another
+    length with check=False; nothing raises, and what depends on a mismatched header is NaN."""
+    x = _inputs(6 if rank == CULPRIT else 8, decay=True)
+    o = lasp_fx.linear_attention(**x, group=dist.group.WORLD, method=method, check=False, timeout=30.0)
+    o.sum().backward()
+    return {"o finite": bool(torch.isfinite(o).all()),
+            "grads finite": all(bool(torch.isfinite(t.grad).all()) for t in x.values())}
