@@ -139,7 +139,7 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable
     if peer.usable(group, s_loc.device, s_loc.dtype):  # one kernel: push, wait, combine (distributed/peer.py)
         link.sent = True  # nothing to abandon: the peers wait in the kernel, whose spin bounds it
         def through_peers():
-            late, end = peer.exchange(s_loc, log_decay, None, group, forward=True)
+            late, end = peer.exchange(s_loc, log_decay, None, group, True, *_checks(link))
             return (None if rank == 0 else late), end
 
         return through_peers
@@ -173,7 +173,7 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list) 
 
     def finish():
         if peer.usable(group, n.device, n.dtype):
-            late, end = peer.exchange(n, log_decay, d_final, group, forward=False)
+            late, end = peer.exchange(n, log_decay, d_final, group, False, *_checks(link))
             return (d_final if rank == P - 1 else late), end
         rows = _gather(link, n, log_decay)()
         if rank == P - 1:
