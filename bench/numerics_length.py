@@ -4,7 +4,8 @@
 
 Sweep: T in --ts (default 4K .. 1M), B = 1, H = --heads, D = E = --dim; decays: none; constant
 per head at log-decay -1e-3, -0.1, -1 and -20 (every head the same: the strongest forgets a
-token after one step); per-token gates (log-sigmoid of N(2, 1), and x 10 stronger). Inputs are
+token after one step); per-token gates (log-sigmoid of N(2, 1), and x 10 stronger), and gates
+with a -inf (a state reset) every 1000 tokens. Inputs are
 drawn in float64, then the op runs in bf16 (Triton kernels; the decay in float32) and in float64
 through the chunked PyTorch path on the same GPU (ops/chunked.py: memory linear in T). Reported:
 relative RMS error of o, dq, dk, dv and dlog_decay, and whether any output or gradient holds a
@@ -30,7 +31,7 @@ import lasp_fx
 from lasp_fx.testing.numerics import rel_rms
 
 DECAYS = [("none", None), ("const", -1e-3), ("const", -0.1), ("const", -1.0), ("const", -20.0),
-          ("gate", 1.0), ("gate", 10.0)]
+          ("gate", 1.0), ("gate", 10.0), ("reset", 1.0)]
 
 
 def _inputs(T, H, D, decay, strength, seed, device):
@@ -39,9 +40,11 @@ def _inputs(T, H, D, decay, strength, seed, device):
     x["k"] /= D**0.25
     if decay == "const":
         x["log_decay"] = torch.full((H,), strength, device=device, dtype=torch.float64)
-    elif decay == "gate":
+    elif decay in ("gate", "reset"):
         logit = torch.randn(1, T, H, generator=gen, device=device, dtype=torch.float64) + 2.0
         x["log_decay"] = torch.nn.functional.logsigmoid(logit) * strength
+        if decay == "reset":  # -inf gates (state resets, as at document boundaries) every ~1000 tokens
+            x["log_decay"][:, 997::1000] = float("-inf")
     x["do"] = torch.randn(1, T, H, D, generator=gen, device=device, dtype=torch.float64)
     return x
 
@@ -67,6 +70,7 @@ def sweep(args, out, save):
             o_ref, g_ref = _run(x, torch.float64)
             row = dict(T=T, decay=decay, strength=strength, finite=_finite(o, *g.values()),
                        o=rel_rms(o, o_ref), **{f"d{n}": rel_rms(g[n], g_ref[n]) for n in g},
+                       dlog_decay_ref_rms=None if "log_decay" not in g_ref else float(g_ref["log_decay"].pow(2).mean().sqrt()),
                        seconds=round(time.monotonic() - start, 2))
             out["rows"].append(row)
             save()
