@@ -70,7 +70,8 @@ def sweep(args, out, save):
             o_ref, g_ref = _run(x, torch.float64)
             row = dict(T=T, decay=decay, strength=strength, finite=_finite(o, *g.values()),
                        o=rel_rms(o, o_ref), **{f"d{n}": rel_rms(g[n], g_ref[n]) for n in g},
-                       dlog_decay_ref_rms=None if "log_decay" not in g_ref else float(g_ref["log_decay"].pow(2).mean().sqrt()),
+                       dlog_decay_ref_rms=None if "log_decay" not in g_ref
+                       else float(g_ref["log_decay"].pow(2).mean().sqrt()),
                        seconds=round(time.monotonic() - start, 2))
             out["rows"].append(row)
             save()
@@ -89,8 +90,8 @@ def large(args, out, save):
     leaves = {n: t.requires_grad_() for n, t in x.items()}
     o = lasp_fx.linear_attention(leaves["q"], leaves["k"], leaves["v"], g)
     o.backward(do)
-    res = dict(T=T, elements=T * H * D, over_2_31=T * H * D > 2**31, finite=_finite(o, *(t.grad for t in leaves.values())),
-               windows=[])
+    res = dict(T=T, elements=T * H * D, over_2_31=T * H * D > 2**31,
+               finite=_finite(o, *(t.grad for t in leaves.values())), windows=[])
     W, ctx = 256, 64
     for s in (0, T // 2, boundary - W // 2, boundary + 8, T - W):
         a, b = max(0, s - ctx), min(T, s + W + ctx)

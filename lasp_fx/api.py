@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lasp_fx.compile import make_backend
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 from lasp_fx.distributed.mesh import SequenceMesh
 
 
@@ -44,7 +45,7 @@ class ParallelConfig:
     compiler: str = "auto"
     """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
     CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT
     """Seconds a rank waits in linear attention's state exchange for a peer that failed, died or
     is stuck, before it raises ExchangeTimeoutError naming that peer (a peer that fails inside the
     exchange is reported at once). On CPU (gloo) groups; on CUDA the process group's timeout
@@ -81,9 +82,9 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
     @functools.wraps(original)
     def forward(*args, **kwargs):
         args, kwargs, length = smesh.shard_inputs(args, kwargs, config.seq_dim, config.inputs)
-        if not state["checked"]:
-            smesh.check_same_batch(args, kwargs)
-            state["checked"] = True
+        # every call on a CPU group; on NCCL the first, then the headers of the states (distributed/header.py)
+        smesh.check_same_batch(args, kwargs, first=not state["checked"], timeout=config.timeout)
+        state["checked"] = True
         out = _surface_errors(compiled, args, kwargs)
         return smesh.wrap_outputs(out, config.seq_dim, length, config.outputs)
 

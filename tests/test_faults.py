@@ -54,16 +54,19 @@ def test_every_other_rank_raises_within_the_bound(method, fault):
         assert "q [1, 8, 2, 4]" in mismatch and "q [1, 6, 2, 4]" in mismatch, mismatch
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_parallelize_refuses_a_later_call_with_another_local_length(method):
+def test_parallelize_refuses_a_later_call_with_another_local_length():
+    """On a CPU group every call's shapes are compared (8 bytes on the host): every rank raises the
+    same error naming each rank's shapes. (On NCCL the op's headers check it: the tests above.)"""
+    method = "ring"
     results = run_spawned(workers_faults.parallelize_length_change, 2, dict(method=method, timeout=TIMEOUT_S),
                           timeout=240, pg_timeout=10)
     for rank, outcomes in enumerate(results):
         assert outcomes[0]["error"] is None, f"rank {rank}: the first call failed: {outcomes[0]}"
         assert len(outcomes) == 2 and outcomes[1]["error"] is not None, f"rank {rank} returned a result: {outcomes}"
-    mismatch = results[1][1]
-    assert mismatch["error"] == "RankMismatchError", mismatch
-    assert ", 8, " in mismatch["message"] and ", 6, " in mismatch["message"], mismatch["message"]
+    for rank, (_, mismatch) in enumerate(results):
+        assert mismatch["error"] == "RankMismatchError", f"rank {rank}: {mismatch}"
+        assert "rank 0: [[1, 8]" in mismatch["message"] and "rank 1: [[1, 6]" in mismatch["message"], mismatch
+        assert mismatch["seconds"] < BOUND_S
 
 
 class _Group:

@@ -27,7 +27,8 @@ _DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")
 _DIRECTIONS = ("forward", "backward")
 _DIMS = ("B", "T", "H", "H_kv", "D", "E")
 _TEXT = SIZE - 24  # characters of a failure's reason that fit
-CHECKED = slice(0, 22)  # the encoded values that must agree: magic, status, direction, shapes, dtype, decay, method, scale
+# the encoded values that must agree: magic, status, direction, shapes, dtype, decay form, method, scale
+CHECKED = slice(0, 22)
 OK, FAILED = 0, 1
 
 

@@ -199,7 +199,7 @@ def linear_attention(
     group=None,
     method: str = "auto",
     check: bool = True,
-    timeout: float = 600.0,
+    timeout: float = 600.0,  # distributed.link.DEFAULT_TIMEOUT (not imported here: distributed builds on this module)
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 

@@ -255,7 +255,8 @@ def check_reset(rank: int, world: int, method: str) -> dict:
     ref_o, _, ref_grads, ref_dg = run(slice(0, T * world), None)
     prefix = lasp_fx.linear_attention(*(full[n][:, : (rank + 1) * T] for n in "qkv"), g_all[:, : (rank + 1) * T],
                                       output_final_state=True)[1]
-    errors = {"o": rel_rms(o, ref_o[:, cut]), "final_state": rel_rms(s, prefix), "dlog_decay": rel_rms(dg, ref_dg[:, cut])}
+    errors = {"o": rel_rms(o, ref_o[:, cut]), "final_state": rel_rms(s, prefix),
+              "dlog_decay": rel_rms(dg, ref_dg[:, cut])}
     errors.update({f"d{n}": rel_rms(grads[n], ref_grads[n][:, cut]) for n in "qkv"})
     errors["non-finite"] = float(not all(torch.isfinite(t).all() for t in (o, s, dg, *grads.values())))
     return errors
