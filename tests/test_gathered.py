@@ -68,7 +68,8 @@ def _header(T, rank=0):
 
 
 @pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
-@pytest.mark.parametrize("P, rank, forward, with_final", [CASES[0], CASES[-1]] + [c for c in CASES if "P3-rank1" in c.id])
+@pytest.mark.parametrize("P, rank, forward, with_final",
+                         [CASES[0], CASES[-1]] + [c for c in CASES if "P3-rank1" in c.id])
 def test_combination_checks_every_rows_header(P, rank, forward, with_final, mismatch):
     from lasp_fx.distributed import header
 
