@@ -27,6 +27,12 @@ only sends and does so at once; the all-gather where its result is needed (allga
 why not alongside the kernels).
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
 
+Failures: every state message carries the call's header (header.py), checked where it is
+received, so ranks that disagree raise (CPU groups) or get NaN (CUDA: checked inside the
+combination kernels, no host sync) instead of mixing states; check=True first all-gathers the
+headers (meta.py) so that every rank raises alike. Waits on CPU groups are bounded by `timeout`,
+and a rank that fails before its message has left sends a FAILED header in its place (link.py).
+
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
     o            rank r's slice of the single-device output.
     final_state  X_r, the state after the last token of rank r's slice; on the last rank this is
