@@ -56,6 +56,14 @@ class Header:
         return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_pick(_DECAYS, self.decay)}, "
                 f"method {_pick(METHODS, self.method)}, scale {self.scale:g}")
 
+    def differences(self, other: "Header") -> str:
+        """What differs from `other`, shortly ("T 8 vs 6, dtype 2 vs 3"): fits a FAILED header's reason."""
+        mine = dict(zip(_DIMS, self.dims), dtype=self.dtype, decay=self.decay, method=self.method,
+                    scale=self.scale, direction=self.direction)
+        theirs = dict(zip(_DIMS, other.dims), dtype=other.dtype, decay=other.decay, method=other.method,
+                      scale=other.scale, direction=other.direction)
+        return ", ".join(f"{k} {mine[k]:g} vs {theirs[k]:g}" for k in mine if mine[k] != theirs[k])
+
     def failed(self, reason: str) -> "Header":
         return Header(self.dims, self.dtype, self.decay, self.method, self.scale, self.direction, self.rank,
                       FAILED, reason)
@@ -99,11 +107,12 @@ def as_tensor(header: Header, like: Tensor) -> Tensor:
     Read-only, and the same tensor for the same header: a training loop's calls repeat a few
     headers, so the copy to the GPU happens once per layout, not once per call.
     """
-    return _as_tensor(header, like.dtype, like.device)
+    return encoded(header, like.dtype, like.device)
 
 
 @functools.lru_cache(maxsize=256)
-def _as_tensor(header: Header, dtype: torch.dtype, device: torch.device) -> Tensor:
+def encoded(header: Header, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """as_tensor by dtype and device (read-only: shared by every call with this header)."""
     return torch.tensor(header.encode(), dtype=dtype, device=device)
 
 

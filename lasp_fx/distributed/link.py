@@ -24,7 +24,6 @@ DEFAULT_TIMEOUT = 600.0
 peer saving a checkpoint or compiling a graph, short enough that a dead job frees its machines."""
 
 
-
 def checks_on_host(device: torch.device) -> bool:
     """Whether a call's exchange with states on `device` takes the host path (see Link.host)."""
     return device.type == "cpu" and os.environ.get("LASP_FX_DEVICE_CHECKS", "0") != "1"
@@ -32,6 +31,8 @@ def checks_on_host(device: torch.device) -> bool:
 
 @dataclass
 class Link:
+    """What one direction of one call's exchange needs besides the states (module docstring)."""
+
     group: object
     header: hdr.Header
     timeout: float
@@ -60,7 +61,7 @@ class Link:
 
     def tail(self) -> Tensor:
         """This rank's header as a tensor of the state dtype on the state's device (cached per header)."""
-        return hdr._as_tensor(self.header, self.dtype, self.device)
+        return hdr.encoded(self.header, self.dtype, self.device)
 
     def seal(self, parts: list[Tensor], status: hdr.Header | None = None) -> Tensor:
         """One flat message: `parts` flattened, then the header (or `status`, a FAILED header)."""
@@ -97,8 +98,8 @@ class Link:
                 raise error
         if any(h.key() != self.header.key() for h in got.values()):
             error = RankMismatchError(hdr.mismatch_message({self.rank: self.header, **got}, self.group))
-            error.short = "inputs differ: " + "; ".join(
-                f"r{r} T={h.dims[1]}" for r, h in sorted({self.rank: self.header, **got}.items()))
+            src, other = next((r, h) for r, h in got.items() if h.key() != self.header.key())
+            error.short = f"inputs differ from rank {src}'s: {self.header.differences(other)}"
             raise error
         return payload
 
