@@ -123,7 +123,7 @@ def _cases(dev, group):
         cases["LASP ring fwd+bwd, backward on this thread"] = grads_cleared(on_this_thread(lasp_step))
         cases["LASP ring fwd+bwd, Triton's launch path"] = grads_cleared(triton_path(lasp_step))
         cases["LASP ring fwd+bwd via the custom op"] = grads_cleared(
-            lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False)[0].backward(do)
+            lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False, 600.0)[0].backward(do)
         )
         cases.update(_lasp_pieces(qd, kd, vd, g, do, scale, group))
     return cases
@@ -142,11 +142,12 @@ def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
 
     def exchange(direction):
         sends = []
+        link = lasp._link(q, k, v, g, scale, group, "ring", 600.0, "forward" if direction == "fwd" else "backward")
         if direction == "fwd":
-            ring.forward(s, A, group, sends)
+            ring.forward(s, A, link, sends)
         else:
-            ring.backward(s, A, s, group, sends)
-        wait_all(sends)
+            ring.backward(s, A, s, link, sends)
+        wait_all(sends, link)
 
     def send_recv():  # the bare NCCL pair: rank 0 sends, rank 1 receives
         if group.rank() == 0:
@@ -165,9 +166,9 @@ def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
         "  primitive fwd, late state at once": lambda: kern.fwd(q, k, v, g, scale, state_hook=late),
         "  primitive bwd, late state at once": lambda: kern.bwd(q, k, v, g, scale, do, s, state_hook=late,
                                                                  decay_grad=False),
-        "  LASP forward, no autograd": lambda: lasp._forward(q, k, v, g, None, scale, group, "ring", False),
+        "  LASP forward, no autograd": lambda: lasp._forward(q, k, v, g, None, scale, group, "ring", False, 600.0),
         "  LASP gradients, no autograd": lambda: lasp._gradients(do, None, q, k, v, g, s, scale, group, "ring",
-                                                                 False),
+                                                                 False, 600.0),
     }
 
 

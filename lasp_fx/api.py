@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lasp_fx.compile import make_backend
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 from lasp_fx.distributed.mesh import SequenceMesh
 
 
@@ -53,6 +54,12 @@ class ParallelConfig:
     compiler: str = "auto"
     """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
     CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds a rank waits in linear attention's state exchange for a peer that failed, died or
+    is stuck, before it raises ExchangeTimeoutError naming that peer (a peer that fails inside the
+    exchange is reported at once). On CPU (gloo) groups; on CUDA the process group's timeout
+    bounds NCCL's waits (init_process_group(timeout=...), 10 minutes by default), as it bounds
+    the other collectives of the step. 600 s: NCCL's default, room for a peer saving a checkpoint."""
 
 
 def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = None, **options) -> nn.Module:
@@ -81,17 +88,17 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
 
         checkpoint_blocks(model)
     original = model.forward
-    backend = make_backend(smesh.spec(config.method), seq_dim=config.seq_dim, compiler=config.compiler,
-                           offload=config.offload)
+    backend = make_backend(smesh.spec(config.method, config.timeout), seq_dim=config.seq_dim,
+                           compiler=config.compiler, offload=config.offload)
     compiled = torch.compile(original, backend=backend, fullgraph=True, dynamic=False)
     state = {"checked": False}
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
         args, kwargs, length = smesh.shard_inputs(args, kwargs, config.seq_dim, config.inputs)
-        if not state["checked"]:
-            smesh.check_same_batch(args, kwargs)
-            state["checked"] = True
+        # every call on a CPU group; on NCCL the first, then the headers of the states (distributed/header.py)
+        smesh.check_same_batch(args, kwargs, first=not state["checked"], timeout=config.timeout)
+        state["checked"] = True
         out = _surface_errors(compiled, args, kwargs)
         return smesh.wrap_outputs(out, config.seq_dim, length, config.outputs)
 
@@ -133,6 +140,8 @@ def _check_config(config: ParallelConfig) -> None:
         value = getattr(config, field)
         if value not in allowed:
             raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+    if not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {config.timeout!r}")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "lasp_fx.parallelize needs torch.distributed: run under torchrun and call "

@@ -188,7 +188,7 @@ def test_exchange_starts_where_it_is_needed(device, world, method, direction):
     expected = {  # per rank (0, 1), P = 2
         ("allgather", "forward"): [["_all_gather_single", "begun", "finished"]] * 2,
         ("allgather", "backward"): [["begun", "_all_gather_single", "finished"]] * 2,
-        ("ring", "forward"): [["begun", "_send", "finished"], ["begun", "_recv_like", "finished"]],
-        ("ring", "backward"): [["begun", "_recv_like", "finished"], ["_send", "begun", "finished"]],
+        ("ring", "forward"): [["begun", "_send", "finished"], ["begun", "_recv", "finished"]],
+        ("ring", "backward"): [["begun", "_recv", "finished"], ["_send", "begun", "finished"]],
     }[method, direction]
     assert _spawned(device, world, ("exchange_order", (method, direction))) == expected

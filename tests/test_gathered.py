@@ -59,3 +59,57 @@ def test_combination_matches_the_chain(P, rank, forward, with_final, has_decay, 
     assert late.dtype == end.dtype == dtype
     assert_close_rms(late, ref_late, tol, "late")
     assert_close_rms(end, ref_end, tol, "end")
+
+
+def _header(T, rank=0):
+    from lasp_fx.distributed import header
+
+    q = torch.zeros(B, T, H, D)
+    return header.make(q, q, torch.zeros(B, T, H, E), None, 0.5, "ring", "forward", rank)
+
+
+@pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
+@pytest.mark.parametrize("P, rank, forward, with_final",
+                         [CASES[0], CASES[-1]] + [c for c in CASES if "P3-rank1" in c.id])
+def test_combination_checks_every_rows_header(P, rank, forward, with_final, mismatch):
+    from lasp_fx.distributed import header
+
+    rows, states, decays = _rows(P, True, torch.float32, seed=P)
+    tails = torch.stack([header.as_tensor(_header(7 if mismatch and j == P - 1 else 8, j), rows) for j in range(P)])
+    own = header.as_tensor(_header(8, rank), rows)
+    d_final = torch.randn(B, H, D, E) if with_final else None
+    late, end = combine_gathered(torch.cat([rows, tails], 1), (B, H, D, E), rank, forward, True, d_final,
+                                 own_tail=own, checked=header.CHECKED.stop)
+    if mismatch:
+        assert late.isnan().all() and end.isnan().all()
+    else:
+        ref_late, ref_end = _reference(states, decays, rank, forward, None if d_final is None else d_final.double())
+        assert_close_rms(late, ref_late, 1e-6, "late")
+        assert_close_rms(end, ref_end, 1e-6, "end")
+
+
+@pytest.mark.parametrize("seal", [False, True], ids=["last", "sends_on"])
+@pytest.mark.parametrize("with_final", [False, True], ids=["", "d_final"])
+@pytest.mark.parametrize("has_decay", [False, True], ids=["no_decay", "decay"])
+@pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
+def test_ring_link_in_one_launch(mismatch, has_decay, with_final, seal):
+    from lasp_fx.distributed import header
+    from lasp_fx.ops.triton.gathered import checked_step
+
+    gen = torch.Generator().manual_seed(1)
+    x, own, d_final = (torch.randn(B, H, D, E, generator=gen) for _ in range(3))
+    a = -torch.rand(B, H, generator=gen) * 3 if has_decay else None
+    mine = header.as_tensor(_header(8, 1), x)
+    msg = torch.cat([x.reshape(-1), header.as_tensor(_header(9 if mismatch else 8, 0), x)])
+    late, end = checked_step(msg, mine, own, a, d_final if with_final else None, seal=seal,
+                             checked=header.CHECKED.stop)
+    ref_late = x + (d_final if with_final else 0)
+    ref_end = own + (ref_late if a is None else torch.exp(a)[..., None, None] * ref_late)
+    state = end[: x.numel()].view(x.shape) if seal else end
+    if seal:
+        assert torch.equal(end[x.numel():], mine)  # the next message carries this rank's header
+    if mismatch:
+        assert late.isnan().all() and state.isnan().all()
+    else:
+        assert_close_rms(late, ref_late.double(), 1e-6, "late")
+        assert_close_rms(state, ref_end.double(), 1e-6, "end")

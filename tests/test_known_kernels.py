@@ -43,7 +43,7 @@ def test_kernel_model_trains_sequence_parallel():
     case = dict(model="lasp_fx.testing.kernel_models:FlaSimpleGLA", ids=ids, labels=ids.clone(),
                 options={"compiler": "eager"})
     reference = workers_parallel.single(dict(case, kwargs={"reference": True}))
-    got = run_spawned(workers_parallel.parallel, 2, [case], timeout=600)[0][0]
-    assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(reference["logits"])) <= 1e-5
-    for name, g in reference["grads"].items():
-        assert rel_rms(torch.as_tensor(got["grads"][name]), torch.as_tensor(g)) <= 1e-4, name
+    for rank, (got,) in enumerate(run_spawned(workers_parallel.parallel, 2, [case], timeout=600)):
+        assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(reference["logits"])) <= 1e-5, f"rank {rank}"
+        for name, g in reference["grads"].items():
+            assert rel_rms(torch.as_tensor(got["grads"][name]), torch.as_tensor(g)) <= 1e-4, f"rank {rank}: {name}"

@@ -69,6 +69,7 @@ def test_float32_losses_of_20_steps_match(device, world_size):
             assert ref["losses"][-1] < ref["losses"][0]  # it trains
             for step, (a, b) in enumerate(zip(got["losses"], ref["losses"])):
                 assert abs(a - b) <= 1e-4 * abs(b), f"{case['model']} rank {rank} step {step}: {a} vs {b}"
+            _check(got, ref, 1e-5, f"{case['model']} rank {rank} (float32)")
 
 
 @pytest.mark.parametrize("device, world_size", device_worlds(4, exact=True))
@@ -88,8 +89,9 @@ def test_2d_mesh_with_ddp_or_fsdp_over_dp(device, world_size):
             for p, g in mean_grads.items():
                 err = rel_rms(torch.as_tensor(got["grads"][p]), g)
                 assert err <= 1e-10, f"{case['model']} rank {rank}: gradient of {p} off by {err:.2e}"
-            logits = torch.as_tensor(halves[rank // 2]["logits"])
-            assert rel_rms(torch.as_tensor(got["logits"]), logits) <= 1e-10, f"{case['model']} rank {rank}: logits"
+            half = halves[rank // 2]
+            assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(half["logits"])) <= 1e-10, f"rank {rank}"
+            assert rel_rms(torch.as_tensor(got["loss"]), torch.as_tensor(half["loss"])) <= 1e-10, f"rank {rank}"
 
 
 @pytest.mark.parametrize("device, world_size", device_worlds(3))

@@ -67,3 +67,24 @@ def test_usable_only_for_float32_cuda_states_on_one_host():
     for answers in run_spawned(workers_peer.usable_answers, 2, timeout=120):
         assert answers == {"cpu": False, "cuda_float64": False, "cuda_float32": True, "kept": True,
                            "turned_off": False, "released": True}
+
+
+@pytest.mark.parametrize("culprit", [None, 0], ids=["same_headers", "rank0_other_length"])
+def test_headers_ride_in_the_slots_and_a_mismatch_gives_nan(culprit, tmp_path):
+    P = 3
+    calls = [c for c in _calls(P, True, seed=9) if c[0]][:1]  # one forward exchange
+    workers_peer.make_files(str(tmp_path), P, (B, H, D, E))
+    f32 = [(fwd, x.float(), a.float(), None) for fwd, x, a, _ in calls]
+    lengths = [7 if r == culprit else 8 for r in range(P)]
+    results = run_spawned(workers_peer.exchanges, P, str(tmp_path), f32, 1 << 20, lengths, timeout=300)
+    for rank, (outs, flags) in enumerate(results):
+        late, end = (torch.as_tensor(t) for t in outs[0])
+        assert not flags.any()
+        if culprit is not None and rank > culprit:  # these combine rank 0's state: its header differs
+            assert late.isnan().all() and end.isnan().all(), f"rank {rank}"
+        else:
+            assert torch.isfinite(end).all(), f"rank {rank}"
+    if culprit is None:  # same as without headers
+        plain = run_spawned(workers_peer.exchanges, P, str(tmp_path), f32, timeout=300)
+        for (outs, _), (ref, _) in zip(results, plain):
+            assert all((torch.as_tensor(a) == torch.as_tensor(b)).all() for a, b in zip(outs[0], ref[0]))

@@ -24,6 +24,7 @@ and the peer kernel ~10 us at P = 2 (bench/records/2026-11-28_peer).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -31,7 +32,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lasp_fx.distributed.combine import step
-from lasp_fx.distributed import peer
+from lasp_fx.distributed.link import Link
+from lasp_fx.distributed import header, peer
 from lasp_fx.ops.triton.gathered import combine_gathered
 
 
@@ -54,10 +56,39 @@ def gather_rows(msg: Tensor, group, async_op: bool = False):
     return wait
 
 
-def _gather(x: Tensor, log_decay, group) -> Callable[[], Tensor]:
-    """Start one all-gather of every rank's x and log-decay; returns the wait giving the rows [P, n]."""
-    parts = [x.reshape(-1)] if log_decay is None else [x.reshape(-1), log_decay.reshape(-1).to(x.dtype)]
-    return gather_rows(torch.cat(parts), group, async_op=True)
+def _gather(link: Link, x: Tensor, log_decay) -> Callable[[], Tensor]:
+    """Start one all-gather of every rank's x, log-decay and header; returns the wait giving the checked
+    rows [P, n] (their payloads: the headers are checked by `link.open`, distributed/header.py)."""
+    parts = [x] if log_decay is None else [x, log_decay]
+    msg = link.seal(parts)
+    P = link.group.size()
+    out = msg.new_empty(P * msg.numel())  # flat: gloo takes no [P, n] output
+    work = _all_gather_single(out, msg, group=link.group, async_op=True)
+    link.sent = True
+
+    def wait() -> Tensor:
+        link.wait(work, "all ranks")  # NCCL: the current stream waits, the host does not
+        rows = out.view(P, msg.numel())
+        # on CUDA the combination kernel checks the headers (ops/triton/gathered.py): rows as gathered
+        return link.open(rows, list(range(P))) if link.on_host else rows
+
+    return wait
+
+
+def _checks(link: Link) -> tuple:
+    """(own header, how many of its values must agree): what combine_gathered checks every row's header against."""
+    return link.tail(), header.CHECKED.stop
+
+
+def abandon(link: Link, failed) -> None:
+    """Join the all-gather with the FAILED header `failed` in place of this rank's row (link.py)."""
+    if link.sent:
+        return
+    n = math.prod(link.state_shape) + (link.state_shape[0] * link.state_shape[1] if link.has_decay else 0)
+    msg = link.seal([torch.zeros(n, dtype=link.dtype, device=link.device)], status=failed)
+    link.sent = True
+    out = msg.new_empty(link.group.size() * msg.numel())
+    link.wait(_all_gather_single(out, msg, group=link.group, async_op=True), "all ranks")
 
 
 def _split(rows: Tensor, x: Tensor, log_decay) -> tuple:
@@ -99,26 +130,27 @@ def _weighted_sum(log_w, xs: Tensor) -> Tensor:
     return (torch.exp(log_w)[..., None, None] * xs).sum(0)
 
 
-def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], tuple]:
+def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable[[], tuple]:
     """Start the exchange; returns the step that finishes it: (X_{r-1} or None on rank 0, X_r).
 
     `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
-    rank = group.rank()
+    group, rank = link.group, link.group.rank()
     if peer.usable(group, s_loc.device, s_loc.dtype):  # one kernel: push, wait, combine (distributed/peer.py)
+        link.sent = True  # nothing to abandon: the peers wait in the kernel, whose spin bounds it
         def through_peers():
-            late, end = peer.exchange(s_loc, log_decay, None, group, forward=True)
+            late, end = peer.exchange(s_loc, log_decay, None, group, True, *_checks(link))
             return (None if rank == 0 else late), end
 
         return through_peers
-    wait = _gather(s_loc, log_decay, group)
+    wait = _gather(link, s_loc, log_decay)
 
     def finish():
         rows = wait()
         if rank == 0:
             return None, s_loc
-        if rows.is_cuda:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below
-            return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None)
+        if not link.on_host:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below and the check
+            return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None, None, *_checks(link))
         states, decays = _split(rows, s_loc, log_decay)
         log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}
         s_in = _weighted_sum(log_w, states[:rank])
@@ -127,26 +159,27 @@ def begin_forward(s_loc: Tensor, log_decay, group, sends: list) -> Callable[[], 
     return finish
 
 
-def forward(s_loc: Tensor, log_decay, group, sends: list):
+def forward(s_loc: Tensor, log_decay, link: Link, sends: list):
     """Run the exchange at once; returns (X_{r-1} or None on rank 0, X_r)."""
-    return begin_forward(s_loc, log_decay, group, sends)()
+    return begin_forward(s_loc, log_decay, link, sends)()
 
 
-def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Callable[[], tuple]:
+def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list) -> Callable[[], tuple]:
     """The exchange, issued when the returned step is called (after LASP has queued dq: module
     docstring); the step gives (ds_out or None, M_r = gradient of X_{r-1})."""
-    rank, P = group.rank(), group.size()
+    group, rank, P = link.group, link.group.rank(), link.group.size()
+    link.sent = peer.usable(group, ds_loc.device, ds_loc.dtype)  # as in begin_forward
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
 
     def finish():
         if peer.usable(group, n.device, n.dtype):
-            late, end = peer.exchange(n, log_decay, d_final, group, forward=False)
+            late, end = peer.exchange(n, log_decay, d_final, group, False, *_checks(link))
             return (d_final if rank == P - 1 else late), end
-        rows = _gather(n, log_decay, group)()
+        rows = _gather(link, n, log_decay)()
         if rank == P - 1:
             return d_final, n
-        if rows.is_cuda:
-            return combine_gathered(rows, n.shape, rank, False, log_decay is not None, d_final)
+        if not link.on_host:
+            return combine_gathered(rows, n.shape, rank, False, log_decay is not None, d_final, *_checks(link))
         grads, decays = _split(rows, n, log_decay)
         log_w = None if decays is None else _crossed(decays, rank, forward=False)  # A_{r+1} + ... + A_{j-1}
         m_next = _weighted_sum(log_w, grads[rank + 1 :])
@@ -155,6 +188,6 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list) -> Ca
     return finish
 
 
-def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+def backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list):
     """Run the exchange at once; returns (ds_out or None, M_r = gradient of X_{r-1})."""
-    return begin_backward(ds_loc, log_decay, d_final, group, sends)()
+    return begin_backward(ds_loc, log_decay, d_final, link, sends)()

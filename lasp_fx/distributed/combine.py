@@ -26,8 +26,11 @@ def step(x: Tensor, log_decay, s: Tensor) -> Tensor:
     return torch.addcmul(s, torch.exp(log_decay)[..., None, None], x)
 
 
-def wait_all(works: list) -> None:
-    """Wait for sends once the call's own kernels are queued: keeps the sent buffers alive until they are out."""
-    for work in works:
-        work.wait()
+def wait_all(works: list, link) -> None:
+    """Wait for sends once the call's own kernels are queued: keeps the sent buffers alive until they are out.
+
+    `works` holds (work, peer, message) triples; the wait is bounded by the link's timeout (link.py).
+    """
+    for work, peer, _message in works:
+        link.wait(work, peer)
     works.clear()

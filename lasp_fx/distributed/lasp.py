@@ -2,10 +2,12 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
 the group travels as its name, and every output is consumed: STACK.md section 3):
-    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check)
+    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check,
+        timeout)
         -> (o, final_state, state_in, saved_states)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        saved_states?, final_state?, scale, group_name, method, decay_grad) -> (dq, dk, dv, dlog_decay, d_state_in)
+        saved_states?, final_state?, scale, group_name, method, decay_grad, timeout)
+        -> (dq, dk, dv, dlog_decay, d_state_in)
 (saved_states: the forward's own states, which the backward reuses: ops/op.py.)
 Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
 torch.autograd.Function instead (ops.op.runs_eagerly says why).
@@ -24,6 +26,12 @@ stream's order (combine.py): the ring's backward links after dq, except the last
 only sends and does so at once; the all-gather where its result is needed (allgather.py says
 why not alongside the kernels).
 Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
+
+Failures: every state message carries the call's header (header.py), checked where it is
+received, so ranks that disagree raise (CPU groups) or get NaN (CUDA: checked inside the
+combination kernels, no host sync) instead of mixing states; check=True first all-gathers the
+headers (meta.py) so that every rank raises alike. Waits on CPU groups are bounded by `timeout`,
+and a rank that fails before its message has left sends a FAILED header in its place (link.py).
 
 Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
     o            rank r's slice of the single-device output.
@@ -44,11 +52,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lasp_fx.distributed import allgather, peer, ring
+from lasp_fx.distributed import allgather, header, peer, ring
 from lasp_fx.distributed.cost import METHODS, resolve_method
 from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT, Link, checks_on_host
 from lasp_fx.ops import chunked
 from lasp_fx.ops.op import kernels_for, runs_eagerly, saved_states_like, single_device
 
@@ -77,17 +86,39 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
     return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
 
 
-def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
+def _link(q, k, v, log_decay, scale, group, method, timeout, direction) -> Link:
+    B, _, H, D = q.shape
+    head = header.make(q, k, v, log_decay, scale, method, direction, group.rank())
+    return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
+                log_decay is not None, checks_on_host(q.device))
+
+
+def _guarded(link: Link, method: str, run):
+    """run(), and when it raises before this rank's message has left, the peers get a FAILED header
+    in its place (link.py), so they raise at once instead of waiting out the timeout."""
+    try:
+        return run()
+    except Exception as error:
+        if not link.sent:
+            try:
+                _EXCHANGES[method].abandon(link, link.failure(error))
+            except Exception:  # noqa: BLE001 - the peer may be gone too; the first error is the one to raise
+                pass
+        raise
+
+
+def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     method = _method(method, group, q, v)
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward")
     if check:
-        check_same_inputs(group, q, k, v, log_decay, scale, method)
+        check_same_inputs(link)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
     sends, got = [], []
 
     def start_exchange(s_loc):  # after the state pass: the all-gather is issued here
-        finish = _EXCHANGES[method].begin_forward(s_loc, A, group, sends)
+        finish = _EXCHANGES[method].begin_forward(s_loc, A, link, sends)
 
         def exchange():  # when fwd asks for the late state: at once, before the output kernel
             s_in, s_end = finish()
@@ -97,24 +128,28 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check):
         return exchange
 
     s0 = initial_state if rank == 0 else None
-    o, s_out, saved = kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True)
-    wait_all(sends)
+    o, s_out, saved = _guarded(
+        link, method, lambda: kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True)
+    )
+    wait_all(sends, link)
     return o, s_out, got[0] if rank > 0 else s0, saved
 
 
 def _gradients(
-    do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad
+    do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad,
+    timeout,
 ):  # fmt: skip
     """(dq, dk, dv, dlog_decay (empty without decay_grad), gradient of X_{r-1})."""
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final = None if d_final_state is None else d_final_state.contiguous()
     method = _method(method, group, q, v)
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "backward")
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 
     def start_exchange(ds_loc):  # after the state passes: the last ring link starts here
-        finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, group, sends)
+        finish = _EXCHANGES[method].begin_backward(ds_loc, A, d_final, link, sends)
 
         def exchange():  # when bwd asks for the late gradient (after dq): (ds_out, M_r) or None
             ds_out, ds_in = finish()
@@ -123,10 +158,10 @@ def _gradients(
         return exchange
 
     saved = None if saved_states is None else (saved_states, final_state)
-    dq, dk, dv, dG, ds_in = kern.bwd(
+    dq, dk, dv, dG, ds_in = _guarded(link, method, lambda: kern.bwd(
         q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad, saved=saved
-    )
-    wait_all(sends)
+    ))
+    wait_all(sends, link)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
     dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay).contiguous()
     return dq, dk, dv, dlog_decay, ds_in
@@ -143,9 +178,10 @@ def _sp_forward(
     group_name: str,
     method: str,
     check: bool,
+    timeout: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
-    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check)
+    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
     if s_in is None:  # rank 0 without an initial state; returned, so a tensor (the same as no state)
         s_in = torch.zeros_like(s_out)
     elif s_in is initial_state:  # an output must not alias an input
@@ -154,7 +190,7 @@ def _sp_forward(
 
 
 @_sp_forward.register_fake
-def _(q, k, v, log_decay, initial_state, scale, group_name, method, check):
+def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout):
     B, T, H, D = q.shape
     E = v.shape[-1]
     state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
@@ -176,26 +212,28 @@ def _sp_backward(
     group_name: str,
     method: str,
     decay_grad: bool,
+    timeout: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
     return _gradients(
-        do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad
+        do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad,
+        timeout,
     )
 
 
 @_sp_backward.register_fake
 def _(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group_name, method,
-      decay_grad):
+      decay_grad, timeout):
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, group, method, check = inputs
+    q, k, v, log_decay, initial_state, scale, group, method, check, timeout = inputs
     _, final_state, state_in, saved_states = output
     ctx.save_for_backward(q, k, v, log_decay, state_in, saved_states, final_state)
     ctx.has_initial_state = initial_state is not None
-    ctx.scale, ctx.group, ctx.method = scale, group, method
+    ctx.scale, ctx.group, ctx.method, ctx.timeout = scale, group, method, timeout
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
@@ -206,7 +244,7 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
-        ctx.method, decay_grad,
+        ctx.method, decay_grad, ctx.timeout,
     )  # fmt: skip
     d_initial = None
     if ctx.has_initial_state:  # read on rank 0 only: the other ranks' copies get zeros
@@ -217,6 +255,7 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
         dv,
         dlog_decay if decay_grad else None,
         d_initial,
+        None,
         None,
         None,
         None,
@@ -233,8 +272,8 @@ class _EagerLASP(torch.autograd.Function):
     around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check):
-        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check)
+    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
+        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
         outputs = _forward(*inputs)
         _setup_context(ctx, inputs, outputs)
         return outputs[:2]
@@ -245,7 +284,7 @@ class _EagerLASP(torch.autograd.Function):
 
 
 def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
-                                check: bool = True):
+                                check: bool = True, timeout: float = DEFAULT_TIMEOUT):
     """LASP over `group` on already-checked arguments (what `lasp_fx.linear_attention(..., group=)` calls).
 
     Args:
@@ -254,7 +293,10 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
             log_decay hold this rank's slice of the sequence.
         group: ProcessGroup, DeviceMesh (1-D, or its "sp" dimension) or group name.
         method: "ring" (P2P chain), "allgather" (one collective) or "auto" (cost.estimate decides).
-        check: all-gather the call's shapes first and raise on every rank if they differ (meta.py).
+        check: all-gather the call's header first and raise on every rank if they differ (meta.py);
+            without it the header the states carry is still checked by each receiver (header.py).
+        timeout: seconds a rank waits for a peer's state on a CPU group before ExchangeTimeoutError
+            (on CUDA the process group's own timeout bounds NCCL's waits: link.py).
 
     Returns:
         (o, final_state): this rank's output slice and the state after its slice (see module docstring).
@@ -266,6 +308,6 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
     if pg.size() == 1:
         return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
     if runs_eagerly(q, k, v, log_decay, initial_state):
-        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check)
-    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check)
+        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, timeout)
+    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, timeout)
     return o, final_state

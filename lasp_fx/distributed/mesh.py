@@ -5,7 +5,9 @@ Holds no global state: everything is derived from the mesh or group it was built
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -13,7 +15,9 @@ from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.utils._pytree import tree_flatten, tree_map
 
+from lasp_fx.distributed.errors import ExchangeTimeoutError, RankMismatchError
 from lasp_fx.distributed.group import SP_DIM, resolve_group
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,10 @@ class SequenceMesh:
     def size(self) -> int:
         return self.group.size()
 
-    def spec(self, method: str):
+    def spec(self, method: str, timeout: float = DEFAULT_TIMEOUT):
         from lasp_fx.passes.shard import ShardSpec
 
-        return ShardSpec(self.group.group_name, self.rank, self.size, method)
+        return ShardSpec(self.group.group_name, self.rank, self.size, method, timeout)
 
     # -------------------------------------------------------------------------- inputs
     def shard_inputs(self, args, kwargs, seq_dim: int, mode: str):
@@ -101,16 +105,39 @@ class SequenceMesh:
         args, kwargs = tree_map(shard, (args, kwargs))
         return args, kwargs, local
 
-    def check_same_batch(self, args, kwargs) -> None:
-        """Every rank must pass inputs of the same shapes: one all-gather, on the first call only."""
+    def check_same_batch(self, args, kwargs, first: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Every rank must pass inputs of the same shapes: raise ValueError on every rank if not.
+
+        On the first call always. After it only where the group has a CPU backend (gloo), where
+        the check is one all-gather of 8 bytes on the host: on an NCCL group it would wait for the
+        GPU, so there the state messages' headers check each call instead (distributed/header.py).
+        """
+        on_host = torch.device("cpu") in getattr(self.group, "_device_types", [torch.device("cpu")])
+        if not first and not on_host:
+            return
         flat, _ = tree_flatten((args, kwargs))
         shapes = [list(t.shape) for t in flat if isinstance(t, Tensor)]
+        if on_host:  # a digest first: the full shapes travel only when they differ
+            digest = int.from_bytes(hashlib.sha256(repr(shapes).encode()).digest()[:7], "little")
+            mine = torch.tensor([digest], dtype=torch.int64)
+            out = mine.new_empty(self.size)
+            work = dist.all_gather_into_tensor(out, mine, group=self.group, async_op=True)
+            try:
+                work.wait(timedelta(seconds=timeout))
+            except RuntimeError as e:
+                raise ExchangeTimeoutError(
+                    f"rank {self.rank}: the ranks' input shapes were not all gathered within {timeout:g} s "
+                    f"(lasp_fx parallelize): a rank failed before this call, died, or is stuck elsewhere. Cause: {e}"
+                ) from None
+            if bool((out == digest).all()):
+                return
         gathered = [None] * self.size
         dist.all_gather_object(gathered, shapes, group=self.group)
         if any(g != shapes for g in gathered):
-            raise ValueError(
-                f"ranks of the sequence-parallel group passed inputs of different shapes: {gathered}; "
-                "every rank must pass the same batch (or its own slice of it)"
+            per_rank = "; ".join(f"rank {r}: {g}" for r, g in enumerate(gathered))
+            raise RankMismatchError(
+                f"ranks of the sequence-parallel group passed inputs of different shapes ({per_rank}); "
+                "every rank must pass the same batch (or its own equal-length slice of it) on every call"
             )
 
     # -------------------------------------------------------------------------- outputs

@@ -113,10 +113,12 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
     )
 
 
-def exchange(x: Tensor, log_decay, d_final, group, forward: bool) -> tuple[Tensor, Tensor]:
-    """(late, end) of ops/triton/gathered.py through peer memory; see ops/triton/peer.exchange."""
+def exchange(x: Tensor, log_decay, d_final, group, forward: bool, own_tail=None, checked: int = 0):
+    """(late, end) of ops/triton/gathered.py through peer memory; see ops/triton/peer.exchange
+    (with `own_tail`, the senders' headers are checked in the kernel)."""
     bufs = buffers(group, x.shape, x.device)
-    return kernel.exchange(x, log_decay, d_final, group.rank(), group.size(), forward, bufs)
+    return kernel.exchange(x, log_decay, d_final, group.rank(), group.size(), forward, bufs, own_tail=own_tail,
+                           checked=checked)
 
 
 def release() -> None:

@@ -12,37 +12,60 @@ exposed after them, less its first hop (combine.py).
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
+from lasp_fx.distributed.link import Link
+from lasp_fx.ops.triton.gathered import checked_step
+
+# Every message is this rank's state followed by the call's header (distributed/header.py): the
+# receiver checks it before using the state, so ranks that disagree raise instead of mixing states.
 
 
-def _recv_like(x: Tensor, src: int, group) -> Tensor:
+def _recv(link: Link, src: int) -> Tensor:
+    """The raw message from `src`: its state [n] then its header [SIZE]."""
     # ProcessGroup.recv / send take group ranks and skip dist.irecv's Python checks (~20 us a call).
-    buf = torch.empty_like(x)
-    group.recv([buf], src, 0).wait()  # NCCL: the current stream waits, not the host
+    buf = torch.empty(math.prod(link.state_shape) + header.SIZE, dtype=link.dtype, device=link.device)
+    link.wait(link.group.recv([buf], src, 0), f"rank {src}")  # NCCL: the current stream waits, not the host
     return buf
 
 
-def _send(x: Tensor, dst: int, group) -> list:
-    return [group.send([x], dst, 0)]
+def _carry(link: Link, msg: Tensor, src: int, own: Tensor, log_decay, d_final, seal: bool):
+    """(late, end, the next message or None): late = the state in `msg` once its header checks out
+    (+ d_final), end = exp(A) late + own. On CUDA one kernel, which also writes end into the next
+    message with this rank's header (`seal`); on the host the header is read and a mismatch raises."""
+    if link.on_host:
+        late = link.open(msg[None], [src])[0].view(link.state_shape)
+        late = late if d_final is None else late + d_final
+        return late, step(late, log_decay, own), None
+    late, end = checked_step(msg, link.tail(), own, log_decay, d_final, seal=seal, checked=header.CHECKED.stop)
+    if not seal:
+        return late, end, None
+    return late, end[: own.numel()].view(own.shape), end
 
 
-def forward(s_loc: Tensor, log_decay, group, sends: list):
+def _send(link: Link, x: Tensor, dst: int, msg: Tensor | None = None) -> list:
+    msg = link.seal([x]) if msg is None else msg
+    link.sent = True
+    return [(link.group.send([msg], dst, 0), f"rank {dst}", msg)]
+
+
+def forward(s_loc: Tensor, log_decay, link: Link, sends: list):
     """Run this rank's link of the forward chain; returns (X_{r-1} or None on rank 0, X_r), the send in `sends`."""
-    rank, P = group.rank(), group.size()
-    s_in, s_out = None, s_loc
+    rank, P = link.group.rank(), link.group.size()
+    s_in, s_out, msg = None, s_loc, None
     if rank > 0:
-        s_in = _recv_like(s_loc, rank - 1, group)
-        s_out = step(s_in, log_decay, s_loc)
+        s_in, s_out, msg = _carry(link, _recv(link, rank - 1), rank - 1, s_loc, log_decay, None, seal=rank < P - 1)
     if rank < P - 1:
-        sends.extend(_send(s_out, rank + 1, group))
+        sends.extend(_send(link, s_out, rank + 1, msg))
     return s_in, s_out
 
 
-def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list):
     """Start this rank's backward link; returns the callable that gives (ds_out or None, M_r).
 
     The last rank receives nothing, so it sends at once (the send runs on NCCL's stream while
@@ -50,26 +73,38 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
     wait until the callable is called, after their dq kernel is queued: their recv would make
     the compute stream wait.
     """
-    if group.rank() == group.size() - 1:
-        link = backward(ds_loc, log_decay, d_final, group, sends)
-        return lambda: link
-    return lambda: backward(ds_loc, log_decay, d_final, group, sends)
+    if link.group.rank() == link.group.size() - 1:
+        done = backward(ds_loc, log_decay, d_final, link, sends)
+        return lambda: done
+    return lambda: backward(ds_loc, log_decay, d_final, link, sends)
 
 
-def begin_forward(s_loc: Tensor, log_decay, group, sends: list):
+def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list):
     """The forward link, deferred to the returned callable (LASP calls it at once: the ring folds
     X_{r-1} into the output kernel, since sending X_r after that kernel would lengthen the chain)."""
-    return lambda: forward(s_loc, log_decay, group, sends)
+    return lambda: forward(s_loc, log_decay, link, sends)
 
 
-def backward(ds_loc: Tensor, log_decay, d_final, group, sends: list):
+def backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list):
     """Run this rank's link of the backward chain; returns (ds_out or None, M_r = gradient of X_{r-1})."""
-    rank, P = group.rank(), group.size()
-    ds_out = d_final
+    rank, P = link.group.rank(), link.group.size()
+    msg = None
     if rank < P - 1:
-        m_next = _recv_like(ds_loc, rank + 1, group)
-        ds_out = m_next if d_final is None else m_next + d_final
-    ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
+        ds_out, ds_in, msg = _carry(link, _recv(link, rank + 1), rank + 1, ds_loc, log_decay, d_final, seal=rank > 0)
+    else:
+        ds_out = d_final
+        ds_in = ds_loc if ds_out is None else step(ds_out, log_decay, ds_loc)
     if rank > 0:
-        sends.extend(_send(ds_in, rank - 1, group))
+        sends.extend(_send(link, ds_in, rank - 1, msg))
     return ds_out, ds_in
+
+
+def abandon(link: Link, failed) -> None:
+    """Send the FAILED header `failed` to the rank that waits for this rank's message (module docstring of link.py)."""
+    rank, P = link.group.rank(), link.group.size()
+    dst = rank + 1 if link.header.direction == 0 else rank - 1
+    if link.sent or not 0 <= dst < P:
+        return
+    msg = link.seal([torch.zeros(math.prod(link.state_shape), dtype=link.dtype, device=link.device)], status=failed)
+    link.sent = True
+    link.wait(link.group.send([msg], dst, 0), f"rank {dst}")

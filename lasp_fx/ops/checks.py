@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -68,6 +69,7 @@ def check_linear_attention_args(q, k, v, log_decay, scale, initial_state) -> Non
                 f"log_decay must have shape [H] = [{H}] (one decay per head) or [B, T, H] = "
                 f"[{B}, {T}, {H}] (one per token), got {_shape(log_decay)}"
             )
+        _check_decay_values(log_decay)
     if initial_state is not None:
         _require_tensor("initial_state", initial_state)
         if initial_state.device != q.device:
@@ -78,3 +80,24 @@ def check_linear_attention_args(q, k, v, log_decay, scale, initial_state) -> Non
                 f"got {_shape(initial_state)}"
             )
 
+
+
+def _check_decay_values(log_decay: Tensor) -> None:
+    """Refuse a positive or NaN log-decay where looking costs no host sync: a CPU tensor, eagerly.
+
+    On a GPU reading the values back would wait for the GPU on every call (the hot path of a
+    training step), and under tracing there are no values: there the check is skipped, and the
+    README says that values must be <= 0. (-inf is allowed: a state reset, ops/op.py.)
+    """
+    if log_decay.device.type != "cpu" or type(log_decay) is not Tensor or torch.compiler.is_compiling():
+        return
+    with torch.no_grad():
+        bad = ~(log_decay <= 0)  # NaN compares false
+        if not bool(bad.any()):
+            return
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        value = float(log_decay[where])
+    raise ValueError(
+        f"log_decay must be <= 0 (a decay factor exp(log_decay) in [0, 1]), got {value} at index {list(where)}; "
+        "pass log(decay) of a decay in [0, 1], e.g. -softplus(x) or logsigmoid(x)"
+    )

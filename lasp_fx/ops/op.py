@@ -171,6 +171,22 @@ def runs_eagerly(*tensors) -> bool:
     return all(t is None or (type(t) is Tensor and not t.is_meta) for t in tensors)
 
 
+# A log-decay of -inf (a gate that forgets everything: a state reset) becomes this finite value.
+# Every kernel forms decays from differences of running sums, where -inf - -inf would be NaN; a
+# finite value below the exponent range makes exp() of anything crossing it exactly 0, and only
+# adds its own rounding to the running sums after it (float32: ~1e-5 relative in the decays of the
+# tokens after the reset in the same chunk, what a strong gate of that size gives).
+_FORGET_ALL = {torch.float32: -110.0, torch.float64: -800.0}  # exp(-110) and exp(-800) round to 0
+
+
+def forget_all_as_finite(log_decay: Tensor) -> Tensor:
+    """log_decay with -inf replaced by a finite value whose exp() is exactly 0 (its gradient is 0 there).
+
+    One elementwise op, no host sync: a clamp from below, which leaves NaN as NaN.
+    """
+    return torch.clamp(log_decay, min=_FORGET_ALL[log_decay.dtype])
+
+
 def linear_attention(
     q: Tensor,
     k: Tensor,
@@ -183,6 +199,7 @@ def linear_attention(
     group=None,
     method: str = "auto",
     check: bool = True,
+    timeout: float = 600.0,  # distributed.link.DEFAULT_TIMEOUT (not imported here: distributed builds on this module)
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 
@@ -193,7 +210,11 @@ def linear_attention(
         k: keys [B, T, H_kv, D]; H % H_kv == 0 (each kv head serves H / H_kv query heads).
         v: values [B, T, H_kv, E].
         log_decay: None (no decay), [H] (one constant per head, e.g. RetNet's log(gamma)) or
-            [B, T, H] (a data-dependent gate); values <= 0. May require grad.
+            [B, T, H] (a data-dependent gate); values <= 0, where -inf forgets everything before
+            (a state reset: the tokens before contribute exactly 0 after it, its gradient is 0).
+            May require grad. On CPU tensors called eagerly a positive or NaN value is refused
+            (ValueError); on a GPU the values are not read (that would be a host sync per call),
+            so they are the caller's promise.
         scale: multiplies q . k; defaults to D ** -0.5 (pass 1.0 for models that do not scale).
         initial_state: [B, H, D, E] state carried in from earlier tokens.
         output_final_state: also return the state after the last token.
@@ -204,20 +225,34 @@ def linear_attention(
             the rules for gradients). A group of one rank is the single-device op.
         method: with a group, how states cross ranks: "ring", "allgather" or "auto"
             (lasp_fx.distributed.estimate says which and why).
-        check: with a group, all-gather every rank's shapes, dtypes and method first and raise
-            on every rank if they differ, instead of hanging. It waits for the GPU (one host
-            sync per call): a loop that calls with the same shapes every step can check on its
-            first call and pass check=False after, as `parallelize` does.
+        check: with a group, all-gather every rank's shapes, dtype, heads, decay form, scale and
+            method first, so that a mismatch raises the same RankMismatchError on every rank
+            (naming each rank's values) and the group stays usable. Without it (check=False) every
+            state message still carries the same header and its receiver checks it: on CPU groups
+            the receiving ranks raise (in the ring only those after the first rank that differs;
+            the others fail at their next wait, within `timeout`); on CUDA the check runs on the
+            device, without a host sync, and a mismatch turns the received states, hence this
+            call's outputs and gradients, into NaN instead of raising. check=True costs one small
+            all-gather per call, and on an NCCL-only group a host sync: `parallelize` checks its
+            first call and relies on the headers after.
+        timeout: with a group, seconds a rank waits for a peer's state on a CPU (gloo) group
+            before it raises ExchangeTimeoutError naming the peer; a rank that fails inside the
+            exchange tells its peers at once (RankFailedError "rank r failed: ..."). On CUDA the
+            host never waits: NCCL's waits are bounded by the process group's timeout
+            (init_process_group(timeout=...), 10 minutes by default), the peer-memory kernel's by
+            its own spin (about as long). Default 600 s, NCCL's default.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
         `output_final_state=True`. States are float32 (float64 for float64 inputs).
     """
     check_linear_attention_args(q, k, v, log_decay, scale, initial_state)
+    if group is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     state_dtype = chunked.acc_dtype(q.dtype)
     if log_decay is not None:
-        log_decay = log_decay.to(state_dtype)
+        log_decay = forget_all_as_finite(log_decay.to(state_dtype))
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
     if group is None:
@@ -226,6 +261,6 @@ def linear_attention(
         from lasp_fx.distributed.lasp import sequence_parallel_attention
 
         o, final_state = sequence_parallel_attention(
-            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check
+            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check, timeout=timeout
         )
     return (o, final_state) if output_final_state else o

@@ -28,6 +28,7 @@ from torch import fx
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes import shard_attention, shard_halo, shard_rules, shard_tiles
 from lasp_fx.passes.causal_masks import causal_masks_pass
+from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
 from lasp_fx.passes.seq_dims import seq_dims_of, size_has, touches_sequence
 
@@ -44,6 +45,8 @@ class ShardSpec:
     """Number of ranks the sequence is split over."""
     method: str = "auto"
     """State exchange of the LASP op: "ring", "allgather" or "auto"."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds the LASP op waits for a peer's state on a CPU group (ParallelConfig.timeout)."""
 
 
 class ShardContext:

@@ -22,8 +22,9 @@ def _linear_attention(ctx, node):
                 "This is a bug in the rewrite that produced the op: please report it",
             )
     node.target = torch.ops.lasp_fx.sp_linear_attention.default
-    # The shapes were checked once for the whole model (parallelize's first call): no per-layer check.
-    node.args = tuple(node.args) + (ctx.spec.group_name, ctx.spec.method, False)
+    # No all-gather per layer (check=False): the states carry each call's header, checked by their
+    # receivers (distributed/header.py), and parallelize checked the whole batch at its first call.
+    node.args = tuple(node.args) + (ctx.spec.group_name, ctx.spec.method, False, ctx.spec.timeout)
 
 
 def _per_token(log_decay) -> bool:

@@ -60,7 +60,7 @@ def _cuda_count() -> int:
 
 
 def run_spawned(fn, world_size: int, *args, device: str = "cpu", backend: str | None = None,
-                timeout: float = 120.0, pg_timeout: float = 60.0) -> list:
+                timeout: float = 120.0, pg_timeout: float = 60.0, may_die: tuple = ()) -> list:
     """Run `fn(rank, world_size, *args)` on `world_size` fresh processes and return their results.
 
     Args:
@@ -71,6 +71,8 @@ def run_spawned(fn, world_size: int, *args, device: str = "cpu", backend: str | 
         backend: process-group backend (default: "gloo" on the CPU, "nccl" on CUDA).
         timeout: seconds the parent waits for all ranks before killing them.
         pg_timeout: the process group's own timeout, so a rank stuck in a collective errors out.
+        may_die: ranks that are meant to exit without a result (fault tests): their result is
+            None and the others are still waited for.
 
     Returns:
         The list of results, indexed by rank.
@@ -97,23 +99,23 @@ def run_spawned(fn, world_size: int, *args, device: str = "cpu", backend: str | 
         for p in procs:
             p.start()
         try:
-            got = _collect(results, procs, timeout)
+            got = _collect(results, procs, timeout, may_die)
         finally:
             for p in procs:
                 if p.is_alive():
                     p.kill()
                 p.join(5)
-    failures = {r: tb for r, (ok, tb) in got.items() if not ok}
+    failures = {r: tb for r, (ok, tb) in got.items() if not ok and r not in may_die}
     missing = [r for r in range(world_size) if r not in got]
     if failures or missing:
         parts = [f"--- rank {r} raised:\n{tb}" for r, tb in sorted(failures.items())]
         if missing:
             parts.append(f"--- ranks {missing} did not report within {timeout:.0f} s (hung or died)")
         raise SpawnedError(f"{getattr(fn, '__name__', fn)} on {world_size} ranks failed:\n" + "\n".join(parts))
-    return [got[r][1] for r in range(world_size)]
+    return [None if r in may_die and not got[r][0] else got[r][1] for r in range(world_size)]
 
 
-def _collect(results, procs, timeout: float) -> dict:
+def _collect(results, procs, timeout: float, may_die: tuple = ()) -> dict:
     got, deadline = {}, time.monotonic() + timeout
     while len(got) < len(procs) and time.monotonic() < deadline:
         try:
@@ -123,9 +125,9 @@ def _collect(results, procs, timeout: float) -> dict:
                 deadline = min(deadline, time.monotonic() + _GRACE_S)
         except queue.Empty:
             dead = [r for r, p in enumerate(procs) if not p.is_alive() and p.exitcode != 0 and r not in got]
-            if dead:  # a rank died without reporting (e.g. a segfault): the others would wait forever
-                for r in dead:
-                    got[r] = (False, f"process exited with code {procs[r].exitcode} without a result")
+            for r in dead:
+                got[r] = (False, f"process exited with code {procs[r].exitcode} without a result")
+            if any(r not in may_die for r in dead):  # died unplanned (a segfault): the others would wait forever
                 break
     return got
 

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 import lasp_fx
+from lasp_fx.distributed.combine import wait_all
 from lasp_fx.testing.numerics import random_inputs, rel_rms
 
 
@@ -181,27 +182,38 @@ def exchange_order(rank: int, world: int, which: tuple[str, str], device: str = 
     from lasp_fx.distributed import allgather, ring
 
     events = []
-    spied = {"allgather": [(allgather, "_all_gather_single")], "ring": [(ring, "_recv_like"), (ring, "_send")]}[method]
+    spied = {"allgather": [(allgather, "_all_gather_single")], "ring": [(ring, "_recv"), (ring, "_send")]}[method]
     originals = [(mod, name, getattr(mod, name)) for mod, name in spied]
     for mod, name, fn in originals:
         setattr(mod, name, lambda *a, _fn=fn, _name=name, **kw: (events.append(_name), _fn(*a, **kw))[1])
     try:
         ds = torch.randn(1, 2, 4, 4, dtype=torch.float64).to(device)
+        link = _link(ds, method, direction)
         sends = []
         mod = {"allgather": allgather, "ring": ring}[method]
         if direction == "forward":
-            finish = mod.begin_forward(ds, None, dist.group.WORLD, sends)
+            finish = mod.begin_forward(ds, None, link, sends)
         else:
-            finish = mod.begin_backward(ds, None, None, dist.group.WORLD, sends)
+            finish = mod.begin_backward(ds, None, None, link, sends)
         events.append("begun")
         finish()
         events.append("finished")
-        for work in sends:
-            work.wait()
+        wait_all(sends, link)
     finally:
         for mod, name, fn in originals:
             setattr(mod, name, fn)
     return events
+
+
+def _link(state, method: str, direction: str):
+    """The exchange context of a call whose state is `state` [B, H, D, E] (as lasp.py builds it)."""
+    from lasp_fx.distributed.header import make
+    from lasp_fx.distributed.link import Link
+
+    B, H, D, E = state.shape
+    q = state.new_empty(B, 1, H, D)
+    head = make(q, q, state.new_empty(B, 1, H, E), None, 1.0, method, direction, dist.get_rank())
+    return Link(dist.group.WORLD, head, 30.0, tuple(state.shape), state.dtype, state.device, False)
 
 
 def mesh_without_sp_dim(rank: int, world: int, _=None, device: str = "cpu") -> str | None:
@@ -222,3 +234,34 @@ def run_jobs(rank: int, world: int, jobs: list[tuple[str, object]], device: str 
     `device` ("cuda": this rank's GPU, cuda:{rank})."""
     device = f"cuda:{rank}" if torch.device(device).type == "cuda" else "cpu"
     return [globals()[name](rank, world, arg, device) for name, arg in jobs]
+
+
+def check_reset(rank: int, world: int, method: str, device: str = "cpu") -> dict:
+    """-inf gates (state resets) on rank 0's last token, inside rank 1's slice and on rank 2's first: every
+    rank's output, gradients and final state equal the single-process op's."""
+    T = 9
+    gen = torch.Generator().manual_seed(3)
+    g_all = -torch.rand(1, T * world, 2, generator=gen, dtype=torch.float64)
+    for t, h in ((T - 1, 0), (T + 4, 1), (2 * T, 0)):
+        g_all[0, t, h] = float("-inf")
+    g_all = g_all.to(device)
+    full = {n: torch.randn(1, T * world, 2, 4, generator=gen, dtype=torch.float64).to(device)
+            for n in ("q", "k", "v", "do")}
+
+    def run(cut, group):
+        x = {n: full[n][:, cut].clone().requires_grad_() for n in "qkv"}
+        g = g_all[:, cut].clone().requires_grad_()
+        o, s = lasp_fx.linear_attention(x["q"], x["k"], x["v"], g, output_final_state=True, group=group, method=method)
+        (o * full["do"][:, cut]).sum().backward()
+        return o.detach(), s.detach(), {n: x[n].grad for n in "qkv"}, g.grad
+
+    cut = slice(rank * T, (rank + 1) * T)
+    o, s, grads, dg = run(cut, dist.group.WORLD)
+    ref_o, _, ref_grads, ref_dg = run(slice(0, T * world), None)
+    prefix = lasp_fx.linear_attention(*(full[n][:, : (rank + 1) * T] for n in "qkv"), g_all[:, : (rank + 1) * T],
+                                      output_final_state=True)[1]
+    errors = {"o": rel_rms(o, ref_o[:, cut]), "final_state": rel_rms(s, prefix),
+              "dlog_decay": rel_rms(dg, ref_dg[:, cut])}
+    errors.update({f"d{n}": rel_rms(grads[n], ref_grads[n][:, cut]) for n in "qkv"})
+    errors["non-finite"] = float(not all(torch.isfinite(t).all() for t in (o, s, dg, *grads.values())))
+    return errors
