@@ -58,7 +58,7 @@ def test_parallelize_refuses_a_later_call_with_another_local_length():
     """On a CPU group every call's shapes are compared (8 bytes on the host): every rank raises the
     same error naming each rank's shapes. (On NCCL the op's headers check it: the tests above.)"""
     method = "ring"
-    results = run_spawned(workers_faults.parallelize_length_change, 2, dict(method=method, timeout=20.0),
+    results = run_spawned(workers_faults.parallelize_length_change, 2, dict(method=method, timeout=60.0),
                           timeout=240, pg_timeout=30)
     for rank, outcomes in enumerate(results):
         assert outcomes[0]["error"] is None, f"rank {rank}: the first call failed: {outcomes[0]}"
