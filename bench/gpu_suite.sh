@@ -16,11 +16,18 @@
 #   tests  the whole pytest suite: every device-taking test on CPU and on CUDA (multi-rank ones over NCCL, one
 #          rank per GPU), 8 xdist workers (the tests of one test_distributed_sp spawn on one worker), junit XML
 #          in $OUT/tests.xml; at most 540 s, SIGINT first so that the XML and the summary are still written
+#   faults bench/check_faults_gpu.py: the exchange kernels with their header checks, -inf gates through the op (~60 s)
+#   models bench/check_models_gpu.py: every example model through parallelize() and backend="lasp" (~200 s)
+#   cuda   the pytest cases that run on the GPU only (device "cuda" and the kernel files), 14 workers (~150 s)
+#   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
+#          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240)
 # SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
 set -o pipefail
 PARTS=${PARTS:-check op sp4 sp2}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
 export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1
+# the backend "lasp" is found through the package's entry point: install it into this python3
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "pip install -e . failed"
 LOG="$OUT/suite.log"
 NOISE='^W1\|OMP_NUM\|\*\*\*\*\|UserWarning\|return \|Variable._exec\|Guessing'
 IMPLS=${SP_IMPLS:+--impls $SP_IMPLS}
@@ -46,6 +53,15 @@ for part in $PARTS; do
             --json "$OUT/exchange.json" ;;
     tests) timeout -s INT -k 30 540 python3 -m pytest -q -n 8 -p xdist --dist loadgroup -p no:cacheprovider --durations=25 \
              --junitxml="$OUT/tests.xml" tests ;;
+    faults) CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/check_faults_gpu.py --json "$OUT/faults.json" ;;
+    models) CUDA_VISIBLE_DEVICES=0 timeout 240 torchrun --standalone --nproc-per-node=1 bench/check_models_gpu.py \
+              --tokens 2048 --json "$OUT/models.json" ;;
+    cuda) LASP_FX_AUTOTUNE=0 timeout -s INT -k 20 ${CUDA_TESTS_S:-200} python3 -m pytest -q -n 14 -p xdist \
+            --dist loadgroup -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" \
+            -k "cuda or triton or kernel or saved or gathered or decay_grad or op_split or forget or launch" tests ;;
+    e2e) CUDA_VISIBLE_DEVICES=0 timeout $(( ${E2E_BUDGET:-240} + 90 )) torchrun --standalone --nproc-per-node=1 \
+           bench/e2e.py --lengths ${E2E_LENGTHS:-32768,131072} --levers ckpt+chunkloss --variants parallelize,hand,fla \
+           --budget ${E2E_BUDGET:-240} --json "$OUT/e2e.json" --png "$OUT/e2e.png" ;;
     *) echo "unknown part $part" ;;
   esac 2>&1 | grep -v "$NOISE" >> "$LOG"
 done
