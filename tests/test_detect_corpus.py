@@ -34,6 +34,9 @@ def test_expected_near_misses(name):
         ("anti_causal_triu", "anti-causal"),
         ("learnable_temperature", "temperature"),
         ("softmax_manual", "softmax"),
+        ("detached_row_norm", "not the same gradients"),
+        ("abs_row_norm", "not the same function"),
+        ("clamp_row_norm", "not the same function"),
     ],
 )
 def test_near_miss_reason_says_why(name, words):

@@ -40,6 +40,14 @@ def upcast(x: Any) -> Any:
     return x
 
 
+def _lift(x: Any) -> Any:
+    """`upcast`, except that a float64 CPU tensor that requires grad (a probe's input, or a value
+    derived from one) is kept as is, so a replay under `grad=True` is differentiable in it."""
+    if isinstance(x, torch.Tensor) and x.requires_grad and x.dtype == torch.float64 and x.device == _CPU:
+        return x
+    return upcast(x)
+
+
 def _fetch_attr(gm: GraphModule, target: str):
     obj = gm
     for part in target.split("."):
@@ -57,8 +65,8 @@ def run_node(gm: GraphModule, node: Node, env: dict, fallback: "Values | None" =
             return fallback[n]
         raise KeyError(f"no value for {n.name}")
 
-    args = tree_map(upcast, torch.fx.node.map_arg(node.args, load))
-    kwargs = tree_map(upcast, torch.fx.node.map_arg(node.kwargs, load))
+    args = tree_map(_lift, torch.fx.node.map_arg(node.args, load))
+    kwargs = tree_map(_lift, torch.fx.node.map_arg(node.kwargs, load))
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
@@ -87,10 +95,11 @@ class Values:
     def __getitem__(self, node: Node):
         return self._env[node]
 
-    def evaluate(self, nodes: Iterable[Node], overrides: dict[Node, Any]) -> dict[Node, Any]:
-        """Re-run `nodes` (in graph order) with `overrides` in place of some values."""
+    def evaluate(self, nodes: Iterable[Node], overrides: dict[Node, Any], grad: bool = False) -> dict[Node, Any]:
+        """Re-run `nodes` (in graph order) with `overrides` in place of some values; with `grad`,
+        under autograd, so the results are differentiable in the overrides that require grad."""
         env = dict(overrides)
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             for node in nodes:
                 if node not in env:
                     env[node] = run_node(self.gm, node, env, fallback=self)

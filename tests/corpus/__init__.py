@@ -35,4 +35,8 @@ CORPUS = {
     "bidirectional_linear": (negatives.Bidirectional, [], ["quadratic"]),
     "anti_causal_triu": (negatives.AntiCausal, [], ["quadratic"]),
     "learnable_temperature": (negatives.LearnableTemperature, [], ["quadratic"]),
+    # row normalisers the op does not compute: equal in value on positive inputs, not in gradient
+    "detached_row_norm": (negatives.DetachedRowNorm, [], ["normalised"]),
+    "abs_row_norm": (negatives.AbsRowNorm, [], ["normalised"]),
+    "clamp_row_norm": (negatives.ClampRowNorm, [], ["normalised"]),
 }
