@@ -21,9 +21,8 @@ from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
+from lasp_fx.passes.graph import is_library_path
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class CaptureError(RuntimeError):
@@ -211,8 +210,7 @@ def _user_line(e: BaseException) -> tuple[str | None, str]:
 
 
 def _is_user(path: str) -> bool:
-    p = os.path.abspath(path)
-    return not (p.startswith(_TORCH_DIR) or p.startswith(_OWN_DIR) or p.startswith("<"))
+    return not is_library_path(path)
 
 
 def _short(path: str) -> str:

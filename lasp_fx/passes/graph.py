@@ -118,6 +118,15 @@ def region_between(starts: Iterable[Node], end: Node) -> set[Node]:
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def is_library_path(path: str) -> bool:
+    """Whether a source file belongs to torch or lasp_fx (not to the user or a third party).
+    Directories are compared whole: `site-packages/torchscale/...` is not under `.../torch`."""
+    if path.startswith("<"):  # generated code (<eval_with_key>, <string>)
+        return True
+    p = os.path.abspath(path)
+    return any(p == d or p.startswith(d + os.sep) for d in _SKIP_DIRS)
+
+
 def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
     lines = stack_trace.splitlines()
     frames = []
@@ -134,7 +143,7 @@ def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
 def source_of(node: Node) -> tuple[str, str]:
     """("file.py:LINE", "the code on that line") of the user's code that created the node."""
     frames = _user_frames(node.meta.get("stack_trace") or "")
-    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_SKIP_DIRS)]
+    user = [f for f in frames if not is_library_path(f[0])]
     if not (user or frames):
         return "<unknown>", ""
     path, lineno, code = (user or frames)[-1]
