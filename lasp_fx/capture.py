@@ -22,6 +22,7 @@ from torch.utils import _pytree as pytree
 from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
 from lasp_fx.passes.graph import is_library_path
+from lasp_fx.passes.stack_frames import full_stack_traces
 
 
 
@@ -73,7 +74,8 @@ def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> 
 
 def _capture_export(model, args, kwargs) -> Captured:
     try:
-        ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
+        with full_stack_traces():  # source lines inside third-party helper functions
+            ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
         ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
     except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached
         raise _explain(e) from e

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
 from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
+from lasp_fx.passes.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
 from lasp_fx.passes.patterns.kernels import register_known_kernels
 from lasp_fx.passes.seq_dims import sequence_symbols
@@ -93,8 +94,8 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         if spec is not None and spec.world_size > 1:
             if not symbols:
                 raise ValueError(
-                    f"no input carries a dynamic sequence dimension {seq_dim}: parallelize marks it on the "
-                    "inputs it slices; pass tensors with the sequence in seq_dim"
+                    f"no input carries a dynamic sequence dimension {seq_dim} in the traced graph: "
+                    f"{why_fixed(example_inputs, seq_dim)} (or pass tensors with the sequence in seq_dim)"
                 )
             graph = sync_parameter_grads(graph, spec, lambda i, ph: isinstance(example_inputs[i], nn.Parameter))
             graph = shard_pass(graph, spec, symbols)

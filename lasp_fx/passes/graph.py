@@ -115,7 +115,19 @@ def region_between(starts: Iterable[Node], end: Node) -> set[Node]:
     return (descendants(starts) & ancestors([end], stop=starts)) - starts
 
 
-_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _einops_dir() -> tuple[str, ...]:
+    try:
+        import einops
+    except ImportError:
+        return ()
+    return (os.path.dirname(einops.__file__),)
+
+
+# torch, lasp_fx and einops: their frames are never the user's line (nor is the standard
+# library's, _STDLIB, whose directory holds site-packages: those are third parties' files)
+_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              *_einops_dir())
+_STDLIB = os.path.dirname(os.__file__)
 
 
 def is_library_path(path: str) -> bool:
@@ -124,6 +136,9 @@ def is_library_path(path: str) -> bool:
     if path.startswith("<"):  # generated code (<eval_with_key>, <string>)
         return True
     p = os.path.abspath(path)
+    parts = p.split(os.sep)
+    if p.startswith(_STDLIB + os.sep) and "site-packages" not in parts and "dist-packages" not in parts:
+        return True
     return any(p == d or p.startswith(d + os.sep) for d in _SKIP_DIRS)
 
 

@@ -206,6 +206,8 @@ def _fit(cand: Candidate, values: Values, nodes: list[Node], gen) -> Candidate:
     F, _ = _run(c1, values, nodes, env)
     D = _denominator(c1, env)
     x, y = (1.0 / D).flatten(), (1.0 / F).flatten()
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ProbeFailed("normalised form: the region or the op's normaliser is not finite on positive inputs")
     A = torch.stack([torch.ones_like(x), x], dim=1)
     sol = torch.linalg.lstsq(A, y[:, None]).solution[:, 0]
     inv_a, b_over_a = float(sol[0]), float(sol[1])
