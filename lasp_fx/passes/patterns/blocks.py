@@ -52,7 +52,8 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
 def _analyse(ctx: Context, Z: Node) -> Candidate | NearMiss | None:
     first = Z.args[0][0]
     order = topo_order(ctx.gm.graph)
-    for mm in sorted(ancestors([first]), key=order.__getitem__):
+    # nearest first: the chunk's own product, never one of an earlier layer the chunk depends on
+    for mm in sorted(ancestors([first]), key=order.__getitem__, reverse=True):
         sp = quadratic.score_product(mm)
         if sp is None:
             continue
