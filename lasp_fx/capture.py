@@ -22,6 +22,7 @@ from torch.utils import _pytree as pytree
 from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
 from lasp_fx.passes.graph import is_library_path
+from lasp_fx.passes.no_trace import caches_restored
 from lasp_fx.passes.stack_frames import full_stack_traces
 
 
@@ -74,7 +75,7 @@ def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> 
 
 def _capture_export(model, args, kwargs) -> Captured:
     try:
-        with full_stack_traces():  # source lines inside third-party helper functions
+        with full_stack_traces(), caches_restored(model):  # lines in third-party helpers; no fake tensor cached
             ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
         ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
     except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached

@@ -26,7 +26,7 @@ class _Layer(nn.Module):
         q, k, v = qkv(x, self.qkv)  # [B, T, H, D]
         g = F.logsigmoid(self.gate(x))
         o = _CALLS[self.kind](q, k, v, g.view(b, t, HEADS, -1).squeeze(-1), x)
-        return self.out(o.reshape(b, t, -1))
+        return self.out(o.reshape(b, t, -1).to(x.dtype))  # several return float32 whatever the input
 
 
 def _bhtd(*xs):
