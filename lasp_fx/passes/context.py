@@ -55,6 +55,15 @@ class Context:
                 out.add(n)  # a user input (SymInt sizes and buffers are not)
         return out
 
+    def analyse(self, family: str, anchor: Node, fn, *args):
+        """`fn(self, *args)`, or a near-miss at `anchor` when the analysis itself fails: a form
+        the detector does not understand is reported and left alone, never a crash."""
+        try:
+            return fn(self, *args)
+        except Exception as e:  # noqa: BLE001 - any failure here means "not proven": no rewrite
+            first = (str(e).splitlines() or [""])[0][:200]
+            return self.near_miss(family, anchor, f"lasp_fx could not analyse this form ({type(e).__name__}: {first})")
+
     def near_miss(self, family: str, node: Node, reason: str) -> NearMiss:
         where, code = source_of(node)
         return NearMiss(family, where, code, module_path(node), reason, node)

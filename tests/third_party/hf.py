@@ -7,7 +7,7 @@ from tests.third_party.lm import VOCAB, LMHead
 def _from_config(config):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_config(config)
     return LMHead(model, logits=lambda out: out.logits)
 
 

@@ -9,5 +9,7 @@ def verdicts(rank, world_size, cases) -> list:
         try:
             out.append({"result": workers_parallel.parallel(rank, world_size, [case])[0]})
         except Exception as e:  # noqa: BLE001 - the message is what the test checks
-            out.append({"error": f"{type(e).__name__}: {e}"})
+            import traceback
+
+            out.append({"error": f"{type(e).__name__}: {e}", "tb": traceback.format_exc()[-3000:]})
     return out

@@ -43,7 +43,7 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
     found = []
     for Z in list(ctx.gm.graph.nodes):
         if Z.op == "call_function" and Z.target is aten.cat.default and len(Z.args[0]) >= 2:
-            res = _analyse(ctx, Z)
+            res = ctx.analyse(FAMILY, Z, _analyse, Z)
             if res is not None:
                 found.append(res)
     return found

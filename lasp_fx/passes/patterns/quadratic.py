@@ -99,7 +99,7 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
     for node in list(ctx.gm.graph.nodes):
         sp = score_product(node)
         if sp is not None:
-            found.append(_analyse(ctx, *sp))
+            found.append(ctx.analyse(FAMILY, node, _analyse, *sp))
     return [f for f in found if f is not None]
 
 
