@@ -10,7 +10,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from lasp_fx.passes.emit import kv_heads
-from lasp_fx.passes.graph import module_path, shape, source_of
+from lasp_fx.passes.graph import module_path, shape, source_function, source_of
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.probe import ProbeFailed, check_sides, fit_and_verify, region
 from lasp_fx.passes.values import Values
@@ -66,6 +66,9 @@ class Context:
 
     def near_miss(self, family: str, node: Node, reason: str) -> NearMiss:
         where, code = source_of(node)
+        fn = source_function(node)
+        if fn and fn != "forward":  # a helper of a third-party file: its name says what it computes
+            reason = f"{reason} (in {fn})"
         return NearMiss(family, where, code, module_path(node), reason, node)
 
     def verify(self, cand: Candidate) -> Candidate:

@@ -142,7 +142,7 @@ def is_library_path(path: str) -> bool:
     return any(p == d or p.startswith(d + os.sep) for d in _SKIP_DIRS)
 
 
-def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
+def _user_frames(stack_trace: str) -> list[tuple[str, int, str, str | None]]:
     lines = stack_trace.splitlines()
     frames = []
     for i, line in enumerate(lines):
@@ -151,7 +151,8 @@ def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
             path = s[6:s.index('"', 6)]
             lineno = int(s.split(", line ")[1].split(",")[0])
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            frames.append((path, lineno, code))
+            fn = s.split(", in ", 1)[1].strip() if ", in " in s else None
+            frames.append((path, lineno, code, fn))
     return frames
 
 
@@ -161,8 +162,15 @@ def source_of(node: Node) -> tuple[str, str]:
     user = [f for f in frames if not is_library_path(f[0])]
     if not (user or frames):
         return "<unknown>", ""
-    path, lineno, code = (user or frames)[-1]
+    path, lineno, code, _ = (user or frames)[-1]
     return f"{_short_path(path)}:{lineno}", code
+
+
+def source_function(node: Node) -> str | None:
+    """The name of the function holding `source_of(node)`'s line (None when unknown)."""
+    frames = _user_frames(node.meta.get("stack_trace") or "")
+    user = [f for f in frames if not is_library_path(f[0])]
+    return (user or frames)[-1][3] if (user or frames) else None
 
 
 def _short_path(path: str) -> str:

@@ -32,7 +32,7 @@ def _case(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_inspect_counts(name):
     if not _available(name):
-        pytest.skip(f"{THIRD_PARTY[name]['needs']} not installed (pip install -e .[thirdparty])")
+        pytest.skip(f"{THIRD_PARTY[name]['needs']} not installed (pip install -e '.[test]')")
     case = _case(name)
     model = workers_parallel.build(case["model"], **case["kwargs"])
     report = lasp_fx.inspect(model, case["ids"])
