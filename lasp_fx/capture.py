@@ -19,7 +19,7 @@ from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
+from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
 from lasp_fx.passes.graph import is_library_path
 from lasp_fx.passes.no_trace import caches_restored
@@ -117,7 +117,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
         node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
-    return drop_noop_slices(functionalize_inplace(out))
+    return drop_dead_mutations(drop_noop_slices(functionalize_inplace(out)))
 
 
 def inline_checkpoints(gm: GraphModule) -> GraphModule:

@@ -45,5 +45,5 @@ THIRD_PARTY = {
     "hf_minimax": dict(model=f"{HF}:MiniMaxLM", kwargs={}, needs="transformers", matches=["block-loop", "block-loop"],
                        near=True, parallel=("refused", "transformers/integrations/moe.py:440")),  # MoE's sort
     "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
-                          parallel=("refused", "transformers/cache_utils.py:1283")),  # the cache's add_
+                          parallel=("refused", "torch_chunk_gated_delta_rule")),  # named with the refusal
 }
