@@ -199,10 +199,24 @@ def _fit(cand: Candidate, values: Values, nodes: list[Node], gen) -> Candidate:
             raise ProbeFailed("the replacement is zero on random inputs")
         return replace(cand, scale=_snap(float((F * R).sum()) / den))
     # F = a * N / (D + b) with N, D the op's numerator and denominator at scale 1; with v = 1,
-    # 1 / F = 1 / a + (b / a) / D is linear in 1 / D.
+    # 1 / F = 1 / a + (b / a) / D is linear in 1 / D. A second fit on inputs scaled so that D is
+    # about b pins an epsilon down to its own precision (the first sees it only next to D >> b).
     c1 = replace(cand, scale=1.0, norm_a=1.0, norm_b=0.0)
     env = _random_inputs(c1, values, gen, "positive")
-    env[cand.v] = torch.ones_like(env[cand.v])
+    a, b, D = _fit_normaliser(c1, values, nodes, env)
+    typical = float(D.abs().median())
+    if abs(b) <= 1e-10 * typical:  # rounding noise of the fit, not an epsilon
+        b = 0.0
+    if b > 0.0:
+        s = (b / typical) ** 0.5
+        env = {n: (x * s if n in (cand.q, cand.k) else x) for n, x in env.items()}
+        a, b, _ = _fit_normaliser(c1, values, nodes, env)
+    return replace(cand, scale=1.0, norm_a=_snap(a), norm_b=_snap(b))
+
+
+def _fit_normaliser(c1: Candidate, values: Values, nodes: list[Node], env: dict) -> tuple[float, float, torch.Tensor]:
+    env = dict(env)
+    env[c1.v] = torch.ones_like(env[c1.v])
     F, _ = _run(c1, values, nodes, env)
     D = _denominator(c1, env)
     x, y = (1.0 / D).flatten(), (1.0 / F).flatten()
@@ -213,7 +227,7 @@ def _fit(cand: Candidate, values: Values, nodes: list[Node], gen) -> Candidate:
     inv_a, b_over_a = float(sol[0]), float(sol[1])
     if inv_a == 0.0:
         raise ProbeFailed("normalised form: could not fit the factor")
-    return replace(cand, scale=1.0, norm_a=_snap(1.0 / inv_a), norm_b=_snap(b_over_a / inv_a))
+    return 1.0 / inv_a, b_over_a / inv_a, D
 
 
 def _snap(x: float) -> float:
