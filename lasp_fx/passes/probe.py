@@ -128,14 +128,14 @@ def _check_draw(cand: Candidate, values: Values, nodes: list[Node], gen, kind: s
     if not torch.isfinite(F).all():
         raise ProbeFailed(f"the region gives non-finite values on {kind} random inputs")
     err = rel_rms(R, F)
-    if err > TOL:
+    if err > cand.tol:
         raise ProbeFailed(f"not the same function: relative error {err:.2e} on {kind} random inputs")
     cot = torch.randn(F.shape, generator=gen, dtype=torch.float64)
     gF = _vjp(F, [env[n] for n in wrt], cot)
     gR = _vjp(R, [env[n] for n in wrt], cot)
     for n, a, b in zip(wrt, gF, gR):
         e = rel_rms(b, a)
-        if e > TOL:
+        if e > cand.tol:
             role = {cand.q: "q", cand.k: "k", cand.v: "v"}.get(n, "the decay")
             raise ProbeFailed(f"same values but not the same gradients: the gradient of {role} is off by a relative "
                               f"error of {e:.2e} on {kind} random inputs (a detach, or a step whose derivative "
@@ -170,7 +170,7 @@ def _check_causal(cand: Candidate, values: Values, nodes: list[Node], gen) -> No
     F2, _ = _run(cand, values, nodes, later)
     seq = cand.out_layout.seq
     a, b = F.narrow(seq, 0, t + 1), F2.narrow(seq, 0, t + 1)
-    if rel_rms(b, a) > TOL:
+    if rel_rms(b, a) > cand.tol:
         raise ProbeFailed(f"not causal: outputs at positions <= {t} change when only later tokens change "
                           f"(relative change {rel_rms(b, a):.2e})")
 
