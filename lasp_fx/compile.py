@@ -102,6 +102,7 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
                 raise ValueError(
                     f"no input carries a dynamic sequence dimension {seq_dim} in the traced graph: "
                     f"{why_fixed(example_inputs, seq_dim)} (or pass tensors with the sequence in seq_dim)"
+                    + _not_rewritten(graph)
                 )
             graph = sync_parameter_grads(graph, spec, lambda i, ph: isinstance(example_inputs[i], nn.Parameter))
             try:

@@ -37,3 +37,23 @@ def test_inspect_leaves_no_fake_tensor_in_a_module_cache():
     after = model(x)  # a cached FakeTensor would raise or differ here
     assert not isinstance(_causal(9, torch.float64), torch._subclasses.FakeTensor)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+class StepCounter(CachedMask):
+    """A buffer the forward increments (performer-pytorch's redraw counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.tensor(0))
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_inspect_leaves_buffers_as_they_were():
+    torch.manual_seed(0)
+    model = StepCounter().double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    lasp_fx.inspect(model, x)  # the float64 replays run the counter's add_ on copies
+    assert int(model.calls) == 0

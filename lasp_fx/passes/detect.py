@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from lasp_fx.passes import causality
 from lasp_fx.passes.context import Context
 from lasp_fx.passes.einsums import split_einsums
 from lasp_fx.passes.match import Candidate, NearMiss
@@ -30,6 +31,7 @@ def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list
     found = [f for fam in FAMILIES for f in fam.find(ctx)]
     cands = [f for f in found if isinstance(f, Candidate)]
     near = [f for f in found if isinstance(f, NearMiss)]
+    near = causality.near_misses(ctx) + near  # a non-causal model: said first, whatever else is found
     cands = _drop_nested(cands)
     claimed = set().union(*(set(region(c)) for c in cands)) if cands else set()
     return cands, [n for n in near if n.node not in claimed]  # parts of a match are not near-misses

@@ -48,6 +48,16 @@ def _lift(x: Any) -> Any:
     return upcast(x)
 
 
+def _own(x: Any, orig: Any) -> Any:
+    """`x` (the upcast of `orig`), copied when it still shares `orig`'s memory (an int or
+    float64 CPU tensor): an in-place op of the replay (a step counter's `add_`) must not reach
+    the model's buffers or the caller's inputs."""
+    if isinstance(x, torch.Tensor) and isinstance(orig, torch.Tensor) and orig.device == _CPU \
+            and x.untyped_storage().data_ptr() == orig.untyped_storage().data_ptr():
+        return x.clone()
+    return x
+
+
 def _fetch_attr(gm: GraphModule, target: str):
     obj = gm
     for part in target.split("."):
@@ -74,7 +84,8 @@ def run_node(gm: GraphModule, node: Node, env: dict, fallback: "Values | None" =
     if node.op == "call_module":
         return gm.get_submodule(node.target)(*args, **kwargs)
     if node.op == "get_attr":
-        return upcast(_fetch_attr(gm, node.target))
+        attr = _fetch_attr(gm, node.target)
+        return _own(upcast(attr), attr)
     raise ValueError(f"cannot evaluate node {node.name} ({node.op})")
 
 
@@ -88,7 +99,8 @@ class Values:
         with torch.no_grad():
             for node in gm.graph.nodes:
                 if node.op == "placeholder":
-                    self._env[node] = upcast(next(inputs))
+                    x = next(inputs)
+                    self._env[node] = _own(upcast(x), x)
                 elif node.op != "output":
                     self._env[node] = run_node(gm, node, self._env)
 

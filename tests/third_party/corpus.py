@@ -34,7 +34,9 @@ THIRD_PARTY = {
     "fla_hgrn": _fla("hgrn", [], False, ("refused", "fla/ops/hgrn/naive.py:28")),
     # lucidrains' packages (test extra "thirdparty")
     "performer_pytorch": dict(model=f"{LR}:PerformerLM", kwargs={}, needs="performer_pytorch", matches=[], near=True,
-                              parallel=("refused", "performer_pytorch.py:207")),  # t.chunk(128): fixes the length
+                              # t.chunk(128) fixes the length (line 207); the key's amax over the
+                              # whole sequence (line 113) makes it non-causal: both named
+                              parallel=("refused", "performer_pytorch.py:113")),
     "linear_attention_transformer": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={}, needs="linear_attention_transformer", matches=[],
         near=True, parallel=("refused", "linear_attention_transformer.py:244")),
