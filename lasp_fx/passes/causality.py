@@ -13,7 +13,7 @@ import torch
 from torch.fx import Node
 
 from lasp_fx.passes.context import Context
-from lasp_fx.passes.graph import shape
+from lasp_fx.passes.graph import descendants, shape
 from lasp_fx.passes.match import NearMiss
 from lasp_fx.passes.values import Values, upcast
 
@@ -40,11 +40,11 @@ def _probe(ctx: Context) -> list[NearMiss]:
         return []
     t = T // 2 - 1
     gen = torch.Generator().manual_seed(2)
-    later = list(ctx.example_inputs)
-    for n, x in user:
-        i = placeholders.index(n)
-        later[i] = _perturbed(upcast(x), t, gen)
-    moved = Values(ctx.gm, later)
+    overrides = {n: _perturbed(upcast(x), t, gen) for n, x in user}
+    # only what depends on the changed inputs is re-run; parameters and the rest come from ctx.values
+    downstream = descendants(overrides)
+    nodes = [n for n in ctx.gm.graph.nodes if n in downstream and n.op not in ("placeholder", "output")]
+    moved = _Moved(ctx.values, ctx.values.evaluate(nodes, overrides))
     outputs = list(_flat_nodes(ctx.gm.graph.output_node().args))
     if not any(_corner_moved(ctx.values[o], moved[o], T, t) for o in outputs if _tensor(ctx.values, o)):
         return []
@@ -58,6 +58,16 @@ def _probe(ctx: Context) -> list[NearMiss]:
         elif a.shape == b.shape and not _same(a, b):  # a reduction over the sequence changed
             return [_report(ctx, node, t)]
     return []
+
+
+class _Moved:
+    """The replay with the later tokens changed: re-run values, else the original ones."""
+
+    def __init__(self, values: Values, env: dict):
+        self.values, self.env = values, env
+
+    def __getitem__(self, node: Node):
+        return self.env[node] if node in self.env else self.values[node]
 
 
 def _report(ctx: Context, node: Node, t: int) -> NearMiss:
