@@ -19,11 +19,12 @@ from torch.fx import GraphModule
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from lasp_fx.passes.canonical import drop_noop_slices, functionalize_inplace
+from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
 from lasp_fx.passes.context import SOURCE_NAME
+from lasp_fx.passes.graph import is_library_path
+from lasp_fx.passes.no_trace import caches_restored
+from lasp_fx.passes.stack_frames import full_stack_traces
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class CaptureError(RuntimeError):
@@ -74,7 +75,8 @@ def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> 
 
 def _capture_export(model, args, kwargs) -> Captured:
     try:
-        ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
+        with full_stack_traces(), caches_restored(model):  # lines in third-party helpers; no fake tensor cached
+            ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
         ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
     except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached
         raise _explain(e) from e
@@ -115,7 +117,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     for node, name in zip((n for n in out.graph.nodes if n.op == "placeholder"), names):
         node.meta[SOURCE_NAME] = name  # e.g. L_self_buffers_gamma_: tells buffers from user inputs
-    return drop_noop_slices(functionalize_inplace(out))
+    return drop_dead_mutations(drop_noop_slices(functionalize_inplace(out)))
 
 
 def inline_checkpoints(gm: GraphModule) -> GraphModule:
@@ -217,8 +219,7 @@ def _user_line(e: BaseException) -> tuple[str | None, str]:
 
 
 def _is_user(path: str) -> bool:
-    p = os.path.abspath(path)
-    return not (p.startswith(_TORCH_DIR) or p.startswith(_OWN_DIR) or p.startswith("<"))
+    return not is_library_path(path)
 
 
 def _short(path: str) -> str:

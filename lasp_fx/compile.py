@@ -15,10 +15,11 @@ from torch import fx, nn
 from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
 from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
 from lasp_fx import memory
+from lasp_fx.passes.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
 from lasp_fx.passes.patterns.kernels import register_known_kernels
 from lasp_fx.passes.seq_dims import sequence_symbols
-from lasp_fx.passes.shard import ShardSpec, shard_pass, sync_parameter_grads
+from lasp_fx.passes.shard import ShardError, ShardSpec, shard_pass, sync_parameter_grads
 
 
 COMPILERS = ("auto", "inductor", "aot_eager", "eager")
@@ -71,6 +72,12 @@ def _short_inputs(example_inputs, fakes, seq_dim_of):
     return short, length
 
 
+def _not_rewritten(graph: fx.GraphModule) -> str:
+    report = graph.meta.get("lasp_fx_report")
+    near = report.near_misses[:3] if report is not None else []
+    return "".join(f"\n  attention not rewritten at {n.source}: {n.reason}" for n in near)
+
+
 def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "auto", rewrite=None,
                  offload: bool = False):
     """A dynamo backend: rewrite linear attention, shard for `spec` (None: one device), compile.
@@ -105,11 +112,16 @@ def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "a
         if spec is not None and spec.world_size > 1:
             if not symbols:
                 raise ValueError(
-                    f"no input carries a dynamic sequence dimension {seq_dim}: parallelize marks it on the "
-                    "inputs it slices; pass tensors with the sequence in seq_dim"
+                    f"no input carries a dynamic sequence dimension {seq_dim} in the traced graph: "
+                    f"{why_fixed(example_inputs, seq_dim)} (or pass tensors with the sequence in seq_dim)"
+                    + _not_rewritten(graph)
                 )
             graph = sync_parameter_grads(graph, spec, lambda i, ph: isinstance(example_inputs[i], nn.Parameter))
-            graph = shard_pass(graph, spec, symbols)
+            try:
+                graph = shard_pass(graph, spec, symbols)
+            except ShardError as e:  # say also which attention the detector saw and did not rewrite
+                e.args = (str(e) + _not_rewritten(graph),)
+                raise
         return _compile(graph, example_inputs, compiler, offload)
 
     return backend

@@ -87,3 +87,49 @@ def _same_size(x: Node, node: Node, dim: int) -> bool:
         return tuple(s.node.expr if isinstance(s, torch.SymInt) else s for s in t.shape)
 
     return exprs(a) == exprs(b)
+
+
+def drop_dead_mutations(gm: GraphModule) -> GraphModule:
+    """Remove in-place ops on graph-private tensors that nothing reads afterwards.
+
+    A cache built and discarded inside forward (HF's `use_cache=True` on a training call: the
+    cache's length counter is `add_`-ed and never returned) leaves mutations that no output
+    depends on; DCE keeps them (mutations count as side effects) and the sharding pass would
+    refuse them. Only tensors made inside the graph (or its private constants) qualify: a
+    mutation of an input, parameter or buffer is a real side effect and stays.
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        t = node.target
+        if node.op != "call_function" or not isinstance(t, torch._ops.OpOverload) or not t._schema.is_mutable:
+            continue
+        target = node.args[0] if node.args else None
+        if node.users or not isinstance(target, Node):
+            continue
+        aliases = _aliases(target)
+        if aliases is None:
+            continue
+        later = [u for a in aliases for u in a.users if u is not node and u not in aliases and order[u] > order[node]]
+        if not later:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _aliases(node: Node) -> set[Node] | None:
+    """Every view of the tensor `node` aliases, when its storage was made inside the graph (a
+    fresh result or a private constant); None otherwise (an input, parameter or buffer)."""
+    root = node
+    while root.op == "call_function" and _is_view(root) and root.args and isinstance(root.args[0], Node):
+        root = root.args[0]
+    fresh = root.op == "call_function" and not _is_view(root)
+    if not (fresh or (root.op == "get_attr" and str(root.target).startswith("_tensor_constant"))):
+        return None
+    out, todo = set(), [root]
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo.extend(u for u in n.users if _is_view(u) and u.args and u.args[0] is n)
+    return out

@@ -10,7 +10,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from lasp_fx.passes.emit import kv_heads
-from lasp_fx.passes.graph import module_path, shape, source_of
+from lasp_fx.passes.graph import module_path, shape, source_function, source_of
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.probe import ProbeFailed, check_sides, fit_and_verify, region
 from lasp_fx.passes.values import Values
@@ -55,8 +55,20 @@ class Context:
                 out.add(n)  # a user input (SymInt sizes and buffers are not)
         return out
 
+    def analyse(self, family: str, anchor: Node, fn, *args):
+        """`fn(self, *args)`, or a near-miss at `anchor` when the analysis itself fails: a form
+        the detector does not understand is reported and left alone, never a crash."""
+        try:
+            return fn(self, *args)
+        except Exception as e:  # noqa: BLE001 - any failure here means "not proven": no rewrite
+            first = (str(e).splitlines() or [""])[0][:200]
+            return self.near_miss(family, anchor, f"lasp_fx could not analyse this form ({type(e).__name__}: {first})")
+
     def near_miss(self, family: str, node: Node, reason: str) -> NearMiss:
         where, code = source_of(node)
+        fn = source_function(node)
+        if fn and fn != "forward":  # a helper of a third-party file: its name says what it computes
+            reason = f"{reason} (in {fn})"
         return NearMiss(family, where, code, module_path(node), reason, node)
 
     def verify(self, cand: Candidate) -> Candidate:

@@ -30,8 +30,9 @@ class MaskInfo:
     log_gate: torch.Tensor | None  # [B, H, T - 1] (tokens 1..T-1) for "gate"
 
 
-def analyse_mask(M: torch.Tensor) -> MaskInfo:
-    """Classify a canonical mask [B, H, T, T] (rows = queries, columns = keys)."""
+def analyse_mask(M: torch.Tensor, rel_tol: float = 1e-6) -> MaskInfo:
+    """Classify a canonical mask [B, H, T, T] (rows = queries, columns = keys); `rel_tol` bounds
+    the rounding of the mask's own entries (1e-6, or more for a mask held in float32)."""
     big = M.abs().max()
     if big == 0:
         raise NotADecay("the mask is zero everywhere")
@@ -55,9 +56,9 @@ def analyse_mask(M: torch.Tensor) -> MaskInfo:
     a = torch.log(sub)  # exp(a_i) = R[i, i-1]
     G = torch.cat([torch.zeros_like(a[..., :1]), torch.cumsum(a, -1)], -1)
     expect = torch.tril(torch.exp(G[..., :, None] - G[..., None, :]))
-    if (expect - R).abs().max() > 1e-6 * float(R.abs().max()):
+    if (expect - R).abs().max() > rel_tol * float(R.abs().max()):
         raise NotADecay("the mask is causal but not of the form exp(G_i - G_j) (not a decay)")
-    if (a - a[..., :1]).abs().max() <= 1e-6 * max(1.0, float(a.abs().max())):
+    if (a - a[..., :1]).abs().max() <= rel_tol * max(1.0, float(a.abs().max())):
         return MaskInfo("const", a[..., 0], None)
     return MaskInfo("gate", None, a)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
+from lasp_fx.passes import causality
 from lasp_fx.passes.context import Context
+from lasp_fx.passes.einsums import split_einsums
 from lasp_fx.passes.match import Candidate, NearMiss
 from lasp_fx.passes.patterns import blocks, cumsum, quadratic
 from lasp_fx.passes.probe import region
@@ -24,10 +26,12 @@ def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list
         gm: a functional pre-dispatch ATen graph from `lasp_fx.capture`.
         example_inputs: the flat inputs of its placeholders (the probes run the graph once).
     """
+    split_einsums(gm)  # semantics unchanged; the families read two-operand products
     ctx = Context(gm, example_inputs)
     found = [f for fam in FAMILIES for f in fam.find(ctx)]
     cands = [f for f in found if isinstance(f, Candidate)]
     near = [f for f in found if isinstance(f, NearMiss)]
+    near = causality.near_misses(ctx) + near  # a non-causal model: said first, whatever else is found
     cands = _drop_nested(cands)
     claimed = set().union(*(set(region(c)) for c in cands)) if cands else set()
     return cands, [n for n in near if n.node not in claimed]  # parts of a match are not near-misses

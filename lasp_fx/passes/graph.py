@@ -115,10 +115,34 @@ def region_between(starts: Iterable[Node], end: Node) -> set[Node]:
     return (descendants(starts) & ancestors([end], stop=starts)) - starts
 
 
-_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _einops_dir() -> tuple[str, ...]:
+    try:
+        import einops
+    except ImportError:
+        return ()
+    return (os.path.dirname(einops.__file__),)
 
 
-def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
+# torch, lasp_fx and einops: their frames are never the user's line (nor is the standard
+# library's, _STDLIB, whose directory holds site-packages: those are third parties' files)
+_SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              *_einops_dir())
+_STDLIB = os.path.dirname(os.__file__)
+
+
+def is_library_path(path: str) -> bool:
+    """Whether a source file belongs to torch or lasp_fx (not to the user or a third party).
+    Directories are compared whole: `site-packages/torchscale/...` is not under `.../torch`."""
+    if path.startswith("<"):  # generated code (<eval_with_key>, <string>)
+        return True
+    p = os.path.abspath(path)
+    parts = p.split(os.sep)
+    if p.startswith(_STDLIB + os.sep) and "site-packages" not in parts and "dist-packages" not in parts:
+        return True
+    return any(p == d or p.startswith(d + os.sep) for d in _SKIP_DIRS)
+
+
+def _user_frames(stack_trace: str) -> list[tuple[str, int, str, str | None]]:
     lines = stack_trace.splitlines()
     frames = []
     for i, line in enumerate(lines):
@@ -127,18 +151,26 @@ def _user_frames(stack_trace: str) -> list[tuple[str, int, str]]:
             path = s[6:s.index('"', 6)]
             lineno = int(s.split(", line ")[1].split(",")[0])
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            frames.append((path, lineno, code))
+            fn = s.split(", in ", 1)[1].strip() if ", in " in s else None
+            frames.append((path, lineno, code, fn))
     return frames
 
 
 def source_of(node: Node) -> tuple[str, str]:
     """("file.py:LINE", "the code on that line") of the user's code that created the node."""
     frames = _user_frames(node.meta.get("stack_trace") or "")
-    user = [f for f in frames if not os.path.abspath(f[0]).startswith(_SKIP_DIRS)]
+    user = [f for f in frames if not is_library_path(f[0])]
     if not (user or frames):
         return "<unknown>", ""
-    path, lineno, code = (user or frames)[-1]
+    path, lineno, code, _ = (user or frames)[-1]
     return f"{_short_path(path)}:{lineno}", code
+
+
+def source_function(node: Node) -> str | None:
+    """The name of the function holding `source_of(node)`'s line (None when unknown)."""
+    frames = _user_frames(node.meta.get("stack_trace") or "")
+    user = [f for f in frames if not is_library_path(f[0])]
+    return (user or frames)[-1][3] if (user or frames) else None
 
 
 def _short_path(path: str) -> str:

@@ -73,6 +73,7 @@ class Candidate:
     norm_a: float = 1.0  # out = norm_a * num / (den + norm_b)
     norm_b: float = 0.0
     error: float = 0.0  # the probe's worst relative error
+    tol: float = 1e-6  # the probe's bound: larger when the decay comes from low-precision buffers
     notes: list[str] = field(default_factory=list)
 
 

@@ -177,7 +177,14 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
                 "If it only works position by position, report it to lasp_fx; otherwise compute it "
                 "outside the parallelized model",
             )
-        rule(ctx, node)
+        try:
+            rule(ctx, node)
+        except ShardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an internal failure is still a verdict on this line
+            raise ShardError(node, f"lasp_fx's rule for this op failed ({type(e).__name__}: {e})",
+                             "Report it to lasp_fx with this line; meanwhile compute it outside the parallelized "
+                             "model") from e
     _partial_replicated_outputs(ctx)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()

@@ -83,6 +83,9 @@ def _pad(ctx, node):
     d = touched[0]
     i = 2 * (nd - 1 - d)
     before, after = pads[i], pads[i + 1] if i + 1 < len(pads) else 0
+    if not (isinstance(before, int) and isinstance(after, int)):
+        raise ShardError(node, f"pads the sequence by an amount computed from its length ({before}, {after}): on a "
+                         "slice that is the local length", _REFUSE)
     s = ctx.call(node, aten.sym_size.int, x, d)
     if before >= 0 and after >= 0:
         out = _halo(ctx, node, x, d, before, after, float(value))

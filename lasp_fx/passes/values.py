@@ -47,6 +47,24 @@ def upcast(x: Any) -> Any:
     return x
 
 
+def _lift(x: Any) -> Any:
+    """`upcast`, except that a float64 CPU tensor that requires grad (a probe's input, or a value
+    derived from one) is kept as is, so a replay under `grad=True` is differentiable in it."""
+    if isinstance(x, torch.Tensor) and x.requires_grad and x.dtype == torch.float64 and x.device == _CPU:
+        return x
+    return upcast(x)
+
+
+def _own(x: Any, orig: Any) -> Any:
+    """`x` (the upcast of `orig`), copied when it still shares `orig`'s memory (an int or
+    float64 CPU tensor): an in-place op of the replay (a step counter's `add_`) must not reach
+    the model's buffers or the caller's inputs."""
+    if isinstance(x, torch.Tensor) and isinstance(orig, torch.Tensor) and orig.device == _CPU \
+            and x.untyped_storage().data_ptr() == orig.untyped_storage().data_ptr():
+        return x.clone()
+    return x
+
+
 def _fetch_attr(gm: GraphModule, target: str):
     obj = gm
     for part in target.split("."):
@@ -64,8 +82,8 @@ def run_node(gm: GraphModule, node: Node, env: dict, fallback: "Values | None" =
             return fallback[n]
         raise KeyError(f"no value for {n.name}")
 
-    args = tree_map(upcast, torch.fx.node.map_arg(node.args, load))
-    kwargs = tree_map(upcast, torch.fx.node.map_arg(node.kwargs, load))
+    args = tree_map(_lift, torch.fx.node.map_arg(node.args, load))
+    kwargs = tree_map(_lift, torch.fx.node.map_arg(node.kwargs, load))
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
@@ -73,7 +91,8 @@ def run_node(gm: GraphModule, node: Node, env: dict, fallback: "Values | None" =
     if node.op == "call_module":
         return gm.get_submodule(node.target)(*args, **kwargs)
     if node.op == "get_attr":
-        return upcast(_fetch_attr(gm, node.target))
+        attr = _fetch_attr(gm, node.target)
+        return _own(upcast(attr), attr)
     raise ValueError(f"cannot evaluate node {node.name} ({node.op})")
 
 
@@ -88,17 +107,19 @@ class Values:
         with torch.no_grad():
             for node in gm.graph.nodes:
                 if node.op == "placeholder":
-                    self._env[node] = upcast(next(inputs))
+                    x = next(inputs)
+                    self._env[node] = _own(upcast(x), x)
                 elif node.op != "output":
                     self._env[node] = run_node(gm, node, self._env)
 
     def __getitem__(self, node: Node):
         return self._env[node]
 
-    def evaluate(self, nodes: Iterable[Node], overrides: dict[Node, Any]) -> dict[Node, Any]:
-        """Re-run `nodes` (in graph order) with `overrides` in place of some values."""
+    def evaluate(self, nodes: Iterable[Node], overrides: dict[Node, Any], grad: bool = False) -> dict[Node, Any]:
+        """Re-run `nodes` (in graph order) with `overrides` in place of some values; with `grad`,
+        under autograd, so the results are differentiable in the overrides that require grad."""
         env = dict(overrides)
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             for node in nodes:
                 if node not in env:
                     env[node] = run_node(self.gm, node, env, fallback=self)

@@ -32,7 +32,11 @@ CORPUS = {
     "softmax_manual": (negatives.SoftmaxManual, [], ["softmax"]),
     "sdpa_only": (negatives.SDPAOnly, [], []),
     "attention_free_mlp_conv": (negatives.AttentionFree, [], []),
-    "bidirectional_linear": (negatives.Bidirectional, [], ["quadratic"]),
-    "anti_causal_triu": (negatives.AntiCausal, [], ["quadratic"]),
+    "bidirectional_linear": (negatives.Bidirectional, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
+    "anti_causal_triu": (negatives.AntiCausal, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
     "learnable_temperature": (negatives.LearnableTemperature, [], ["quadratic"]),
+    # row normalisers the op does not compute: equal in value on positive inputs, not in gradient
+    "detached_row_norm": (negatives.DetachedRowNorm, [], ["normalised"]),
+    "abs_row_norm": (negatives.AbsRowNorm, [], ["normalised"]),
+    "clamp_row_norm": (negatives.ClampRowNorm, [], ["normalised"]),
 }

@@ -102,3 +102,42 @@ class Hybrid(nn.Module):
         x = x + self.retention(self.norm1(x))
         x = x + self.softmax(self.norm2(x))
         return x + self.mlp(x)
+
+
+class DecayRowNormalised(nn.Module):
+    """A RetNet-style decay mask with a row normaliser the op does not compute (issue 20): the
+    denominator detached, its absolute value, or clamped to >= 1. Equal to the op's normalised
+    form in value on positive inputs at most; never in gradient."""
+
+    def __init__(self, how, dim=32, heads=4):
+        super().__init__()
+        self.p, self.how = Projections(dim, heads), how
+        self.register_buffer("gamma", 1 - 2.0 ** (-5 - torch.arange(heads, dtype=torch.float32)))
+
+    def forward(self, x):
+        q, k, v = (t.transpose(1, 2) for t in self.p.split(x))
+        i = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)
+        dist = i[:, None] - i[None, :]
+        mask = torch.where(dist >= 0, self.gamma.to(x.dtype)[:, None, None] ** dist.clamp(min=0), 0.0)
+        qk = elu1(q) @ elu1(k).transpose(-1, -2) * mask
+        den = qk.detach().sum(-1, keepdim=True)
+        if self.how in ("abs", "clamp"):
+            den = den.abs()
+        if self.how == "clamp":
+            den = den.clamp(min=1)
+        return self.p.merge(((qk / den) @ v).transpose(1, 2))
+
+
+class DetachedRowNorm(DecayRowNormalised):
+    def __init__(self):
+        super().__init__("detach")
+
+
+class AbsRowNorm(DecayRowNormalised):
+    def __init__(self):
+        super().__init__("abs")
+
+
+class ClampRowNorm(DecayRowNormalised):
+    def __init__(self):
+        super().__init__("clamp")

@@ -43,7 +43,7 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
     found = []
     for Z in list(ctx.gm.graph.nodes):
         if Z.op == "call_function" and Z.target is aten.cat.default and len(Z.args[0]) >= 2:
-            res = _analyse(ctx, Z)
+            res = ctx.analyse(FAMILY, Z, _analyse, Z)
             if res is not None:
                 found.append(res)
     return found
@@ -52,7 +52,8 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
 def _analyse(ctx: Context, Z: Node) -> Candidate | NearMiss | None:
     first = Z.args[0][0]
     order = topo_order(ctx.gm.graph)
-    for mm in sorted(ancestors([first]), key=order.__getitem__):
+    # nearest first: the chunk's own product, never one of an earlier layer the chunk depends on
+    for mm in sorted(ancestors([first]), key=order.__getitem__, reverse=True):
         sp = quadratic.score_product(mm)
         if sp is None:
             continue

@@ -86,7 +86,7 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
     found = []
     for C in list(ctx.gm.graph.nodes):
         if C.op == "call_function" and C.target is aten.cumsum.default:
-            res = _analyse(ctx, C)
+            res = ctx.analyse(FAMILY, C, _analyse, C)
             if res is not None:
                 found.append(res)
     return found

@@ -16,7 +16,7 @@ from torch.fx import Node
 
 from lasp_fx.passes.context import Context
 from lasp_fx.passes.decay import NotADecay, analyse_mask, decay_options
-from lasp_fx.passes.graph import aten, ancestors, descendants, is_elementwise, shape
+from lasp_fx.passes.graph import aten, ancestors, descendants, is_elementwise, shape, val
 from lasp_fx.passes.labels import Contraction, contraction, sizes, strip_head_repeat, strip_layout
 from lasp_fx.passes.match import Candidate, Layout, NearMiss
 
@@ -99,7 +99,7 @@ def find(ctx: Context) -> list[Candidate | NearMiss]:
     for node in list(ctx.gm.graph.nodes):
         sp = score_product(node)
         if sp is not None:
-            found.append(_analyse(ctx, *sp))
+            found.append(ctx.analyse(FAMILY, node, _analyse, *sp))
     return [f for f in found if f is not None]
 
 
@@ -164,17 +164,29 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
         return ctx.near_miss(FAMILY, S, "q, k and v are not three separate tensors (shared inputs are not supported)")
     if len(chain) == 1:
         return ctx.near_miss(FAMILY, S, "found q@k^T but the scores are not masked: bidirectional (non-causal) attention")
+    sides = [a for n in chain[1:] for a in n.all_input_nodes if a not in chain]
+    cand = replace(cand, tol=max(cand.tol, 8 * T * _mask_eps(sides)))  # T entries' rounding accumulates
     try:
         M = _mask(ctx, chain, c1.output, beta, row, col, beta_sizes)
-        info = analyse_mask(M)
+        info = analyse_mask(M, cand.tol)
     except NotADecay as e:
         return ctx.near_miss(FAMILY, S, f"found q@k^T but {e}")
-    sides = [a for n in chain[1:] for a in n.all_input_nodes if a not in chain]
     opts = decay_options(info, cand, ctx.values, sides, c1.output, beta, ctx.learnable)
     if not opts:
         return ctx.near_miss(FAMILY, S, f"found a {info.kind} decay but not the tensor it is computed from")
     family = "normalised" if normalised else ("decay-mask" if info.kind != "none" else FAMILY)
     return ctx.try_options(family, [replace(cand, decay=o) for o in opts])
+
+
+def _mask_eps(sides: list[Node]) -> float:
+    """The rounding unit of the least precise float the mask is computed from: a decay held in a
+    float32 buffer is exact only to float32's precision after the float64 replay."""
+    eps = 0.0
+    for n in ancestors(sides):
+        v = val(n) if n.op in ("placeholder", "get_attr") else None  # buffers and inputs: replays are float64
+        if v is not None and v.is_floating_point() and v.dtype != torch.float64:
+            eps = max(eps, torch.finfo(v.dtype).eps)
+    return eps if eps <= 1e-6 else 0.0  # bfloat16 / float16 masks: no looser bound, refused if off
 
 
 def _normalises_rows(path: list[Node], P: Node, col: str, s_lab: str) -> bool:

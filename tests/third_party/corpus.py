@@ -1,0 +1,51 @@
+"""The third-party corpus: what inspect() finds in each implementation and what parallelize() does.
+
+Each entry: model ("module:Class"), kwargs, needs (the package it imports), matches (expected
+families of inspect's matches, in graph order), near (whether inspect reports a near-miss),
+parallel: ("equal", tol) - parallelize over 2 gloo ranks equals one process, logits and every
+gradient on every rank - or ("refused", words): a lasp_fx error containing `words` (the file and
+line it names, and why). Sequence length 24 (12 tokens a rank).
+"""
+
+FLA = "tests.third_party.fla_naive:FlaNaiveLM"
+LR = "tests.third_party.lucidrains"
+HF = "tests.third_party.hf"
+
+
+def _fla(kind, matches, near, parallel):
+    return dict(model=FLA, kwargs={"kind": kind}, needs="fla", matches=matches, near=near, parallel=parallel)
+
+
+THIRD_PARTY = {
+    # fla-core's reference implementations (a dependency of lasp_fx)
+    "fla_retention": _fla("retention", ["decay-mask"], False,
+                          ("refused", "fla/ops/retention/naive.py:16")),  # range(seq_len) fixes the length
+    "fla_parallel_simple_gla": _fla("parallel_simple_gla", ["decay-mask"], False, ("equal", 1e-5)),
+    "fla_chunk_simple_gla": _fla("chunk_simple_gla", [], True,  # pads T to a multiple of the chunk
+                                 ("refused", "fla/ops/simple_gla/naive.py:32")),
+    "fla_recurrent_linear": _fla("recurrent_linear", [], False, ("refused", "fla/ops/linear_attn/naive.py:35")),
+    "fla_based": _fla("based", [], True, ("refused", "fla/ops/based/naive.py:24")),
+    "fla_rebased": _fla("rebased", [], True, ("refused", "fla/ops/rebased/naive.py:23")),
+    # token loops: range(T) fixes the length, and the error names the loop
+    "fla_delta_rule": _fla("delta_rule", [], False, ("refused", "fla/ops/delta_rule/naive.py:27")),
+    "fla_gated_delta_rule": _fla("gated_delta_rule", [], False, ("refused", "fla/ops/gated_delta_rule/naive.py:50")),
+    "fla_forgetting_attn": _fla("forgetting", [], True, ("refused", "fla/ops/forgetting_attn/naive.py:45")),
+    "fla_gla": _fla("gla", [], False, ("refused", "fla/ops/gla/naive.py:33")),
+    "fla_hgrn": _fla("hgrn", [], False, ("refused", "fla/ops/hgrn/naive.py:28")),
+    # lucidrains' packages (test extra "thirdparty")
+    "performer_pytorch": dict(model=f"{LR}:PerformerLM", kwargs={}, needs="performer_pytorch", matches=[], near=True,
+                              # t.chunk(128) fixes the length (line 207); the key's amax over the
+                              # whole sequence (line 113) makes it non-causal: both named
+                              parallel=("refused", "performer_pytorch.py:113")),
+    "linear_attention_transformer": dict(
+        model=f"{LR}:LinearAttentionTransformerLM", kwargs={}, needs="linear_attention_transformer", matches=[],
+        near=True, parallel=("refused", "linear_attention_transformer.py:244")),
+    "linear_attention_transformer_buckets": dict(
+        model=f"{LR}:LinearAttentionTransformerLM", kwargs={"blindspot_size": 4}, needs="linear_attention_transformer",
+        matches=[], near=True, parallel=("refused", "linear_attention_transformer.py:240")),
+    # HF transformers 5.x, from_config with the config's defaults (use_cache=True)
+    "hf_minimax": dict(model=f"{HF}:MiniMaxLM", kwargs={}, needs="transformers", matches=["block-loop", "block-loop"],
+                       near=True, parallel=("refused", "transformers/integrations/moe.py:440")),  # MoE's sort
+    "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
+                          parallel=("refused", "torch_chunk_gated_delta_rule")),  # named with the refusal
+}

@@ -1,0 +1,40 @@
+"""HF transformers 5.x linear-attention architectures as users load them: `from_config`, tiny sizes,
+every other setting (use_cache included) as the config defaults."""
+
+from tests.third_party.lm import VOCAB, LMHead
+
+
+def _from_config(config):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config)
+    return LMHead(model, logits=lambda out: out.logits)
+
+
+class MiniMaxLM(LMHead):
+    """Lightning attention (a Python loop over blocks of `block_size` tokens with a carried state,
+    per-head decay) in layers 1 and 3, softmax attention in 0 and 2, a mixture of experts."""
+
+    def __init__(self, block_size: int = 8):
+        from transformers import MiniMaxConfig
+
+        config = MiniMaxConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=4,
+                               num_attention_heads=2, num_key_value_heads=2, head_dim=16, num_local_experts=2,
+                               num_experts_per_tok=1, block_size=block_size, max_position_embeddings=128,
+                               layer_types=["full_attention", "linear_attention"] * 2)
+        super().__init__(_from_config(config).lm, logits=lambda out: out.logits)
+
+
+class Qwen3NextLM(LMHead):
+    """Gated delta rule layers (a matrix-valued transition: never LASP) and gated softmax attention."""
+
+    def __init__(self):
+        from transformers import Qwen3NextConfig
+
+        config = Qwen3NextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_conv_kernel_dim=2,
+                                 linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                                 linear_num_value_heads=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                                 num_experts=2, num_experts_per_tok=1, max_position_embeddings=128,
+                                 layer_types=["linear_attention", "full_attention"])
+        super().__init__(_from_config(config).lm, logits=lambda out: out.logits)

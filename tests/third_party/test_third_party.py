@@ -1,0 +1,73 @@
+"""Third-party implementations (issue 20): inspect finds what the corpus table says, and
+parallelize() over 2 gloo ranks equals one process or raises a lasp_fx error naming the line."""
+
+import importlib.util
+
+import pytest
+import torch
+
+import lasp_fx
+from lasp_fx.testing import workers_parallel
+from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.testing.spawn import run_spawned
+from tests.third_party.corpus import THIRD_PARTY
+from tests.third_party.worker import verdicts
+
+T, WORLD = 24, 2
+NAMES = list(THIRD_PARTY)
+
+
+def _available(name):
+    return importlib.util.find_spec(THIRD_PARTY[name]["needs"]) is not None
+
+
+def _case(name):
+    e = THIRD_PARTY[name]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 32, (2, T), generator=gen)
+    labels = torch.randint(0, 32, (2, T), generator=gen)
+    return dict(model=e["model"], kwargs=e["kwargs"], ids=ids, labels=labels, options={"compiler": "eager"})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inspect_counts(name):
+    if not _available(name):
+        pytest.skip(f"{THIRD_PARTY[name]['needs']} not installed (pip install -e '.[test]')")
+    case = _case(name)
+    model = workers_parallel.build(case["model"], **case["kwargs"])
+    report = lasp_fx.inspect(model, case["ids"])
+    assert [m.family for m in report.matches] == THIRD_PARTY[name]["matches"], report
+    assert bool(report.near_misses) == THIRD_PARTY[name]["near"], report
+    for item in report.matches + report.near_misses:
+        assert "lasp_fx" not in item.source and "/torch/" not in item.source, item
+
+
+@pytest.fixture(scope="module")
+def parallel_verdicts():
+    names = [n for n in NAMES if _available(n)]
+    results = run_spawned(verdicts, WORLD, [_case(n) for n in names], timeout=1500)
+    return {n: [results[r][i] for r in range(WORLD)] for i, n in enumerate(names)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parallel_equals_one_process_or_refuses_naming_the_line(name, parallel_verdicts):
+    if name not in parallel_verdicts:
+        pytest.skip(f"{THIRD_PARTY[name]['needs']} not installed")
+    kind, arg = THIRD_PARTY[name]["parallel"]
+    per_rank = parallel_verdicts[name]
+    if kind == "refused":
+        for rank, v in enumerate(per_rank):
+            assert "error" in v, f"{name} rank {rank}: expected a refusal naming {arg}, got a result"
+            assert arg in v["error"], f"{name} rank {rank}: {v['error']}"
+            for internal in ("TypeError", "KeyError", "IndexError", "AttributeError"):
+                assert not v["error"].startswith(internal), f"{name}: an internal error, not a verdict: {v['error']}"
+        return
+    ref = workers_parallel.single(_case(name))
+    for rank, v in enumerate(per_rank):
+        assert "result" in v, f"{name} rank {rank}: {v.get('error')}"
+        got = v["result"]
+        assert rel_rms(torch.as_tensor(got["logits"]), torch.as_tensor(ref["logits"])) <= arg, f"{name} rank {rank}"
+        assert set(got["grads"]) == set(ref["grads"])
+        for p, g in ref["grads"].items():
+            err = rel_rms(torch.as_tensor(got["grads"][p]), torch.as_tensor(g))
+            assert err <= arg, f"{name} rank {rank}: gradient of {p} off by {err:.2e}"
