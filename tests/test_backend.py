@@ -151,7 +151,7 @@ def test_entry_point_works_in_a_fresh_process(device):
     assert float(done.stdout.strip().splitlines()[-1]) <= 1e-12
 
 
-def test_a_static_length_too_long_to_replay_is_refused_with_the_fix(monkeypatch):
+def test_a_static_length_too_long_to_replay_is_refused_with_the_fix(monkeypatch, device):
     """A static graph is replayed at its own length; past the limit the backend refuses before it
     allocates, naming the value and the fix, and the same model compiled dynamic=True works."""
     from lasp_fx.passes import values
@@ -159,12 +159,12 @@ def test_a_static_length_too_long_to_replay_is_refused_with_the_fix(monkeypatch)
     # 215 KiB: at 200 tokens the 4 x 200 x 200 decay mask (1.2 MiB) is over, at the 40-token prefix
     # of a dynamic graph the largest value (2 x 40 x 256, 160 KiB) is not
     monkeypatch.setattr(values, "_LARGEST_GIB", 2e-4)
-    ids, labels = _batch(t=200)
+    ids, labels = _batch(device, t=200)
     torch._dynamo.reset()
     with pytest.raises(Exception, match=r"(?s)replaying the graph in float64.*lightning.py:\d+.*dynamic=True"):
-        torch.compile(_model("lightning"), backend="lasp", dynamic=False)(ids)
+        torch.compile(_model("lightning", device), backend="lasp", dynamic=False)(ids)
     torch._dynamo.reset()
-    model = _model("lightning")
+    model = _model("lightning", device)
     got = torch.compile(model, backend="lasp", dynamic=True)(ids, labels=labels)
     assert rel_rms(got, model(ids, labels=labels)) <= 1e-10
     torch._dynamo.reset()
