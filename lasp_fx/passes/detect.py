@@ -15,6 +15,7 @@ from lasp_fx.passes.einsums import split_einsums
 from lasp_fx.passes.match import Candidate, NearMiss
 from lasp_fx.passes.patterns import blocks, cumsum, quadratic
 from lasp_fx.passes.probe import region
+from lasp_fx.passes.values import check_replay_size
 
 FAMILIES = [quadratic, cumsum, blocks]
 
@@ -27,6 +28,7 @@ def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list
         example_inputs: the flat inputs of its placeholders (the probes run the graph once).
     """
     split_einsums(gm)  # semantics unchanged; the families read two-operand products
+    check_replay_size(gm)  # before any probe: their failures become near-misses, this one must not
     ctx = Context(gm, example_inputs)
     found = [f for fam in FAMILIES for f in fam.find(ctx)]
     cands = [f for f in found if isinstance(f, Candidate)]

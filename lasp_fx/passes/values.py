@@ -102,7 +102,6 @@ class Values:
     def __init__(self, gm: GraphModule, flat_inputs: Iterable[Any]):
         self.gm = gm
         self._env: dict[Node, Any] = {}
-        _check_size(gm)
         inputs = iter(list(flat_inputs))
         with torch.no_grad():
             for node in gm.graph.nodes:
@@ -126,7 +125,7 @@ class Values:
         return env
 
 
-def _check_size(gm: GraphModule) -> None:
+def check_replay_size(gm: GraphModule) -> None:
     """Refuse before allocating when one value of the replay would pass _LARGEST_GIB: a graph whose
     sequence length is static is replayed at that length, where the model's T x T masks cost
     T * T * 8 bytes a head (128 GiB at 128K tokens)."""
