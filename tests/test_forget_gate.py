@@ -51,11 +51,12 @@ def _run(path, x, g):
     if path == "triton-float32":
         from lasp_fx.ops import triton as tk
 
-        q, k, v, do = (x[n].float() for n in ("q", "k", "v", "do"))
-        gf = forget_all_as_finite(g.float())
+        dev = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels: on the GPU, else the interpreter
+        q, k, v, do = (x[n].to(dev, torch.float32) for n in ("q", "k", "v", "do"))
+        gf = forget_all_as_finite(g.to(dev, torch.float32))
         o, _ = tk.fwd(q, k, v, gf, 0.5)
         dq, dk, dv, dG, _ = tk.bwd(q, k, v, gf, 0.5, do)
-        dg = tk.log_decay_grad(dG, gf).masked_fill(torch.isneginf(g), 0.0)  # the clamp's gradient is 0 there
+        dg = tk.log_decay_grad(dG, gf).masked_fill(torch.isneginf(g.to(dev)), 0.0)  # the clamp's gradient is 0 there
         return o, {"q": dq, "k": dk, "v": dv}, dg
     dtype = torch.float64 if path == "chunked-float64" else torch.float32
     leaves = {n: x[n].to(dtype).detach().clone().requires_grad_() for n in "qkv"}

@@ -75,9 +75,10 @@ def test_combination_checks_every_rows_header(P, rank, forward, with_final, mism
     from lasp_fx.distributed import header
 
     rows, states, decays = _rows(P, True, torch.float32, seed=P)
+    rows = rows.to(DEVICE)
     tails = torch.stack([header.as_tensor(_header(7 if mismatch and j == P - 1 else 8, j), rows) for j in range(P)])
     own = header.as_tensor(_header(8, rank), rows)
-    d_final = torch.randn(B, H, D, E) if with_final else None
+    d_final = torch.randn(B, H, D, E).to(DEVICE) if with_final else None
     late, end = combine_gathered(torch.cat([rows, tails], 1), (B, H, D, E), rank, forward, True, d_final,
                                  own_tail=own, checked=header.CHECKED.stop)
     if mismatch:
@@ -97,8 +98,8 @@ def test_ring_link_in_one_launch(mismatch, has_decay, with_final, seal):
     from lasp_fx.ops.triton.gathered import checked_step
 
     gen = torch.Generator().manual_seed(1)
-    x, own, d_final = (torch.randn(B, H, D, E, generator=gen) for _ in range(3))
-    a = -torch.rand(B, H, generator=gen) * 3 if has_decay else None
+    x, own, d_final = (torch.randn(B, H, D, E, generator=gen).to(DEVICE) for _ in range(3))
+    a = (-torch.rand(B, H, generator=gen) * 3).to(DEVICE) if has_decay else None
     mine = header.as_tensor(_header(8, 1), x)
     msg = torch.cat([x.reshape(-1), header.as_tensor(_header(9 if mismatch else 8, 0), x)])
     late, end = checked_step(msg, mine, own, a, d_final if with_final else None, seal=seal,

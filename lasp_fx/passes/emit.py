@@ -60,6 +60,9 @@ class GraphEmitter:
         return node
 
     def const(self, tensor: torch.Tensor, name: str):
+        where = self.where.meta.get("val")  # constants come from the float64 CPU replay: to the graph's device
+        if isinstance(where, torch.Tensor):
+            tensor = tensor.to(where.device)
         i = 0
         while hasattr(self.gm, f"{name}_{i}"):
             i += 1
