@@ -224,68 +224,70 @@ def _attempt(v, T, steps, warmup, dev):
 # ------------------------------------------------------------------------------ modes
 def _table(a, cfg, state, dev, dtype, record, save):
     lengths = [int(x) for x in a.lengths.split(",")]
-    for levers in a.levers.split(","):
-        for variant in a.variants.split(","):
-            skip = _skip(variant, levers, dev, a)
-            if skip:
-                record["rows"].append({"variant": variant, "levers": levers, "skipped": skip})
-                continue
-            v = _Variant(variant, levers, cfg, state, dev, dtype, a)
-            stop = None
-            for T in lengths:
-                row = {"variant": variant, "levers": levers, "tokens": T}
-                if stop or time.monotonic() > _DEADLINE:
-                    row["skipped"] = stop or "time budget (--budget) spent"
-                elif variant == "compile" and T > a.compile_max:
-                    row["skipped"] = f"the T x T model above --compile-max {a.compile_max}"
-                else:
-                    row.update(_attempt(v, T, a.steps, a.warmup, dev))
-                    if row.get("oom"):
-                        stop = f"out of memory at {T} tokens"
-                    elif "error" in row:
-                        stop = "error at a shorter length"
-                record["rows"].append(row)
-                _log(json.dumps(row))
-                save()
-            v.close()
+    for variant, levers, v in _variants(a, cfg, state, dev, dtype, record["rows"]):
+        stop = None
+        for T in lengths:
+            row = {"variant": variant, "levers": levers, "tokens": T}
+            if stop or time.monotonic() > _DEADLINE:
+                row["skipped"] = stop or "time budget (--budget) spent"
+            elif variant == "compile" and T > a.compile_max:
+                row["skipped"] = f"the T x T model above --compile-max {a.compile_max}"
+            else:
+                row.update(_attempt(v, T, a.steps, a.warmup, dev))
+                if row.get("oom"):
+                    stop = f"out of memory at {T} tokens"
+                elif "error" in row:
+                    stop = "error at a shorter length"
+            record["rows"].append(row)
+            _log(json.dumps(row))
+            save()
 
 
 def _longest(a, cfg, state, dev, dtype, record, save):
     """Double the length until a step runs out of memory, then bisect between the last two."""
+    for variant, levers, v in _variants(a, cfg, state, dev, dtype, record["longest"]):
+        ok, bad, T, tries = None, None, a.start, []
+
+        def attempt(T):
+            r = _attempt(v, T, 1, 0, dev)
+            tries.append({"tokens": T, **r})
+            _log(json.dumps({"variant": variant, "levers": levers, "tokens": T, **r}))
+            save()
+            return "oom" not in r and "error" not in r
+
+        while T <= a.max_tokens and time.monotonic() < _DEADLINE:
+            if not attempt(T):
+                bad = T
+                break
+            ok, T = T, 2 * T
+        while ok and bad and bad - ok > max(a.granularity, ok // 8) and time.monotonic() < _DEADLINE:
+            mid = (ok + bad) // 2 // a.granularity * a.granularity
+            if mid in (ok, bad):
+                break
+            if attempt(mid):
+                ok = mid
+            else:
+                bad = mid
+        best = next((t for t in tries if t["tokens"] == ok), {})
+        record["longest"].append({"variant": variant, "levers": levers, "longest_tokens": ok,
+                                  "first_oom_tokens": bad, "at_longest": best, "tries": tries})
+        save()
+
+
+def _variants(a, cfg, state, dev, dtype, rows):
+    """(variant, levers, _Variant) for every lever set and variant asked for; a skipped one is
+    recorded in `rows` instead, and each is closed once its caller moves on."""
     for levers in a.levers.split(","):
         for variant in a.variants.split(","):
             skip = _skip(variant, levers, dev, a)
             if skip:
-                record["longest"].append({"variant": variant, "levers": levers, "skipped": skip})
+                rows.append({"variant": variant, "levers": levers, "skipped": skip})
                 continue
             v = _Variant(variant, levers, cfg, state, dev, dtype, a)
-            ok, bad, T, tries = None, None, a.start, []
-
-            def attempt(T):
-                r = _attempt(v, T, 1, 0, dev)
-                tries.append({"tokens": T, **r})
-                _log(json.dumps({"variant": variant, "levers": levers, "tokens": T, **r}))
-                save()
-                return "oom" not in r and "error" not in r
-
-            while T <= a.max_tokens and time.monotonic() < _DEADLINE:
-                if not attempt(T):
-                    bad = T
-                    break
-                ok, T = T, 2 * T
-            while ok and bad and bad - ok > max(a.granularity, ok // 8) and time.monotonic() < _DEADLINE:
-                mid = (ok + bad) // 2 // a.granularity * a.granularity
-                if mid in (ok, bad):
-                    break
-                if attempt(mid):
-                    ok = mid
-                else:
-                    bad = mid
-            best = next((t for t in tries if t["tokens"] == ok), {})
-            record["longest"].append({"variant": variant, "levers": levers, "longest_tokens": ok,
-                                      "first_oom_tokens": bad, "at_longest": best, "tries": tries})
-            save()
-            v.close()
+            try:
+                yield variant, levers, v
+            finally:
+                v.close()
 
 
 def _skip(variant, levers, dev, a) -> str | None:

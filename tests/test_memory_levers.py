@@ -15,12 +15,7 @@ T = 24  # 24, 12 and 8 tokens per rank
 
 
 def _batch(vocab=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (2, T), generator=gen)
-    labels = torch.randint(0, vocab, (2, T), generator=gen)
-    labels[0, :5] = -100  # ignored labels change the loss's count, not only its sum
-    labels[1, 17] = -100
-    return ids, labels
+    return workers_parallel.lm_batch(2, T, vocab, seed)
 
 
 def _case(model, options=None, compiler="aot_eager", **kwargs):

@@ -16,12 +16,7 @@ T = 24  # divisible by 2, 3 and 4; 12, 8 and 6 tokens per rank: every slice ends
 
 
 def _batch(vocab=32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (4, T), generator=gen)
-    labels = torch.randint(0, vocab, (4, T), generator=gen)
-    labels[0, :5] = -100  # ignored labels change the loss's count, not only its sum
-    labels[3, 17] = -100
-    return ids, labels
+    return workers_parallel.lm_batch(4, T, vocab, seed)
 
 
 def _case(name, device, module="examples.models", **extra):

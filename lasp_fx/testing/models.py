@@ -136,39 +136,34 @@ class CheckpointedLM(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
-class TileCumsum(nn.Module):
-    """Sequence tiles with a running sum inside each: mixes positions, must be refused."""
+class _Tiles(nn.Module):
+    """An embedding and a projection; `tiles(x)` is what each refused spelling does to the sequence."""
 
     def __init__(self, vocab=32, dim=16):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, ids):
-        x = self.embed(ids)
+        return self.tiles(self.embed(ids))
+
+
+class TileCumsum(_Tiles):
+    """Sequence tiles with a running sum inside each: mixes positions, must be refused."""
+
+    def tiles(self, x):
         return torch.cat([torch.cumsum(t, dim=1) for t in x.tensor_split(2, dim=1)], dim=1)
 
 
-class TileReversed(nn.Module):
+class TileReversed(_Tiles):
     """Position-wise tiles concatenated back in reverse order: must be refused."""
 
-    def __init__(self, vocab=32, dim=16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, ids):
-        x = self.embed(ids)
+    def tiles(self, x):
         return torch.cat([self.proj(t) for t in reversed(x.tensor_split(2, dim=1))], dim=1)
 
 
-class TileDropped(nn.Module):
+class TileDropped(_Tiles):
     """Position-wise tiles with the last one left out (the sequence shrinks): must be refused."""
 
-    def __init__(self, vocab=32, dim=16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, ids):
-        x = self.embed(ids)
+    def tiles(self, x):
         return torch.cat([self.proj(t) for t in x.tensor_split(3, dim=1)[:2]], dim=1)

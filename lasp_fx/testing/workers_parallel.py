@@ -41,6 +41,17 @@ def _run(model, case, gather):
     return _plain({"logits": logits, "loss": loss, "grads": grads, "losses": losses})
 
 
+def lm_batch(rows: int, T: int, vocab: int, seed: int = 0):
+    """(ids, labels) [rows, T] drawn on the CPU, some labels -100: ignored labels change the loss's
+    count, not only its sum."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (rows, T), generator=gen)
+    labels = torch.randint(0, vocab, (rows, T), generator=gen)
+    labels[0, :5] = -100
+    labels[-1, 17] = -100
+    return ids, labels
+
+
 def single(case) -> dict:
     """The case on one process (on the case's device, cuda:0 for "cuda"): the reference."""
     case = _on_device(case, 0)
