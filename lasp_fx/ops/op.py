@@ -199,7 +199,7 @@ def linear_attention(
     group=None,
     method: str = "auto",
     check: bool = True,
-    timeout: float = 600.0,  # distributed.link.DEFAULT_TIMEOUT (not imported here: distributed builds on this module)
+    timeout: float | None = None,
 ):
     """Causal linear attention with optional decay, GQA and a carried state.
 
@@ -240,14 +240,15 @@ def linear_attention(
             exchange tells its peers at once (RankFailedError "rank r failed: ..."). On CUDA the
             host never waits: NCCL's waits are bounded by the process group's timeout
             (init_process_group(timeout=...), 10 minutes by default), the peer-memory kernel's by
-            its own spin (about as long). Default 600 s, NCCL's default.
+            its own spin (about as long). None: lasp_fx.distributed.link.DEFAULT_TIMEOUT (600 s, NCCL's default).
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
         `output_final_state=True`. States are float32 (float64 for float64 inputs).
     """
     check_linear_attention_args(q, k, v, log_decay, scale, initial_state)
-    if group is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+    bad_timeout = isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    if group is not None and timeout is not None and bad_timeout:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     state_dtype = chunked.acc_dtype(q.dtype)
@@ -259,8 +260,10 @@ def linear_attention(
         o, final_state = single_device(q, k, v, log_decay, initial_state, scale)
     else:  # imported here: lasp_fx.distributed builds on this module
         from lasp_fx.distributed.lasp import sequence_parallel_attention
+        from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 
         o, final_state = sequence_parallel_attention(
-            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check, timeout=timeout
+            q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
     return (o, final_state) if output_final_state else o
