@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 
 import torch
-import torch.distributed as dist
 
 
 def build(model: str, dtype: str = "float64", seed: int = 0, **kwargs):
