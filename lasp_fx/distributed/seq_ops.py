@@ -112,12 +112,15 @@ def gather_sequence(x: Tensor, dim: int, group_name: str) -> Tensor:
     return _all_gather_autograd(x.contiguous(), dim, group_name)
 
 
-def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, group_name: str) -> Tensor:
+def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, group_name: str,
+                                key_keep: Tensor | None = None) -> Tensor:
     """Causal softmax attention of this rank's queries over the keys of all ranks up to its own.
 
     q, k, v: [B, H, s, D] slices (LASP-2H style: one all-gather of K and V per layer). Query i of
     rank r sits at global position r*s + i and sees keys 0 .. r*s + i, so ranks after r
     contribute nothing and are cut before the product. The mask is dense, [s, (r+1)*s] booleans.
+    key_keep: [B, P*s] booleans of every rank's keys (False: padding, never seen; a padded query
+    still sees the earlier real keys, as HF's padding mask has it), or None (no padding).
     """
     import torch.nn.functional as F
 
@@ -127,5 +130,7 @@ def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, gro
     values = gather_sequence(v, v.dim() - 2, group_name).narrow(-2, 0, seen)
     rows = torch.arange(s, device=q.device) + rank * s
     mask = torch.arange(seen, device=q.device)[None, :] <= rows[:, None]
+    if key_keep is not None:
+        mask = mask & key_keep[:, None, None, :seen]
     extra = {"enable_gqa": True} if enable_gqa else {}
     return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, **extra)

@@ -9,6 +9,7 @@ here or refused with its source line (DESIGN.md section 3):
     causal conv, token shift  -> halos from the neighbouring ranks
     sums, means, losses       -> over all ranks, with the global count
     causal softmax attention  -> all-gathered keys and values, lower-right causal
+    causal & padding masks    -> the same, with the keys' flags gathered (passes/padding_masks.py)
     position-wise tiles       -> as they are (a split of the slice, concatenated back)
     parameters                -> gradients summed over the group
     anything else that mixes positions -> ShardError, before the first step
@@ -26,7 +27,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes import shard_attention, shard_halo, shard_rules, shard_tiles
+from lasp_fx.passes import padding_masks, shard_attention, shard_halo, shard_rules, shard_tiles
 from lasp_fx.passes.causal_masks import causal_masks_pass
 from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
@@ -160,8 +161,9 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     """
     gm.graph.eliminate_dead_code()  # dead position-mixing code (a mask nobody reads) needs no rule
     causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
+    padding_masks.padding_masks_pass(gm, symbols)  # causal & padding masks -> one op with the keys' flags
     ctx = ShardContext(gm, spec, symbols)
-    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
+    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
     for node in list(gm.graph.nodes):
         if node.op != "call_function":

@@ -291,6 +291,8 @@ _POINTWISE_EXTRA = {
     aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther,
     aten.where.ScalarSelf, aten.where.Scalar, aten.lerp.Scalar, aten.lerp.Tensor,
     aten.scalar_tensor.default, aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int,
+    # `a & b`, `a | b` of masks (bitwise_and / or are tagged pointwise, their operator spellings not)
+    aten.__and__.Tensor, aten.__and__.Scalar, aten.__or__.Tensor, aten.__or__.Scalar,
 }
 _VIEWS = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
