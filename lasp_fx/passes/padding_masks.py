@@ -54,15 +54,17 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
         if found is None:
             continue  # no [B, s] input reaches it: causal_masks_pass, or the attention's rule, decides
         region, flags = found
-        if not all(_is_padded_causal(region, mask, flags, symbols, n) for n in _LENGTHS):
+        if len(flags) != 1 or not all(_is_padded_causal(region, mask, flags[0], symbols, n) for n in _LENGTHS):
             raise ShardError(
                 node,
-                f"softmax attention whose mask (built at {source_line(mask)}) reads the [B, T] input "
-                f"{flags.name} but is not the causal mask AND that input's padding of the keys",
-                "lasp_fx shards causal attention with a padding mask (attention_mask of 1 = token, 0 = padding, "
-                "as tokenizers return it); packed documents, sliding windows or bidirectional masks are not "
-                "supported under sequence parallelism yet: keep this model on one device",
+                f"softmax attention whose mask (built at {source_line(mask)}) reads [B, T] flags (made at "
+                f"{'; '.join(source_line(f) for f in flags)}) but is not the causal mask AND the flags of the keys",
+                "lasp_fx shards causal attention with a boolean padding mask of the keys (the attention_mask a "
+                "tokenizer returns: 1 = token, 0 = padding); packed documents, sliding windows, masked queries, "
+                "additive float masks or bidirectional masks are not supported under sequence parallelism yet: "
+                "keep this model on one device",
             )
+        flags = flags[0]
         if flags not in keeps:
             keeps[flags] = _keep_of(gm.graph, flags)
         q, k, v = node.args[:3]
@@ -104,10 +106,10 @@ def _reads_input(node: fx.Node) -> bool:
 
 
 def _flags_region(mask: fx.Node, symbols: frozenset):
-    """(the nodes computing `mask` from its flags, in graph order; the flags node), or None.
+    """(the nodes computing `mask` from its flags, in graph order; the flags nodes), or None.
 
-    Walking up from the mask, the first [B, s] tensors that read an input are its flags; there
-    must be exactly one, and no other tensor input may reach the mask (sizes may).
+    Walking up from the mask, the first [B, s] tensors that read an input are its flags. None
+    when there are none, or when another tensor input reaches the mask (sizes may).
     """
     seen, flags, stack = {}, set(), [mask]
     while stack:
@@ -126,10 +128,10 @@ def _flags_region(mask: fx.Node, symbols: frozenset):
             return None
         if n.target is not aten.sym_size.int:
             stack.extend(n.all_input_nodes)
-    if len(flags) != 1:
+    if not flags:
         return None
     order = {n: i for i, n in enumerate(mask.graph.nodes)}
-    return sorted(seen, key=order.__getitem__), next(iter(flags))
+    return sorted(seen, key=order.__getitem__), sorted(flags, key=order.__getitem__)
 
 
 def _flag_patterns(batch: int, n: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -2,7 +2,8 @@
 
 `PaddedLM("hybrid")` runs the example's own layers and weights; the attention_mask ([B, T], 1 =
 token, 0 = padding) enters as in HF transformers: every token mixer's input is zeroed at padded
-positions (`apply_mask_to_padding_states` of HF's Mamba, MiniMax and Qwen3-Next layers), and softmax
+positions (HF's `create_recurrent_attention_mask` trims the mask to the input's length and
+`apply_mask_to_padding_states` multiplies, in its Mamba, MiniMax and Qwen3-Next layers), and softmax
 layers take `causal & attention_mask[b, kv]` as their SDPA mask, spelled here by hand (tril and an
 index), not by HF's masking_utils.
 """
@@ -15,13 +16,18 @@ from torch import nn
 
 
 class PaddedLM(nn.Module):
-    """An example language model (`examples.models.MODELS[name]`) that takes `attention_mask`."""
+    """An example language model (`examples.models.MODELS[name]`) that takes `attention_mask`.
 
-    def __init__(self, name: str = "hybrid"):
+    masked_loss: the loss is the mean over the mask's tokens, `(loss * mask).sum() / mask.sum()`,
+    instead of the example's cross-entropy that skips labels of -100.
+    """
+
+    def __init__(self, name: str = "hybrid", masked_loss: bool = False):
         super().__init__()
         from examples.models import MODELS
 
         self.lm = MODELS[name]()
+        self.masked_loss = masked_loss
 
     def forward(self, input_ids, labels=None, attention_mask=None):
         from examples.models.hybrid import SoftmaxAttention
@@ -32,7 +38,7 @@ class PaddedLM(nn.Module):
         for block in lm.blocks:
             h = block.norm1(x)
             if keep is not None:
-                h = h * keep[..., None].to(h.dtype)
+                h = h * attention_mask[:, -h.shape[1]:, None].to(h.dtype)
             if isinstance(block.mixer, SoftmaxAttention):
                 x = x + _softmax_attention(block.mixer, h, keep)
             else:
@@ -41,6 +47,9 @@ class PaddedLM(nn.Module):
         logits = lm.head(lm.norm(x))
         if labels is None:
             return logits
+        if self.masked_loss and keep is not None:
+            losses = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+            return (losses * keep).sum() / keep.sum()
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
