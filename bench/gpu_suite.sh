@@ -79,7 +79,8 @@ smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, a
     --json "$S/e2e.json"
 }
 { echo "command: PARTS=\"$PARTS\"${SP_IMPLS:+ SP_IMPLS=$SP_IMPLS}${E2E_BUDGET:+ E2E_BUDGET=$E2E_BUDGET}\
-${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S} bash bench/gpu_suite.sh"
+${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}\
+ bash bench/gpu_suite.sh"
   date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
 for part in $PARTS; do
   echo "=== $part" >> "$LOG"
