@@ -22,6 +22,7 @@ import sys
 import torch
 
 import lasp_fx
+from lasp_fx.cli.timing import card
 from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
 from lasp_fx.ops.triton import peer as peer_kernel
@@ -170,8 +171,7 @@ def main() -> int:
         print(f"{check.__name__}: {'ok' if passed else 'FAILED'}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            card = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
-            json.dump({"card": card, "ok": ok, "results": results}, f, indent=1)
+            json.dump({"card": card(DEV), "ok": ok, "results": results}, f, indent=1)
     print("ALL OK" if ok else "FAILED", flush=True)
     return 0 if ok else 1
 

@@ -53,15 +53,17 @@ smoke() {  # the single-process scripts once each, small, on GPU 0
   local S="$OUT/smoke"
   mkdir -p "$S"
   export LASP_FX_AUTOTUNE=0 CUDA_VISIBLE_DEVICES=0
-  _run op.py 100 python3 bench/op.py --ts 2048 --big "" --impls lasp_fx,sdpa,lightning --decays const,gate \
+  _run op.py 90 python3 bench/op.py --ts 2048 --big "" --impls lasp_fx,sdpa,lightning --decays const,gate \
     --profile 2048 --json "$S/op.json"
   _run segments.py 60 python3 bench/segments.py --ts 4096 --nsubs 4 --decays const
   _run host.py 45 python3 bench/host.py --reps 5
   _run header.py 45 python3 bench/header.py --device cuda --reps 5 --json "$S/header.json"
-  _run check_decay_grad_gpu.py 90 python3 bench/check_decay_grad_gpu.py --ts 2048 --heads 2 --json "$S/decay.json"
-  _run check_length_gpu.py 90 python3 bench/check_length_gpu.py --ts 2048 --heads 2 --dim 32 --large 0 \
+  _run check_decay_grad_gpu.py 75 python3 bench/check_decay_grad_gpu.py --ts 2048 --heads 2 --json "$S/decay.json"
+  _run check_length_gpu.py 75 python3 bench/check_length_gpu.py --ts 2048 --heads 2 --dim 32 --large 0 \
     --json "$S/length.json"
-  _run check_faults_gpu.py 120 python3 bench/check_faults_gpu.py --json "$S/faults.json"
+  _run check_faults_gpu.py 100 python3 bench/check_faults_gpu.py --json "$S/faults.json"
+  _run check_op_gpu.py--help 30 python3 bench/check_op_gpu.py --help  # its run: part check
+  _run check_models_gpu.py--help 30 python3 bench/check_models_gpu.py --help  # its run: part models
 }
 smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, at most 2), lasp-fx bench, e2e
   local S="$OUT/smoke" P=$(( NGPU < 2 ? 1 : 2 ))
