@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import lasp_fx
 from lasp_fx.cli.timing import card, ceilings, flushed_ms, floors, inputs, peak_mib, slopes, step
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 B, H, D = 1, 16, 128
 
