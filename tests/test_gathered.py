@@ -84,7 +84,7 @@ def test_combination_checks_every_rows_header(P, rank, forward, with_final, mism
     if mismatch:
         assert late.isnan().all() and end.isnan().all()
     else:
-        ref_late, ref_end = _reference(states, decays, rank, forward, None if d_final is None else d_final.double())
+        ref_late, ref_end = _reference(states, decays, rank, forward, None if d_final is None else d_final.double().cpu())
         assert_close_rms(late, ref_late, 1e-6, "late")
         assert_close_rms(end, ref_end, 1e-6, "end")
 
