@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lasp_fx.passes import padding_masks
-from lasp_fx.passes.shard_rules import ShardError
-from lasp_fx.testing import workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from lasp_fx.passes.shard import padding_masks
+from lasp_fx.passes.shard.rules import ShardError
+from tests.helpers import workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 T = 24  # 24, 12, 8, 6 tokens a rank: padding starts mid-slice, crosses ranks, fills whole slices
 MODELS = {  # id -> (model, kwargs, float32 loss: HF computes its loss on float32 logits)
-    "hf_llama": ("lasp_fx.testing.models:HFLlama", {}, True),
-    "example_hybrid": ("lasp_fx.testing.padded_models:PaddedLM", {"name": "hybrid"}, False),
-    "example_gated": ("lasp_fx.testing.padded_models:PaddedLM", {"name": "gated", "masked_loss": True}, False),
+    "hf_llama": ("tests.helpers.models:HFLlama", {}, True),
+    "example_hybrid": ("tests.helpers.padded_models:PaddedLM", {"name": "hybrid"}, False),
+    "example_gated": ("tests.helpers.padded_models:PaddedLM", {"name": "gated", "masked_loss": True}, False),
 }
 HAS_HF = importlib.util.find_spec("transformers") is not None
 KINDS = ("ones", "right", "left")
@@ -132,7 +132,7 @@ def _attention(x, flags, spell):
 def _traced(fn, *inputs):
     """(graph, sequence symbols) as parallelize's backend sees them: dim 1 of every input dynamic."""
     from lasp_fx.capture import capture_dynamo_graph
-    from lasp_fx.passes.seq_dims import sequence_symbols
+    from lasp_fx.passes.shard.seq_dims import sequence_symbols
 
     box = {}
 

@@ -1,0 +1,32 @@
+"""What the detector found in a graph, as a report that prints as a table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
+
+
+@dataclass
+class InspectReport:
+    """Matches (rewritten to the lasp op) and near-misses (left alone, with the reason)."""
+
+    matches: list[LinearAttentionMatch] = field(default_factory=list)
+    near_misses: list[NearMiss] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        out = [("match", m.source, m.module or "-", m.family, m.summary()) for m in self.matches]
+        out += [("near-miss", n.source, n.module or "-", n.family, n.reason) for n in self.near_misses]
+        return out
+
+    def __str__(self) -> str:
+        head = ("", "source", "module", "family", "details")
+        rows = self.rows()
+        if not rows:
+            return "lasp_fx.inspect: no attention found"
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-" * 7)]
+        lines += [fmt.format(*r) for r in rows]
+        lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es)")
+        return "\n".join(lines)
