@@ -33,25 +33,27 @@ def _mask(kind: str, rows: int = 2) -> torch.Tensor:
     return mask
 
 
-def _case(model_id: str, kind: str) -> dict:
+def _case(model_id: str, kind: str, inputs: str = "full") -> dict:
     model, kwargs, _ = MODELS[model_id]
     ids, labels = workers_parallel.lm_batch(2, T, 32, seed=1)
     mask = _mask(kind)
     # what a data collator does: padding gets label -100, so the loss counts real tokens only
     return dict(model=model, kwargs=kwargs, ids=ids, labels=labels.masked_fill(mask == 0, -100), mask=mask,
-                options={"compiler": "eager"}, device="cpu")
+                options={"compiler": "eager", "inputs": inputs}, device="cpu")
 
 
 # Every model meets every mask kind, every P >= 2 every kind and every model (a rotation: one spawn per
-# P, three cases in it, keeps the CPU time small); P = 1, a group of one, runs one case.
+# P, three cases in it, keeps the CPU time small); P = 1, a group of one, runs one case. At P = 3 every
+# rank passes only its slice of the ids, labels and mask (lasp_fx.shard_batch, inputs="local").
 PLAN = {1: [("hf_llama", "left")]}
 PLAN.update({p: [(m, KINDS[(p + i) % 3]) for i, m in enumerate(MODELS)] for p in (2, 3, 4)})
+INPUTS = {3: "local"}
 
 
 @functools.cache
 def _parallel(world_size: int) -> list:
     """The plan's cases for `world_size` gloo ranks, in one spawn: [rank][case]."""
-    cases = [_case(m, k) for m, k in _runnable(PLAN[world_size])]
+    cases = [_case(m, k, INPUTS.get(world_size, "full")) for m, k in _runnable(PLAN[world_size])]
     return run_spawned(workers_parallel.parallel, world_size, cases, timeout=1200)
 
 
@@ -65,7 +67,8 @@ def _single(model_id: str, kind: str) -> dict:
 
 
 @pytest.mark.parametrize("model_id, kind, world_size",
-                         [pytest.param(m, k, p, id=f"{m}-{k}-P{p}") for p, cases in PLAN.items() for m, k in cases])
+                         [pytest.param(m, k, p, id=f"{m}-{k}-P{p}" + ("-local" if p in INPUTS else ""))
+                          for p, cases in PLAN.items() for m, k in cases])
 def test_padded_batch_matches_one_process(model_id, kind, world_size):
     if model_id.startswith("hf_"):
         pytest.importorskip("transformers")
