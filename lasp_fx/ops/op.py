@@ -2,14 +2,15 @@
 
 Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
 and `torch.export` keep each call as one node):
-    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale)
+    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale, runs?)
         -> (o, final_state, saved_states)
     torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?,
-        saved_states?, final_state?, scale, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
+        saved_states?, final_state?, scale, decay_grad, runs?) -> (dq, dk, dv, dlog_decay, d_initial_state)
 The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay
 is then empty and the kernels skip the work for it. `saved_states` are the forward's states that the backward
 reuses instead of running their pass again (its shape follows from the sizes: `saved_shape` of
-the kernels' module, empty on the PyTorch path). Eager calls on plain tensors run the same
+the kernels' module, empty on the PyTorch path). `runs` [B, T + 1] int32: packed documents, the
+index ops/documents.py builds from cu_seqlens or document ids. Eager calls on plain tensors run the same
 functions through a torch.autograd.Function instead (`runs_eagerly`): less host time, same kernels.
 """
 
@@ -20,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lasp_fx.ops import chunked
+from lasp_fx.ops import chunked, documents
 from lasp_fx.ops.checks import check_linear_attention_args
 
 
@@ -36,19 +37,20 @@ def kernels_for(x: Tensor) -> ModuleType:
     return chunked
 
 
-def _forward(q, k, v, log_decay, initial_state, scale):
+def _forward(q, k, v, log_decay, initial_state, scale, runs=None):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True)
+    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True, runs=runs)
 
 
-def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad):
+def _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad,
+               runs=None):
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final_state = None if d_final_state is None else d_final_state.contiguous()
     kern = kernels_for(q)
     saved = None if saved_states is None else (saved_states, final_state)
     dq, dk, dv, dG, ds_in = kern.bwd(
-        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad, saved=saved
+        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad, saved=saved, runs=runs
     )
     dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay)
     return dq, dk, dv, dlog_decay, ds_in
@@ -68,12 +70,13 @@ def _linear_attention(
     log_decay: Optional[Tensor],
     initial_state: Optional[Tensor],
     scale: float,
+    runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _forward(q, k, v, log_decay, initial_state, scale)
+    return _forward(q, k, v, log_decay, initial_state, scale, runs)
 
 
 @_linear_attention.register_fake
-def _(q, k, v, log_decay, initial_state, scale):
+def _(q, k, v, log_decay, initial_state, scale, runs=None):
     B, T, H, D = q.shape
     E = v.shape[-1]
     final_state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
@@ -93,13 +96,15 @@ def _linear_attention_backward(
     final_state: Optional[Tensor],
     scale: float,
     decay_grad: bool,
+    runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _gradients(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale,
-                      decay_grad)
+                      decay_grad, runs)
 
 
 @_linear_attention_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad):
+def _(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale, decay_grad,
+      runs=None):
     B, _, H, D = q.shape
     E = v.shape[-1]
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
@@ -108,29 +113,24 @@ def _(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale = inputs
+    q, k, v, log_decay, initial_state, scale, *rest = inputs
+    runs = rest[0] if rest else None
     _, final_state, saved_states = output
-    ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state)
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state, runs)
     ctx.scale = scale
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no zeros to make and add
 
 
 def _backward(ctx, do, d_final_state, _d_saved=None, gradients=torch.ops.lasp_fx.linear_attention_backward):
-    q, k, v, log_decay, initial_state, saved_states, final_state = ctx.saved_tensors
+    q, k, v, log_decay, initial_state, saved_states, final_state, runs = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dlog_decay, ds_in = gradients(
-        do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
+        do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad, runs
     )
-    return (
-        dq,
-        dk,
-        dv,
-        dlog_decay if decay_grad else None,
-        None if initial_state is None else ds_in,
-        None,
-    )
+    grads = (dq, dk, dv, dlog_decay if decay_grad else None, None if initial_state is None else ds_in, None)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # and None for runs
 
 
 _linear_attention.register_autograd(_backward, setup_context=_setup_context)
@@ -148,10 +148,10 @@ class _EagerLinearAttention(torch.autograd.Function):
         return _backward(ctx, do, d_final_state, gradients=_gradients)
 
 
-def single_device(q, k, v, log_decay, initial_state, scale: float):
+def single_device(q, k, v, log_decay, initial_state, scale: float, runs=None):
     """(o, final_state) on already-checked arguments: the autograd.Function eagerly, the custom op when traced."""
-    op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state) else _traced_op
-    o, final_state, _ = op(q, k, v, log_decay, initial_state, scale)
+    op = _EagerLinearAttention.apply if runs_eagerly(q, k, v, log_decay, initial_state, runs) else _traced_op
+    o, final_state, _ = op(q, k, v, log_decay, initial_state, scale, *(() if runs is None else (runs,)))
     return o, final_state
 
 
@@ -200,8 +200,10 @@ def linear_attention(
     method: str = "auto",
     check: bool = True,
     timeout: float | None = None,
+    cu_seqlens: Optional[Tensor] = None,
+    document_ids: Optional[Tensor] = None,
 ):
-    """Causal linear attention with optional decay, GQA and a carried state.
+    """Causal linear attention with optional decay, GQA, a carried state and packed documents.
 
     o_t = sum_{j<=t} exp(G_t - G_j) * scale * (q_t . k_j) * v_j, with G_t = sum_{i<=t} log_decay_i.
 
@@ -241,6 +243,17 @@ def linear_attention(
             host never waits: NCCL's waits are bounded by the process group's timeout
             (init_process_group(timeout=...), 10 minutes by default), the peer-memory kernel's by
             its own spin (about as long). None: lasp_fx.distributed.link.DEFAULT_TIMEOUT (600 s, NCCL's default).
+        cu_seqlens: packed documents in FlashAttention's varlen convention: int32 / int64 offsets
+            [0, ..., total] of one packed row (B = 1), strictly increasing. With a group they are
+            the offsets over the whole sequence (all ranks' tokens), the same tensor on every rank.
+            Each document is computed as if run alone: nothing crosses a document start, and a
+            document that crosses a rank edge continues there. initial_state flows into the first
+            document; final_state is the last document's state (per-document states are not
+            returned). Values are checked on CPU tensors (eagerly); on a GPU they are the
+            caller's promise, as log_decay's.
+        document_ids: the same as integer labels per token [B, T] (all ranks' tokens with a group,
+            the same tensor on every rank): each maximal run of one label is one document (0 for
+            padding by convention: a run of its own). Not with cu_seqlens.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
@@ -257,13 +270,15 @@ def linear_attention(
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
     if group is None:
-        o, final_state = single_device(q, k, v, log_decay, initial_state, scale)
+        runs = documents.slice_runs(cu_seqlens, document_ids, q.shape[0], q.shape[1], device=q.device)
+        o, final_state = single_device(q, k, v, log_decay, initial_state, scale, runs)
     else:  # imported here: lasp_fx.distributed builds on this module
         from lasp_fx.distributed.lasp import sequence_parallel_attention
         from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 
         o, final_state = sequence_parallel_attention(
             q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout, cu_seqlens=cu_seqlens,
+            document_ids=document_ids,
         )
     return (o, final_state) if output_final_state else o
