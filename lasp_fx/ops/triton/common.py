@@ -9,6 +9,13 @@ Work is cut in two levels: chunks of C tokens (the quadratic intra-chunk part, t
 tiles) and segments of `nsub` chunks. States are materialised only at segment boundaries
 ([B, heads, n_segments, D, E] float32); inside a segment a program carries the state in
 registers. Bigger segments move fewer state bytes, smaller ones give more programs.
+
+Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
+ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
+the tokens a chunk's entering state reaches, the tokens that reach its leaving state, and
+whether the chunk passes its entering state on at all (`chunk_runs`); a late state reaches only
+the segments before the slice's first document start (`late_tile`). The decays stay the tokens'
+own: no -inf enters any sum. Without documents the masks are compiled out.
 """
 
 from __future__ import annotations
@@ -172,8 +179,25 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
 
 
 @triton.jit
-def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay).
+def chunk_runs(runs, i_b, t0, t, valid, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
+    """Packed documents of the chunk starting at t0: each token's run [C] (-1 past T), the run of
+    the state entering the chunk and of the state leaving it (its last real token's). Without
+    HAS_RUNS, placeholders that no kernel reads."""
+    r = t
+    r_in = t0
+    r_out = t0
+    if HAS_RUNS:
+        base = runs + i_b.to(tl.int64) * (T + 1)
+        r = tl.load(base + 1 + t, mask=valid, other=-1)
+        r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
+        r_out = tl.load(base + tl.minimum(t0 + C, T))
+    return r, r_in, r_out
+
+
+@triton.jit
+def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, r, HAS_RUNS: tl.constexpr):
+    """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay),
+    and with HAS_RUNS 0 unless tokens i and j are of one document (runs r).
 
     TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
     """
@@ -183,6 +207,8 @@ def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
     else:
         causal = rc[:, None] >= rc[None, :]
         diff = bc[:, None] - bc[None, :]
+    if HAS_RUNS:  # symmetric: the same for M and M^T
+        causal = causal & (r[:, None] == r[None, :])
     if G_MODE == 0:
         m = tl.where(causal, 1.0, 0.0)
     else:
@@ -212,8 +238,9 @@ def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def late_state(
-    s_ptr, late, A, i_bh, i_s, rows, cols, D, E, NSEG,
+    s_ptr, late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L,
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
 ):  # fmt: skip
     """A segment's [D, E] float32 state tile (rows index D, cols E, either may be the broadcast
     dim: a transposed tile is read as such), plus with HAS_LATE a late state [B*H, D, E] decayed
@@ -221,20 +248,24 @@ def late_state(
     it), summed here from one vector load, so no host-side prefix sums are launched.
 
     Forward-direction states (not REVERSE) have no row for segment 0, whose entering state is zero
-    (states.py): there `s_ptr` points one row before the buffer and nothing is loaded."""
+    (states.py): there `s_ptr` points one row before the buffer and nothing is loaded. With
+    HAS_RUNS the late state stops at the slice's first document start (REVERSE: its last), for
+    segments of L tokens."""
     mask = (rows < D) & (cols < E)
     if not REVERSE:
         mask = mask & (i_s > 0)
     offs = rows * E + cols
     st = tl.load(s_ptr + offs, mask=mask, other=0.0)
     if HAS_LATE:
-        st += late_tile(late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE, REVERSE, NSEG_P2)
+        st += late_tile(late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L, G_MODE, REVERSE, NSEG_P2,
+                        HAS_RUNS)
     return st
 
 
 @triton.jit
 def late_tile(
-    late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr
+    late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L,
+    G_MODE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr, HAS_RUNS: tl.constexpr,
 ):  # fmt: skip
     """The late state's [D, E] tile of head i_bh, decayed to segment i_s (see late_state)."""
     offs = rows * E + cols
@@ -243,4 +274,11 @@ def late_tile(
         seg = tl.arange(0, NSEG_P2)
         between = (seg > i_s) & (seg < NSEG) if REVERSE else seg < i_s
         extra *= tl.exp2(tl.sum(tl.load(A + i_bh * NSEG + seg, mask=between, other=0.0), 0))
+    if HAS_RUNS:  # no document starts between the slice's edge and this segment
+        base = runs + i_b.to(tl.int64) * (T + 1)
+        if REVERSE:
+            hit = tl.load(base + tl.minimum((i_s + 1) * L, T)) == tl.load(base + T)
+        else:
+            hit = tl.load(base + i_s * L) == tl.load(base)
+        extra = tl.where(hit, extra, 0.0)
     return extra

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, config, decay_mode,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_runs, config, decay_mode,
     head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
@@ -31,12 +31,12 @@ from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _out_kernel(
-    q, k, v, g, S, late, A, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
-    BD: tl.constexpr, BV: tl.constexpr,
+    q, k, v, g, S, late, A, runs, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr,
+    PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -49,14 +49,16 @@ def _out_kernel(
     o_base = head_base(o, i_b, T, H, i_h, E)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
-    state = late_state(
-        s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2
-    )
-
     t_first = i_s * NSUB * C
+    state = late_state(
+        s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
+        G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS,
+    )  # fmt: skip
+
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
         t = t_first + c * C + rc
         valid = t < T
+        r, r_in, r_out = chunk_runs(runs, i_b, t_first + c * C, t, valid, T, C, HAS_RUNS)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
@@ -64,25 +66,30 @@ def _out_kernel(
         inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
         if G_MODE == 0:
             kw = kt
-            m = chunk_mask(rc, rc, G_MODE, False)
+            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(bc)[:, None]
             kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
-            m = chunk_mask(bc, rc, G_MODE, False)
+            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
+        if HAS_RUNS:  # the entering state reaches the first document's tokens; the last one's reach the leaving state
+            inter = tl.where((r == r_in)[:, None], inter, 0.0)
+            kw = tl.where((r == r_out)[None, :], kw, 0.0).to(kt.dtype)
         p = (scores * m).to(vt.dtype)
         out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
         tl.store(o_base + t[:, None].to(tl.int64) * H * E + re[None, :], out, mask=valid[:, None] & (re[None, :] < E))
         if G_MODE != 0:
             state = state * tl.exp2(a)
+        if HAS_RUNS:  # a document starts in this chunk: the state before it goes no further
+            state = tl.where(r_out == r_in, state, 0.0)
         state += tl.dot(kw, vt, input_precision=PREC)
 
 
 @triton.jit  # not autotuned: tuning reruns a kernel, and this one adds into o in place
 def _late_out_kernel(
-    q, g, late, A, o, scale, T, H, D, E, NSUB, NSEG, SUB,
-    G_MODE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-    BV: tl.constexpr, BT: tl.constexpr,
+    q, g, late, A, runs, o, scale, T, H, D, E, NSUB, NSEG, SUB,
+    G_MODE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
+    BD: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
 ):  # fmt: skip
     """o += scale * exp(G_t) q_t X for a late state X [B*H, D, E] (G_t: log-decay from the slice's start).
 
@@ -92,7 +99,7 @@ def _late_out_kernel(
     segment's start to the block's). With X fixed, blocks need not be segments. At 32K on an
     H200: 191 us with a segment (32 chunks) per program, 130 us with blocks of 8, against ~15 us
     of bytes: still a chain of dependent loads per program, not tuned further since LASP stopped
-    using it (module docstring).
+    using it (module docstring). With HAS_RUNS only the tokens of the slice's first document get X.
     """
     i_v, i_blk, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -124,6 +131,9 @@ def _late_out_kernel(
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(off + bc)[:, None]
             off += a
+        if HAS_RUNS:
+            r = tl.load(runs + i_b.to(tl.int64) * (T + 1) + 1 + t, mask=valid, other=-1)
+            inter = tl.where((r == tl.load(runs + i_b.to(tl.int64) * (T + 1)))[:, None], inter, 0.0)
         ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
         mask = valid[:, None] & (re[None, :] < E)
         tl.store(ptr, tl.load(ptr, mask=mask, other=0.0).to(tl.float32) + inter * scale, mask=mask)
@@ -135,7 +145,7 @@ LATE_BLOCK_CHUNKS = 8
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False,
-    save: bool = False,
+    save: bool = False, runs=None,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
@@ -146,7 +156,7 @@ def fwd(
 
     `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
     (empty unless the segments are SAVED_CHUNKS long), the same whether or not the backward
-    computes the decay's gradient.
+    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (common.py, chunked.fwd).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """
@@ -156,14 +166,15 @@ def fwd(
     g_mode, g = decay_mode(g)
     HS = HK if g_mode == 0 else H  # without decay the query heads of one kv head share every state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub)
+    runs = None if runs is None else runs.to(torch.int32).contiguous()
+    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, runs=runs)
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     # s_in enters as a late state (common.late_state), so S holds the tokens' states alone: the
     # backward reuses them whatever state flowed in.
-    entering, s_out = (None, s_out) if s_in is None else add_late_at_end(s_out, s_in, A)
+    entering, s_out = (None, s_out) if s_in is None else add_late_at_end(s_out, s_in, A, runs)
     late = await_late(state_hook, s_out)
-    s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A)
+    s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A, runs)
     s_late = entering if s_late is None else (s_late if entering is None else s_late + entering)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = -(-T // (CHUNK * nsub))
@@ -171,22 +182,23 @@ def fwd(
         G_MODE=g_mode, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D)
     )
     gp, Ap = S if g is None else g, S if A is None else A
+    rp = S if runs is None else runs
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(
         _out_kernel, grid,
-        q, k, v, gp, S, S if s_late is None else s_late, Ap, o, scale, T, H, HK, HS, D, E, nsub, nseg,
-        HAS_LATE=s_late is not None, **common,
+        q, k, v, gp, S, S if s_late is None else s_late, Ap, rp, o, scale, T, H, HK, HS, D, E, nsub, nseg,
+        HAS_LATE=s_late is not None, HAS_RUNS=runs is not None, **common,
     )  # fmt: skip
     s_late = None  # what entered the output kernel is in o; a state asked for only now is added below
     if late is not None and late_after_output:
-        s_late, s_out = with_late(s_out, late(), A)
+        s_late, s_out = with_late(s_out, late(), A, runs)
     if s_late is not None:
         # Memory-bound: q is read once per E tile, so take all of E where X's tile fits in registers.
         BV = min(block(E), max(16, 16384 // block(D)))
         sub = LATE_BLOCK_CHUNKS
         launch(
             _late_out_kernel, (triton.cdiv(E, BV), triton.cdiv(-(-T // CHUNK), sub), B * H),
-            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, sub, BV=BV, BT=1024,
+            q, gp, s_late, Ap, rp, o, scale, T, H, D, E, nsub, nseg, sub, BV=BV, BT=1024, HAS_RUNS=runs is not None,
             num_warps=8 if BV * block(D) >= 128 * 128 else 4, **common,
         )  # fmt: skip
     if not save:
