@@ -23,7 +23,7 @@ from lasp_fx.distributed.cost import METHODS
 SIZE = 64  # values per header: 256 bytes next to a state of B*H*D*E*4 bytes (1 MiB at 16 x 128 x 128)
 _MAGIC = 0x1A5F
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")
+_DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")  # + len(_DECAYS) with packed documents
 _DIRECTIONS = ("forward", "backward")
 _DIMS = ("B", "T", "H", "H_kv", "D", "E")
 _TEXT = SIZE - 24  # characters of a failure's reason that fit
@@ -53,7 +53,7 @@ class Header:
     def describe(self) -> str:
         B, T, H, Hk, D, E = self.dims
         dtype = _DTYPES[self.dtype] if self.dtype < len(_DTYPES) else f"dtype#{self.dtype}"
-        return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_pick(_DECAYS, self.decay)}, "
+        return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_decay_name(self.decay)}, "
                 f"method {_pick(METHODS, self.method)}, scale {self.scale:g}")
 
     def differences(self, other: "Header") -> str:
@@ -92,10 +92,18 @@ def _pick(names, i):
     return names[i] if 0 <= i < len(names) else f"#{i}"
 
 
-def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, direction: str, rank: int) -> Header:
+def _decay_name(i: int) -> str:
+    """The decay form, and whether the call packs documents (which changes what the messages hold)."""
+    if len(_DECAYS) <= i < 2 * len(_DECAYS):
+        return f"{_DECAYS[i - len(_DECAYS)]}, packed documents"
+    return _pick(_DECAYS, i)
+
+
+def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, direction: str, rank: int,
+         documents: bool = False) -> Header:
     """This rank's header for a call with these inputs (shapes only: no tensor is read)."""
     B, T, H, D = q.shape
-    decay = 0 if log_decay is None else (1 if log_decay.dim() == 1 else 2)
+    decay = (0 if log_decay is None else (1 if log_decay.dim() == 1 else 2)) + (len(_DECAYS) if documents else 0)
     dtype = _DTYPES.index(q.dtype) if q.dtype in _DTYPES else len(_DTYPES)
     dims = (B, T, H, k.shape[2], D, v.shape[3])
     return Header(dims, dtype, decay, METHODS.index(method), float(scale), _DIRECTIONS.index(direction), rank)

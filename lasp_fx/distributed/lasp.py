@@ -3,10 +3,10 @@
 Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
 the group travels as its name, and every output is consumed: STACK.md section 3):
     torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check,
-        timeout)
+        timeout, runs?)
         -> (o, final_state, state_in, saved_states)
     torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        saved_states?, final_state?, scale, group_name, method, decay_grad, timeout)
+        saved_states?, final_state?, scale, group_name, method, decay_grad, timeout, runs?)
         -> (dq, dk, dv, dlog_decay, d_state_in)
 (saved_states: the forward's own states, which the backward reuses: ops/op.py.)
 Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
@@ -44,6 +44,15 @@ Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
                  this rank's share (the sum over ranks is the single-device gradient, the rule of every
                  replicated parameter).
 Every rank of the group must make the call (and run its backward) with the same shapes.
+
+Packed documents (`runs`, this rank's slice of ops/documents.py's index): the kernels reset
+at every document start inside the slice, and the state a rank passes on is its last
+document's. Across ranks only the slice's total log-decay A_r changes: -inf where a document
+starts in the slice (at its first token included), 0 without a decay. The exchanges only add
+log-decays and take exp() of the sums (never differences), so exp(-inf) = 0 stops the states
+and gradients of earlier (later) ranks there, exactly: X_r = S_r, and M_r = the gradient through
+the slice's first document. The decay's gradient needs nothing more: the tail <ds_out, X_r> is
+zero unless the last document goes on, and every document's dG sums to zero (ops/chunked.py).
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
@@ -58,7 +67,7 @@ from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
 from lasp_fx.distributed.link import DEFAULT_TIMEOUT, Link, checks_on_host
-from lasp_fx.ops import chunked
+from lasp_fx.ops import chunked, documents
 from lasp_fx.ops.op import kernels_for, runs_eagerly, saved_states_like, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
@@ -72,25 +81,31 @@ def _method(method: str, group, q: Tensor, v: Tensor) -> str:
     return resolve_method(method, group.size(), state_bytes, q.device.type, through_peers)
 
 
-def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
-    """A: the total log-decay of this rank's slice, [B, H] (None without decay).
+def _slice_decay(log_decay: Optional[Tensor], q: Tensor, runs: Optional[Tensor] = None) -> Optional[Tensor]:
+    """A: the total log-decay of this rank's slice, [B, H] (None without decay or documents; -inf
+    where a document starts in the slice: the module docstring).
 
     A sum, not the last row of a cumsum: on CUDA, torch.cumsum along T of a [B, T, H] tensor runs
     one thread per (batch, head) serially over T (pytorch/pytorch#122170), ~5 ms at T = 32K, H = 16
     on an H200 (bench/records/2026-11-28_sp/NOTES.md); a reduction takes microseconds.
     """
-    if log_decay is None:
-        return None
     B, T, H, _ = q.shape
-    g = log_decay.to(chunked.acc_dtype(q.dtype))
-    return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
+    dtype = chunked.acc_dtype(q.dtype)
+    if log_decay is None:
+        A = None if runs is None else torch.zeros((), dtype=dtype, device=q.device).expand(B, H)
+    else:
+        g = log_decay.to(dtype)
+        A = (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
+    if runs is None:
+        return A
+    return torch.where(documents.survives(runs)[:, None], A, float("-inf"))
 
 
-def _link(q, k, v, log_decay, scale, group, method, timeout, direction) -> Link:
+def _link(q, k, v, log_decay, scale, group, method, timeout, direction, runs=None) -> Link:
     B, _, H, D = q.shape
-    head = header.make(q, k, v, log_decay, scale, method, direction, group.rank())
+    head = header.make(q, k, v, log_decay, scale, method, direction, group.rank(), documents=runs is not None)
     return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
-                log_decay is not None, checks_on_host(q.device))
+                log_decay is not None or runs is not None, checks_on_host(q.device))
 
 
 def _guarded(link: Link, method: str, run):
@@ -107,14 +122,14 @@ def _guarded(link: Link, method: str, run):
         raise
 
 
-def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
+def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout, runs=None):
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     method = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward")
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward", runs)
     if check:
         check_same_inputs(link)
-    kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
+    kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q, runs)
     sends, got = [], []
 
     def start_exchange(s_loc):  # after the state pass: the all-gather is issued here
@@ -129,7 +144,7 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, tim
 
     s0 = initial_state if rank == 0 else None
     o, s_out, saved = _guarded(
-        link, method, lambda: kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True)
+        link, method, lambda: kern.fwd(q, k, v, log_decay, scale, s0, state_hook=start_exchange, save=True, runs=runs)
     )
     wait_all(sends, link)
     return o, s_out, got[0] if rank > 0 else s0, saved
@@ -137,15 +152,15 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, tim
 
 def _gradients(
     do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad,
-    timeout,
+    timeout, runs=None,
 ):  # fmt: skip
     """(dq, dk, dv, dlog_decay (empty without decay_grad), gradient of X_{r-1})."""
     # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
     do = do.contiguous()
     d_final = None if d_final_state is None else d_final_state.contiguous()
     method = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, timeout, "backward")
-    kern, A = kernels_for(q), _slice_decay(log_decay, q)
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "backward", runs)
+    kern, A = kernels_for(q), _slice_decay(log_decay, q, runs)
     sends = []
 
     def start_exchange(ds_loc):  # after the state passes: the last ring link starts here
@@ -159,7 +174,8 @@ def _gradients(
 
     saved = None if saved_states is None else (saved_states, final_state)
     dq, dk, dv, dG, ds_in = _guarded(link, method, lambda: kern.bwd(
-        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad, saved=saved
+        q, k, v, log_decay, scale, do, state_in, None, state_hook=start_exchange, decay_grad=decay_grad, saved=saved,
+        runs=runs,
     ))
     wait_all(sends, link)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
@@ -179,9 +195,10 @@ def _sp_forward(
     method: str,
     check: bool,
     timeout: float,
+    runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
-    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
+    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout, runs)
     if s_in is None:  # rank 0 without an initial state; returned, so a tensor (the same as no state)
         s_in = torch.zeros_like(s_out)
     elif s_in is initial_state:  # an output must not alias an input
@@ -190,7 +207,7 @@ def _sp_forward(
 
 
 @_sp_forward.register_fake
-def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout):
+def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout, runs=None):
     B, T, H, D = q.shape
     E = v.shape[-1]
     state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
@@ -213,54 +230,46 @@ def _sp_backward(
     method: str,
     decay_grad: bool,
     timeout: float,
+    runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
     return _gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group, method, decay_grad,
-        timeout,
+        timeout, runs,
     )
 
 
 @_sp_backward.register_fake
 def _(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group_name, method,
-      decay_grad, timeout):
+      decay_grad, timeout, runs=None):
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale, group, method, check, timeout = inputs
+    q, k, v, log_decay, initial_state, scale, group, method, check, timeout, *rest = inputs
+    runs = rest[0] if rest else None
     _, final_state, state_in, saved_states = output
-    ctx.save_for_backward(q, k, v, log_decay, state_in, saved_states, final_state)
+    ctx.save_for_backward(q, k, v, log_decay, state_in, saved_states, final_state, runs)
     ctx.has_initial_state = initial_state is not None
     ctx.scale, ctx.group, ctx.method, ctx.timeout = scale, group, method, timeout
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
 def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp_linear_attention_backward):
-    q, k, v, log_decay, state_in, saved_states, final_state = ctx.saved_tensors
+    q, k, v, log_decay, state_in, saved_states, final_state, runs = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
     decay_grad = log_decay is not None and ctx.needs_input_grad[3]
     dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
-        ctx.method, decay_grad, ctx.timeout,
+        ctx.method, decay_grad, ctx.timeout, runs,
     )  # fmt: skip
     d_initial = None
     if ctx.has_initial_state:  # read on rank 0 only: the other ranks' copies get zeros
         d_initial = d_state_in if resolve_group(ctx.group).rank() == 0 else torch.zeros_like(d_state_in)
-    return (
-        dq,
-        dk,
-        dv,
-        dlog_decay if decay_grad else None,
-        d_initial,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    grads = (dq, dk, dv, dlog_decay if decay_grad else None, d_initial)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # scale, group, method, check, timeout[, runs]
 
 
 _sp_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -272,8 +281,8 @@ class _EagerLASP(torch.autograd.Function):
     around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
 
     @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
-        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
+    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, timeout, runs):
+        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, timeout, runs)
         outputs = _forward(*inputs)
         _setup_context(ctx, inputs, outputs)
         return outputs[:2]
@@ -284,7 +293,8 @@ class _EagerLASP(torch.autograd.Function):
 
 
 def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
-                                check: bool = True, timeout: float = DEFAULT_TIMEOUT):
+                                check: bool = True, timeout: float = DEFAULT_TIMEOUT, cu_seqlens=None,
+                                document_ids=None):
     """LASP over `group` on already-checked arguments (what `lasp_fx.linear_attention(..., group=)` calls).
 
     Args:
@@ -297,6 +307,8 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
             without it the header the states carry is still checked by each receiver (header.py).
         timeout: seconds a rank waits for a peer's state on a CPU group before ExchangeTimeoutError
             (on CUDA the process group's own timeout bounds NCCL's waits: link.py).
+        cu_seqlens, document_ids: packed documents of the whole sequence (all ranks' tokens), the
+            same on every rank, as `lasp_fx.linear_attention` takes them; each rank reads its slice.
 
     Returns:
         (o, final_state): this rank's output slice and the state after its slice (see module docstring).
@@ -305,9 +317,14 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
     if method not in ("auto", *METHODS):
         raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
     pg = resolve_group(group)
+    B, T = q.shape[:2]
+    runs = documents.slice_runs(cu_seqlens, document_ids, B, T, pg.rank(), pg.size(), device=q.device)
     if pg.size() == 1:
-        return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
-    if runs_eagerly(q, k, v, log_decay, initial_state):
-        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, timeout)
-    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, timeout)
+        return single_device(q, k, v, log_decay, initial_state, scale, runs)  # arguments already checked
+    if runs_eagerly(q, k, v, log_decay, initial_state, runs):
+        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, timeout, runs)
+    extra = () if runs is None else (runs,)
+    o, final_state, *_ = _traced_op(
+        q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, timeout, *extra
+    )
     return o, final_state
