@@ -27,7 +27,7 @@ from triton.testing import do_bench
 import lasp_fx
 from lasp_fx.ops import documents
 from lasp_fx.ops.op import single_device
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 H, D = 16, 128
 DEVICE = "cuda"  # a CPU smoke test of the helpers may set "cpu"

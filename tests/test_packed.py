@@ -1,6 +1,6 @@
 """Packed documents (cu_seqlens / document_ids): packed == each document run alone, on one device and across ranks.
 
-Every reference runs each document alone in float64 (lasp_fx.testing.workers_packed.documents_alone),
+Every reference runs each document alone in float64 (tests/helpers/workers_packed.documents_alone),
 never a packed row, and every output and gradient is compared: q, k, v, the decay (per head and per
 token), the initial state (which flows into the first document) and the final state (the last
 document's). The Triton kernels run under the CPU interpreter at tiny sizes.
@@ -11,9 +11,9 @@ import torch
 
 import lasp_fx
 from lasp_fx.ops import documents, naive
-from lasp_fx.testing import workers_packed
-from lasp_fx.testing.numerics import random_inputs, rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_packed
+from lasp_fx.numerics import random_inputs, rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 SCALE = workers_packed.SCALE
 DECAYS = ["none", "const", "gate"]

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import lasp_fx
 from lasp_fx.ops import naive
 from lasp_fx.ops.documents import ids_from_cu_seqlens
-from lasp_fx.testing.numerics import random_inputs, rel_rms
+from lasp_fx.numerics import random_inputs, rel_rms
 
 SCALE = 0.45
 
