@@ -290,3 +290,29 @@ def test_packed_op_traces_as_one_node():
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     assert rel_rms(compiled(a["q"], a["k"], a["v"], a["log_decay"]), f(a["q"], a["k"], a["v"], a["log_decay"])) < 1e-6
+
+
+# ----------------------------------------------------------------------------- parallelize()
+PARALLEL = [  # (world size, cu_seqlens of a 24-token row, kernel the model calls)
+    pytest.param(3, [0, 1, 3, 20, 24], "op", id="P3-op-document_over_3_ranks"),
+    pytest.param(2, [0, 5, 12, 13, 24], "fla", id="P2-fla_chunk_simple_gla-start_at_rank_edge"),
+]
+
+
+@pytest.mark.parametrize("world_size, cu, kernel", PARALLEL)
+def test_parallelize_model_taking_cu_seqlens(world_size, cu, kernel):
+    """A model whose forward takes cu_seqlens (or calls fla's kernel with them) trains under parallelize()
+    as on one process: every rank's logits and every parameter gradient."""
+    if kernel == "fla":
+        pytest.importorskip("fla")
+    case = dict(T=24, cu=cu, kernel=kernel)
+    results = run_spawned(workers_packed.parallel_model, world_size, case, timeout=600.0)
+    bad = {rank: {n: e for n, e in r.items() if not e < 1e-10} for rank, r in enumerate(results)}
+    assert not any(bad.values()), bad
+
+
+def test_parallelize_refuses_document_ids_of_a_slice():
+    """document_ids sharded with the batch cannot tell whether a slice's first document continues:
+    refused at its source line, never a silently different function (cu_seqlens works)."""
+    messages = run_spawned(workers_packed.parallel_ids_refused, 2, 16, timeout=600.0)
+    assert all(m.startswith("ShardError") and "workers_packed.py" in m for m in messages), messages

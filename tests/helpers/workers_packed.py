@@ -138,3 +138,64 @@ def bad_total(rank: int, world: int, L: int) -> str:
     except ValueError as error:
         return str(error)
     return "no error"
+
+
+class PackedLM(torch.nn.Module):
+    """A gated linear-attention layer over packed documents whose forward takes cu_seqlens (replicated:
+    the whole row's offsets on every rank). kernel="fla" calls fla's chunk_simple_gla(cu_seqlens=) (traced
+    as the op), "op" lasp_fx.linear_attention(cu_seqlens=): the same function; "ids" takes document ids
+    [1, T] instead (sharded with the batch)."""
+
+    def __init__(self, vocab=32, dim=16, heads=2, kernel="op"):
+        super().__init__()
+        self.h, self.kernel = heads, kernel
+        if kernel == "fla":  # imported when built, as user code imports at the top (the substitutes need it)
+            import fla.ops.simple_gla  # noqa: F401
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.gate = torch.nn.Linear(dim, heads)
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, ids, docs):
+        x = self.embed(ids)
+        q, k, v = self.qkv(x).view(*x.shape[:2], 3, self.h, -1).unbind(2)
+        g = torch.nn.functional.logsigmoid(self.gate(x))
+        if self.kernel == "fla":
+            from fla.ops.simple_gla import chunk_simple_gla
+
+            o = chunk_simple_gla(q, k, v, g=g, scale=SCALE, cu_seqlens=docs)[0]
+        elif self.kernel == "ids":
+            o = lasp_fx.linear_attention(q, k, v, g, scale=SCALE, document_ids=docs)
+        else:
+            o = lasp_fx.linear_attention(q, k, v, g, scale=SCALE, cu_seqlens=docs)
+        return self.head(x + o.flatten(2))
+
+
+def parallel_model(rank: int, world: int, case: dict) -> dict:
+    """PackedLM(kernel=case["kernel"]) under parallelize() against PackedLM(kernel="op") on one process
+    (this rank computes both): max relative RMS of the logits and of every parameter's gradient."""
+    T, cu = case["T"], torch.tensor(case["cu"], dtype=torch.int32)
+    ids = torch.randint(0, 32, (1, T), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    ref = PackedLM().double()
+    model = PackedLM(kernel=case["kernel"]).double()
+    model.load_state_dict(ref.state_dict())
+    ref(ids, cu).pow(2).mean().backward()
+    lasp_fx.parallelize(model, outputs="full", compiler="aot_eager", method=case.get("method", "auto"))
+    out = model(ids, cu)
+    out.pow(2).mean().backward()
+    errors = {"logits": rel_rms(out, ref(ids, cu))}
+    for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
+        errors[name] = rel_rms(p.grad, p_ref.grad)
+    return errors
+
+
+def parallel_ids_refused(rank: int, world: int, T: int) -> str:
+    """The error parallelize() gives a model that takes per-token document ids: "Type: message"."""
+    ids = torch.randint(0, 32, (1, T), generator=torch.Generator().manual_seed(3))
+    model = lasp_fx.parallelize(PackedLM(kernel="ids").double(), compiler="aot_eager")
+    try:
+        model(ids, ids_from_cu_seqlens(torch.tensor([0, 3, T // 2, T])))
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which checks it
+        return f"{type(error).__name__}: {error}"
+    return "no error"
