@@ -30,7 +30,7 @@ def _linear_attention(ctx, node):
     node.args = tuple(node.args[:6]) + (ctx.spec.group_name, ctx.spec.method, False, ctx.spec.timeout) + (
         () if runs is None else (runs,)
     )
-    node.kwargs = {}
+    node.kwargs = {name: value for name, value in node.kwargs.items() if name != "runs"}
 
 
 def _searchsorted(ctx, node):
