@@ -12,7 +12,8 @@ buffer) / gate (per token, learnable). Rows per decay form, medians of triton.te
     packed_runs   the same with the runs index built once outside the timed call (the kernels alone)
     batched       the documents as a batch [T / doc, doc]: what packing equal lengths amounts to
     mixed         cu_seqlens of random lengths 1..2 doc (same T)
-    fla_varlen    fla's chunk_simple_gla with the same cu_seqlens, where fla imports (a reference point)
+    fla_varlen    with --fla: fla's chunk_simple_gla with the same cu_seqlens (a reference point; fla's
+                  first call at 128K autotunes for minutes)
 Also the packed output against the batched one (each document alone, same kernels): max rel. RMS.
 """
 
@@ -57,7 +58,7 @@ def _mixed_cu(T, doc, seed=1):
     return torch.tensor(cuts, dtype=torch.int32, device=DEVICE)
 
 
-def _callables(x, T, doc, decay, mixed):
+def _callables(x, T, doc, decay, mixed, fla):
     """name -> (forward callable giving o, output gradient); `mixed`: the random layout's cu_seqlens."""
     q, k, v, g, do = x["q"], x["k"], x["v"], x["g"], x["do"]
     cu = torch.arange(0, T + 1, doc, dtype=torch.int32, device=DEVICE)
@@ -73,17 +74,15 @@ def _callables(x, T, doc, decay, mixed):
         "batched": (lambda: lasp_fx.linear_attention(batched(q), batched(k), batched(v), g_b), batched(do)),
         "mixed": (lambda: lasp_fx.linear_attention(q, k, v, g, cu_seqlens=mixed), do),
     }
-    try:
+    if fla:
         from fla.ops.simple_gla import chunk_simple_gla
 
         kw = {"g_gamma": g} if decay == "const" else {"g": g} if decay == "gate" else {}
         calls["fla_varlen"] = (lambda: chunk_simple_gla(q, k, v, scale=scale, cu_seqlens=cu.long(), **kw)[0], do)
-    except ImportError:
-        pass
     return calls
 
 
-def bench(T, doc, decays, path):
+def bench(T, doc, decays, path, fla=False):
     card = torch.cuda.get_device_name()
     print(f"card: {card}  torch {torch.__version__}  T={T}  documents of {doc}", flush=True)
     mixed = _mixed_cu(T, doc)
@@ -93,7 +92,7 @@ def bench(T, doc, decays, path):
         x = _inputs(T, decay)
         leaves = [x["q"], x["k"], x["v"]] + ([x["g"]] if x["g"] is not None and x["g"].requires_grad else [])
         base = None
-        for name, (f, do) in _callables(x, T, doc, decay, mixed).items():
+        for name, (f, do) in _callables(x, T, doc, decay, mixed, fla).items():
             row = {"T": T, "doc": doc, "decay": decay, "impl": name, "card": card}
             try:
                 row["fwd_ms"] = do_bench(f, return_mode="median")
@@ -154,10 +153,11 @@ def main():
     parser.add_argument("--doc", type=int, default=4096)
     parser.add_argument("--decays", default="none,const,gate")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "packed.json"))
+    parser.add_argument("--fla", action="store_true", help="also fla's chunk_simple_gla with cu_seqlens")
     args = parser.parse_args()
     if args.t % args.doc:
         raise SystemExit(f"--t ({args.t}) must be a multiple of --doc ({args.doc})")
-    bench(args.t, args.doc, args.decays.split(","), args.json)
+    bench(args.t, args.doc, args.decays.split(","), args.json, args.fla)
 
 
 if __name__ == "__main__":
