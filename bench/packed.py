@@ -109,8 +109,8 @@ def bench(T, doc, decays, path, fla=False):
             if "error" in row:
                 print(f"{decay:6} {name:12} error: {row['error']}", flush=True)
             else:
-                print(f"{decay:6} {name:12} {row['fwd_ms']:8.3f} {row['fwdbwd_ms']:8.3f} {row.get('x_unpacked', 1):10.3f}",
-                      flush=True)
+                ratio = row.get("x_unpacked", 1.0)
+                print(f"{decay:6} {name:12} {row['fwd_ms']:8.3f} {row['fwdbwd_ms']:8.3f} {ratio:10.3f}", flush=True)
         rows.append({"decay": decay, "check": "packed vs batched (each document alone)", **_agreement(x, T, doc)})
         print(f"{decay:6} packed vs batched: {rows[-1]}", flush=True)
         _write(path, card, rows)

@@ -203,7 +203,8 @@ def test_triton_slice_with_late_states(cu, decay):
     w_o = torch.randn(1, 150, 2, 16, generator=gen, dtype=torch.float64)
     w_s = torch.randn(1, 2, 16, 16, generator=gen, dtype=torch.float64)
     results = []
-    for run, dtype, device in ((reference, torch.float64, "cpu"), (_triton_run(1, runs, late=True), torch.float32, DEVICE)):
+    triton_run = _triton_run(1, runs, late=True)
+    for run, dtype, device in ((reference, torch.float64, "cpu"), (triton_run, torch.float32, DEVICE)):
         x = {n: t.detach().to(device, dtype).requires_grad_() for n, t in a.items()}
         o, s = run(**x)
         ((o.double().cpu() * w_o).sum() + (s.double().cpu() * w_s).sum()).backward()

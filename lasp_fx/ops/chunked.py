@@ -217,7 +217,7 @@ class _Chunks:
         return self.runs.keep.to(self.dtype) if w is None else w * self.runs.keep
 
     def decay_to_end(self) -> Tensor | None:
-        """exp(b_C - b_j): how much token j's contribution decays by the end of its chunk (0 if it does not get there)."""
+        """exp(b_C - b_j): how token j's contribution decays by the end of its chunk (0 if it does not get there)."""
         w = None if self.b is None else torch.exp(self.b[..., -1:] - self.b)
         if self.runs is None:
             return w

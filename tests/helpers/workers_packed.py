@@ -133,11 +133,13 @@ def check_cases(rank: int, world: int, cases: dict, method: str) -> dict:
 def bad_total(rank: int, world: int, L: int) -> str:
     """The error every rank raises for cu_seqlens that end at the slice's length instead of the row's."""
     x = torch.randn(1, L, 2, 4, dtype=torch.float64)
+    message = "no error"
     try:
         lasp_fx.linear_attention(x, x, x, group=dist.group.WORLD, cu_seqlens=torch.tensor([0, 3, L]))
     except ValueError as error:
-        return str(error)
-    return "no error"
+        message = str(error)
+    dist.barrier()  # refused before any message: no rank tears the group down while another still joins it
+    return message
 
 
 class PackedLM(torch.nn.Module):
