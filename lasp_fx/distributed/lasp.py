@@ -88,7 +88,7 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
     return (log_decay * T).expand(B, H) if log_decay.dim() == 1 else log_decay.sum(1)
 
 
-def _link(q, k, v, log_decay, scale, group, method, peers, timeout, direction) -> Link:
+def _link(q, k, v, log_decay, scale, group, method, timeout, direction, peers: bool = False) -> Link:
     B, _, H, D = q.shape
     head = header.make(q, k, v, log_decay, scale, method, direction, group.rank())
     return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
@@ -112,7 +112,7 @@ def _guarded(link: Link, method: str, run):
 def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     method, peers = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, peers, timeout, "forward")
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward", peers)
     if check:
         check_same_inputs(link)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
@@ -144,7 +144,7 @@ def _gradients(
     # the kernels make `do` contiguous; d_final_state (stride 0 after final_state.sum().backward()) is sent
     d_final = None if d_final_state is None else d_final_state.contiguous()
     method, peers = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, peers, timeout, "backward")
+    link = _link(q, k, v, log_decay, scale, group, method, timeout, "backward", peers)
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 

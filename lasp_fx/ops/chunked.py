@@ -3,7 +3,7 @@
 Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
 local work before any state arrives from another rank (DESIGN.md section 2):
 
-    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save)             -> o, s_out[, saved]
+    fwd(q, k, v, g, scale, s_in, state_hook, save)                                -> o, s_out[, saved]
     bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved)       -> dq, dk, dv, dG, ds_in
 
 `state_hook(local_state)` is called once the slice's own state (forward: the final state from
@@ -202,17 +202,13 @@ def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
 
 
 def fwd(
-    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False,
-    save: bool = False,
+    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, save: bool = False,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
     `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
-    known, before any output exists; a late state it returns (module docstring) is folded in,
-    or with `late_after_output` asked for once the output from everything else exists and added
-    to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
-    `save` asks for what the backward may reuse:
-    an empty tensor here, shaped `saved_shape`.
+    known, before any output exists; a late state it returns (module docstring) is folded in.
+    `save` asks for what the backward may reuse: an empty tensor here, shaped `saved_shape`.
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype), and the
     saved tensor with `save`.
@@ -221,17 +217,12 @@ def fwd(
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, s_out)
-    s_late, end = split_late(None if late is None or late_after_output else late())
+    s_late, end = split_late(None if late is None else late())
     if s_late is not None:
         S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
         s_out = s_out if end is None else end.to(c.dtype)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v) + c.inter(S_before)  # intra + states
-    s_late, end = split_late(late() if late is not None and late_after_output else None)
-    if s_late is not None:  # the late state alone, decayed to each chunk
-        S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
-        s_out = s_out if end is None else end.to(c.dtype)
-        o = o + c.inter(S_late)
     o = _unchunk_q(o, c.T).to(q.dtype)
     return (o, s_out, s_out.new_empty(saved_shape(q, v, g, c.Hk))) if save else (o, s_out)
 

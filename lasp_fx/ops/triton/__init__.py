@@ -1,6 +1,6 @@
 """Triton kernels for the op on CUDA: the two primitives of `chunked.py`, same signatures and semantics.
 
-    fwd(q, k, v, g, scale, s_in=None, state_hook=None, late_after_output=False, save=False)
+    fwd(q, k, v, g, scale, s_in=None, state_hook=None, save=False)
         -> (o, s_out[, saved states])
     bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None, decay_grad=True, saved=None)
         -> (dq, dk, dv, dG, ds_in)

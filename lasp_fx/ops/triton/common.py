@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 CHUNK = 64
-LOG2E = 1.4426950408889634  # decays are applied as exp2(log2(e) * x): one MUFU op
+LOG2E = tl.constexpr(1.4426950408889634)  # decays are applied as exp2(log2(e) * x): one MUFU op
 
 # The interpreter cannot benchmark (no driver): keep one config there (STACK.md section 5).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -165,9 +165,9 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
     """log2-decays of a chunk's tokens (0 past the end of the sequence): their running sum b [C]
     from the chunk's start, and the chunk's total a."""
     if G_MODE == 1:
-        gv = tl.where(valid, tl.load(g + i_h) * 1.4426950408889634, 0.0)
+        gv = tl.where(valid, tl.load(g + i_h) * LOG2E, 0.0)
     else:
-        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * 1.4426950408889634
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * LOG2E
     return tl.cumsum(gv, 0), tl.sum(gv, 0)
 
 
