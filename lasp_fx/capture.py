@@ -62,7 +62,7 @@ def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> 
     Raises:
         CaptureError: with the reason, the user's source line and a hint.
     """
-    from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+    from lasp_fx.passes.detect.known_kernels import register_known_kernels
 
     register_known_kernels()  # fla / lasp kernel calls trace as the op (dynamo route)
     if method == "export":

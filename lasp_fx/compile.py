@@ -18,7 +18,7 @@ from lasp_fx.config import Compiler, ShardSpec
 from lasp_fx.passes import rewrite_linear_attention
 from lasp_fx.passes.shard.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
-from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+from lasp_fx.passes.detect.known_kernels import register_known_kernels
 from lasp_fx.passes.shard.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardError, shard_pass, sync_parameter_grads
 

@@ -61,7 +61,7 @@ from lasp_fx.distributed.combine import wait_all
 from lasp_fx.distributed.link import Link, checks_on_host
 from lasp_fx.ops import chunked
 from lasp_fx.ops.custom_op import TwinOp
-from lasp_fx.ops.op import kernels_for, saved_states_like, single_device
+from lasp_fx.ops.op import backward_inputs, kernels_for, outputs_like, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
@@ -189,27 +189,14 @@ def _sp_forward(
 
 
 def _sp_forward_fake(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout):
-    B, T, H, D = q.shape
-    E = v.shape[-1]
-    state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
-    return q.new_empty(B, T, H, E), state, torch.empty_like(state), saved_states_like(q, k, v, log_decay)
+    o, state, saved = outputs_like(q, k, v, log_decay)
+    return o, state, torch.empty_like(state), saved
 
 
 def _sp_gradients(
-    do: Tensor,
-    d_final_state: Optional[Tensor],
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Optional[Tensor],
-    state_in: Tensor,
-    saved_states: Optional[Tensor],
-    final_state: Optional[Tensor],
-    scale: float,
-    group_name: str,
-    method: str,
-    decay_grad: bool,
-    timeout: float,
+    do: Tensor, d_final_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor],
+    state_in: Tensor, saved_states: Optional[Tensor], final_state: Optional[Tensor], scale: float, group_name: str,
+    method: str, decay_grad: bool, timeout: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     group = resolve_group(group_name)
     return _gradients(
@@ -234,10 +221,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, do, d_final_state, *_d_unused, gradients):
-    q, k, v, log_decay, state_in, saved_states, final_state = ctx.saved_tensors
-    if do is None:  # only the final state was used
-        do = q.new_zeros(*q.shape[:3], v.shape[-1])
-    decay_grad = log_decay is not None and ctx.needs_input_grad[3]
+    (q, k, v, log_decay, state_in, saved_states, final_state), do, decay_grad = backward_inputs(ctx, do)
     dq, dk, dv, dlog_decay, d_state_in = gradients(
         do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, ctx.scale, ctx.group,
         ctx.method, decay_grad, ctx.timeout,

@@ -32,12 +32,7 @@ def per_token_log_decay(log_decay: Tensor | None, q: Tensor) -> Tensor:
 
 
 def recurrent_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Tensor | None = None,
-    *,
-    scale: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, *, scale: float | None = None,
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Token-by-token recurrence S_t = exp(a_t) S_{t-1} + k_t v_t^T, o_t = scale * S_t^T q_t.
@@ -59,12 +54,7 @@ def recurrent_linear_attention(
 
 
 def quadratic_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Tensor | None = None,
-    *,
-    scale: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, *, scale: float | None = None,
     initial_state: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The same function as a T x T masked matrix product (the "parallel form").

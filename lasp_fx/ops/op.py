@@ -35,10 +35,12 @@ def kernels_for(x: Tensor) -> ModuleType:
     return chunked
 
 
-def saved_states_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor]) -> Tensor:
-    """An empty tensor shaped as the forward's saved states for these inputs (what a fake returns)."""
-    shape = kernels_for(q).saved_shape(q, v, log_decay, k.shape[2])
-    return q.new_empty(shape, dtype=chunked.acc_dtype(q.dtype))
+def outputs_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty (o, final state, saved states) shaped as the forward's outputs for these inputs (what a fake returns)."""
+    B, T, H, D = q.shape
+    E, state_dtype = v.shape[-1], chunked.acc_dtype(q.dtype)
+    saved = q.new_empty(kernels_for(q).saved_shape(q, v, log_decay, k.shape[2]), dtype=state_dtype)
+    return q.new_empty(B, T, H, E), q.new_empty(B, H, D, E, dtype=state_dtype), saved
 
 
 def _forward(
@@ -48,23 +50,12 @@ def _forward(
 
 
 def _forward_fake(q, k, v, log_decay, initial_state, scale):
-    B, T, H, D = q.shape
-    E = v.shape[-1]
-    final_state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
-    return q.new_empty(B, T, H, E), final_state, saved_states_like(q, k, v, log_decay)
+    return outputs_like(q, k, v, log_decay)
 
 
 def _gradients(
-    do: Tensor,
-    d_final_state: Optional[Tensor],
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Optional[Tensor],
-    initial_state: Optional[Tensor],
-    saved_states: Optional[Tensor],
-    final_state: Optional[Tensor],
-    scale: float,
+    do: Tensor, d_final_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor], saved_states: Optional[Tensor], final_state: Optional[Tensor], scale: float,
     decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     kern = kernels_for(q)
@@ -93,11 +84,18 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no zeros to make and add
 
 
-def _backward(ctx, do, d_final_state, *_d_saved, gradients):
-    q, k, v, log_decay, initial_state, saved_states, final_state = ctx.saved_tensors
-    if do is None:  # only the final state was used
+def backward_inputs(ctx, do) -> tuple[tuple, Tensor, bool]:
+    """(q, k, v, log_decay, state in, saved states, final state) as saved, `do` (zeros when only the final
+    state was used) and whether log_decay needs its gradient: what both ops' backwards start from."""
+    saved = ctx.saved_tensors
+    q, v, log_decay = saved[0], saved[2], saved[3]
+    if do is None:
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
-    decay_grad = log_decay is not None and ctx.needs_input_grad[3]
+    return saved, do, log_decay is not None and ctx.needs_input_grad[3]
+
+
+def _backward(ctx, do, d_final_state, *_d_saved, gradients):
+    (q, k, v, log_decay, initial_state, saved_states, final_state), do, decay_grad = backward_inputs(ctx, do)
     dq, dk, dv, dlog_decay, ds_in = gradients(
         do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
     )

@@ -14,7 +14,7 @@ from torch.fx import GraphModule
 
 from lasp_fx.passes.detect import detect
 from lasp_fx.passes.detect.context import to_match
-from lasp_fx.passes.detect.patterns.kernels import direct_calls
+from lasp_fx.passes.detect.known_kernels import direct_calls
 from lasp_fx.passes.detect.report import InspectReport
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite

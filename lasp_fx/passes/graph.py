@@ -83,26 +83,21 @@ def is_source(node: Node) -> bool:
 def ancestors(nodes: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
     """All nodes that `nodes` depend on (inclusive), not walking past `stop`."""
     stop = stop or set()
-    seen, todo = set(), list(nodes)
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n not in stop:
-            todo.extend(n.all_input_nodes)
-    return seen
+    return _reach(nodes, lambda n: () if n in stop else n.all_input_nodes)
 
 
 def descendants(nodes: Iterable[Node]) -> set[Node]:
     """All nodes that depend on `nodes` (inclusive)."""
+    return _reach(nodes, lambda n: n.users)
+
+
+def _reach(nodes: Iterable[Node], step) -> set[Node]:
     seen, todo = set(), list(nodes)
     while todo:
         n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(n.users)
+        if n not in seen:
+            seen.add(n)
+            todo.extend(step(n))
     return seen
 
 

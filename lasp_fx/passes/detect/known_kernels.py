@@ -1,10 +1,11 @@
-"""Family 7: direct calls of known linear-attention kernels, traced as lasp_fx's op.
+"""Known kernels: direct calls of fla / lasp linear-attention kernels, traced as lasp_fx's op (no pattern).
 
 flash-linear-attention's chunk ops and the original lasp package's `lightning_attn` launch
 Triton kernels that torch.compile cannot trace (and that do not run on CPU). For each one this
 module registers, with `torch.compiler.substitute_in_graph`, a substitute computing the same
 function with `lasp_fx.linear_attention`, so the captured graph holds one lasp_fx op per call:
-the detector needs no pattern for it, and parallelize() makes it sequence-parallel.
+no pattern family has to find it (detect/__init__.py lists the three), the report lists it
+(`direct_calls`), and parallelize() makes it sequence-parallel.
 
 Registration happens for packages the user has already imported (nothing is imported here)
 and lasts for the process, for every torch.compile: the substitute computes the same function.
