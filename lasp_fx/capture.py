@@ -1,11 +1,9 @@
 """Capture: a user model and example inputs -> a functional pre-dispatch ATen FX graph.
 
-Two entries yield the same IR (STACK.md sections 1.2-1.4), so one detector serves both:
-    capture(model, *args)                     torch.export (non-strict) + run_decompositions({})
-    capture_dynamo_graph(gm, example_inputs)  a dynamo graph re-traced with make_fx(pre_dispatch)
-                                              (what the torch.compile backend "lasp" receives)
-Every node carries meta["val"] (a fake tensor), "stack_trace" and "nn_module_stack". Failures
-raise CaptureError with the reason, the user's source line and a hint; nothing is swallowed.
+Two entries give the same IR, so one detector serves both (docs/design.md §6): `capture` (torch.export,
+non-strict, + run_decompositions({})) and `capture_dynamo_graph` (what the "lasp" backend
+receives, re-traced with make_fx(pre_dispatch)). Failures raise CaptureError with the reason,
+the user's source line and a hint.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: Compiler, offload: bo
     def nop(g, _):
         return make_boxed_func(g.forward)
 
-    # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
+    # Inductor's decompositions: plain aot_eager fails in elu's backward (docs/design.md §7).
     # The min-cut partitioner honours activation checkpointing (nodes tagged "recompute").
     partition = min_cut_rematerialization_partition
     if offload:

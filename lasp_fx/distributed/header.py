@@ -1,12 +1,9 @@
 """The header every state message carries: what the exchange relies on, so ranks never disagree silently.
 
-64 values appended to each message a rank sends (ring: its state; all-gather: its row), encoded
-as integers below 2^16 so that any float dtype holds them exactly: the call's shapes, dtype, decay
-form, method and scale, the direction, the sender's rank and a status. The receiver compares them
-with its own: on a CPU group (gloo) on the host, where the exchange blocks anyway, so a mismatch
-raises at once naming both ranks' values; on CUDA on the device (no host sync), where a mismatch
-turns the received state into NaN. A rank that fails inside its exchange sends status FAILED and
-the first characters of its error instead, so its peers raise "rank r failed: ..." at once.
+64 values below 2^16 (exact in any float dtype): the call's shapes, dtype, decay form, method and
+scale, the direction, the sender's rank and a status, or FAILED with the start of the sender's
+error. Checked on the host on CPU groups (a mismatch raises), on the device on CUDA (a mismatch
+gives NaN): docs/design.md §4.
 """
 
 from __future__ import annotations

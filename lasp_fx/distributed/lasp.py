@@ -1,49 +1,11 @@
 """Sequence-parallel linear attention (LASP): each rank runs its slice, only d x e states cross ranks.
 
-Registered ops (opaque to dynamo, AOTAutograd and Inductor; the communication is inside them,
-the group travels as its name, and every output is consumed: STACK.md section 3):
-    torch.ops.lasp_fx.sp_linear_attention(q, k, v, log_decay?, initial_state?, scale, group_name, method, check,
-        timeout)
-        -> (o, final_state, state_in, saved_states)
-    torch.ops.lasp_fx.sp_linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, state_in,
-        saved_states?, final_state?, scale, group_name, method, decay_grad, timeout)
-        -> (dq, dk, dv, dlog_decay, d_state_in)
-(saved_states: the forward's own states, which the backward reuses: ops/op.py.)
-Eager calls on plain tensors run the same two functions (`_forward`, `_gradients`) through a
-torch.autograd.Function instead (ops.op.runs_eagerly says why).
-
-Per rank, with the primitives of `kernels_for(q)` (DESIGN.md section 2, ops/chunked.py):
-    forward   fwd(state_hook -> exchange): state pass -> exchange (ring: recv X_{r-1}, send X_r;
-              all-gather: gather every (S_j, A_j) and combine, in one kernel through peer
-              memory where the group allows it) -> output kernel with X_{r-1} folded
-              into its segment states
-    backward  bwd(s_in = X_{r-1}, state_hook -> exchange): state passes -> dq kernel
-              -> exchange (ds_out, and the gradient of X_{r-1} sent back or gathered) -> dk, dv
-              kernels with ds_out folded in -> log_decay_grad
-The late state enters the kernels' per-segment states (n_seg x D x E per head), so LASP adds no
-pass over the tokens; what the exchange costs is the wait. Both exchanges run on the compute
-stream's order (combine.py): the ring's backward links after dq, except the last rank's, which
-only sends and does so at once; the all-gather where its result is needed (allgather.py says
-why not alongside the kernels).
-Rank 0 starts from the initial state directly and the last rank's ds_out is d_final: nothing to wait for.
-
-Failures: every state message carries the call's header (header.py), checked where it is
-received, so ranks that disagree raise (CPU groups) or get NaN (CUDA: checked inside the
-combination kernels, no host sync) instead of mixing states; check=True first all-gathers the
-headers (meta.py) so that every rank raises alike. Waits on CPU groups are bounded by `timeout`,
-and a rank that fails before its message has left sends a FAILED header in its place (link.py).
-
-Semantics, for rank r of P holding tokens [r*T, (r+1)*T) of one sequence:
-    o            rank r's slice of the single-device output.
-    final_state  X_r, the state after the last token of rank r's slice; on the last rank this is
-                 the final state of the whole sequence. Its gradient flows back correctly on every rank.
-    initial_state  the state before the first token of the sequence: read on rank 0 only. Other
-                 ranks may pass None or the same tensor (e.g. a replicated parameter): it is ignored
-                 there and gets a zero gradient, so the sum over ranks is the single-device gradient.
-    gradients    dq, dk, dv and a per-token decay [B, T, H]: this rank's slice; a per-head decay [H]:
-                 this rank's share (the sum over ranks is the single-device gradient, the rule of every
-                 replicated parameter).
-Every rank of the group must make the call (and run its backward) with the same shapes.
+Per rank the primitives of `kernels_for(q)` run their state pass, hand the local state to an
+exchange (ring or all-gather) through their `state_hook`, and fold what comes back into the
+output (forward) or the dk / dv kernels (backward), so LASP adds no pass over the tokens. The
+ops `lasp_fx::sp_linear_attention(_backward)` carry the communication inside them (the group by
+name), so compilers keep each call as one node; the rules for gradients, failures and what every
+rank must pass are in docs/design.md §4.
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.

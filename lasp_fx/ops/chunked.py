@@ -1,27 +1,9 @@
 """Chunked causal linear attention in plain PyTorch: the CPU path and the fallback everywhere.
 
-Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
-local work before any state arrives from another rank (DESIGN.md section 2):
-
-    fwd(q, k, v, g, scale, s_in, state_hook, save)                                -> o, s_out[, saved]
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved)       -> dq, dk, dv, dG, ds_in
-
-`state_hook(local_state)` is called once the slice's own state (forward: the final state from
-the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
-known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
-state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
-arriving on top of `ds_out`. The callable may also give a pair (late state, the far end's state
-with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The
-primitive calls it as late as it can (backward: after dq, which needs no ds_out) and folds the
-late state into its per-chunk states, which by linearity is the same as having passed it in:
-no extra pass over the tokens. The returned s_out / ds_in include it.
-
-`g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
-`dG` is the gradient with respect to the running sum G_t, from the identity
-dG_t = q_t . dq_t - k_t . dk_t (+ <dS_T, S_T> at the last token); `log_decay_grad` turns it
-into the gradient of the decay itself. Everything is computed in float32 (float64 for float64
-inputs); memory is linear in T: the largest tensors are [T/C, C, C] scores and [T/C, D, E]
-per-chunk states for each head.
+The two primitives every implementation of the op provides, `fwd` and `bwd`, with the
+`state_hook` through which LASP folds a late state into the per-chunk states instead of a
+second pass (docs/design.md §3). Computed in float32 (float64 for float64 inputs); memory is
+linear in T.
 """
 
 from __future__ import annotations
@@ -296,8 +278,7 @@ def bwd(
 def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
     """(Reverse) cumsum of [B, T, H] along T, computed with T innermost.
 
-    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170):
-    11.5 ms for [1, 32K, 16] on an H100, against microseconds with T innermost.
+    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170).
     """
     xt = x.transpose(1, 2).contiguous()
     if reverse:

@@ -1,12 +1,7 @@
-"""Reference implementations of causal linear attention: token recurrence and quadratic form.
+"""Reference implementations of causal linear attention: token recurrence and quadratic form (docs/design.md §2).
 
-Both are plain autograd code, slow, and exist to be trusted: every faster path (the chunked
-PyTorch path, the Triton kernels, LASP across ranks) is tested against them in float64.
-
-Notation (see DESIGN.md section 2): for each query head h,
-    o_t = sum_{j<=t} exp(G_t - G_j) * scale * (q_t . k_j) * v_j + exp(G_t) * scale * q_t S_0
-    S_T = exp(G_T) S_0 + sum_j exp(G_T - G_j) k_j v_j^T,      G_t = sum_{i<=t} a_i
-with k, v taken from kv head h // (H / H_kv).
+Plain autograd code, slow, and there to be trusted: every faster path (the chunked PyTorch
+path, the Triton kernels, LASP across ranks) is tested against them in float64.
 """
 
 from __future__ import annotations

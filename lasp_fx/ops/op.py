@@ -1,16 +1,8 @@
-"""The single-device op: registered as a torch.library custom op with its own autograd.
+"""The single-device op: `lasp_fx::linear_attention` and its backward op, with the eager twin (custom_op.py).
 
-Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
-and `torch.export` keep each call as one node):
-    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale)
-        -> (o, final_state, saved_states)
-    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?,
-        saved_states?, final_state?, scale, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
-The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay
-is then empty and the kernels skip the work for it. `saved_states` are the forward's states that the backward
-reuses instead of running their pass again (its shape follows from the sizes: `saved_shape` of
-the kernels' module, empty on the PyTorch path). Eager calls on plain tensors run the same
-functions through an autograd.Function twin instead (custom_op.py): less host time, same kernels.
+The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer), and the
+kernels then skip that work; `saved_states` are the forward's segment states that the backward
+reuses instead of running their pass again (empty on the PyTorch path).
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.

@@ -1,11 +1,7 @@
-"""The FX passes on a captured graph: detect linear attention, rewrite it into the lasp_fx op, shard.
+"""The FX passes on a captured graph: `find` linear attention (detect/), `rewrite` it into the op, `shard`.
 
     cands, report = find(gm, example_inputs)     # what is found, where, and why not
     gm = rewrite(gm, cands)                      # each verified candidate -> one op node
-
-Stages, each importable and testable alone: `detect/` -> `rewrite.py` (+ `emit.py`) -> `shard/`.
-Capturing a model into such a graph is `lasp_fx.capture`; the whole-model entry points
-(`lasp_fx.inspect`, `convert`) are `lasp_fx.convert`.
 """
 
 from __future__ import annotations

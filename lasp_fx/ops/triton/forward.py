@@ -1,13 +1,8 @@
 """Forward: the state pass (states.py), then one output kernel over (E tile, segment, head).
 
-Each program carries the state entering its segment in registers and walks the segment's
-chunks: o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V.
-Bytes: q, k, v read once (the E tiles of one chunk run side by side and share q, k through
-L2), o written once, one float32 state read per segment. FLOPs per token and head:
-2C(D + E) intra-chunk + 4DE through the state (C = 64).
-
-A late state (LASP's X_{r-1}) enters the output kernel's segment states: no extra bytes, but the
-kernel waits for it.
+Each program carries the state entering its segment in registers and walks the segment's chunks:
+o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
+state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Known kernels: direct calls of fla / lasp linear-attention kernels, traced as lasp_fx's op (no pattern).
 
-flash-linear-attention's chunk ops and the original lasp package's `lightning_attn` launch
-Triton kernels that torch.compile cannot trace (and that do not run on CPU). For each one this
-module registers, with `torch.compiler.substitute_in_graph`, a substitute computing the same
-function with `lasp_fx.linear_attention`, so the captured graph holds one lasp_fx op per call:
-no pattern family has to find it (detect/__init__.py lists the three), the report lists it
-(`direct_calls`), and parallelize() makes it sequence-parallel.
-
-Registration happens for packages the user has already imported (nothing is imported here)
-and lasts for the process, for every torch.compile: the substitute computes the same function.
-Calls with options the op does not cover (variable-length `cu_seqlens`, reverse scans) raise
-NotImplementedError at trace time with the reason, rather than computing something else.
+Their Triton kernels cannot be traced, so each is registered with
+`torch.compiler.substitute_in_graph` as the same function computed by `lasp_fx.linear_attention`
+(for packages the user has already imported, for the process); the report lists the calls
+(`direct_calls`), and options the op does not cover raise NotImplementedError at trace time.
 """
 
 from __future__ import annotations
@@ -68,7 +61,7 @@ def _linear_attn(name):
             return o, (state if output_final_state else None)
         if initial_state is not None or output_final_state:
             raise NotImplementedError(f"lasp_fx: {name}(normalize=True) with states is not supported")
-        # o / (scale * q . cumsum(k) + 1e-10): the denominator is the op with v = 1 (DESIGN.md 2)
+        # o / (scale * q . cumsum(k) + 1e-10): the denominator is the op with v = 1 (docs/design.md §2)
         ones = v.new_ones(*v.shape[:-1], 1)
         out, _ = _op(q, k, torch.cat([v, ones], dim=-1), None, scale, None)
         return out[..., :-1] / (out[..., -1:] + 1e-10), None

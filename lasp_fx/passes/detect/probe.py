@@ -1,4 +1,4 @@
-"""Numeric proof that a candidate region computes the op's function (STACK.md section 2.4).
+"""Numeric proof that a candidate region computes the op's function (docs/design.md §6).
 
 The region (every node between q, k, v, the decay source and the output) is re-run in float64
 on random inputs and compared with the replacement that the rewrite would insert. The scale
