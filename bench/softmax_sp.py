@@ -9,13 +9,14 @@ ranks 0..r. Each implementation runs that rank's share (the last rank's, the mos
 schedule balances it) on this GPU, fwd+bwd, B=1, H=16, D=128, bf16; communication is left out
 (rows say what each would move). Times are medians of CUDA-event timed iterations; memory is the
 peak allocated during one fwd+bwd above its inputs.
-- lasp_fx: `tail_softmax_attention` (what parallelize() runs): the rank's q over the all-gathered
-  k, v of ranks 0..r, tiles of s x s by the flash kernel merged by log-sum-exp. Moves: one
-  all-gather of k and v (and a reduce-scatter of their gradients).
-- lasp_fx_docs: the same with packed 4K-token documents (document ids).
+- lasp_fx: what parallelize() runs (`distributed/softmax_sp.py`): over the all-gathered k, v,
+  the first half of the rank's queries and the second half of rank P-1-r's (swapped in by an
+  all-to-all: every rank the same work), tiles of at most s x s by the flash kernel merged by
+  log-sum-exp. Moves: one all-gather of k and v (and a reduce-scatter of their gradients), s/2
+  queries and outputs (and their gradients) with one partner.
+- lasp_fx_unbalanced: the same without the swap: the last rank's s queries over all P blocks.
+- lasp_fx_docs: lasp_fx with packed 4K-token documents (document ids).
 - dense_mask: the path before it: SDPA with an s x (r+1)s boolean mask (memory-efficient kernel).
-- cp_balanced_tiles: torch context_parallel's head-tail schedule (every rank the same work) run
-  with lasp_fx's tile kernels: what balancing would save lasp_fx's last rank.
 - torch_cp / torch_cp_balanced: torch's own `context_parallel` ring SDPA, run as rank 3 of a
   fake process group of 4 (collectives are no-ops: the received k, v are garbage, the kernels and
   their schedule are torch's own); without and with its head-tail load balancing.
@@ -37,10 +38,10 @@ import torch.nn.functional as F
 
 from lasp_fx.ops import softmax_plan, softmax_tile
 from lasp_fx.ops.softmax_tail import tail_softmax_attention
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.workers_softmax import dense_reference
+from lasp_fx.numerics import rel_rms
+from lasp_fx.ops.softmax_naive import tail_softmax_reference
 
-IMPLS = ["lasp_fx", "lasp_fx_docs", "cp_balanced_tiles", "ulysses", "torch_cp", "torch_cp_balanced", "dense_mask"]
+IMPLS = ["lasp_fx", "lasp_fx_unbalanced", "lasp_fx_docs", "ulysses", "torch_cp", "torch_cp_balanced", "dense_mask"]
 DOC_LEN = 4096
 
 
@@ -94,12 +95,25 @@ def _fwd_bwd(fn, leaves, do):
     return step
 
 
-def _lasp_fx(a, docs=False):
-    s, T = a.tlocal, a.tlocal * a.world
+def _lasp_fx(a, docs=False, balance=True):
+    """What `causal_attention_over_ranks` computes on rank r = P-1 (collectives left out): with
+    `balance`, the first half of its queries and the second half of rank 0's (swapped in), else
+    all its queries; over the gathered k, v."""
+    s, P = a.tlocal, a.world
+    r, T, h = P - 1, s * P, s // 2
     q, k, v = _leaves((1, a.heads, s, a.dim), (1, a.heads, T, a.dim), (1, a.heads, T, a.dim), dtype=a.dt)
     ids = (torch.arange(T, device=DEV) // DOC_LEN + 1)[None] if docs else None
-    docs_q = None if ids is None else ids[:, T - s:]
-    return _fwd_bwd(lambda: tail_softmax_attention(q, k, v, None, docs_q, ids), [q, k, v], torch.randn_like(q))
+
+    def tail(queries, start, end):  # queries at global positions start .. end - 1
+        cut = (None, None) if ids is None else (ids[:, start:end], ids[:, :end])
+        return tail_softmax_attention(queries, k[:, :, :end], v[:, :, :end], None, *cut)
+
+    def fn():
+        if not balance:
+            return tail(q, r * s, (r + 1) * s)
+        partner = P - 1 - r  # its second half stands in for the one the all-to-all brings: same shape
+        return torch.cat([tail(q[:, :, :h], r * s, r * s + h), tail(q[:, :, h:], partner * s + h, (partner + 1) * s)], 2)
+    return _fwd_bwd(fn, [q, k, v], torch.randn_like(q))
 
 
 def _dense_mask(a):
@@ -111,39 +125,6 @@ def _dense_mask(a):
         mask = torch.arange(T, device=DEV)[None, :] <= rows[:, None]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return _fwd_bwd(fn, [q, k, v], torch.randn_like(q))
-
-
-def _cp_balanced_tiles(a):
-    """torch CP's head-tail shares for rank r (chunks r and 2P-1-r of 2P): the local pair causally,
-    then the pair over the first chunk of every other rank's pair (as its rank 3 computes them)."""
-    s, P = a.tlocal, a.world
-    half = s // 2
-    q, k, v = _leaves((1, a.heads, s, a.dim), (1, a.heads, s * P, a.dim), (1, a.heads, s * P, a.dim), dtype=a.dt)
-    scale = softmax_tile.default_scale(q, None)
-
-    class Tiles(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v):
-            acc = softmax_tile.acc_dtype(q.dtype)
-            out = q.new_zeros(q.shape, dtype=acc)
-            lse = q.new_full(q.shape[:3], float("-inf"), dtype=acc)
-            ctx.tiles = [(k[:, :, :s], v[:, :, :s], True)] + [
-                (k[:, :, j * s:j * s + half], v[:, :, j * s:j * s + half], False) for j in range(1, P)]
-            for kt, vt, causal in ctx.tiles:
-                softmax_tile.merge(out, lse, *softmax_tile.forward(q, kt, vt, scale, causal))
-            out = out.to(q.dtype)
-            ctx.save_for_backward(q, out, lse)
-            return out
-
-        @staticmethod
-        def backward(ctx, do):
-            q, out, lse = ctx.saved_tensors
-            dq = torch.zeros_like(q, dtype=torch.float32)
-            for kt, vt, causal in ctx.tiles:
-                dq += softmax_tile.backward(do.contiguous(), q, kt, vt, out, lse, scale, causal)[0]
-            return dq.to(q.dtype), None, None  # dk, dv: the same kernels' by-products, not kept here
-
-    return _fwd_bwd(lambda: Tiles.apply(q, k, v), [q], torch.randn_like(q))
 
 
 def _ulysses(a):
@@ -197,9 +178,9 @@ def _torch_cp(a, balanced):
 
 MAKERS = {
     "lasp_fx": _lasp_fx,
+    "lasp_fx_unbalanced": lambda a: _lasp_fx(a, balance=False),
     "lasp_fx_docs": lambda a: _lasp_fx(a, docs=True),
     "dense_mask": _dense_mask,
-    "cp_balanced_tiles": _cp_balanced_tiles,
     "ulysses": _ulysses,
     "torch_cp": lambda a: _torch_cp(a, False),
     "torch_cp_balanced": lambda a: _torch_cp(a, True),
@@ -209,10 +190,13 @@ MAKERS = {
 def _moved(name, a):
     """Elements each rank sends per layer, fwd+bwd (what the single-GPU run leaves out)."""
     s, P, H, D = a.tlocal, a.world, a.heads, a.dim
-    if name.startswith("lasp_fx") or name == "dense_mask":
-        return 2 * 2 * s * H * D * (P - 1)  # all-gather k, v; reduce-scatter dk, dv
-    if name.startswith("torch_cp"):
-        return 2 * 2 * s * H * D * (P - 1)  # k, v around the ring; dk, dv back
+    gather = 2 * 2 * s * H * D * (P - 1)  # all-gather k, v; reduce-scatter dk, dv
+    if name in ("lasp_fx", "lasp_fx_docs"):
+        return gather + 4 * (s // 2) * H * D  # + half the queries and outputs, and their gradients, with a partner
+    if name in ("lasp_fx_unbalanced", "dense_mask"):
+        return gather
+    if name.startswith("torch_cp"):  # k, v around the ring in forward and again in backward, dk, dv back
+        return 2 * s * H * D * (P - 1) * 2 + 2 * s * H * D * P
     if name == "ulysses":
         return 2 * 4 * s * H * D * (P - 1) // P  # q, k, v, o out and back, and their gradients
     return None
@@ -252,8 +236,7 @@ def _check_one(gen, ids, s, H, Hk, D, dtype, max_tiles, tol):
     out = tail_softmax_attention(*low, None, d_q, d_k, max_tiles)
     grads = torch.autograd.grad((out.double() * w).sum(), low)
     ref_in = [t.to(dtype).double().requires_grad_() for t in x]  # the same rounded inputs, in float64
-    full_q = torch.cat([ref_in[0].new_zeros(2, H, K - s, D), ref_in[0]], 2)
-    ref = dense_reference(full_q, ref_in[1], ref_in[2], 1 / math.sqrt(D), d_k)[:, :, K - s:]
+    ref = tail_softmax_reference(*ref_in, 1 / math.sqrt(D), d_q, d_k)
     ref_grads = torch.autograd.grad((ref * w).sum(), ref_in)
     errs = {"o": rel_rms(out, ref), **{f"d{n}": rel_rms(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
     masked = ids is not None and max_tiles == 1

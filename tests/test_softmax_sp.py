@@ -8,11 +8,12 @@ op alone (odd tails, the tile plan, opcheck); the hybrid example model through p
 import pytest
 import torch
 
+from lasp_fx.distributed.spawn import run_spawned
+from lasp_fx.numerics import rel_rms
 from lasp_fx.ops import softmax_plan
+from lasp_fx.ops.softmax_naive import tail_softmax_reference
 from lasp_fx.ops.softmax_tail import tail_softmax_attention
-from lasp_fx.testing import workers_parallel, workers_softmax
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_parallel, workers_softmax
 
 TOL = 1e-12
 
@@ -47,14 +48,6 @@ def _inputs(N, H, Hk, s, K, D, E, seed):
             for h, n, d in ((H, s, D), (Hk, K, D), (Hk, K, E))]
 
 
-def _tail_of_dense(q, k, v, scale, docs):
-    """The dense reference over K keys with queries taken at the tail (the keys' own queries before
-    them are only there to be cut off)."""
-    s, K = q.shape[2], k.shape[2]
-    full_q = torch.cat([q.new_zeros(*q.shape[:2], K - s, q.shape[3]), q], 2)
-    return workers_softmax.dense_reference(full_q, k, v, scale, docs)[:, :, K - s:]
-
-
 DOC_MODES = [pytest.param(docs, tiles, id=f"{docs}-{name}") for docs, tiles, name in (
     ("none", softmax_plan.MAX_TILES, "runs"), ("packed", softmax_plan.MAX_TILES, "runs"), ("packed", 1, "masked"),
     ("random", softmax_plan.MAX_TILES, "runs"), ("random", 1, "masked"))]
@@ -70,7 +63,7 @@ def test_tail_op_matches_dense(K, docs, max_tiles):
     out = tail_softmax_attention(q, k, v, 0.5, docs_q, ids, max_tiles)
     w = torch.randn_like(out)
     grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-    ref = _tail_of_dense(q, k, v, 0.5, ids)
+    ref = tail_softmax_reference(q, k, v, 0.5, docs_q, ids)
     ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
     assert rel_rms(out, ref) <= TOL
     for name, g, r in zip("qkv", grads, ref_grads):

@@ -45,7 +45,7 @@ def bench(
     warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing."),
 ):
     """Time lasp_fx's op against the float64 reference and SDPA, and LASP across spawned ranks."""
-    from lasp_fx.testing.spawn import run_spawned
+    from lasp_fx.distributed.spawn import run_spawned
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if device not in DEFAULTS or (device == "cuda" and not torch.cuda.is_available()):

@@ -5,7 +5,7 @@ per rank), D, E, docs ("none", "packed": contiguous documents with padding at a 
 start, "random": ids 0..3 drawn per token), max_tiles (None: the default), seed. Every rank draws
 the whole sequence from the seed, runs `causal_attention_over_ranks` on its slice (with and without balancing), and
 returns the relative-RMS errors of its output and of its q, k, v gradients against
-`dense_reference` (an explicit T x T float64 softmax) of the whole sequence.
+`tail_softmax_reference` (an explicit T x T float64 softmax) of the whole sequence.
 """
 
 from __future__ import annotations
@@ -13,20 +13,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lasp_fx.testing.numerics import rel_rms
-
-
-def dense_reference(q, k, v, scale, docs=None):
-    """Causal softmax attention over [B, H, T, D] (k, v may have fewer heads), optionally within
-    documents (ids [B, T], 0 = padding sees and is seen by nothing); a row that sees nothing is 0."""
-    T = q.shape[-2]
-    k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
-    seen = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
-    if docs is not None:
-        seen = seen & ((docs[:, :, None] == docs[:, None, :]) & (docs != 0)[:, None, :])[:, None]
-    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-    p = torch.softmax(scores.masked_fill(~seen, float("-inf")), -1).nan_to_num(0.0)
-    return torch.matmul(p, v)
+from lasp_fx.numerics import rel_rms
+from lasp_fx.ops.softmax_naive import tail_softmax_reference
 
 
 def doc_ids(kind: str, B: int, T: int, s: int, gen: torch.Generator):
@@ -71,7 +59,7 @@ def _check(rank, world_size, case, balance):
     x, s = global_inputs(case, world_size), case["s"]
     scale = case.get("scale", 0.6)
     ref = {n: x[n].clone().requires_grad_() for n in ("q", "k", "v")}
-    o_ref = dense_reference(ref["q"], ref["k"], ref["v"], scale, x["docs"])
+    o_ref = tail_softmax_reference(ref["q"], ref["k"], ref["v"], scale, x["docs"], x["docs"])
     (o_ref * x["w"]).sum().backward()
     cut = slice(rank * s, (rank + 1) * s)
     local = {n: x[n][:, :, cut].clone().requires_grad_() for n in ("q", "k", "v")}
