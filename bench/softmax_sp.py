@@ -104,15 +104,14 @@ def _lasp_fx(a, docs=False, balance=True):
     q, k, v = _leaves((1, a.heads, s, a.dim), (1, a.heads, T, a.dim), (1, a.heads, T, a.dim), dtype=a.dt)
     ids = (torch.arange(T, device=DEV) // DOC_LEN + 1)[None] if docs else None
 
-    def tail(queries, start, end):  # queries at global positions start .. end - 1
-        cut = (None, None) if ids is None else (ids[:, start:end], ids[:, :end])
-        return tail_softmax_attention(queries, k[:, :, :end], v[:, :, :end], None, *cut)
+    def tail(queries, end):  # queries at global positions end - len .. end - 1
+        return tail_softmax_attention(queries, k[:, :, :end], v[:, :, :end], None, None if ids is None else ids[:, :end])
 
     def fn():
         if not balance:
-            return tail(q, r * s, (r + 1) * s)
+            return tail(q, (r + 1) * s)
         partner = P - 1 - r  # its second half stands in for the one the all-to-all brings: same shape
-        return torch.cat([tail(q[:, :, :h], r * s, r * s + h), tail(q[:, :, h:], partner * s + h, (partner + 1) * s)], 2)
+        return torch.cat([tail(q[:, :, :h], r * s + h), tail(q[:, :, h:], (partner + 1) * s)], 2)
     return _fwd_bwd(fn, [q, k, v], torch.randn_like(q))
 
 
@@ -232,11 +231,10 @@ def _check_one(gen, ids, s, H, Hk, D, dtype, max_tiles, tol):
     x = [torch.randn(2, h, n, D, generator=gen, dtype=torch.float64).to(DEV) for h, n in ((H, s), (Hk, K), (Hk, K))]
     w = torch.randn(2, H, s, D, generator=gen, dtype=torch.float64).to(DEV)
     low = [t.to(dtype).requires_grad_() for t in x]
-    d_q, d_k = (None, None) if ids is None else (ids[:, K - s:], ids)
-    out = tail_softmax_attention(*low, None, d_q, d_k, max_tiles)
+    out = tail_softmax_attention(*low, None, ids, None, max_tiles)
     grads = torch.autograd.grad((out.double() * w).sum(), low)
     ref_in = [t.to(dtype).double().requires_grad_() for t in x]  # the same rounded inputs, in float64
-    ref = tail_softmax_reference(*ref_in, 1 / math.sqrt(D), d_q, d_k)
+    ref = tail_softmax_reference(*ref_in, 1 / math.sqrt(D), ids)
     ref_grads = torch.autograd.grad((ref * w).sum(), ref_in)
     errs = {"o": rel_rms(out, ref), **{f"d{n}": rel_rms(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
     masked = ids is not None and max_tiles == 1
@@ -262,7 +260,7 @@ def main():
     a.dt = torch.bfloat16
     meta = {"gpu": torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch": torch.__version__, "tlocal": a.tlocal, "world": a.world,
             "rank": a.world - 1, "heads": a.heads, "dim": a.dim, "dtype": "bf16", "reps": a.reps,
-            "tiles_lasp_fx": len(softmax_plan.plan(1, a.tlocal, a.tlocal * a.world, None, None))}
+            "tiles_lasp_fx_unbalanced": len(softmax_plan.plan(1, a.tlocal, a.tlocal * a.world))}
     result = {**meta, "check": [] if a.no_check else check(a), "rows": []}
 
     def save():

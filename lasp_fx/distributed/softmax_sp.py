@@ -26,14 +26,19 @@ _all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or fu
 
 
 def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, group_name: str,
-                                docs: Tensor | None = None, max_tiles: int = MAX_TILES,
-                                balance: bool = True) -> Tensor:
+                                key_keep: Tensor | None = None, docs: Tensor | None = None,
+                                max_tiles: int = MAX_TILES, balance: bool = True) -> Tensor:
     """This rank's slice of causal SDPA over the whole sequence: q, k, v [..., H, s, D] slices.
 
-    Query i of rank r sits at global position r*s + i and sees keys 0 .. r*s + i. `docs`: this
-    rank's per-token document ids [B, s] (0 = padding): a query then sees only the earlier keys
-    of its own document, and a padding query gets 0. `max_tiles`: see `ops.softmax_plan`.
-    `balance`: swap query halves with rank P - 1 - r (see the module docstring).
+    Query i of rank r sits at global position r*s + i and sees keys 0 .. r*s + i, except:
+    key_keep: [B, T] booleans of every rank's keys (or [B, s], this rank's: gathered here): False
+        keys (padding) are seen by nobody; a padded query still sees the earlier real keys, as in
+        HF's padding mask.
+    docs: [B, T] document ids of every rank's tokens (or [B, s], this rank's), in the convention of
+        `ops.documents`: each maximal run of equal ids is one document (padding, id 0, a run of its
+        own), and a query sees only the earlier keys of its own run.
+    A query that sees no key gets 0. `max_tiles`: see `ops.softmax_plan`. `balance`: swap query
+    halves with rank P - 1 - r (see the module docstring).
     """
     lead = q.shape[:-3]  # [H, s, D] or [B, ..., H, s, D]: one batch dim for the tiles
     q, k, v = (x.reshape(-1, *x.shape[-3:]) for x in (q, k, v))
@@ -43,29 +48,42 @@ def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, gro
     world, s = resolve_group(group_name).size(), q.shape[2]
     keys = _all_gather_autograd(k.contiguous(), 2, group_name)
     values = _all_gather_autograd(v.contiguous(), 2, group_name)
-    all_docs = None if docs is None else funcol.all_gather_tensor(docs.contiguous(), 1, group_name)
+    keep = None if key_keep is None else _whole(key_keep, s, world, group_name) != 0  # HF's 0 / 1 as flags
+    runs = None if docs is None else _run_index(_whole(docs, s, world, group_name))
 
-    def attend(queries, ids, end):  # queries at global positions end - len .. end - 1
-        cut = None if all_docs is None else all_docs.narrow(1, 0, end)
-        return tail_softmax_attention(queries, keys.narrow(2, 0, end), values.narrow(2, 0, end), scale, ids, cut,
+    def attend(queries, start, end):  # queries at global positions start .. end - 1
+        return tail_softmax_attention(queries, keys.narrow(2, 0, end), values.narrow(2, 0, end), scale,
+                                      None if runs is None else runs[:, :end], None if keep is None else keep[:, :end],
                                       max_tiles)
 
     if not balance or world == 1 or s < 2:
-        out = attend(q, docs, (rank + 1) * s)
+        out = attend(q, rank * s, (rank + 1) * s)
     else:
         h, partner = s // 2, world - 1 - rank
-        theirs = _swap(q[:, :, h:], partner, world, group_name)
-        their_docs = None if docs is None else _swap(docs[:, h:], partner, world, group_name)
-        mine = attend(q[:, :, :h], None if docs is None else docs[:, :h], rank * s + h)
-        back = _swap(attend(theirs, their_docs, (partner + 1) * s), partner, world, group_name)
-        out = torch.cat([mine, back], dim=2)
+        mine = attend(q[:, :, :h], rank * s, rank * s + h)
+        theirs = attend(_swap(q[:, :, h:], partner, world, group_name), partner * s + h, (partner + 1) * s)
+        out = torch.cat([mine, _swap(theirs, partner, world, group_name)], dim=2)
     return out.reshape(*lead, *out.shape[1:])
 
 
+def _whole(x: Tensor, s: int, world: int, group_name: str) -> Tensor:
+    """Per-token values [B, T] of every rank: x itself, or all ranks' [B, s] gathered."""
+    if x.shape[-1] == s * world:
+        return x
+    if x.shape[-1] != s:
+        raise ValueError(f"per-token values of shape {tuple(x.shape)}: expected [B, {s}] (this rank's tokens) "
+                         f"or [B, {s * world}] (every rank's)")
+    return funcol.wait_tensor(funcol.all_gather_tensor(x.contiguous(), 1, group_name))
+
+
+def _run_index(ids: Tensor) -> Tensor:
+    """Each maximal run of equal ids numbered apart (1, 2, ...): `ops.documents`' documents as ids."""
+    change = ids[:, 1:] != ids[:, :-1]
+    return torch.cat([torch.ones_like(change[:, :1]), change], 1).long().cumsum(1)
+
+
 def _swap(x: Tensor, partner: int, world: int, group_name: str) -> Tensor:
-    """x sent to `partner`, and the partner's x received (a pair of ranks, or a rank with itself),
-    in one all-to-all of the group; differentiable for floating x (the gradient goes back)."""
+    """x sent to `partner` and the partner's x received (a pair of ranks, or the middle rank with
+    itself), in one all-to-all of the group; the gradient goes back the same way."""
     splits = [x.shape[0] if j == partner else 0 for j in range(world)]
-    if x.is_floating_point():
-        return funcol.wait_tensor(funcol.all_to_all_single_autograd(x.contiguous(), splits, splits, group_name))
-    return funcol.wait_tensor(funcol.all_to_all_single(x.contiguous(), splits, splits, group_name))
+    return funcol.wait_tensor(funcol.all_to_all_single_autograd(x.contiguous(), splits, splits, group_name))

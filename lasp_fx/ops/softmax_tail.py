@@ -7,9 +7,9 @@ the merged output and log-sum-exp. So memory is linear in K: no s x K scores or 
 
 Registered as custom ops with their own autograd (opaque to dynamo, AOTAutograd and Inductor, so
 the plan may read the document ids):
-    torch.ops.lasp_fx.tail_softmax_attention(q, k, v, docs_q?, docs_k?, scale, max_tiles) -> (out, lse)
-    torch.ops.lasp_fx.tail_softmax_attention_backward(do, q, k, v, out, lse, docs_q?, docs_k?, scale,
-        max_tiles) -> (dq, dk, dv)
+    torch.ops.lasp_fx.tail_softmax_attention(q, k, v, docs?, keep?, scale, max_tiles) -> (out, lse)
+    torch.ops.lasp_fx.tail_softmax_attention_backward(do, q, k, v, out, lse, docs?, keep?, scale, max_tiles)
+        -> (dq, dk, dv)
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
@@ -23,21 +23,21 @@ from lasp_fx.ops.softmax_plan import MAX_TILES, keys_shared, plan, tile_mask
 
 
 def tail_softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None,
-                           docs_q: Optional[Tensor] = None, docs_k: Optional[Tensor] = None,
+                           docs: Optional[Tensor] = None, keep: Optional[Tensor] = None,
                            max_tiles: int = MAX_TILES) -> Tensor:
     """Causal softmax attention of q [N, H, s, D] at positions K - s .. K - 1 over k, v [N, Hk, K, D | E].
 
-    Hk divides H (GQA / MQA: kv head j serves query heads j * H / Hk ..). With per-token document
-    ids docs_q [N, s] and docs_k [N, K] (integers, 0 = padding), a query sees only the earlier keys
-    of its own document; a query that sees no key (padding) gets 0. `scale` defaults to 1 / sqrt(D).
+    Hk divides H (GQA / MQA: kv head j serves query heads j * H / Hk ..). `docs` [N, K]: integer ids
+    of the keys' positions (the queries' are the last s): a query sees only the earlier keys of its
+    own id. `keep` [N, K] booleans: False keys (padding) are seen by nobody. A query that sees no
+    key gets 0. `scale` defaults to 1 / sqrt(D).
     """
-    _check(q, k, v, docs_q, docs_k)
-    out, _ = torch.ops.lasp_fx.tail_softmax_attention(
-        q, k, v, docs_q, docs_k, tiles.default_scale(q, scale), max_tiles)
+    _check(q, k, v, docs, keep)
+    out, _ = torch.ops.lasp_fx.tail_softmax_attention(q, k, v, docs, keep, tiles.default_scale(q, scale), max_tiles)
     return out
 
 
-def _check(q, k, v, docs_q, docs_k):
+def _check(q, k, v, docs, keep):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"tail_softmax_attention takes [N, H, s, D] tensors, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -49,11 +49,14 @@ def _check(q, k, v, docs_q, docs_k):
         raise ValueError(f"{H} query heads cannot share {k.shape[1]} key/value heads: the kv heads must divide them")
     if k.shape[2] < s:
         raise ValueError(f"{s} queries at the tail of {k.shape[2]} keys: there must be at least as many keys")
-    if (docs_q is None) != (docs_k is None):
-        raise ValueError("pass document ids for both the queries and the keys, or for neither")
-    for name, d, n in (("docs_q", docs_q, s), ("docs_k", docs_k, k.shape[2])):
-        if d is not None and (tuple(d.shape) != (N, n) or d.is_floating_point() or d.is_complex()):
-            raise ValueError(f"{name} must be integer ids of shape {(N, n)}, got {d.dtype} {tuple(d.shape)}")
+    K = k.shape[2]
+    if docs is not None and (tuple(docs.shape) != (N, K) or docs.is_floating_point() or docs.is_complex()
+                             or docs.dtype == torch.bool):
+        raise ValueError(f"docs must be integer ids of the keys' positions, shape {(N, K)}, "
+                         f"got {docs.dtype} {tuple(docs.shape)}")
+    if keep is not None and (tuple(keep.shape) != (N, K) or keep.dtype != torch.bool):
+        raise ValueError(f"keep must be booleans of the keys' positions, shape {(N, K)}, "
+                         f"got {keep.dtype} {tuple(keep.shape)}")
 
 
 def _rows_contiguous(*xs):
@@ -67,31 +70,31 @@ def _slices(t):
     return (rows, slice(None), qs), (rows, slice(None), ks)
 
 
-def _forward(q, k, v, docs_q, docs_k, scale, max_tiles):
+def _forward(q, k, v, docs, keep, scale, max_tiles):
     q, k, v = _rows_contiguous(q, k, v)
     N, H, s, _ = q.shape
     acc = tiles.acc_dtype(q.dtype)
     out = q.new_zeros(N, H, s, v.shape[-1], dtype=acc)
     lse = q.new_full((N, H, s), float("-inf"), dtype=acc)
-    for t in plan(N, s, k.shape[2], docs_q, docs_k, max_tiles):
+    for t in plan(N, s, k.shape[2], docs, keep, max_tiles):
         qi, ki = _slices(t)
-        mask = tile_mask(t, docs_q, docs_k) if t.masked else None
+        mask = tile_mask(t, docs, keep, k.shape[2], s) if t.masked else None
         o_t, lse_t = tiles.forward(q[qi], k[ki], v[ki], scale, t.causal, mask)
         tiles.merge(out[qi], lse[qi], o_t, lse_t)
     return out.to(q.dtype), lse
 
 
-def _gradients(do, q, k, v, out, lse, docs_q, docs_k, scale, max_tiles):
+def _gradients(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
     do, q, k, v, out = _rows_contiguous(do, q, k, v, out)
     acc = tiles.acc_dtype(q.dtype)
-    todo = plan(q.shape[0], q.shape[2], k.shape[2], docs_q, docs_k, max_tiles)
+    todo = plan(q.shape[0], q.shape[2], k.shape[2], docs, keep, max_tiles)
     # every query row meets several tiles; a key usually one (then its gradient is written once, in k's dtype)
     key_acc = acc if keys_shared(todo) else k.dtype
     dq = torch.zeros_like(q, dtype=acc)
     dk, dv = torch.zeros_like(k, dtype=key_acc), torch.zeros_like(v, dtype=key_acc)
     for t in todo:
         qi, ki = _slices(t)
-        mask = tile_mask(t, docs_q, docs_k) if t.masked else None
+        mask = tile_mask(t, docs, keep, k.shape[2], q.shape[2]) if t.masked else None
         dq_t, dk_t, dv_t = tiles.backward(do[qi], q[qi], k[ki], v[ki], out[qi], lse[qi], scale, t.causal, mask)
         dq[qi] += dq_t
         dk[ki] += dk_t
@@ -100,39 +103,39 @@ def _gradients(do, q, k, v, out, lse, docs_q, docs_k, scale, max_tiles):
 
 
 @torch.library.custom_op("lasp_fx::tail_softmax_attention", mutates_args=())
-def _tail(q: Tensor, k: Tensor, v: Tensor, docs_q: Optional[Tensor], docs_k: Optional[Tensor], scale: float,
+def _tail(q: Tensor, k: Tensor, v: Tensor, docs: Optional[Tensor], keep: Optional[Tensor], scale: float,
           max_tiles: int) -> tuple[Tensor, Tensor]:
-    return _forward(q, k, v, docs_q, docs_k, scale, max_tiles)
+    return _forward(q, k, v, docs, keep, scale, max_tiles)
 
 
 @_tail.register_fake
-def _(q, k, v, docs_q, docs_k, scale, max_tiles):
+def _(q, k, v, docs, keep, scale, max_tiles):
     N, H, s, _ = q.shape
     return q.new_empty(N, H, s, v.shape[-1]), q.new_empty(N, H, s, dtype=tiles.acc_dtype(q.dtype))
 
 
 @torch.library.custom_op("lasp_fx::tail_softmax_attention_backward", mutates_args=())
-def _tail_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, docs_q: Optional[Tensor],
-                   docs_k: Optional[Tensor], scale: float, max_tiles: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _gradients(do, q, k, v, out, lse, docs_q, docs_k, scale, max_tiles)
+def _tail_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, docs: Optional[Tensor],
+                   keep: Optional[Tensor], scale: float, max_tiles: int) -> tuple[Tensor, Tensor, Tensor]:
+    return _gradients(do, q, k, v, out, lse, docs, keep, scale, max_tiles)
 
 
 @_tail_backward.register_fake
-def _(do, q, k, v, out, lse, docs_q, docs_k, scale, max_tiles):
+def _(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, docs_q, docs_k, scale, max_tiles = inputs
+    q, k, v, docs, keep, scale, max_tiles = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, docs_q, docs_k)
+    ctx.save_for_backward(q, k, v, out, lse, docs, keep)
     ctx.scale, ctx.max_tiles = scale, max_tiles
 
 
 def _backward(ctx, do, _d_lse):
-    q, k, v, out, lse, docs_q, docs_k = ctx.saved_tensors
+    q, k, v, out, lse, docs, keep = ctx.saved_tensors
     dq, dk, dv = torch.ops.lasp_fx.tail_softmax_attention_backward(
-        do, q, k, v, out, lse, docs_q, docs_k, ctx.scale, ctx.max_tiles)
+        do, q, k, v, out, lse, docs, keep, ctx.scale, ctx.max_tiles)
     return dq, dk, dv, None, None, None, None
 
 
