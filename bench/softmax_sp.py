@@ -105,7 +105,8 @@ def _lasp_fx(a, docs=False, balance=True):
     ids = (torch.arange(T, device=DEV) // DOC_LEN + 1)[None] if docs else None
 
     def tail(queries, end):  # queries at global positions end - len .. end - 1
-        return tail_softmax_attention(queries, k[:, :, :end], v[:, :, :end], None, None if ids is None else ids[:, :end])
+        cut = None if ids is None else ids[:, :end]
+        return tail_softmax_attention(queries, k[:, :, :end], v[:, :, :end], None, cut)
 
     def fn():
         if not balance:
@@ -258,8 +259,8 @@ def main():
     global DEV
     DEV = a.device
     a.dt = torch.bfloat16
-    meta = {"gpu": torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch": torch.__version__, "tlocal": a.tlocal, "world": a.world,
-            "rank": a.world - 1, "heads": a.heads, "dim": a.dim, "dtype": "bf16", "reps": a.reps,
+    meta = {"gpu": torch.cuda.get_device_name() if DEV == "cuda" else DEV, "torch": torch.__version__,
+            "tlocal": a.tlocal, "world": a.world, "rank": a.world - 1, "heads": a.heads, "dim": a.dim, "dtype": "bf16", "reps": a.reps,
             "tiles_lasp_fx_unbalanced": len(softmax_plan.plan(1, a.tlocal, a.tlocal * a.world))}
     result = {**meta, "check": [] if a.no_check else check(a), "rows": []}
 

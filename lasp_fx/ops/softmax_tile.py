@@ -10,7 +10,8 @@ tiles never need each other's results in the backward.
 torch's public SDPA does not return the log-sum-exp, so this calls the private ATen ops behind
 it: the flash kernel (CUDA, fp16 / bf16, no mask), the memory-efficient kernel (CUDA, fp32 or a
 mask), the CPU flash kernel (any float dtype, float mask), and an explicit PyTorch path elsewhere
-(CUDA float64, value heads of another size than the keys' on the CPU, head sizes the kernels refuse): L x S scores, so callers keep tiles small.
+(CUDA float64, value heads of another size than the keys' on the CPU, head sizes the kernels
+refuse), which holds L x S scores: callers keep tiles small.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _expand_heads(x: Tensor, heads: int) -> Tensor:
 def _fold_heads(dx: Tensor, kv_heads: int) -> Tensor:
     """The gradient of `_expand_heads`: the query heads' shares summed back onto their kv head."""
     N, H, S, D = dx.shape
-    return dx if H == kv_heads else dx.view(N, kv_heads, H // kv_heads, S, D).sum(2)
+    return dx if H == kv_heads else dx.reshape(N, kv_heads, H // kv_heads, S, D).sum(2)
 
 
 def _bias(mask: Tensor, dtype: torch.dtype, heads: int, aligned: bool) -> Tensor:
