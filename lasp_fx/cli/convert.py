@@ -48,7 +48,7 @@ def convert(
     device: str = DEVICE_OPT,
 ):
     """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
-    from lasp_fx.passes import convert as convert_model
+    from lasp_fx.convert import convert as convert_model
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")

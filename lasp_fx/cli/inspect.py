@@ -61,8 +61,7 @@ def inspect(
 ):
     """Find the causal linear attention in a model: what is rewritten, where, and what is left alone."""
     from lasp_fx.capture import capture
-    from lasp_fx.passes import InspectReport, detect
-    from lasp_fx.passes.detect.context import to_match
+    from lasp_fx.passes import find
     from lasp_fx.passes.detect.probe import region
 
     if graph is not None and os.path.splitext(graph)[1].lower() not in (".svg", ".png"):
@@ -72,8 +71,7 @@ def inspect(
     ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
     with quiet_torch(ctx):
         captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
-        cands, near = detect(captured.gm, captured.example_inputs)
-    report = InspectReport([to_match(c) for c in cands], near)
+        cands, report = find(captured.gm, captured.example_inputs)
     typer.echo(f"{target} on inputs {ex.describe()}:")
     typer.echo(str(report))
     lines = sorted({(m.source, m.code) for m in [*report.matches, *report.near_misses] if m.code})
@@ -83,8 +81,8 @@ def inspect(
             typer.echo(f"  {source}  {code}")
     if graph is not None:
         regions = [(f"{m.source} {m.module} ({m.family})", set(region(c)) | {c.out})
-                   for c, m in zip(cands, report.matches)]
-        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in near], graph)
+                   for c, m in zip(cands, report.matches[len(report.matches) - len(cands):])]  # after direct calls
+        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in report.near_misses], graph)
 
 
 def _draw(gm, regions, near, path: str) -> None:
