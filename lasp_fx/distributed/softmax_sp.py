@@ -46,8 +46,9 @@ def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, gro
         raise ValueError(f"softmax attention of {q.shape[1]} query heads over {k.shape[1]} key heads without "
                          "enable_gqa=True: pass enable_gqa=True to share the key/value heads")
     world, s = resolve_group(group_name).size(), q.shape[2]
-    keys = _all_gather_autograd(k.contiguous(), 2, group_name)
-    values = _all_gather_autograd(v.contiguous(), 2, group_name)
+    # waited at once: plain tensors, so that an eager call takes the op's autograd.Function twin
+    keys = funcol.wait_tensor(_all_gather_autograd(k.contiguous(), 2, group_name))
+    values = funcol.wait_tensor(_all_gather_autograd(v.contiguous(), 2, group_name))
     keep = None if key_keep is None else _whole(key_keep, s, world, group_name) != 0  # HF's 0 / 1 as flags
     runs = None if docs is None else _run_index(_whole(docs, s, world, group_name))
 

@@ -5,8 +5,8 @@ ranks 0..r. The tiles of `softmax_plan` (each at most s x s) run through the fus
 `softmax_tile` and are merged by their log-sum-exp; the backward gives each tile its share from
 the merged output and log-sum-exp. So memory is linear in K: no s x K scores or mask exist.
 
-Registered as custom ops with their own autograd (opaque to dynamo, AOTAutograd and Inductor, so
-the plan may read the document ids):
+Registered as custom ops with their own autograd (`ops.custom_op.TwinOp`: opaque to dynamo,
+AOTAutograd and Inductor, so the plan may read the ids and flags; an autograd.Function when eager):
     torch.ops.lasp_fx.tail_softmax_attention(q, k, v, docs?, keep?, scale, max_tiles) -> (out, lse)
     torch.ops.lasp_fx.tail_softmax_attention_backward(do, q, k, v, out, lse, docs?, keep?, scale, max_tiles)
         -> (dq, dk, dv)
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lasp_fx.ops import softmax_tile as tiles
+from lasp_fx.ops.custom_op import TwinOp
 from lasp_fx.ops.softmax_plan import MAX_TILES, keys_shared, plan, tile_mask
 
 
@@ -33,7 +34,7 @@ def tail_softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[floa
     key gets 0. `scale` defaults to 1 / sqrt(D).
     """
     _check(q, k, v, docs, keep)
-    out, _ = torch.ops.lasp_fx.tail_softmax_attention(q, k, v, docs, keep, tiles.default_scale(q, scale), max_tiles)
+    out, _ = _op(q, k, v, docs, keep, tiles.default_scale(q, scale), max_tiles)
     return out
 
 
@@ -70,7 +71,8 @@ def _slices(t):
     return (rows, slice(None), qs), (rows, slice(None), ks)
 
 
-def _forward(q, k, v, docs, keep, scale, max_tiles):
+def _forward(q: Tensor, k: Tensor, v: Tensor, docs: Optional[Tensor], keep: Optional[Tensor], scale: float,
+             max_tiles: int) -> tuple[Tensor, Tensor]:
     q, k, v = _rows_contiguous(q, k, v)
     N, H, s, _ = q.shape
     acc = tiles.acc_dtype(q.dtype)
@@ -84,7 +86,8 @@ def _forward(q, k, v, docs, keep, scale, max_tiles):
     return out.to(q.dtype), lse
 
 
-def _gradients(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
+def _gradients(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, docs: Optional[Tensor],
+               keep: Optional[Tensor], scale: float, max_tiles: int) -> tuple[Tensor, Tensor, Tensor]:
     do, q, k, v, out = _rows_contiguous(do, q, k, v, out)
     acc = tiles.acc_dtype(q.dtype)
     todo = plan(q.shape[0], q.shape[2], k.shape[2], docs, keep, max_tiles)
@@ -102,26 +105,12 @@ def _gradients(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-@torch.library.custom_op("lasp_fx::tail_softmax_attention", mutates_args=())
-def _tail(q: Tensor, k: Tensor, v: Tensor, docs: Optional[Tensor], keep: Optional[Tensor], scale: float,
-          max_tiles: int) -> tuple[Tensor, Tensor]:
-    return _forward(q, k, v, docs, keep, scale, max_tiles)
-
-
-@_tail.register_fake
-def _(q, k, v, docs, keep, scale, max_tiles):
+def _forward_fake(q, k, v, docs, keep, scale, max_tiles):
     N, H, s, _ = q.shape
     return q.new_empty(N, H, s, v.shape[-1]), q.new_empty(N, H, s, dtype=tiles.acc_dtype(q.dtype))
 
 
-@torch.library.custom_op("lasp_fx::tail_softmax_attention_backward", mutates_args=())
-def _tail_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, docs: Optional[Tensor],
-                   keep: Optional[Tensor], scale: float, max_tiles: int) -> tuple[Tensor, Tensor, Tensor]:
-    return _gradients(do, q, k, v, out, lse, docs, keep, scale, max_tiles)
-
-
-@_tail_backward.register_fake
-def _(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
+def _gradients_fake(do, q, k, v, out, lse, docs, keep, scale, max_tiles):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -132,11 +121,11 @@ def _setup_context(ctx, inputs, output):
     ctx.scale, ctx.max_tiles = scale, max_tiles
 
 
-def _backward(ctx, do, _d_lse):
+def _backward(ctx, do, _d_lse, gradients):
     q, k, v, out, lse, docs, keep = ctx.saved_tensors
-    dq, dk, dv = torch.ops.lasp_fx.tail_softmax_attention_backward(
-        do, q, k, v, out, lse, docs, keep, ctx.scale, ctx.max_tiles)
+    dq, dk, dv = gradients(do, q, k, v, out, lse, docs, keep, ctx.scale, ctx.max_tiles)
     return dq, dk, dv, None, None, None, None
 
 
-_tail.register_autograd(_backward, setup_context=_setup_context)
+_op = TwinOp("tail_softmax_attention", forward=_forward, forward_fake=_forward_fake, gradients=_gradients,
+             gradients_fake=_gradients_fake, setup_context=_setup_context, backward=_backward)
