@@ -6,7 +6,8 @@
     --out folder      readable Python (GraphModule.to_folder: module.py, the weights beside it) and
                       report.txt; `import lasp_fx` is written at the top of module.py, and the weights
                       are found relative to it, so the folder can be moved.
-Both are specialised to the example inputs' shapes and device (--device), like the capture they come from.
+Both take any sequence length (dim --seq-dim of every input, as parallelize's seq_dim) and run under
+`lasp_fx.parallelize` like the original; other sizes and the device are those of the example inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 from torch.fx import CodeGen, GraphModule
 from torch.utils import _pytree as pytree
 
+from lasp_fx.capture import FIXED_LENGTH_HINT, CaptureError
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
 from lasp_fx.cli.inspect import DEVICE_OPT, DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
 
@@ -46,6 +48,10 @@ def convert(
     inputs: Optional[str] = INPUTS_OPT,
     seed: int = SEED_OPT,
     device: str = DEVICE_OPT,
+    seq_dim: int = typer.Option(1, "--seq-dim", metavar="DIM",
+                                help="The sequence dimension of every input that has one; its length stays free."),
+    fixed_length: bool = typer.Option(False, "--fixed-length", metavar="",
+                                      help="Fix the length to the example's too (for models whose code needs it)."),
 ):
     """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
     from lasp_fx.passes import convert as convert_model
@@ -53,22 +59,38 @@ def convert(
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")
     ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
-    with quiet_torch(ctx):
-        gm, report = convert_model(ex.model, *ex.args, **ex.kwargs)
+    dynamic = None if fixed_length else seq_dim
+    if dynamic is not None and not any(t.dim() > dynamic for t in _tensors(ex)):
+        raise CliError(f"--seq-dim {seq_dim}: no input has a dimension {seq_dim} (inputs {ex.describe()})",
+                       "name the inputs' sequence dimension with --seq-dim, or pass --fixed-length")
+    try:
+        with quiet_torch(ctx):
+            gm, report = convert_model(ex.model, *ex.args, dynamic_seq_dim=dynamic, **ex.kwargs)
+    except CaptureError as e:
+        if e.hint == FIXED_LENGTH_HINT:
+            e.hint += ", or pass --fixed-length for a module that runs at the example's length only"
+        raise
     typer.echo(str(report))
     if not report.matches:
         raise CliError(f"no linear attention found in {target}: nothing to rewrite",
                        f"`lasp-fx inspect {target}` lists the near-misses and why each was left alone")
     with quiet_torch(ctx):
         if out.endswith(".pt2"):
-            written = _save_program(gm, ex, str(report), out)
+            written = _save_program(gm, ex, str(report), out, dynamic)
         else:
             written = _save_folder(gm, str(report), out, target, device)
     typer.echo(f"\nwrote {', '.join(written)}")
 
 
-def _save_program(gm: GraphModule, ex, report: str, path: str) -> list[str]:
-    program = torch.export.export(gm, ex.args, ex.kwargs or None, strict=False)
+def _tensors(ex) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves((ex.args, ex.kwargs)) if isinstance(t, torch.Tensor)]
+
+
+def _save_program(gm: GraphModule, ex, report: str, path: str, seq_dim: int | None) -> list[str]:
+    from lasp_fx.capture import seq_dynamic_shapes
+
+    dynamic = None if seq_dim is None else seq_dynamic_shapes(gm, ex.args, ex.kwargs, seq_dim)
+    program = torch.export.export(gm, ex.args, ex.kwargs or None, dynamic_shapes=dynamic, strict=False)
     torch.export.save(program, path, extra_files={"report.txt": report})
     with open(path + ".report.txt", "w") as f:
         f.write(report + "\n")

@@ -18,26 +18,39 @@ from lasp_fx.passes.patterns.kernels import direct_calls
 from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 from lasp_fx.passes.report import InspectReport, inspect
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
+from lasp_fx.passes.softmax_layers import softmax_layers
 
-__all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", "rewrite_linear_attention", "inspect",
-           "InspectReport",
-           "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]
+__all__ = ["convert", "convert_captured", "inspect_captured", "report_of", "detect", "rewrite", "rewrite_model",
+           "rewrite_linear_attention", "inspect", "InspectReport", "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]
+
+
+def report_of(gm: GraphModule, cands: list, near: list[NearMiss]) -> InspectReport:
+    """The report of a graph before its rewrite: the op calls already in it, the verified candidates,
+    the near-misses and the softmax attention layers."""
+    return InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near, softmax_layers(gm))
+
+
+def inspect_captured(captured: Captured) -> tuple[InspectReport, list]:
+    """Detect in a captured graph without changing it: the report and the verified candidates."""
+    cands, near = detect(captured.gm, captured.example_inputs)
+    return report_of(captured.gm, cands, near), cands
 
 
 def convert_captured(captured: Captured) -> tuple[GraphModule, InspectReport]:
     """Detect and rewrite a captured graph in place (both capture routes); returns it and the report."""
-    cands, near = detect(captured.gm, captured.example_inputs)
-    report = InspectReport(direct_calls(captured.gm) + [to_match(c) for c in cands], near)
+    report, cands = inspect_captured(captured)
     return rewrite(captured.gm, cands), report
 
 
-def convert(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs):
+def convert(model: torch.nn.Module, *example_inputs, method: str = "export", dynamic_seq_dim: int | None = None,
+            **example_kwargs):
     """Capture `model`, rewrite every verified linear attention; returns (module, report).
 
     The module is a torch.fx.GraphModule that shares the model's Parameter objects, keeps its
-    state_dict keys and submodule tree, and is specialised to the example inputs' shapes.
+    state_dict keys and submodule tree, and is specialised to the example inputs' shapes, but
+    for the sequence length when `dynamic_seq_dim` names its dimension (export only).
     """
-    captured = capture(model, *example_inputs, method=method, **example_kwargs)
+    captured = capture(model, *example_inputs, method=method, dynamic_seq_dim=dynamic_seq_dim, **example_kwargs)
     return convert_captured(captured)
 
 
@@ -75,7 +88,7 @@ def rewrite_linear_attention(gm: GraphModule, example_inputs: list | None = None
                       stacklevel=2)
         return gm
     cands, near = detect(gm, example_inputs)
-    report = InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near)
+    report = report_of(gm, cands, near)
     gm = rewrite(gm, cands)
     gm.meta["lasp_fx_report"] = report
     return gm

@@ -48,7 +48,9 @@ def check_sides(cand: Candidate, nodes: list[Node], dynamic_sources: set[Node]) 
         if n.op != "call_function" or (isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable):
             raise ProbeFailed(f"the region contains {n.op} {t} (line of {n.name}), which the probe cannot replay")
     sides = {a for n in nodes for a in n.all_input_nodes if a not in inside and a not in starts}
-    bad = sorted((s.name for s in ancestors(sides, stop=starts) if s in dynamic_sources))
+    # a size read (export's sym_size of a dynamic input) is the length, as dynamo's SymInt inputs are: not data
+    sizes = set(cand.out.graph.find_nodes(op="call_function", target=torch.ops.aten.sym_size.int))
+    bad = sorted((s.name for s in ancestors(sides, stop=starts | sizes) if s in dynamic_sources and s not in sizes))
     if bad:
         raise ProbeFailed(f"the attention also depends on {', '.join(bad)} (not a decay the op can take)")
 

@@ -55,6 +55,14 @@ def _safe(ctx, node):
     return
 
 
+def _metadata_assert(ctx, node):
+    """torch.export's check of a `.to()` result: dtype, device and layout hold on any slice; a size does not."""
+    size, stride = (list(node.args[1:3]) + [None, None])[:2]
+    if size is not None or stride is not None:
+        raise ShardError(node, "asserts a tensor's size or strides, which differ on each rank's slice",
+                         "export the model with the sequence dimension dynamic, or drop the size check")
+
+
 def _view(ctx, node):
     src, out = _val(node.args[0]), _val(node)
     if reshape_splits_sequence(list(src.shape), list(out.shape), ctx.symbols):
@@ -338,6 +346,7 @@ RULES = {
     **{op: _contraction for op in _CONTRACTIONS},
     **{op: _reduction for op in _REDUCTIONS_REFUSED},
     aten.slice.Tensor: _slice,
+    aten._assert_tensor_metadata.default: _metadata_assert,
     aten.sum.dim_IntList: _sum_or_mean,
     aten.sum.default: _sum_or_mean,
     aten.mean.dim: _sum_or_mean,
