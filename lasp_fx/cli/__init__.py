@@ -9,7 +9,7 @@ from lasp_fx.cli.convert import EPILOG as CONVERT_EPILOG
 from lasp_fx.cli.convert import convert
 from lasp_fx.cli.doctor import EPILOG as DOCTOR_EPILOG
 from lasp_fx.cli.doctor import doctor
-from lasp_fx.cli.help import Command, Group
+from lasp_fx.cli.help import Command, Group, examples
 from lasp_fx.cli.inspect import EPILOG as INSPECT_EPILOG
 from lasp_fx.cli.inspect import inspect
 
@@ -17,6 +17,13 @@ app = typer.Typer(
     name="lasp-fx",
     cls=Group,
     help="Sequence parallelism for linear-attention models: inspect, convert, benchmark, diagnose.",
+    epilog=examples(
+        "lasp-fx inspect examples.models:HybridLM",
+        "lasp-fx convert examples.models:GatedLM --out gated.pt2",
+        "lasp-fx bench",
+        "lasp-fx doctor",
+        "lasp-fx inspect --help",
+    ),
     no_args_is_help=True,
     add_completion=False,
 )

@@ -67,6 +67,7 @@ def bench(
     jobs = [("op", t) for t in ts] + [("sp", p) for p in rank_counts]
     op, sp = [], []
     with _threads(device), typer.progressbar(jobs, label=f"benchmarking on {_card(device)}") as progress:
+        threads = torch.get_num_threads()
         for kind, n in progress:
             if kind == "op":
                 op += op_rows(shape, n, warmup, reps)
@@ -79,7 +80,8 @@ def bench(
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump({"card": _card(device), "torch": torch.__version__, "op": op, "sp": sp}, f, indent=1)
+        json.dump({"card": _card(device), "torch": torch.__version__, "threads": threads, "op": op, "sp": sp}, f,
+                  indent=1)
     written = ["bench.md", "bench.json"] + (["bench.png"] if _plot(op, sp, os.path.join(out, "bench.png")) else [])
     typer.echo(md)
     typer.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")

@@ -1,13 +1,9 @@
 """`lasp-fx convert TARGET --out PATH`: write the model with its linear attention rewritten into the lasp_fx op.
 
-    --out model.pt2   a torch.export program of the rewritten module (torch.export.save), with the
-                      report next to it (model.pt2.report.txt) and inside (extra file "report.txt");
-                      load it with `import lasp_fx; torch.export.load("model.pt2").module()`.
-    --out folder      readable Python (GraphModule.to_folder: module.py, the weights beside it) and
-                      report.txt; `import lasp_fx` is written at the top of module.py, and the weights
-                      are found relative to it, so the folder can be moved.
-Both take any sequence length (dim --seq-dim of every input, as parallelize's seq_dim) and run under
-`lasp_fx.parallelize` like the original; other sizes and the device are those of the example inputs.
+`--out model.pt2` writes a torch.export program (`import lasp_fx; torch.export.load(path).module()`), the
+report beside it and inside; `--out folder` readable Python (module.py, class Converted, the weights beside
+it, found relative to it) and report.txt. Either runs at any sequence length (dim --seq-dim of every input)
+and under `lasp_fx.parallelize` like the original; the other sizes and the device are the example's.
 """
 
 from __future__ import annotations
@@ -23,16 +19,15 @@ from torch.utils import _pytree as pytree
 
 from lasp_fx.capture import FIXED_LENGTH_HINT, CaptureError
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
+from lasp_fx.cli.help import examples
 from lasp_fx.cli.inspect import DEVICE_OPT, DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
 
-EPILOG = """Examples:
-
-  lasp-fx convert examples.models:RetNetLM --out retnet.pt2
-
-  lasp-fx convert examples/models/gated.py:GatedLM --input-shape 1,256 --out gated_lasp/
-
-  python -c "import lasp_fx, torch; m = torch.export.load('retnet.pt2').module()"
-"""
+EPILOG = examples(
+    "lasp-fx convert examples.models:RetNetLM --out retnet.pt2",
+    "lasp-fx convert examples/models/gated.py:GatedLM --out gated_lasp/",
+    "lasp-fx convert my_model.py:build --input-shape 2,256,512 --out mine.pt2",
+    "python -c \"import lasp_fx, torch; print(torch.export.load('retnet.pt2'))\"",
+)
 CLASS_NAME = "Converted"
 
 
@@ -40,8 +35,8 @@ CLASS_NAME = "Converted"
 def convert(
     ctx: typer.Context,
     target: str = TARGET_ARG,
-    out: str = typer.Option(..., "--out", help="FILE.pt2 (torch.export program) or a folder (readable Python).",
-                            show_default=False),
+    out: str = typer.Option(..., "--out", metavar="PATH", show_default=False,
+                            help="FILE.pt2 (torch.export program) or a folder (readable Python)."),
     input_shape: Optional[List[str]] = SHAPE_OPT,
     dtype: str = DTYPE_OPT,
     vocab: Optional[int] = VOCAB_OPT,
@@ -53,7 +48,7 @@ def convert(
     fixed_length: bool = typer.Option(False, "--fixed-length", metavar="",
                                       help="Fix the length to the example's too (for models whose code needs it)."),
 ):
-    """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
+    """Rewrite a model's linear attention into the lasp_fx op; write the module (any length) and the report."""
     from lasp_fx.passes import convert as convert_model
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
@@ -74,6 +69,7 @@ def convert(
     if not report.matches:
         raise CliError(f"no linear attention found in {target}: nothing to rewrite",
                        f"`lasp-fx inspect {target}` lists the near-misses and why each was left alone")
+    os.makedirs(os.path.dirname(os.path.abspath(out.rstrip(os.sep))), exist_ok=True)  # as --out names it
     with quiet_torch(ctx):
         if out.endswith(".pt2"):
             written = _save_program(gm, ex, str(report), out, dynamic)
