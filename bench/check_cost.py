@@ -5,7 +5,7 @@
 
 Every state message carries a 64-value header (distributed/header.py). On the host (gloo) the
 sender adds one cat of its state and the header (`Link.seal`) and the receiver reads 64 values
-(`Link.open`). On CUDA the ring's link is one kernel (ops/triton/gathered.checked_step: header
+(`Link.open`). On CUDA the ring's link is one kernel (distributed/kernels/gathered.checked_step: header
 check, decay step, and the next message written with the header) where it was two (exp, addcmul);
 only the chain's first rank adds a copy of its state into a message (`Link.seal`); the all-gather's
 combination kernel and the peer kernel check the headers they read (no launch of their own).
@@ -75,7 +75,7 @@ def _header_us(q, k, v, g, timed, reps, group=None):
 def _cuda_link_us(q, v, g, timed, reps):
     """{old link, new link, first rank's seal} in us, on a state of the op's size (CUDA)."""
     from lasp_fx.distributed.combine import step
-    from lasp_fx.ops.triton.gathered import checked_step
+    from lasp_fx.distributed.kernels.gathered import checked_step
 
     B, T, H, D = q.shape
     x, own = (torch.randn(B, H, D, v.shape[-1], device=q.device) for _ in range(2))
@@ -153,7 +153,7 @@ def main():
     p.add_argument("--json", default="")
     args = p.parse_args()
     if args.ranks > 1:
-        from lasp_fx.testing.spawn import run_spawned
+        from lasp_fx.distributed.spawn import run_spawned
 
         rows = run_spawned(ranks, args.ranks, vars(args), timeout=3000)[0]
         print(json.dumps(rows, indent=1))

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/check_faults_gpu.py --json $OUT/faults.json        # ~1 min on one GPU
 
-1. The ring's link kernel (ops/triton/gathered.checked_step) against PyTorch's step in float64:
+1. The ring's link kernel (distributed/kernels/gathered.checked_step) against PyTorch's step in float64:
    with and without decay, d_final and sealing; a mismatched header gives NaN, never a number.
 2. The all-gather's combination kernel with every row's header checked (P = 3, every rank).
 3. The peer-memory kernel with headers in its slots, P = 3 ranks simulated on one GPU (as
@@ -25,9 +25,9 @@ import lasp_fx
 from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.peer import PeerBuffers
-from lasp_fx.ops.triton import peer as peer_kernel
-from lasp_fx.ops.triton.gathered import checked_step, combine_gathered
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.distributed.kernels import peer as peer_kernel
+from lasp_fx.distributed.kernels.gathered import checked_step, combine_gathered
+from lasp_fx.numerics import rel_rms
 
 DEV = torch.device("cuda")
 B, H, D, E = 1, 16, 128, 128

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 import lasp_fx
 from examples.models import MODELS, ModelConfig
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 
 def _grads(model):

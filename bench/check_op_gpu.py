@@ -25,7 +25,7 @@ from lasp_fx.ops import chunked  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
 from lasp_fx.ops.triton import backward, forward, launch, states  # noqa: E402
-from lasp_fx.testing.numerics import random_inputs, rel_rms  # noqa: E402
+from lasp_fx.numerics import random_inputs, rel_rms  # noqa: E402
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -1,4 +1,4 @@
-"""GPU check of the peer exchange kernel (ops/triton/peer.py) with P ranks simulated on one GPU.
+"""GPU check of the peer exchange kernel (distributed/kernels/peer.py) with P ranks simulated on one GPU.
 
     PYTHONPATH=. python bench/check_peer_gpu.py
 
@@ -15,14 +15,14 @@ import sys
 import torch
 
 from lasp_fx.distributed.peer import PeerBuffers
-from lasp_fx.ops.triton import peer as kernel
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.distributed.kernels import peer as kernel
+from lasp_fx.numerics import rel_rms
 
 B, H, D, E = 1, 16, 128, 128
 
 
 def _reference(x, a, rank, forward, d_final):
-    """(late, end) of ops/triton/gathered.py's docstring, as a chain of steps in float64."""
+    """(late, end) of distributed/kernels/gathered.py's docstring, as a chain of steps in float64."""
     def step(acc, j):
         return x[j] + torch.exp(a[j])[..., None, None] * acc
 

@@ -15,7 +15,7 @@ import json
 import torch
 
 import lasp_fx
-from lasp_fx.testing.numerics import random_inputs, rel_rms
+from lasp_fx.numerics import random_inputs, rel_rms
 
 
 def _grads(a, do, dtype):

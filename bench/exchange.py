@@ -4,9 +4,9 @@
 
 Each rank holds one fp32 state of H*D*E*4 = 1 MiB and its H log-decays, and needs the decayed
 sum of the states before it (the forward's direction; distributed/allgather.py):
-  nccl  all-gather of every rank's (state, log-decays), then ops/triton/gathered.py's kernel:
+  nccl  all-gather of every rank's (state, log-decays), then distributed/kernels/gathered.py's kernel:
         each rank receives (P-1) MiB, ~3 us at ~400 GB/s over NVLink;
-  peer  ops/triton/peer.py: rank r pushes its state into the P-1-r ranks after it, flags per
+  peer  distributed/kernels/peer.py: rank r pushes its state into the P-1-r ranks after it, flags per
         tile, and combines what it received, in one launch.
 Both are latency, not bytes. Every timing is a CUDA graph of `--inner` exchanges replayed
 `--reps` times back to back (max over ranks), per exchange:
@@ -29,8 +29,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lasp_fx.distributed import allgather, peer  # noqa: E402
-from lasp_fx.ops.triton.gathered import combine_gathered  # noqa: E402
-from lasp_fx.testing.numerics import rel_rms  # noqa: E402
+from lasp_fx.distributed.kernels.gathered import combine_gathered  # noqa: E402
+from lasp_fx.numerics import rel_rms  # noqa: E402
 from sp import _time_graph  # noqa: E402
 
 

@@ -17,7 +17,8 @@
 #          rank per GPU), 8 xdist workers (the tests of one test_distributed_sp spawn on one worker), junit XML
 #          in $OUT/tests.xml; at most 540 s, SIGINT first so that the XML and the summary are still written
 #   faults bench/check_faults_gpu.py: the exchange kernels with their header checks, -inf gates through the op (~60 s)
-#   models bench/check_models_gpu.py: every example model through parallelize() and backend="lasp" (~200 s)
+#   models bench/check_models_gpu.py: every example model through parallelize() and backend="lasp", one
+#          process per model side by side (MODELS=...; ~150 s)
 #   cuda   the pytest cases that run on the GPU only (device "cuda" and the kernel files), 14 workers (~150 s)
 #   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
 #          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240)
@@ -54,8 +55,14 @@ for part in $PARTS; do
     tests) timeout -s INT -k 30 540 python3 -m pytest -q -n 8 -p xdist --dist loadgroup -p no:cacheprovider --durations=25 \
              --junitxml="$OUT/tests.xml" tests ;;
     faults) CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/check_faults_gpu.py --json "$OUT/faults.json" ;;
-    models) CUDA_VISIBLE_DEVICES=0 timeout 240 torchrun --standalone --nproc-per-node=1 bench/check_models_gpu.py \
-              --tokens 2048 --json "$OUT/models.json" ;;
+    models) # one process per model, side by side: each compiles for ~100 s on the CPU, the GPU work is small
+            port=29600
+            for m in ${MODELS:-lightning retnet linear gated hybrid}; do
+              port=$((port + 1))
+              CUDA_VISIBLE_DEVICES=0 timeout 300 torchrun --nnodes=1 --nproc-per-node=1 --master-port=$port \
+                bench/check_models_gpu.py --models "$m" --tokens 2048 --json "$OUT/models_$m.json" &
+            done
+            wait ;;
     cuda) LASP_FX_AUTOTUNE=0 timeout -s INT -k 20 ${CUDA_TESTS_S:-200} python3 -m pytest -q -n 14 -p xdist \
             --dist loadgroup -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" \
             -k "cuda or triton or kernel or saved or gathered or decay_grad or op_split or forget or launch" tests ;;

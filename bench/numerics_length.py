@@ -28,7 +28,7 @@ import time
 import torch
 
 import lasp_fx
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 DECAYS = [("none", None), ("const", -1e-3), ("const", -0.1), ("const", -1.0), ("const", -20.0),
           ("gate", 1.0), ("gate", 10.0), ("reset", 1.0)]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 import lasp_fx
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 B, H, D, C = 1, 16, 128, 64
 SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])  # lightning / RetNet-style

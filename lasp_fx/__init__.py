@@ -4,7 +4,7 @@ from lasp_fx.ops.op import linear_attention  # first: registers the op the passe
 
 from lasp_fx.api import ParallelConfig, parallelize  # noqa: E402
 from lasp_fx.distributed.mesh import shard_batch  # noqa: E402
-from lasp_fx.passes.report import inspect  # noqa: E402
+from lasp_fx.passes.detect.report import inspect  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,7 @@ How: the model's forward is compiled (torch.compile with lasp_fx's own backend, 
 each rank's slice of the sequence, with the slice length symbolic so that shapes tell where the
 sequence is. The backend re-traces the graph to ATen, rewrites linear attention into lasp_fx's
 op (passes/), makes every position-mixing op sequence-parallel or refuses it with its source
-line (passes/shard.py), sums parameter gradients over the group, and hands the result to a
+line (passes/shard/__init__.py), sums parameter gradients over the group, and hands the result to a
 compiler. The module itself is untouched but for its `forward`: parameters, state_dict keys,
 hooks and the module tree stay what they were.
 """

@@ -20,7 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
-from lasp_fx.passes.context import SOURCE_NAME
+from lasp_fx.passes.detect.context import SOURCE_NAME
 from lasp_fx.passes.graph import is_library_path
 from lasp_fx.passes.no_trace import caches_restored
 from lasp_fx.passes.stack_frames import full_stack_traces
@@ -66,7 +66,7 @@ def capture(model: torch.nn.Module, *args, method: str = "export", dynamic_seq_d
     Raises:
         CaptureError: with the reason, the user's source line and a hint.
     """
-    from lasp_fx.passes.patterns.kernels import register_known_kernels
+    from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
 
     register_known_kernels()  # fla / lasp kernel calls trace as the op (dynamo route)
     if method == "export":

@@ -3,7 +3,7 @@
     capture   dynamo's graph -> functional pre-dispatch ATen with shapes and source lines
     rewrite   linear attention -> lasp_fx::linear_attention (passes/)
     shard     (with a sequence-parallel spec) position-mixing ops -> sequence-parallel versions,
-              parameter gradients summed over the group (passes/shard.py)
+              parameter gradients summed over the group (passes/shard/__init__.py)
     compile   inductor, aot_eager (AOTAutograd with Inductor's decompositions) or eager
 """
 
@@ -15,10 +15,10 @@ from torch import fx, nn
 from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
 from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
 from lasp_fx import memory
-from lasp_fx.passes.fixed_length import why_fixed
+from lasp_fx.passes.shard.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
-from lasp_fx.passes.patterns.kernels import register_known_kernels
-from lasp_fx.passes.seq_dims import sequence_symbols
+from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+from lasp_fx.passes.shard.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardError, ShardSpec, shard_pass, sync_parameter_grads
 
 

@@ -13,10 +13,10 @@ if not torch.cuda.is_available():
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from lasp_fx.testing.spawn import devices  # noqa: E402 (after TRITON_INTERPRET)
+from lasp_fx.distributed.spawn import devices  # noqa: E402 (after TRITON_INTERPRET)
 
 # "cpu", and "cuda" where a GPU is present: on a CPU box the cuda cases are not even collected.
-# Multi-rank tests parametrise (device, world_size) with lasp_fx.testing.spawn.device_worlds.
+# Multi-rank tests parametrise (device, world_size) with lasp_fx.distributed.spawn.device_worlds.
 DEVICES = devices()
 
 

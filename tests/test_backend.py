@@ -13,7 +13,7 @@ import torch
 
 from examples.models import MODELS, ModelConfig
 from lasp_fx.backend import lasp_backend
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.numerics import rel_rms
 
 # name -> (layers, how many of them are linear attention: the op must run that often). One layer keeps
 # the compile short; the hybrid needs four (its 4th is causal softmax attention, left alone).
@@ -154,7 +154,7 @@ def test_entry_point_works_in_a_fresh_process(device):
 def test_a_static_length_too_long_to_replay_is_refused_with_the_fix(monkeypatch, device):
     """A static graph is replayed at its own length; past the limit the backend refuses before it
     allocates, naming the value and the fix, and the same model compiled dynamic=True works."""
-    from lasp_fx.passes import values
+    from lasp_fx.passes.detect import values
 
     # 215 KiB: at 200 tokens the 4 x 200 x 200 decay mask (1.2 MiB) is over, at the 40-token prefix
     # of a dynamic graph the largest value (2 x 40 x 256, 160 KiB) is not

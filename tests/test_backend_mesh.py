@@ -4,8 +4,8 @@ and gets the single-process numbers."""
 import pytest
 import torch
 
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import device_worlds, run_spawned
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import device_worlds, run_spawned
 
 T = 30  # 10 tokens per rank on 3 ranks: every slice ends mid-chunk
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lasp_fx
-from lasp_fx.testing import workers_bad_inputs
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_bad_inputs
+from lasp_fx.distributed.spawn import run_spawned
 
 B, T, H, D = 1, 8, 2, 4
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from lasp_fx.capture import CaptureError, capture, capture_dynamo_graph
 from lasp_fx.passes import convert_captured, rewrite_linear_attention
-from lasp_fx.testing.numerics import assert_close_rms
+from lasp_fx.numerics import assert_close_rms
 from tests.corpus import CORPUS, DIM
 from tests.corpus.harness import converted
 

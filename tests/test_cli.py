@@ -18,9 +18,9 @@ import lasp_fx
 from examples.models import MODELS
 from lasp_fx.cli import app
 from lasp_fx.cli.drawing import PALETTE
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import device_worlds, run_spawned
-from tests import cli_workers
+from lasp_fx.distributed.spawn import device_worlds, run_spawned
+from lasp_fx.numerics import rel_rms
+from tests.helpers import cli_workers
 
 runner = CliRunner()
 LINEAR_LAYERS = {"LightningLM": 2, "RetNetLM": 2, "LinearLM": 2, "GatedLM": 2, "HybridLM": 3}

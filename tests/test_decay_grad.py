@@ -5,7 +5,7 @@ import torch
 
 from lasp_fx.ops import chunked
 from lasp_fx.ops.triton import decay_grad
-from lasp_fx.testing.numerics import assert_close_rms
+from lasp_fx.numerics import assert_close_rms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels: on the GPU, else the interpreter
 

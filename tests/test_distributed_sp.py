@@ -13,8 +13,8 @@ import functools
 
 import pytest
 
-from lasp_fx.testing import workers_sp
-from lasp_fx.testing.spawn import SpawnedError, device_worlds, run_spawned, world_sizes
+from tests.helpers import workers_sp
+from lasp_fx.distributed.spawn import SpawnedError, device_worlds, run_spawned, world_sizes
 
 TOL = 1e-10
 

@@ -10,8 +10,8 @@ import torch
 import lasp_fx
 from lasp_fx.distributed import estimate, resolve_group
 from lasp_fx.distributed.cost import resolve_method
-from lasp_fx.testing import workers_harness
-from lasp_fx.testing.spawn import SpawnedError, run_spawned
+from tests.helpers import workers_harness
+from lasp_fx.distributed.spawn import SpawnedError, run_spawned
 
 
 def test_results_come_back_by_rank_from_one_group():

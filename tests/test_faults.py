@@ -12,8 +12,8 @@ import torch
 
 from lasp_fx.distributed.errors import RankMismatchError
 
-from lasp_fx.testing import workers_faults
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_faults
+from lasp_fx.distributed.spawn import run_spawned
 
 TIMEOUT_S = 2.0
 BOUND_S = 30.0  # timeout, plus the process's own slowness on a loaded 2-core box
@@ -114,7 +114,7 @@ DEVICE_CASES = [dict(B=2, T=37, H=4, Hk=2, D=8, E=6, init="rank0", final=True, d
 def test_the_cuda_paths_kernels_compute_the_same_function(monkeypatch):
     """The CUDA path (headers checked inside the ring's and the all-gather's combination kernels)
     run on gloo ranks under Triton's interpreter: every rank matches the single-process op."""
-    from lasp_fx.testing import workers_sp
+    from tests.helpers import workers_sp
 
     monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -8,9 +8,9 @@ import torch
 
 import lasp_fx
 from lasp_fx.ops.op import forget_all_as_finite
-from lasp_fx.testing import workers_sp
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_sp
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 B, T, H, D = 2, 150, 2, 8
 RESETS = {(0, 0): 70, (0, 1): 3, (1, 0): 64, (1, 1): 149}  # (batch, head): position; on chunk edges and inside

@@ -1,10 +1,10 @@
-"""The all-gather's combination kernel (ops/triton/gathered.py) against a float64 chain of steps."""
+"""The all-gather's combination kernel (distributed/kernels/gathered.py) against a float64 chain of steps."""
 
 import pytest
 import torch
 
-from lasp_fx.ops.triton.gathered import combine_gathered
-from lasp_fx.testing.numerics import assert_close_rms
+from lasp_fx.distributed.kernels.gathered import combine_gathered
+from lasp_fx.numerics import assert_close_rms
 
 B, H, D, E = 2, 3, 5, 7  # D*E = 35: one masked block per head
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel: on the GPU, else the interpreter
@@ -84,7 +84,7 @@ def test_combination_checks_every_rows_header(P, rank, forward, with_final, mism
     if mismatch:
         assert late.isnan().all() and end.isnan().all()
     else:
-        ref_late, ref_end = _reference(states, decays, rank, forward, None if d_final is None else d_final.double())
+        ref_late, ref_end = _reference(states, decays, rank, forward, None if d_final is None else d_final.double().cpu())
         assert_close_rms(late, ref_late, 1e-6, "late")
         assert_close_rms(end, ref_end, 1e-6, "end")
 
@@ -95,7 +95,7 @@ def test_combination_checks_every_rows_header(P, rank, forward, with_final, mism
 @pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
 def test_ring_link_in_one_launch(mismatch, has_decay, with_final, seal):
     from lasp_fx.distributed import header
-    from lasp_fx.ops.triton.gathered import checked_step
+    from lasp_fx.distributed.kernels.gathered import checked_step
 
     gen = torch.Generator().manual_seed(1)
     x, own, d_final = (torch.randn(B, H, D, E, generator=gen).to(DEVICE) for _ in range(3))

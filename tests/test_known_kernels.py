@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lasp_fx.testing import kernel_models, workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import kernel_models, workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 pytest.importorskip("fla")
 pytest.importorskip("lasp")
@@ -40,7 +40,7 @@ def test_kernel_call_is_one_op_with_the_kernels_function(cls, decay):
 def test_kernel_model_trains_sequence_parallel():
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 32, (2, 24), generator=gen)
-    case = dict(model="lasp_fx.testing.kernel_models:FlaSimpleGLA", ids=ids, labels=ids.clone(),
+    case = dict(model="tests.helpers.kernel_models:FlaSimpleGLA", ids=ids, labels=ids.clone(),
                 options={"compiler": "eager"})
     reference = workers_parallel.single(dict(case, kwargs={"reference": True}))
     for rank, (got,) in enumerate(run_spawned(workers_parallel.parallel, 2, [case], timeout=600)):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from examples.models import LightningLM, ModelConfig
-from lasp_fx.testing import workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 T = 24  # 24, 12 and 8 tokens per rank
 
@@ -26,8 +26,8 @@ def _case(model, options=None, compiler="aot_eager", **kwargs):
 
 
 CASES = {
-    "user_ckpt": _case("lasp_fx.testing.models:CheckpointedLM"),
-    "user_ckpt_reentrant": _case("lasp_fx.testing.models:CheckpointedLM", use_reentrant=True),
+    "user_ckpt": _case("tests.helpers.models:CheckpointedLM"),
+    "user_ckpt_reentrant": _case("tests.helpers.models:CheckpointedLM", use_reentrant=True),
     "blocks_offload": _case("examples.models:LightningLM", {"checkpoint": "blocks", "offload": True}),
     "chunked_loss": _case("examples.models:LightningLM", compiler="eager", cfg=ModelConfig(loss_chunks=3)),  # 22+21+21
     "gated_blocks_chunked": _case("examples.models:GatedLM", {"checkpoint": "blocks"},  # halo conv recomputed
@@ -109,7 +109,7 @@ def test_checkpointed_blocks_keep_only_their_inputs():
     # Per token, checkpointing must keep each block's input, the final hidden state and its norm
     # and the log-softmax: (layers + 2) * dim + vocab. Without the checkpoint tags on the nodes
     # the rewrite inserts, the op's inputs and outputs would be kept too (~389 here).
-    from lasp_fx.testing.models import CheckpointedLM
+    from tests.helpers.models import CheckpointedLM
 
     torch.manual_seed(0)
     cfg = ModelConfig()
@@ -137,7 +137,7 @@ def test_offload_moves_the_saved_blocks_inputs_to_the_host_and_back(monkeypatch)
 
     from lasp_fx.compile import make_backend
     from lasp_fx.memory import offload_available
-    from lasp_fx.testing.models import CheckpointedLM
+    from tests.helpers.models import CheckpointedLM
 
     if not offload_available():
         pytest.skip("this torch has no activation offloading in AOTAutograd")
@@ -197,7 +197,7 @@ def test_tiles_that_mix_positions_are_refused():
     import re
 
     ids = _batch(vocab=32)[0]
-    cases = [dict(_case(f"lasp_fx.testing.models:{n}", compiler="eager"), ids=ids) for n in TILE_REFUSALS]
+    cases = [dict(_case(f"tests.helpers.models:{n}", compiler="eager"), ids=ids) for n in TILE_REFUSALS]
     messages = run_spawned(workers_parallel.parallel_errors, 2, cases, timeout=600)
     for rank_messages in messages:
         for pattern, message in zip(TILE_REFUSALS.values(), rank_messages):

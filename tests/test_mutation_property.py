@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from lasp_fx.capture import Captured, capture
 from lasp_fx.passes import convert_captured, detect
 from lasp_fx.passes.graph import aten, descendants, val
-from lasp_fx.passes.probe import region
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.passes.detect.probe import region
+from lasp_fx.numerics import rel_rms
 from tests.corpus import CORPUS, DIM
 from tests.corpus.harness import BATCH, SEQ
 

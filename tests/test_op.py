@@ -5,7 +5,7 @@ import torch
 
 import lasp_fx
 from lasp_fx.ops import naive
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs
+from lasp_fx.numerics import assert_close_rms, random_inputs
 
 # Shapes: T not a multiple of the chunk (64), D != E, GQA with 2 and 1 kv heads.
 SHAPES = {

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lasp_fx
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs
+from lasp_fx.numerics import assert_close_rms, random_inputs
 
 OP = torch.ops.lasp_fx.linear_attention.default
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import lasp_fx
 from lasp_fx.ops import naive
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs
+from lasp_fx.numerics import assert_close_rms, random_inputs
 
 
 @st.composite

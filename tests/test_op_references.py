@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lasp_fx.ops import naive
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs
+from lasp_fx.numerics import assert_close_rms, random_inputs
 
 
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])

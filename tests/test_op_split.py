@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lasp_fx.ops import chunked
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs
+from lasp_fx.numerics import assert_close_rms, random_inputs
 
 SCALE = 0.4
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernels: on the GPU, else the interpreter

@@ -6,9 +6,9 @@ import functools
 import pytest
 import torch
 
-from lasp_fx.testing import workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import device_worlds, run_spawned
+from tests.helpers import workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import device_worlds, run_spawned
 
 EXAMPLES = ["LightningLM", "RetNetLM", "LinearLM", "GatedLM", "HybridLM"]
 RULE_MODELS = ["DirectOpLM", "PooledRegressor"]
@@ -27,7 +27,7 @@ def _case(name, device, module="examples.models", **extra):
 
 def _cases(device):
     return ([_case(n, device) for n in EXAMPLES]
-            + [_case(n, device, module="lasp_fx.testing.models") for n in RULE_MODELS])
+            + [_case(n, device, module="tests.helpers.models") for n in RULE_MODELS])
 
 
 def _check(parallel, reference, tol, name):
@@ -104,7 +104,7 @@ def test_local_slices_and_dtensor_inputs(device, world_size):
 @pytest.mark.parametrize("device, world_size", device_worlds(2))
 def test_aot_eager_compiler_and_activation_checkpointing(device, world_size):
     cases = [dict(_case("GatedLM", device), options={"compiler": "aot_eager"}),
-             dict(_case("CheckpointedLM", device, module="lasp_fx.testing.models"), options={"compiler": "aot_eager"})]
+             dict(_case("CheckpointedLM", device, module="tests.helpers.models"), options={"compiler": "aot_eager"})]
     results = run_spawned(workers_parallel.parallel, world_size, cases, device=device, timeout=900)
     refs = [workers_parallel.single(case) for case in cases]
     for rank, per_rank in enumerate(results):
@@ -113,7 +113,7 @@ def test_aot_eager_compiler_and_activation_checkpointing(device, world_size):
 
 
 REFUSED = {
-    "CumsumMixer": r"ShardError: aten.cumsum.default at .*testing/models.py:\d+ \(return torch.cumsum\(x, dim=1\)\): reduces over the sequence",
+    "CumsumMixer": r"ShardError: aten.cumsum.default at .*tests/helpers/models.py:\d+ \(return torch.cumsum\(x, dim=1\)\): reduces over the sequence",
     "LengthAsNumber": r"ShardError: aten.div.Tensor at .*models.py:\d+ .*uses the sequence length as a number",
     "NonCausalConv": r"ShardError: aten.conv1d.default at .*models.py:\d+ .*sees future positions",
 }
@@ -123,7 +123,7 @@ REFUSED = {
 def test_unsupported_position_mixing_is_refused_with_its_source_line(device, world_size):
     import re
 
-    cases = [_case(n, device, module="lasp_fx.testing.models") for n in REFUSED]
+    cases = [_case(n, device, module="tests.helpers.models") for n in REFUSED]
     cases.append(dict(_case("LightningLM", device), ids=torch.zeros(2, 25, dtype=torch.long)))  # 25 % 2 != 0
     messages = run_spawned(workers_parallel.parallel_errors, world_size, cases, device=device, timeout=600)
     for rank_messages in messages:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lasp_fx.testing import workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import device_worlds, run_spawned
+from tests.helpers import workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import device_worlds, run_spawned
 
 pytest.importorskip("transformers")
 
@@ -16,7 +16,7 @@ def test_hf_llama_matches_one_process(device, world_size):
     ids = torch.randint(0, 32, (2, 24), generator=gen)
     labels = ids.clone()
     labels[0, :4] = -100
-    case = dict(model="lasp_fx.testing.models:HFLlama", ids=ids, labels=labels, options={"compiler": "eager"},
+    case = dict(model="tests.helpers.models:HFLlama", ids=ids, labels=labels, options={"compiler": "eager"},
                 device=device)
     ref = workers_parallel.single(case)
     for rank, (got,) in enumerate(run_spawned(workers_parallel.parallel, world_size, [case], device=device,

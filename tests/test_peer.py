@@ -1,4 +1,4 @@
-"""The peer exchange kernel (ops/triton/peer.py) on spawned ranks sharing memory, against a float64 chain.
+"""The peer exchange kernel (distributed/kernels/peer.py) on spawned ranks sharing memory, against a float64 chain.
 
 On CPU the ranks are processes under Triton's interpreter whose slots and flags are shared
 files mapped into each (as symmetric memory maps them on GPUs), so the protocol itself runs:
@@ -8,9 +8,9 @@ pushes, flags raised and lowered, several calls reusing the same buffers in both
 import pytest
 import torch
 
-from lasp_fx.testing import workers_peer
-from lasp_fx.testing.numerics import assert_close_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_peer
+from lasp_fx.numerics import assert_close_rms
+from lasp_fx.distributed.spawn import run_spawned
 
 from test_gathered import _reference
 

@@ -7,7 +7,7 @@ import torch
 
 from lasp_fx.passes import MATCH_KEY
 from lasp_fx.passes.emit import LASP_OP
-from lasp_fx.testing.numerics import assert_close_rms
+from lasp_fx.numerics import assert_close_rms
 from tests.corpus import CORPUS
 from tests.corpus.harness import SEQ, converted
 

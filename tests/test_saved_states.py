@@ -11,7 +11,7 @@ from lasp_fx.ops import naive  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.triton import backward as tk_bwd  # noqa: E402
 from lasp_fx.ops.triton.common import CHUNK, SAVED_CHUNKS  # noqa: E402
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs  # noqa: E402
+from lasp_fx.numerics import assert_close_rms, random_inputs  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SCALE = 0.37

@@ -10,7 +10,7 @@ from lasp_fx.ops import chunked, naive  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.triton import backward as tk_bwd  # noqa: E402
 from lasp_fx.ops.triton import forward as tk_fwd  # noqa: E402
-from lasp_fx.testing.numerics import assert_close_rms, random_inputs, rel_rms  # noqa: E402
+from lasp_fx.numerics import assert_close_rms, random_inputs, rel_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}  # fp32 is exact here; fp16 rounds inputs to the dots

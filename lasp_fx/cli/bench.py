@@ -52,7 +52,7 @@ def bench(
     On the CPU every timing runs one thread per process, as each spawned rank does, so that the
     LASP table's one-device row and the op table's rows measure the same thing.
     """
-    from lasp_fx.testing.spawn import run_spawned
+    from lasp_fx.distributed.spawn import run_spawned
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if device not in DEFAULTS or (device == "cuda" and not torch.cuda.is_available()):

@@ -124,7 +124,7 @@ def op_rows(shape: Shape, T: int, warmup: int, reps: int) -> list[dict]:
         rows.append(dict(impl=name, tokens=T, fwd_ms=fwd, fwdbwd_ms=both, **asdict(shape)))
     rows[0].update(fwd_gflops=flops / rows[0]["fwd_ms"] / 1e6, fwdbwd_gflops=3 * flops / rows[0]["fwdbwd_ms"] / 1e6)
     if with_reference:
-        from lasp_fx.testing.numerics import rel_rms
+        from lasp_fx.numerics import rel_rms
 
         (o, dq), (o_ref, dq_ref) = outputs["lasp_fx"], outputs["quadratic float64"]
         rows[0].update(err_o=rel_rms(o, o_ref), err_dq=rel_rms(dq, dq_ref))
@@ -137,7 +137,7 @@ def sp_worker(rank: int, world_size: int, shape: dict, local: int, warmup: int, 
     import torch.distributed as dist
 
     import lasp_fx
-    from lasp_fx.testing.numerics import rel_rms
+    from lasp_fx.numerics import rel_rms
 
     shape = Shape(**shape)
     if shape.device == "cuda":

@@ -63,7 +63,7 @@ def inspect(
     """Find the causal linear attention in a model: what is rewritten, where, and what is left alone."""
     from lasp_fx.capture import capture
     from lasp_fx.passes import inspect_captured
-    from lasp_fx.passes.probe import region
+    from lasp_fx.passes.detect.probe import region
 
     if graph is not None and os.path.splitext(graph)[1].lower() not in (".svg", ".png"):
         raise CliError(f"--graph {graph!r}: unknown picture format", "name a .svg or .png file")

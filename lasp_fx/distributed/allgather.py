@@ -7,8 +7,8 @@ Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
 One exchange per direction whatever P is; the weights are sums of log-decays (never
 differences of long cumulative sums, which would lose precision in float32). Where every rank
 of the group can map the others' memory (distributed/peer.py), gather and combination are one
-Triton kernel with no collective (ops/triton/peer.py); otherwise NCCL's all-gather, then one
-Triton kernel combines the gathered rows on CUDA (ops/triton/gathered.py) and the PyTorch ops
+Triton kernel with no collective (distributed/kernels/peer.py); otherwise NCCL's all-gather, then one
+Triton kernel combines the gathered rows on CUDA (distributed/kernels/gathered.py) and the PyTorch ops
 below do it elsewhere (gloo).
 
 The exchange runs exposed, where its result is needed: the forward issues it right after
@@ -34,7 +34,7 @@ from torch import Tensor
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.link import Link
 from lasp_fx.distributed import header, peer
-from lasp_fx.ops.triton.gathered import combine_gathered
+from lasp_fx.distributed.kernels.gathered import combine_gathered
 
 
 # torch 2.13 renamed all_gather_into_tensor (deprecated there) to all_gather_single; 2.11 has only the former.
@@ -69,7 +69,7 @@ def _gather(link: Link, x: Tensor, log_decay) -> Callable[[], Tensor]:
     def wait() -> Tensor:
         link.wait(work, "all ranks")  # NCCL: the current stream waits, the host does not
         rows = out.view(P, msg.numel())
-        # on CUDA the combination kernel checks the headers (ops/triton/gathered.py): rows as gathered
+        # on CUDA the combination kernel checks the headers (distributed/kernels/gathered.py): rows as gathered
         return link.open(rows, list(range(P))) if link.on_host else rows
 
     return wait
@@ -149,7 +149,7 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable
         rows = wait()
         if rank == 0:
             return None, s_loc
-        if not link.on_host:  # one kernel (ops/triton/gathered.py) for the ~10 small ops below and the check
+        if not link.on_host:  # one kernel (distributed/kernels/gathered.py) for the ~10 small ops below and the check
             return combine_gathered(rows, s_loc.shape, rank, True, log_decay is not None, None, *_checks(link))
         states, decays = _split(rows, s_loc, log_decay)
         log_w = None if decays is None else _crossed(decays, rank, forward=True)  # A_{j+1} + ... + A_{r-1}

@@ -73,7 +73,7 @@ class Link:
 
         On the host a FAILED header raises RankFailedError and a different one RankMismatchError;
         on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring). The
-        exchanges' CUDA paths check inside their combination kernels instead (ops/triton/gathered.py).
+        exchanges' CUDA paths check inside their combination kernels instead (distributed/kernels/gathered.py).
         """
         payload, tails = rows[:, : -hdr.SIZE], rows[:, -hdr.SIZE:]
         if not sources:

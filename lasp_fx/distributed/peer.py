@@ -1,6 +1,6 @@
 """Peer memory for LASP's all-gather: every rank's slots and flags mapped into every other rank.
 
-The exchange itself is one Triton kernel (ops/triton/peer.py): each rank pushes its state into
+The exchange itself is one Triton kernel (distributed/kernels/peer.py): each rank pushes its state into
 the slots of the ranks that need it and raises a flag per tile; the receiver combines as the
 flags come up and lowers them. On 2 H200s, one 1 MiB state per rank (bench/exchange.py,
 bench/records/2026-11-28_peer): 9.8 us an exchange against 26 us for NCCL's all-gather and the
@@ -32,12 +32,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lasp_fx.ops.triton import peer as kernel
+from lasp_fx.distributed.kernels import peer as kernel
 
 
 @dataclass
 class PeerBuffers:
-    """What ops/triton/peer.exchange needs on one rank."""
+    """What distributed/kernels/peer.exchange needs on one rank."""
 
     slots: Tensor
     """[P * tiles * SLOT] float32: row j, tile t holds rank j's tile t of its last state sent here."""
@@ -114,7 +114,7 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
 
 
 def exchange(x: Tensor, log_decay, d_final, group, forward: bool, own_tail=None, checked: int = 0):
-    """(late, end) of ops/triton/gathered.py through peer memory; see ops/triton/peer.exchange
+    """(late, end) of distributed/kernels/gathered.py through peer memory; see distributed/kernels/peer.exchange
     (with `own_tail`, the senders' headers are checked in the kernel)."""
     bufs = buffers(group, x.shape, x.device)
     return kernel.exchange(x, log_decay, d_final, group.rank(), group.size(), forward, bufs, own_tail=own_tail,

@@ -20,7 +20,7 @@ from torch import Tensor
 from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.link import Link
-from lasp_fx.ops.triton.gathered import checked_step
+from lasp_fx.distributed.kernels.gathered import checked_step
 
 # Every message is this rank's state followed by the call's header (distributed/header.py): the
 # receiver checks it before using the state, so ranks that disagree raise instead of mixing states.

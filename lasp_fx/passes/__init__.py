@@ -12,13 +12,13 @@ import torch
 from torch.fx import GraphModule
 
 from lasp_fx.capture import Captured, capture
-from lasp_fx.passes.context import to_match
+from lasp_fx.passes.detect.context import to_match
 from lasp_fx.passes.detect import detect
-from lasp_fx.passes.patterns.kernels import direct_calls
+from lasp_fx.passes.detect.patterns.kernels import direct_calls
 from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
-from lasp_fx.passes.report import InspectReport, inspect
+from lasp_fx.passes.detect.report import InspectReport, inspect
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
-from lasp_fx.passes.softmax_layers import softmax_layers
+from lasp_fx.passes.detect.softmax_layers import softmax_layers
 
 __all__ = ["convert", "convert_captured", "inspect_captured", "report_of", "detect", "rewrite", "rewrite_model",
            "rewrite_linear_attention", "inspect", "InspectReport", "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]

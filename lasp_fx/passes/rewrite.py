@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch.fx import GraphModule, Node
 
-from lasp_fx.passes.context import to_match
+from lasp_fx.passes.detect.context import to_match
 from lasp_fx.passes.emit import LASP_OP, GraphEmitter, build
 from lasp_fx.passes.graph import ancestors, aten, topo_order
 from lasp_fx.passes.match import Candidate

@@ -1,5 +1,5 @@
 """Linear-attention layers written by other people (issue 20), each wrapped as a tiny LM.
 
 Every model takes ids [B, T] and returns logits, or the loss when given labels: the interface of
-`lasp_fx.testing.workers_parallel`, so each runs under parallelize() on gloo ranks unchanged.
+`tests.helpers.workers_parallel`, so each runs under parallelize() on gloo ranks unchanged.
 """

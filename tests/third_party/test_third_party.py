@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import lasp_fx
-from lasp_fx.testing import workers_parallel
-from lasp_fx.testing.numerics import rel_rms
-from lasp_fx.testing.spawn import run_spawned
+from tests.helpers import workers_parallel
+from lasp_fx.numerics import rel_rms
+from lasp_fx.distributed.spawn import run_spawned
 from tests.third_party.corpus import THIRD_PARTY
 from tests.third_party.worker import verdicts
 

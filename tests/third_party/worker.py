@@ -1,6 +1,6 @@
 """Spawned-rank worker: each case under parallelize(), or the error it raised (same on every rank)."""
 
-from lasp_fx.testing import workers_parallel
+from tests.helpers import workers_parallel
 
 
 def verdicts(rank, world_size, cases) -> list:

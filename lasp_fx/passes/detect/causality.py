@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch.fx import Node
 
-from lasp_fx.passes.context import Context
+from lasp_fx.passes.detect.context import Context
 from lasp_fx.passes.graph import descendants, shape
 from lasp_fx.passes.match import NearMiss
-from lasp_fx.passes.values import Values, upcast
+from lasp_fx.passes.detect.values import Values, upcast
 
 FAMILY = "causality"
 SEQ_DIM = 1

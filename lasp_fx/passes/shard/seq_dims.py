@@ -3,7 +3,7 @@
 `parallelize` traces the model on a local slice whose sequence length is a dynamic size, so
 every tensor's shape says where the sequence is: a dimension whose size expression contains the
 sequence symbol s (s, 2*s, s + 3, ...) carries positions. Ops that combine values across such a
-dimension mix positions and must be made sequence-parallel-correct (passes/shard.py) or refused.
+dimension mix positions and must be made sequence-parallel-correct (passes/shard/__init__.py) or refused.
 Ops that only move or combine along other dimensions (pointwise math, projections over features,
 views that keep s whole) need nothing.
 """

@@ -15,10 +15,10 @@ from dataclasses import replace
 
 from torch.fx import Node
 
-from lasp_fx.passes.context import Context
+from lasp_fx.passes.detect.context import Context
 from lasp_fx.passes.graph import aten, ancestors, shape, topo_order
 from lasp_fx.passes.match import Candidate, NearMiss
-from lasp_fx.passes.patterns import quadratic
+from lasp_fx.passes.detect.patterns import quadratic
 
 FAMILY = "block-loop"
 

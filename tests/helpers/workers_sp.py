@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 import lasp_fx
 from lasp_fx.distributed.combine import wait_all
-from lasp_fx.testing.numerics import random_inputs, rel_rms
+from lasp_fx.numerics import random_inputs, rel_rms
 
 
 def _global_inputs(case: dict, world: int, seed: int, device: str = "cpu") -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.shard_rules import ShardError, _arg, _val
+from lasp_fx.passes.shard.rules import ShardError, _arg, _val
 
 aten = torch.ops.aten
 _HINT = "Compute it outside the parallelized model, or keep this model on one device"

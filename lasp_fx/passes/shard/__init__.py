@@ -26,11 +26,12 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes import shard_attention, shard_halo, shard_rules, shard_tiles
-from lasp_fx.passes.causal_masks import causal_masks_pass
+from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
+from lasp_fx.passes.shard import rules as shard_rules, tiles as shard_tiles
+from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 from lasp_fx.distributed.link import DEFAULT_TIMEOUT
-from lasp_fx.passes.shard_rules import ShardError, source_line  # noqa: F401 (re-exported)
-from lasp_fx.passes.seq_dims import seq_dims_of, size_has, touches_sequence
+from lasp_fx.passes.shard.rules import ShardError, source_line  # noqa: F401 (re-exported)
+from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from lasp_fx.distributed.peer import PeerBuffers
-from lasp_fx.ops.triton import peer as kernel
+from lasp_fx.distributed.kernels import peer as kernel
 
 
 def make_files(tmp: str, P: int, shape) -> None:

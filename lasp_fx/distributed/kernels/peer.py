@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import INTERPRET
-from lasp_fx.ops.triton.gathered import _add_crossed, _differs, _store_ends
+from lasp_fx.distributed.kernels.gathered import _add_crossed, _differs, _store_ends
 from lasp_fx.ops.triton.launch import launch
 
 BLOCK = 1024  # values of the state per tile (and per flag): 4 KiB per store into a peer

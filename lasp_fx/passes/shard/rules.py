@@ -11,7 +11,7 @@ from torch import fx
 
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.graph import source_of
-from lasp_fx.passes.seq_dims import normalize_dims, reshape_splits_sequence
+from lasp_fx.passes.shard.seq_dims import normalize_dims, reshape_splits_sequence
 
 aten = torch.ops.aten
 _BIG = 2**62  # make_fx writes x[:, :] as slice(x, 1, 0, 9223372036854775807)

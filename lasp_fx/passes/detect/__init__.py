@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
-from lasp_fx.passes import causality
-from lasp_fx.passes.context import Context
-from lasp_fx.passes.einsums import split_einsums
+from lasp_fx.passes.detect import causality
+from lasp_fx.passes.detect.context import Context
+from lasp_fx.passes.detect.einsums import split_einsums
 from lasp_fx.passes.match import Candidate, NearMiss
-from lasp_fx.passes.patterns import blocks, cumsum, quadratic
-from lasp_fx.passes.probe import region
-from lasp_fx.passes.values import check_replay_size
+from lasp_fx.passes.detect.patterns import blocks, cumsum, quadratic
+from lasp_fx.passes.detect.probe import region
+from lasp_fx.passes.detect.values import check_replay_size
 
 FAMILIES = [quadratic, cumsum, blocks]
 

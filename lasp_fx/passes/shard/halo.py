@@ -7,7 +7,7 @@ import operator
 import torch
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.shard_rules import ShardError, _arg, _val
+from lasp_fx.passes.shard.rules import ShardError, _arg, _val
 
 aten = torch.ops.aten
 HALO = "lasp_fx_halo"  # node.meta key: (entries added before, after) along the sequence dim

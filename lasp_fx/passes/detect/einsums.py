@@ -13,7 +13,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from lasp_fx.passes.graph import aten, val
-from lasp_fx.passes.labels import _einsum
+from lasp_fx.passes.detect.labels import _einsum
 
 
 def split_einsums(gm: GraphModule) -> GraphModule:

@@ -14,10 +14,10 @@ from dataclasses import replace
 import torch
 from torch.fx import Node
 
-from lasp_fx.passes.context import Context
-from lasp_fx.passes.decay import NotADecay, analyse_mask, decay_options
+from lasp_fx.passes.detect.context import Context
+from lasp_fx.passes.detect.decay import NotADecay, analyse_mask, decay_options
 from lasp_fx.passes.graph import aten, ancestors, descendants, is_elementwise, shape, val
-from lasp_fx.passes.labels import Contraction, contraction, sizes, strip_head_repeat, strip_layout
+from lasp_fx.passes.detect.labels import Contraction, contraction, sizes, strip_head_repeat, strip_layout
 from lasp_fx.passes.match import Candidate, Layout, NearMiss
 
 FAMILY = "quadratic"

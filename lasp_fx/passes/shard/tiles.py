@@ -15,8 +15,8 @@ import operator
 import torch
 from torch import fx
 
-from lasp_fx.passes import shard_rules
-from lasp_fx.passes.shard_rules import ShardError, _arg, _val, rule_for
+from lasp_fx.passes.shard import rules as shard_rules
+from lasp_fx.passes.shard.rules import ShardError, _arg, _val, rule_for
 
 aten = torch.ops.aten
 TILES = "lasp_fx_tiles"  # node.meta key on a cat that reassembles checked tiles

@@ -83,7 +83,7 @@ def op_fault(rank: int, world: int, case: dict) -> dict:
 
 def parallelize_length_change(rank: int, world: int, case: dict) -> list:
     """parallelize(): a first call with equal slices, then one where rank CULPRIT passes a shorter slice."""
-    from lasp_fx.testing.workers_parallel import build
+    from tests.helpers.workers_parallel import build
 
     model = lasp_fx.parallelize(build("examples.models:LightningLM"), compiler="eager", inputs="local",
                                 method=case["method"], timeout=case["timeout"])

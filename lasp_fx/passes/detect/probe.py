@@ -15,8 +15,8 @@ from torch.fx import Node
 from lasp_fx.passes import emit
 from lasp_fx.passes.graph import ancestors, region_between, shape, topo_order
 from lasp_fx.passes.match import Candidate
-from lasp_fx.passes.values import Values
-from lasp_fx.testing.numerics import rel_rms
+from lasp_fx.passes.detect.values import Values
+from lasp_fx.numerics import rel_rms
 
 TOL = 1e-6  # a different function is off by O(1); float64 rounding is ~1e-14, buffers computed in float32 ~1e-7
 

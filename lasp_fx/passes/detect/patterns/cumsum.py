@@ -15,9 +15,9 @@ import string
 
 from torch.fx import Node
 
-from lasp_fx.passes.context import Context
+from lasp_fx.passes.detect.context import Context
 from lasp_fx.passes.graph import aten, descendants, shape
-from lasp_fx.passes.labels import contraction, strip_head_repeat, strip_layout
+from lasp_fx.passes.detect.labels import contraction, strip_head_repeat, strip_layout
 from lasp_fx.passes.match import Candidate, Layout, NearMiss
 
 FAMILY = "cumsum"

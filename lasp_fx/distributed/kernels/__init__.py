@@ -1,0 +1,1 @@
+"""Triton kernels of the state exchanges: the all-gather's combination and the peer-memory push."""
