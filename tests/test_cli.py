@@ -75,6 +75,18 @@ SCRIPT = textwrap.dedent("""
             return torch.stack([self.proj(x[:, t]) for t in range(x.shape[1])], 1)
 
 
+    class LenScaled(nn.Module):  # linear attention divided by the length: the op's scale cannot follow it
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(16, 48)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+            causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            return ((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0) / n) @ v
+
+
     def broken():
         raise RuntimeError("boom in the factory")
 
@@ -316,7 +328,7 @@ def test_convert_refuses_a_model_without_linear_attention(script, tmp_path, devi
     result = invoke("convert", f"{script}:Softmax", "--input-shape", "2,10,16", "--out", tmp_path / "x.pt2",
                     "--device", device)
     assert result.exit_code == 2
-    assert "no linear attention found" in result.stderr and "lasp-fx inspect" in result.stderr
+    assert "no linear attention found" in result.stderr and "the report above" in result.stderr
     assert not (tmp_path / "x.pt2").exists()
 
 
@@ -385,10 +397,19 @@ ERRORS = {
                         "--seq-dim 2: no input has a dimension 2", "--fixed-length"),
     "convert-fixed-length": (["convert", "{script}:Loopy", "--input-shape", "2,10,16", "--out", "x.pt2"],
                              "cannot capture the model as one graph", "pass --fixed-length"),
+    "convert-length-as-number": (["convert", "{script}:LenScaled", "--input-shape", "2,10,16", "--out", "x.pt2"],
+                                 "no linear attention found", "the report above"),
 }
 if not torch.cuda.is_available():
     ERRORS["device-without-gpu"] = (["convert", "examples.models:LinearLM", "--device", "cuda", "--out", "x.pt2"],
                                     "--device cuda: no GPU is available here", "use --device cpu")
+
+
+def test_convert_says_why_a_length_used_as_a_number_is_not_rewritten(script, tmp_path):
+    # at one length the division is a constant scale; the module convert writes must hold at every length
+    result = invoke("convert", f"{script}:LenScaled", "--input-shape", "2,10,16", "--out", tmp_path / "x.pt2")
+    assert result.exit_code == 2 and not (tmp_path / "x.pt2").exists()
+    assert re.search(r"near-miss .*uses the sequence length as a number \(.*user_models\.py:\d+", result.stdout)
 
 
 @pytest.mark.parametrize("case", list(ERRORS))

@@ -68,7 +68,7 @@ def convert(
     typer.echo(str(report))
     if not report.matches:
         raise CliError(f"no linear attention found in {target}: nothing to rewrite",
-                       f"`lasp-fx inspect {target}` lists the near-misses and why each was left alone")
+                       "the report above lists the near-misses and why each was left alone")
     os.makedirs(os.path.dirname(os.path.abspath(out.rstrip(os.sep))), exist_ok=True)  # as --out names it
     with quiet_torch(ctx):
         if out.endswith(".pt2"):

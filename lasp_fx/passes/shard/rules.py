@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.graph import source_of
+from lasp_fx.passes.graph import sizes_as_numbers, source_of
 from lasp_fx.passes.shard.seq_dims import normalize_dims, reshape_splits_sequence
 
 aten = torch.ops.aten
@@ -273,20 +273,12 @@ def _arange(ctx, node):
 
 def check_no_length_as_value(ctx, node):
     """Refuse the local length used as a number (x.sum(1) / n): on a slice it would be s, not P*s."""
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload) or target in (
-        aten.arange.default, aten.arange.start, aten.arange.start_step
-    ):
-        return
-    for arg, value in zip(target._schema.arguments, list(node.args) + [None] * len(target._schema.arguments)):
-        if str(arg.type) in ("number", "float", "Optional[float]", "Tensor") and isinstance(value, fx.Node):
-            v = _val(value)
-            if isinstance(v, (torch.SymInt, torch.SymFloat)) and v.node.expr.free_symbols & ctx.symbols:
-                raise ShardError(
-                    node,
-                    "uses the sequence length as a number; on a slice that is the local length",
-                    "Use a mean over the sequence dimension instead of dividing by the length",
-                )
+    if any(v.node.expr.free_symbols & ctx.symbols for v in sizes_as_numbers(node)):
+        raise ShardError(
+            node,
+            "uses the sequence length as a number; on a slice that is the local length",
+            "Use a mean over the sequence dimension instead of dividing by the length",
+        )
 
 
 # ------------------------------------------------------------------------------ registry
