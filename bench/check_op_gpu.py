@@ -21,6 +21,7 @@ os.environ.setdefault("LASP_FX_AUTOTUNE", "0")
 import torch  # noqa: E402
 
 import lasp_fx  # noqa: E402
+from lasp_fx.cli.timing import card  # noqa: E402
 from lasp_fx.ops import chunked  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
@@ -189,7 +190,7 @@ def main():
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "check_op_gpu.json"))
     parser.add_argument("--quick", action="store_true", help="bf16, decay forms on the main shape only, no per-config pass")
     args = parser.parse_args()
-    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    print(f"card: {card('cuda')}  torch {torch.__version__}", flush=True)
     t0, ok, seed = time.time(), True, 0
     for shape in SHAPES:
         main = shape.startswith("B2")
@@ -209,7 +210,7 @@ def main():
         ok &= check_every_config(decay, seed=200)
     print(f"{'ALL OK' if ok else 'FAILURES'}: {sum(r['ok'] for r in ROWS)}/{len(ROWS)} in {time.time() - t0:.0f} s")
     with open(args.json, "w") as f:
-        json.dump({"card": torch.cuda.get_device_name(), "rows": ROWS}, f, indent=1)
+        json.dump({"card": card("cuda"), "rows": ROWS}, f, indent=1)
     sys.exit(0 if ok else 1)
 
 

@@ -23,7 +23,7 @@ The NCCL all-gather fits alpha = 60 us with ~11 us per MiB gathered. The peer ke
 ~10 us per exchange alone at P = 2 (bench/exchange.py); alpha = 8 us and 150 GB/s fit the
 +27 us. The ring's hop is 75 us at P = 2 but 140 us at P = 4: its links wait for the slowest
 rank before them as well as for the bytes, so the model (80 us a hop) is optimistic for the
-ring at P >= 3, which loses there anyway. Prediction for P = 8 (`bench/cost_check.py`):
+ring at P >= 3, which loses there anyway. Prediction for P = 8 (`bench/cost_model.py`):
 all-gather on either transport.
 """
 

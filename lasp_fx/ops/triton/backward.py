@@ -14,7 +14,7 @@ state passes and the walks here go chunk by chunk, weights relative to the chunk
 through a state use those operands too, with the float32 state itself at ~2^-16 (common.dot_f32b),
 and the intra-chunk part is the row and column sums of one fp32 matrix. The cancelling pairs then
 drop out exactly, and dG is exact for the model whose increments are rounded to 16 bits: as
-accurate as the other gradients, at any T (bench/decay_grad_precision.py). The states' running
+accurate as the other gradients, at any T (bench/check_decay_grad_gpu.py). The states' running
 sums need no split: carrying them at 2^-16 too cost 0.14 ms of 1.89 at 32K tokens on an H200.
 Every transposed operand is either loaded transposed or computed as its own product (dP^T as
 V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton

@@ -1,6 +1,6 @@
 """The cost model of method="auto" against bench/sp.py measurements, and its predictions for more GPUs.
 
-    python bench/cost_check.py bench/records/*/*/sp*.json [--predict 8]
+    python bench/cost_model.py bench/records/*/*/sp*.json [--predict 8]
 
 For every sp.py row timed as CUDA graph replays: what each method adds to the single-GPU op's
 fwd+bwd against the model's time (lasp_fx.distributed.cost), and whether `auto` picks the

@@ -1,7 +1,7 @@
 """What the per-call rank check costs: the header's own work beside the op's fwd+bwd, at 8K and 32K tokens per rank.
 
-    PYTHONPATH=. python bench/check_cost.py --device cuda --json $OUT/check_cost.json      # one GPU
-    PYTHONPATH=. python bench/check_cost.py --device cpu --ranks 2 --heads 2               # gloo ranks
+    PYTHONPATH=. python bench/header.py --device cuda --json $OUT/header.json      # one GPU
+    PYTHONPATH=. python bench/header.py --device cpu --ranks 2 --heads 2           # gloo ranks
 
 Every state message carries a 64-value header (distributed/header.py). On the host (gloo) the
 sender adds one cat of its state and the header (`Link.seal`) and the receiver reads 64 values
@@ -21,32 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 import lasp_fx
+from lasp_fx.cli.timing import card, inputs, median_ms
 from lasp_fx.distributed import header as hdr
 from lasp_fx.distributed.link import Link
 
 
 def _timer(device):
-    if device == "cuda":
-        def timed(fn, reps):
-            times = []
-            for _ in range(reps):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record(); fn(); b.record(); torch.cuda.synchronize()
-                times.append(a.elapsed_time(b) * 1e3)
-            return statistics.median(times)
-    else:
-        def timed(fn, reps):
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter(); fn(); times.append((time.perf_counter() - t) * 1e6)
-            return statistics.median(times)
-    return timed
+    """Median us of `reps` calls (CUDA events on a GPU)."""
+    return lambda fn, reps: median_ms(fn, device, 0, reps) * 1e3
 
 
 class _OneRank:  # what Link needs of a group, for timing seal / open alone
@@ -103,8 +89,8 @@ def _op_us(q, k, v, g, timed, reps, **kw):
 
 
 def _inputs(T, H, D, device, dtype):
-    q, k, v = (torch.randn(1, T, H, D, device=device, dtype=dtype) for _ in range(3))
-    return q, k, v, -torch.rand(1, T, H, device=device) * 0.1
+    x = inputs(T, H, D, "gate", dtype, device)
+    return x["q"], x["k"], x["v"], x["g"]
 
 
 def single(args):
@@ -159,10 +145,9 @@ def main():
         print(json.dumps(rows, indent=1))
     else:
         rows = single(args)
-    card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"card": card, "args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"card": card(args.device), "args": vars(args), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

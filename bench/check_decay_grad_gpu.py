@@ -1,6 +1,7 @@
 """Precision of the decay's gradient against float64 on a GPU, beside dq's, as T grows.
 
-    PYTHONPATH=. python bench/decay_grad_precision.py [--ts 4096,32768] [--json out.json]
+    PYTHONPATH=. python bench/check_decay_grad_gpu.py [--ts 4096,32768] [--json out.json]
+    PYTHONPATH=. python bench/check_decay_grad_gpu.py --device cpu --ts 256 --heads 2    # a dry run (no Triton)
 
 dG is a reverse cumsum over the sequence of q.dq - k.dk, whose pairs of tokens after t cancel.
 A gradient whose error grew with T would show here. Decays: the test inputs' (testing.numerics)
@@ -15,6 +16,7 @@ import json
 import torch
 
 import lasp_fx
+from lasp_fx.cli.timing import card
 from lasp_fx.numerics import random_inputs, rel_rms
 
 
@@ -29,6 +31,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ts", default="4096,32768")
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--device", default="cuda")
     p.add_argument("--json", default="")
     args = p.parse_args()
     rows = []
@@ -39,8 +42,8 @@ def main():
                 gen = torch.Generator().manual_seed(T + len(decay))
                 a = random_inputs(1, T, args.heads, 128, 128, decay=decay, generator=gen)  # float64
                 a["log_decay"] = a["log_decay"] * strength
-                a = {n: x.cuda() for n, x in a.items()}
-                do = torch.randn(1, T, args.heads, 128, generator=gen, dtype=torch.float64).cuda()
+                a = {n: x.to(args.device) for n, x in a.items()}
+                do = torch.randn(1, T, args.heads, 128, generator=gen, dtype=torch.float64).to(args.device)
                 ref = _grads(a, do, torch.float64)
                 for dname, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
                     got = _grads({n: x.float() if n == "log_decay" else x for n, x in a.items()}, do, dtype)
@@ -51,7 +54,7 @@ def main():
                           flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+            json.dump({"card": card(args.device), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

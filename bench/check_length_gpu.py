@@ -1,6 +1,6 @@
 """bf16 outputs and gradients against float64 as T grows to 1M tokens, per decay form; and >2^31 elements.
 
-    PYTHONPATH=. python bench/numerics_length.py --json $OUT/numerics_length.json   # ~3-4 min on an H100
+    PYTHONPATH=. python bench/check_length_gpu.py --json $OUT/check_length.json   # ~3-4 min on an H100
 
 Sweep: T in --ts (default 4K .. 1M), B = 1, H = --heads, D = E = --dim; decays: none; constant
 per head at log-decay -1e-3, -0.1, -1 and -20 (every head the same: the strongest forgets a
@@ -28,6 +28,7 @@ import time
 import torch
 
 import lasp_fx
+from lasp_fx.cli.timing import card
 from lasp_fx.numerics import rel_rms
 
 DECAYS = [("none", None), ("const", -1e-3), ("const", -0.1), ("const", -1.0), ("const", -20.0),
@@ -117,7 +118,7 @@ def main():
     p.add_argument("--large", type=int, default=1, help="1: also the >2^31-element check (GPU, ~40 GB)")
     p.add_argument("--json", default="")
     args = p.parse_args()
-    out = {"card": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "args": vars(args), "rows": []}
+    out = {"card": card(args.device), "args": vars(args), "rows": []}
 
     def save():
         if args.json:
