@@ -21,9 +21,9 @@ for long sequences (one T x T float64 matrix of 128K tokens is 128 GiB) mark the
 
 from __future__ import annotations
 
-from lasp_fx.compile import COMPILERS, make_backend
+from lasp_fx.compile import make_backend
+from lasp_fx.config import Compiler, choose
 
-METHODS = ("auto", "ring", "allgather")
 OPTIONS = {
     "compiler": '"inductor" (default on CUDA), "aot_eager" (default on CPU) or "eager"',
     "seq_dim": "dimension of the sequence in the tensor inputs (default 1)",
@@ -71,9 +71,8 @@ def _check_options(options: dict, mode: str | None) -> dict:
     if unknown:
         known = "; ".join(f"{k}: {v}" for k, v in OPTIONS.items())
         raise ValueError(f'unknown option(s) {unknown} for backend="lasp"; the options are {known}')
-    for name, allowed in (("compiler", COMPILERS), ("method", METHODS)):
-        if name in options and options[name] not in allowed:
-            raise ValueError(f'backend="lasp": options["{name}"] must be one of {allowed}, got {options[name]!r}')
+    if "compiler" in options:
+        choose('backend="lasp": options["compiler"]', options["compiler"], Compiler)
     seq_dim = options.get("seq_dim", 1)
     if not isinstance(seq_dim, int) or isinstance(seq_dim, bool) or seq_dim < 0:
         raise ValueError(f'backend="lasp": options["seq_dim"] must be a non-negative int, got {seq_dim!r}')

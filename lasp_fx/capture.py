@@ -20,8 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
-from lasp_fx.passes.detect.context import SOURCE_NAME
-from lasp_fx.passes.graph import is_library_path
+from lasp_fx.passes.graph import SOURCE_NAME, is_library_path
 from lasp_fx.passes.no_trace import caches_restored
 from lasp_fx.passes.stack_frames import full_stack_traces
 

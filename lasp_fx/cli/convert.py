@@ -49,7 +49,7 @@ def convert(
                                       help="Fix the length to the example's too (for models whose code needs it)."),
 ):
     """Rewrite a model's linear attention into the lasp_fx op; write the module (any length) and the report."""
-    from lasp_fx.passes import convert as convert_model
+    from lasp_fx.convert import convert as convert_model
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")

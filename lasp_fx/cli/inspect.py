@@ -62,7 +62,7 @@ def inspect(
 ):
     """Find the causal linear attention in a model: what is rewritten, where, and what is left alone."""
     from lasp_fx.capture import capture
-    from lasp_fx.passes import inspect_captured
+    from lasp_fx.passes import find
     from lasp_fx.passes.detect.probe import region
 
     if graph is not None and os.path.splitext(graph)[1].lower() not in (".svg", ".png"):
@@ -72,7 +72,7 @@ def inspect(
     ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
     with quiet_torch(ctx):
         captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
-        report, cands = inspect_captured(captured)  # what lasp_fx.inspect reports, and the graph it read
+        cands, report = find(captured.gm, captured.example_inputs)
     typer.echo(f"{target} on inputs {ex.describe()}:")
     typer.echo(str(report))
     left = [*report.near_misses, *report.softmax]
@@ -82,10 +82,9 @@ def inspect(
         for source, code in lines:
             typer.echo(f"  {source}  {code}")
     if graph is not None:
-        found = [m for m in report.matches if m.out in {c.out.name for c in cands}]  # direct op calls: no region
-        regions = [(f"{m.source} {m.module} ({m.family})", set(region(c)) | {c.out}) for c, m in zip(cands, found)]
-        near = [(f"{n.source} {n.module}: {n.reason}", n.node) for n in report.near_misses]
-        _draw(captured.gm, regions, near, graph)
+        regions = [(f"{m.source} {m.module} ({m.family})", set(region(c)) | {c.out})
+                   for c, m in zip(cands, report.matches[len(report.matches) - len(cands):])]  # after direct calls
+        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in report.near_misses], graph)
 
 
 def _draw(gm, regions, near, path: str) -> None:

@@ -136,7 +136,7 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable
     `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
     group, rank = link.group, link.group.rank()
-    if peer.usable(group, s_loc.device, s_loc.dtype):  # one kernel: push, wait, combine (distributed/peer.py)
+    if link.peers:  # one kernel: push, wait, combine (distributed/peer.py)
         link.sent = True  # nothing to abandon: the peers wait in the kernel, whose spin bounds it
         def through_peers():
             late, end = peer.exchange(s_loc, log_decay, None, group, True, *_checks(link))
@@ -168,11 +168,11 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list) 
     """The exchange, issued when the returned step is called (after LASP has queued dq: module
     docstring); the step gives (ds_out or None, M_r = gradient of X_{r-1})."""
     group, rank, P = link.group, link.group.rank(), link.group.size()
-    link.sent = peer.usable(group, ds_loc.device, ds_loc.dtype)  # as in begin_forward
+    link.sent = link.peers  # as in begin_forward
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
 
     def finish():
-        if peer.usable(group, n.device, n.dtype):
+        if link.peers:
             late, end = peer.exchange(n, log_decay, d_final, group, False, *_checks(link))
             return (d_final if rank == P - 1 else late), end
         rows = _gather(link, n, log_decay)()

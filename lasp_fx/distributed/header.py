@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lasp_fx.distributed.cost import METHODS
+from lasp_fx.config import EXCHANGES
 
 SIZE = 64  # values per header: 256 bytes next to a state of B*H*D*E*4 bytes (1 MiB at 16 x 128 x 128)
 _MAGIC = 0x1A5F
@@ -54,7 +54,7 @@ class Header:
         B, T, H, Hk, D, E = self.dims
         dtype = _DTYPES[self.dtype] if self.dtype < len(_DTYPES) else f"dtype#{self.dtype}"
         return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_pick(_DECAYS, self.decay)}, "
-                f"method {_pick(METHODS, self.method)}, scale {self.scale:g}")
+                f"method {_pick(EXCHANGES, self.method)}, scale {self.scale:g}")
 
     def differences(self, other: "Header") -> str:
         """What differs from `other`, shortly ("T 8 vs 6, dtype 2 vs 3"): fits a FAILED header's reason."""
@@ -98,7 +98,7 @@ def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, 
     decay = 0 if log_decay is None else (1 if log_decay.dim() == 1 else 2)
     dtype = _DTYPES.index(q.dtype) if q.dtype in _DTYPES else len(_DTYPES)
     dims = (B, T, H, k.shape[2], D, v.shape[3])
-    return Header(dims, dtype, decay, METHODS.index(method), float(scale), _DIRECTIONS.index(direction), rank)
+    return Header(dims, dtype, decay, EXCHANGES.index(method), float(scale), _DIRECTIONS.index(direction), rank)
 
 
 def as_tensor(header: Header, like: Tensor) -> Tensor:

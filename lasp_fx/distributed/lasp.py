@@ -53,44 +53,46 @@ import torch
 from torch import Tensor
 
 from lasp_fx.distributed import allgather, header, peer, ring
-from lasp_fx.distributed.cost import METHODS, resolve_method
+from lasp_fx.config import DEFAULT_TIMEOUT, Method, choose
+from lasp_fx.distributed.cost import resolve_method
 from lasp_fx.distributed.group import resolve_group
 from lasp_fx.distributed.meta import check_same_inputs
 from lasp_fx.distributed.combine import wait_all
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT, Link, checks_on_host
+from lasp_fx.distributed.link import Link, checks_on_host
 from lasp_fx.ops import chunked
-from lasp_fx.ops.op import kernels_for, runs_eagerly, saved_states_like, single_device
+from lasp_fx.ops.custom_op import TwinOp
+from lasp_fx.ops.op import kernels_for, saved_states_like, single_device
 
 _EXCHANGES = {"ring": ring, "allgather": allgather}
 
 
-def _method(method: str, group, q: Tensor, v: Tensor) -> str:
+def _method(method: str, group, q: Tensor, v: Tensor) -> tuple[str, bool]:
+    """(the exchange, whether an all-gather would go through peer memory): peer.usable asked once per call."""
     B, _, H, D = q.shape
     state_dtype = chunked.acc_dtype(q.dtype)
     state_bytes = B * H * D * v.shape[-1] * torch.finfo(state_dtype).bits // 8
-    through_peers = method == "auto" and peer.usable(group, q.device, state_dtype)  # only auto weighs it
-    return resolve_method(method, group.size(), state_bytes, q.device.type, through_peers)
+    through_peers = method != "ring" and peer.usable(group, q.device, state_dtype)
+    return resolve_method(method, group.size(), state_bytes, q.device.type, through_peers), through_peers
 
 
 def _slice_decay(log_decay: Optional[Tensor], q: Tensor) -> Optional[Tensor]:
     """A: the total log-decay of this rank's slice, [B, H] (None without decay).
 
     A sum, not the last row of a cumsum: on CUDA, torch.cumsum along T of a [B, T, H] tensor runs
-    one thread per (batch, head) serially over T (pytorch/pytorch#122170), ~5 ms at T = 32K, H = 16
-    on an H200 (bench/records/2026-11-28_sp/NOTES.md); a reduction takes microseconds.
+    one thread per (batch, head) serially over T (pytorch/pytorch#122170); a reduction does not.
+    log_decay is already in the state dtype (linear_attention casts it once).
     """
     if log_decay is None:
         return None
     B, T, H, _ = q.shape
-    g = log_decay.to(chunked.acc_dtype(q.dtype))
-    return (g * T).expand(B, H) if g.dim() == 1 else g.sum(1)
+    return (log_decay * T).expand(B, H) if log_decay.dim() == 1 else log_decay.sum(1)
 
 
-def _link(q, k, v, log_decay, scale, group, method, timeout, direction) -> Link:
+def _link(q, k, v, log_decay, scale, group, method, peers, timeout, direction) -> Link:
     B, _, H, D = q.shape
     head = header.make(q, k, v, log_decay, scale, method, direction, group.rank())
     return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
-                log_decay is not None, checks_on_host(q.device))
+                log_decay is not None, checks_on_host(q.device), peers=peers)
 
 
 def _guarded(link: Link, method: str, run):
@@ -109,9 +111,8 @@ def _guarded(link: Link, method: str, run):
 
 def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    method = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward")
+    method, peers = _method(method, group, q, v)
+    link = _link(q, k, v, log_decay, scale, group, method, peers, timeout, "forward")
     if check:
         check_same_inputs(link)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q)
@@ -140,11 +141,10 @@ def _gradients(
     timeout,
 ):  # fmt: skip
     """(dq, dk, dv, dlog_decay (empty without decay_grad), gradient of X_{r-1})."""
-    # Incoming gradients may be expanded or strided (y.sum().backward() gives stride 0).
-    do = do.contiguous()
+    # the kernels make `do` contiguous; d_final_state (stride 0 after final_state.sum().backward()) is sent
     d_final = None if d_final_state is None else d_final_state.contiguous()
-    method = _method(method, group, q, v)
-    link = _link(q, k, v, log_decay, scale, group, method, timeout, "backward")
+    method, peers = _method(method, group, q, v)
+    link = _link(q, k, v, log_decay, scale, group, method, peers, timeout, "backward")
     kern, A = kernels_for(q), _slice_decay(log_decay, q)
     sends = []
 
@@ -167,7 +167,6 @@ def _gradients(
     return dq, dk, dv, dlog_decay, ds_in
 
 
-@torch.library.custom_op("lasp_fx::sp_linear_attention", mutates_args=())
 def _sp_forward(
     q: Tensor,
     k: Tensor,
@@ -189,16 +188,14 @@ def _sp_forward(
     return o, s_out, s_in, saved
 
 
-@_sp_forward.register_fake
-def _(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout):
+def _sp_forward_fake(q, k, v, log_decay, initial_state, scale, group_name, method, check, timeout):
     B, T, H, D = q.shape
     E = v.shape[-1]
     state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
     return q.new_empty(B, T, H, E), state, torch.empty_like(state), saved_states_like(q, k, v, log_decay)
 
 
-@torch.library.custom_op("lasp_fx::sp_linear_attention_backward", mutates_args=())
-def _sp_backward(
+def _sp_gradients(
     do: Tensor,
     d_final_state: Optional[Tensor],
     q: Tensor,
@@ -221,9 +218,8 @@ def _sp_backward(
     )
 
 
-@_sp_backward.register_fake
-def _(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group_name, method,
-      decay_grad, timeout):
+def _sp_gradients_fake(do, d_final_state, q, k, v, log_decay, state_in, saved_states, final_state, scale, group_name,
+                       method, decay_grad, timeout):
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dlog_decay, torch.empty_like(state_in)
 
@@ -237,7 +233,7 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # unused state gradients stay None: no zeros to make, send and add
 
 
-def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp_linear_attention_backward):
+def _backward(ctx, do, d_final_state, *_d_unused, gradients):
     q, k, v, log_decay, state_in, saved_states, final_state = ctx.saved_tensors
     if do is None:  # only the final state was used
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
@@ -249,41 +245,25 @@ def _backward(ctx, do, d_final_state, *_d_unused, gradients=torch.ops.lasp_fx.sp
     d_initial = None
     if ctx.has_initial_state:  # read on rank 0 only: the other ranks' copies get zeros
         d_initial = d_state_in if resolve_group(ctx.group).rank() == 0 else torch.zeros_like(d_state_in)
-    return (
-        dq,
-        dk,
-        dv,
-        dlog_decay if decay_grad else None,
-        d_initial,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return dq, dk, dv, dlog_decay if decay_grad else None, d_initial, None, None, None, None, None
 
 
-_sp_forward.register_autograd(_backward, setup_context=_setup_context)
-_traced_op = torch.ops.lasp_fx.sp_linear_attention
+def _eager_forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
+    """`_forward` for the eager twin: X_{r-1} stays None on rank 0 without an initial state (no zeros
+    to make), and an initial state comes back as a view (autograd saves no input returned as it is)."""
+    o, s_out, s_in, saved = _forward(q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
+    if s_in is not None and s_in is initial_state:
+        s_in = s_in.view_as(s_in)
+    return o, s_out, s_in, saved
 
 
-class _EagerLASP(torch.autograd.Function):
-    """The same op for plain tensors outside any tracing (ops.op.runs_eagerly), without torch.library
-    around it; the group travels as itself, and X_{r-1} stays None on rank 0 without an initial state."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, log_decay, initial_state, scale, group, method, check, timeout):
-        inputs = (q, k, v, log_decay, initial_state, scale, group, method, check, timeout)
-        outputs = _forward(*inputs)
-        _setup_context(ctx, inputs, outputs)
-        return outputs[:2]
-
-    @staticmethod
-    def backward(ctx, do, d_final_state):
-        return _backward(ctx, do, d_final_state, gradients=_gradients)
+# The custom op takes the group's name; the eager twin takes the group itself.
+_op = TwinOp("sp_linear_attention", forward=_sp_forward, forward_fake=_sp_forward_fake, gradients=_sp_gradients,
+             gradients_fake=_sp_gradients_fake, setup_context=_setup_context, backward=_backward,
+             eager_forward=_eager_forward, eager_gradients=_gradients)
 
 
-def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: str = "auto",
+def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float, *, group, method: Method = "auto",
                                 check: bool = True, timeout: float = DEFAULT_TIMEOUT):
     """LASP over `group` on already-checked arguments (what `lasp_fx.linear_attention(..., group=)` calls).
 
@@ -302,12 +282,10 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
         (o, final_state): this rank's output slice and the state after its slice (see module docstring).
         A group of one rank runs the single-device op itself.
     """
-    if method not in ("auto", *METHODS):
-        raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
+    choose("method", method, Method)
     pg = resolve_group(group)
     if pg.size() == 1:
         return single_device(q, k, v, log_decay, initial_state, scale)  # arguments already checked
-    if runs_eagerly(q, k, v, log_decay, initial_state):
-        return _EagerLASP.apply(q, k, v, log_decay, initial_state, scale, pg, method, check, timeout)
-    o, final_state, *_ = _traced_op(q, k, v, log_decay, initial_state, scale, pg.group_name, method, check, timeout)
+    args, options = (q, k, v, log_decay, initial_state, scale), (method, check, timeout)
+    o, final_state, *_ = _op(*args, pg, *options, traced_inputs=(*args, pg.group_name, *options))
     return o, final_state

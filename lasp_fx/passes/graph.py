@@ -13,6 +13,7 @@ import torch
 from torch.fx import Graph, Node
 
 aten = torch.ops.aten
+SOURCE_NAME = "lasp_fx_source_name"  # node.meta key: dynamo's placeholder name, kept by capture_dynamo_graph
 
 # Ops that only move, copy or re-type data: they never mix positions or features.
 LAYOUT_OPS = {

@@ -1,10 +1,8 @@
-"""`inspect`: what the detector found in a model, as a report that prints as a table."""
+"""What the detector found in a graph, as a report that prints as a table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 
 from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 
@@ -36,25 +34,3 @@ class InspectReport:
         softmax = f", {len(self.softmax)} softmax attention layer(s) left as they are" if self.softmax else ""
         lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es){softmax}")
         return "\n".join(lines)
-
-
-def inspect(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs) -> InspectReport:
-    """Find the causal linear-attention computations of `model` without changing it.
-
-    Args:
-        model: any nn.Module; it is captured (not modified) with `lasp_fx.capture.capture`.
-        *example_inputs: inputs for one forward call; short sequences (T >= 4) are enough and
-            keep the probes fast (they build T x T tensors of the original attention).
-        method: "export" or "dynamo" (see `capture`).
-
-    Returns:
-        InspectReport with `.matches` and `.near_misses` (each with its source line); print it
-        for a table.
-
-    Raises:
-        CaptureError: the model cannot be captured as one graph (reason, source line, hint).
-    """
-    from lasp_fx.capture import capture
-    from lasp_fx.passes import inspect_captured
-
-    return inspect_captured(capture(model, *example_inputs, method=method, **example_kwargs))[0]

@@ -20,34 +20,17 @@ sequence whole pass unchanged.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import fx
 
+from lasp_fx.config import ShardSpec
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
 from lasp_fx.passes.shard import rules as shard_rules, tiles as shard_tiles
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT
-from lasp_fx.passes.shard.rules import ShardError, source_line  # noqa: F401 (re-exported)
+from lasp_fx.passes.shard.rules import ShardError
 from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """Where this rank sits in the sequence-parallel group."""
-
-    group_name: str
-    """Name of the sequence-parallel ProcessGroup (`ProcessGroup.group_name`)."""
-    rank: int
-    """This rank's index in that group: it holds tokens [rank * s, (rank + 1) * s)."""
-    world_size: int
-    """Number of ranks the sequence is split over."""
-    method: str = "auto"
-    """State exchange of the LASP op: "ring", "allgather" or "auto"."""
-    timeout: float = DEFAULT_TIMEOUT
-    """Seconds the LASP op waits for a peer's state on a CPU group (ParallelConfig.timeout)."""
 
 
 class ShardContext:

@@ -23,7 +23,7 @@ _REGISTERED: set[str] = set()  # mirrors dynamo's own (process-wide) substitutio
 
 
 def _op(q, k, v, log_decay, scale, initial_state):
-    from lasp_fx.ops.op import linear_attention
+    from lasp_fx.attention import linear_attention
 
     return linear_attention(q, k, v, log_decay, scale=scale, initial_state=initial_state, output_final_state=True)
 
