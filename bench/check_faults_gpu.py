@@ -22,12 +22,14 @@ import sys
 import torch
 
 import lasp_fx
+from lasp_fx.cli.timing import card
 from lasp_fx.distributed import header
 from lasp_fx.distributed.combine import step
-from lasp_fx.distributed.peer import PeerBuffers
 from lasp_fx.distributed.kernels import peer as peer_kernel
 from lasp_fx.distributed.kernels.gathered import checked_step, combine_gathered
 from lasp_fx.numerics import rel_rms
+
+from check_peer_gpu import buffers, reference  # the simulated ranks' buffers, the float64 chain (same shape)
 
 DEV = torch.device("cuda")
 B, H, D, E = 1, 16, 128, 128
@@ -86,7 +88,7 @@ def gathered(results):
                 if mismatch:
                     good, err = bool(late.isnan().all() and end.isnan().all()), None
                 else:
-                    ref_late, ref_end = _chain(states, decays, rank, forward)
+                    ref_late, ref_end = reference(states, decays, rank, forward)
                     err = max(rel_rms(late, ref_late), rel_rms(end, ref_end))
                     good = err < 1e-6
                 ok &= good
@@ -95,23 +97,10 @@ def gathered(results):
     return ok
 
 
-def _chain(x, a, rank, forward):
-    acc = torch.zeros_like(x[0])
-    for j in (range(rank) if forward else reversed(range(rank + 1, x.shape[0]))):
-        acc = step(acc, a[j], x[j])
-    return acc, step(acc, a[rank], x[rank])
-
-
 def peer(results):
     P, ok = 3, True
-    tiles = peer_kernel.tiles(B, H, D, E)
     for culprit in (None, 0):
-        slots = [torch.zeros(P * tiles * peer_kernel.SLOT, device=DEV) for _ in range(P)]
-        flags = [torch.zeros(P * tiles, dtype=torch.int32, device=DEV) for _ in range(P)]
-        table = lambda ts: torch.tensor([t.data_ptr() for t in ts], device=DEV)  # noqa: E731
-        status = [torch.zeros(1, dtype=torch.int32, device=DEV) for _ in range(P)]
-        bufs = [PeerBuffers(slots[r], flags[r], table(slots), table(flags), status[r], mapped=(slots, flags))
-                for r in range(P)]
+        bufs = buffers(P, DEV)
         streams = [torch.cuda.Stream() for _ in range(P)]
         gen = torch.Generator(device=DEV).manual_seed(2)
         x = torch.randn(P, B, H, D, E, device=DEV, generator=gen, dtype=torch.float64)
@@ -129,7 +118,7 @@ def peer(results):
             if culprit is not None and r > culprit:
                 good, err = bool(late.isnan().all() and end.isnan().all()), None
             else:
-                ref_late, ref_end = _chain(x, a, r, True)
+                ref_late, ref_end = reference(x, a, r, True)
                 err = max(rel_rms(late, ref_late), rel_rms(end, ref_end))
                 good = err < 1e-6
             good &= int(bufs[r].flags.abs().sum()) == 0
@@ -182,8 +171,7 @@ def main() -> int:
         print(f"{check.__name__}: {'ok' if passed else 'FAILED'}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            card = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
-            json.dump({"card": card, "ok": ok, "results": results}, f, indent=1)
+            json.dump({"card": card(DEV), "ok": ok, "results": results}, f, indent=1)
     print("ALL OK" if ok else "FAILED", flush=True)
     return 0 if ok else 1
 

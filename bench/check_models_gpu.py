@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 import lasp_fx
+from lasp_fx.cli.timing import card
 from examples.models import MODELS, ModelConfig
 from lasp_fx.numerics import rel_rms
 
@@ -86,7 +87,7 @@ def main():
         if rank == 0:
             print(name, json.dumps(row, default=str), flush=True)
     if rank == 0 and a.json:
-        json.dump({"card": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__, "tokens": a.tokens,
+        json.dump({"card": card(dev), "torch": torch.__version__, "tokens": a.tokens,
                    "models": out}, open(a.json, "w"), indent=1, default=str)
     dist.destroy_process_group()
 

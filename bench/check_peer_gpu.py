@@ -10,6 +10,7 @@ down at the end. Then one CUDA-graph capture of a forward and a backward call, r
 Exits 1 on any failure. A real multi-GPU check is bench/sp.py's (LASP on P GPUs).
 """
 
+import argparse
 import sys
 
 import torch
@@ -21,7 +22,7 @@ from lasp_fx.numerics import rel_rms
 B, H, D, E = 1, 16, 128, 128
 
 
-def _reference(x, a, rank, forward, d_final):
+def reference(x, a, rank, forward, d_final=None):
     """(late, end) of distributed/kernels/gathered.py's docstring, as a chain of steps in float64."""
     def step(acc, j):
         return x[j] + torch.exp(a[j])[..., None, None] * acc
@@ -32,7 +33,8 @@ def _reference(x, a, rank, forward, d_final):
     return (acc if d_final is None else acc + d_final), step(acc, rank)
 
 
-def _buffers(P, dev):
+def buffers(P, dev):
+    """Each simulated rank's PeerBuffers: its slots and flags, the table of everyone's, its status word."""
     tiles = kernel.tiles(B, H, D, E)
     slots = [torch.zeros(P * tiles * kernel.SLOT, device=dev) for _ in range(P)]
     flags = [torch.zeros(P * tiles, dtype=torch.int32, device=dev) for _ in range(P)]
@@ -51,10 +53,11 @@ def _run(P, bufs, streams, forward, x, a, d_final):
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     dev = torch.device("cuda")
     worst, ok = 0.0, True
     for P in (2, 3, 4):
-        bufs, streams = _buffers(P, dev), [torch.cuda.Stream() for _ in range(P)]
+        bufs, streams = buffers(P, dev), [torch.cuda.Stream() for _ in range(P)]
         for call, forward in enumerate((True, False, False, True, True, False)):
             gen = torch.Generator(device=dev).manual_seed(P * 100 + call)
             x = torch.randn(P, B, H, D, E, device=dev, generator=gen, dtype=torch.float64)
@@ -65,7 +68,7 @@ def main() -> int:
             outs = _run(P, bufs, streams, forward, x.float(), a.float(), None if d_final is None else d_final.float())
             torch.cuda.synchronize()
             for r in range(P):
-                ref_late, ref_end = _reference(x, a, r, forward, d_final)
+                ref_late, ref_end = reference(x, a, r, forward, d_final)
                 errs = [rel_rms(outs[r][1], ref_end)] + ([] if forward and r == 0 else [rel_rms(outs[r][0], ref_late)])
                 worst = max(worst, *errs)
                 ok &= max(errs) < 1e-6
@@ -91,7 +94,7 @@ def main() -> int:
         torch.cuda.synchronize()
         for r in range(P):
             for i, forward in enumerate((True, False)):
-                ref_late, ref_end = _reference(x.double(), a.double(), r, forward, None)
+                ref_late, ref_end = reference(x.double(), a.double(), r, forward, None)
                 err = rel_rms(outs[r][i][1], ref_end)
                 ok &= err < 1e-6
         up = sum(int(b.flags.abs().sum()) for b in bufs)

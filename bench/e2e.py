@@ -33,8 +33,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 
 import lasp_fx
 from examples.models import LightningLM, ModelConfig
+from lasp_fx.cli.timing import environment, sync
 from lasp_fx.memory import checkpoint_blocks
 
 BIG = dict(vocab_size=32000, dim=2048, num_layers=16, num_heads=16, mlp_ratio=2)
@@ -86,8 +85,8 @@ def _fla_in_graph(q, k, v, log_decay):
 
 
 # Outside dynamo's graph by default: once lasp_fx's backend exists (the parallelize rows), dynamo
-# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/patterns/
-# kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
+# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/detect/
+# known_kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
 _fla_kernel = torch.compiler.disable(_fla_in_graph)
 
 
@@ -130,11 +129,6 @@ def _is_oom(e: BaseException) -> bool:
     return False
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _batch(T, vocab, dev, rank_seed=0):
     gen = torch.Generator().manual_seed(1234 + rank_seed)
     ids = torch.randint(0, vocab, (1, T + 1), generator=gen)
@@ -151,13 +145,13 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
         torch.cuda.reset_peak_memory_stats(dev)
     times, first_loss = [], None
     for i in range(1 + warmup + steps):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = run(ids, labels=labels)
         loss.backward()
         opt.step()
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - t0)
         if i == 0:
             first_loss = float(loss.detach())
@@ -339,30 +333,6 @@ def _plot(record, path):
     fig.savefig(path, dpi=120)
 
 
-def _environment(dev):
-    env = {"torch": torch.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-           "command": " ".join(sys.argv), "world_size": dist.get_world_size(),
-           "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        env["fla_core"] = version("fla-core")
-    except Exception:  # noqa: BLE001
-        env["fla_core"] = None
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        env["commit"] = None
-    return env
-
-
 def main():
     global _ARGS, _DEADLINE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -410,7 +380,8 @@ def main():
     state = {k: v.to(dtype) for k, v in LightningLM(ModelConfig(**cfg)).state_dict().items()}
     desc = (f"LightningLM {cfg['num_layers']} layers, dim {cfg['dim']}, {cfg['num_heads']} heads, "
             f"vocab {cfg['vocab_size']}, {a.dtype}, B=1, fused AdamW")
-    record = {**_environment(dev), "model": {**cfg, "desc": desc, "loss_chunks": a.loss_chunks},
+    record = {**environment(dev), "world_size": dist.get_world_size(),
+              "model": {**cfg, "desc": desc, "loss_chunks": a.loss_chunks},
               "flops": FLOPS, "peak_tflops": a.peak_tflops, "steps": a.steps, "warmup": a.warmup,
               "rows": [], "longest": []}
 

@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lasp_fx.distributed import allgather, peer  # noqa: E402
-from lasp_fx.distributed.kernels.gathered import combine_gathered  # noqa: E402
-from lasp_fx.numerics import rel_rms  # noqa: E402
-from sp import _time_graph  # noqa: E402
+from lasp_fx.cli.timing import barrier, card, graph_ms, max_over_ranks
+from lasp_fx.distributed import allgather, peer
+from lasp_fx.distributed.kernels.gathered import combine_gathered
+from lasp_fx.numerics import rel_rms
 
 
 def _nccl(s, a, group):
@@ -64,14 +62,15 @@ def main():
     a = -torch.rand(1, args.heads, device=dev, generator=gen)
     mm = torch.randn(args.matmul, args.matmul, device=dev, dtype=torch.bfloat16)
     side = torch.cuda.Stream()
-    out = {"card": torch.cuda.get_device_name(), "P": group.size(), "torch": torch.__version__,
+    out = {"card": card(dev), "P": group.size(), "torch": torch.__version__,
            "state_MiB": s.numel() * 4 / 2**20, "matmul": args.matmul,
            "peer_usable": peer.usable(group, s.device, s.dtype)}
     got = {name: fn(s, a, group) for name, fn in TRANSPORTS.items()}
     pairs = zip(got["peer"], got["nccl"]) if rank > 0 else [(got["peer"][1], got["nccl"][1])]  # rank 0: no late
-    err = torch.tensor([max(rel_rms(x, y) for x, y in pairs)], device=dev)
-    dist.all_reduce(err, op=dist.ReduceOp.MAX)
-    out["peer_vs_nccl_rel_rms"] = float(err)
+    out["peer_vs_nccl_rel_rms"] = max_over_ranks(max(rel_rms(x, y) for x, y in pairs), dev)
+
+    def per_exchange_us(fn):  # replays back to back after one barrier, the slowest rank's
+        return max_over_ranks(graph_ms(fn, args.reps, before=barrier(dev))[1], dev) * 1e3 / args.inner
 
     for name, fn in TRANSPORTS.items():
         def alone(fn=fn):
@@ -86,14 +85,14 @@ def main():
                 mm @ mm
                 torch.cuda.current_stream().wait_stream(side)
 
-        out[f"{name}_alone_us"] = _time_graph(alone, dev, args.reps)[1] * 1e3 / args.inner
-        out[f"{name}_beside_us"] = _time_graph(beside, dev, args.reps)[1] * 1e3 / args.inner
+        out[f"{name}_alone_us"] = per_exchange_us(alone)
+        out[f"{name}_beside_us"] = per_exchange_us(beside)
 
     def busy():
         for _ in range(args.inner):
             mm @ mm
 
-    out["busy_us"] = _time_graph(busy, dev, args.reps)[1] * 1e3 / args.inner
+    out["busy_us"] = per_exchange_us(busy)
     for name in TRANSPORTS:
         out[f"{name}_overlap_cost_us"] = out[f"{name}_beside_us"] - out["busy_us"]
     if rank == 0:

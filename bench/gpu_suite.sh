@@ -22,7 +22,17 @@
 #   cuda   the pytest cases that run on the GPU only (device "cuda" and the kernel files), 14 workers (~150 s)
 #   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
 #          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240)
+#   header bench/header.py on GPU 0: what the rank check's headers cost beside the op (~60 s)
+#   length bench/check_length_gpu.py on GPU 0: bf16 against float64 up to 1M tokens, and >2^31 elements (~4 min)
+#   decay  bench/check_decay_grad_gpu.py on GPU 0: the decay gradient's precision as T grows (~60 s)
+#   cost   bench/cost_model.py on this call's sp*.json: the auto cost model against what sp4 / sp2 measured
+#   cli    `lasp-fx bench` (python3 -m lasp_fx bench) into $OUT/cli/, LASP on every GPU when there are 2 or more
+#   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
+#          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
+#   smoke-ranks  the same for check_peer_gpu.py, the torchrun scripts (sp.py, host.py's LASP cases, exchange.py:
+#          2 ranks, or 1 on a one-GPU machine), cost_model.py, `lasp-fx bench` and e2e.py --tiny (CPU) (at most 540 s)
 # SP_IMPLS limits the timed paths of sp4 / sp2 (default: all of them).
+# A record of a call (bench/records/README.md) names its command as the log's first line shows it.
 set -o pipefail
 PARTS=${PARTS:-check op sp4 sp2}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
@@ -32,7 +42,48 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
 LOG="$OUT/suite.log"
 NOISE='^W1\|OMP_NUM\|\*\*\*\*\|UserWarning\|return \|Variable._exec\|Guessing'
 IMPLS=${SP_IMPLS:+--impls $SP_IMPLS}
-{ date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
+NGPU=$(nvidia-smi -L | wc -l)
+_run() {  # name, seconds, command...: the command's exit status on a line of its own
+  local name=$1 limit=$2
+  shift 2
+  timeout "$limit" "$@"
+  echo "smoke $name rc=$?"
+}
+smoke() {  # the single-process scripts once each, small, on GPU 0
+  local S="$OUT/smoke"
+  mkdir -p "$S"
+  export LASP_FX_AUTOTUNE=0 CUDA_VISIBLE_DEVICES=0
+  _run op.py 90 python3 bench/op.py --ts 2048 --big "" --impls lasp_fx,sdpa,lightning --decays const,gate \
+    --profile 2048 --json "$S/op.json"
+  _run segments.py 60 python3 bench/segments.py --ts 4096 --nsubs 4 --decays const
+  _run host.py 45 python3 bench/host.py --reps 5
+  _run header.py 45 python3 bench/header.py --device cuda --reps 5 --json "$S/header.json"
+  _run check_decay_grad_gpu.py 75 python3 bench/check_decay_grad_gpu.py --ts 2048 --heads 2 --json "$S/decay.json"
+  _run check_length_gpu.py 75 python3 bench/check_length_gpu.py --ts 2048 --heads 2 --dim 32 --large 0 \
+    --json "$S/length.json"
+  _run check_faults_gpu.py 100 python3 bench/check_faults_gpu.py --json "$S/faults.json"
+  _run check_op_gpu.py--help 30 python3 bench/check_op_gpu.py --help  # its run: part check
+  _run check_models_gpu.py--help 30 python3 bench/check_models_gpu.py --help  # its run: part models
+}
+smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, at most 2), lasp-fx bench, e2e
+  local S="$OUT/smoke" P=$(( NGPU < 2 ? 1 : 2 ))
+  mkdir -p "$S"
+  export LASP_FX_AUTOTUNE=0
+  CUDA_VISIBLE_DEVICES=0 _run check_peer_gpu.py 60 python3 bench/check_peer_gpu.py
+  _run sp.py 150 torchrun --standalone --nproc-per-node=$P bench/sp.py --tlocal 2048 --skip-check --reps 3 \
+    --json "$S/sp$P.json"
+  _run cost_model.py 30 python3 bench/cost_model.py "$S/sp$P.json" --predict 4
+  _run host.py-lasp 60 torchrun --standalone --nproc-per-node=$P bench/host.py --reps 5 --only LASP
+  _run exchange.py 60 torchrun --standalone --nproc-per-node=$P bench/exchange.py --reps 5 --json "$S/exchange.json"
+  _run lasp-fx-bench 90 python3 -m lasp_fx bench --out "$S/cli" --device cuda --lengths 1024 --reps 3 \
+    --ranks $(( NGPU < 2 ? 0 : 2 ))
+  _run e2e.py 90 torchrun --standalone --nproc-per-node=1 bench/e2e.py --tiny --variants parallelize,hand --levers none \
+    --json "$S/e2e.json"
+}
+{ echo "command: PARTS=\"$PARTS\"${SP_IMPLS:+ SP_IMPLS=$SP_IMPLS}${E2E_BUDGET:+ E2E_BUDGET=$E2E_BUDGET}\
+${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}\
+ bash bench/gpu_suite.sh"
+  date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
 for part in $PARTS; do
   echo "=== $part" >> "$LOG"
   case $part in
@@ -69,7 +120,14 @@ for part in $PARTS; do
     e2e) CUDA_VISIBLE_DEVICES=0 timeout $(( ${E2E_BUDGET:-240} + 90 )) torchrun --standalone --nproc-per-node=1 \
            bench/e2e.py --lengths ${E2E_LENGTHS:-32768,131072} --levers ckpt+chunkloss --variants parallelize,hand,fla \
            --budget ${E2E_BUDGET:-240} --json "$OUT/e2e.json" --png "$OUT/e2e.png" ;;
+    header) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/header.py --device cuda --json "$OUT/header.json" ;;
+    length) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/check_length_gpu.py --json "$OUT/check_length.json" ;;
+    decay) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_decay_grad_gpu.py --json "$OUT/check_decay_grad.json" ;;
+    cost) timeout 60 python3 bench/cost_model.py $(ls "$OUT"/sp*.json 2>/dev/null) ;;
+    cli) timeout 300 python3 -m lasp_fx bench --out "$OUT/cli" --device cuda --ranks $(( NGPU < 2 ? 0 : NGPU )) ;;
+    smoke) smoke ;;
+    smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;
-  esac 2>&1 | grep -v "$NOISE" >> "$LOG"
+  esac 2>&1 | grep --line-buffered -v "$NOISE" >> "$LOG"
 done
-grep " passed\| failed\|^FAILED\|^ERROR\|ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"
+grep "^smoke \| passed\| failed\|^FAILED\|^ERROR\|ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"

@@ -4,6 +4,7 @@
     torchrun --nproc-per-node=2 bench/host.py                         # + LASP (ring, check=False)
     PYTHONPATH=. python bench/host.py --cprofile 25                   # + the top functions by own time
     torchrun --nproc-per-node=2 bench/host.py --trace 25 --only LASP  # + torch.profiler's host table (all threads)
+    PYTHONPATH=. python bench/host.py --device cpu --tokens 64 --reps 2   # a dry run (gloo under torchrun)
 
 Why: at 32K tokens the op's kernels take ~1.3-2.4 ms per fwd+bwd on an H200, and a host that
 needs as long to queue them sets the pace (bench/records/2026-11-28_fixed_decay/NOTES.md). A long
@@ -18,53 +19,31 @@ import argparse
 import cProfile
 import os
 import pstats
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
 
 import lasp_fx
+from lasp_fx.cli.timing import BUSY_CYCLES, card, host_ms, inputs, is_cuda, step, sync
+from lasp_fx.config import DEFAULT_TIMEOUT
 from lasp_fx.ops.op import kernels_for
 from lasp_fx.ops.triton import launch
 
 B, H, D, T = 1, 16, 128, 4096
 
 
-def host_ms(fn, reps: int) -> float:
-    """Median host ms of `fn` while a sleep kernel keeps the GPU (and so every queued kernel) busy."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(1e9))  # ~0.5 s at ~2 GHz, longer than reps calls
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    torch.cuda.synchronize()
-    return statistics.median(ts)
+def _busy(dev) -> None:
+    """Keep the GPU busy for longer than the calls that follow take to queue."""
+    if is_cuda(dev):
+        torch.cuda._sleep(BUSY_CYCLES)
 
 
-def _inputs(dev):
-    q, k, v, do = (torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16) for _ in range(4))
-    g = -torch.linspace(0.01, 0.3, H, device=dev)
-    return q, k, v, g, do
-
-
-def _cases(dev, group):
-    q, k, v, g, do = _inputs(dev)
+def _cases(dev, group, T):
+    x = inputs(T, H, D, "const", torch.bfloat16, dev, batch=B)
+    q, k, v, g, do = x["q"], x["k"], x["v"], x["g"], x["do"]
     leaves = [t.requires_grad_() for t in (q, k, v)]
     kern = kernels_for(q)
     scale = D**-0.5
-
-    def grads_cleared(fn):
-        def run():
-            for t in leaves:
-                t.grad = None
-            fn()
-
-        return run
 
     def triton_path(fn):  # Triton's own launch path for every kernel (ops.triton.launch off)
         def run():
@@ -95,7 +74,7 @@ def _cases(dev, group):
     qd, kd, vd = (t.detach() for t in (q, k, v))
     bwd_op = torch.ops.lasp_fx.linear_attention_backward
     custom_op = torch.ops.lasp_fx.linear_attention
-    op_step = lambda: lasp_fx.linear_attention(q, k, v, g).backward(do)  # noqa: E731
+    op_step = step(lambda: lasp_fx.linear_attention(q, k, v, g), leaves, do)
     cases = {
         "empty [B,T,H,D] (one allocation)": lambda: torch.empty_like(qd),
         "primitive fwd (3 launches)": lambda: kern.fwd(qd, kd, vd, g, scale),
@@ -104,27 +83,23 @@ def _cases(dev, group):
         "primitive bwd, Triton's launch path": triton_path(
             lambda: kern.bwd(qd, kd, vd, g, scale, do, decay_grad=False)
         ),
-        "autograd.Function, no work, fwd+bwd": grads_cleared(lambda: Nothing.apply(q, k, v).backward(do)),
-        "backward custom op, called": lambda: bwd_op(do, None, qd, kd, vd, g, None, scale, False),
+        "autograd.Function, no work, fwd+bwd": step(lambda: Nothing.apply(q, k, v), leaves, do),
+        "backward custom op, called": lambda: bwd_op(do, None, qd, kd, vd, g, None, None, None, scale, False),
         "op fwd": lambda: lasp_fx.linear_attention(q, k, v, g),
-        "op fwd+bwd": grads_cleared(op_step),
-        "op fwd+bwd, backward on this thread": grads_cleared(on_this_thread(op_step)),
-        "op fwd+bwd, Triton's launch path": grads_cleared(triton_path(op_step)),
-        "op fwd+bwd via the custom op": grads_cleared(lambda: custom_op(q, k, v, g, None, scale)[0].backward(do)),
+        "op fwd+bwd": op_step,
+        "op fwd+bwd, backward on this thread": on_this_thread(op_step),
+        "op fwd+bwd, Triton's launch path": triton_path(op_step),
+        "op fwd+bwd via the custom op": step(lambda: custom_op(q, k, v, g, None, scale)[0], leaves, do),
     }
     if group is not None:
         sp_op = torch.ops.lasp_fx.sp_linear_attention
-        def lasp_step():
-            lasp_fx.distributed.lasp.sequence_parallel_attention(
-                q, k, v, g, None, scale, group=group, method="ring", check=False
-            )[0].backward(do)
-
-        cases["LASP ring fwd+bwd (check=False)"] = grads_cleared(lasp_step)
-        cases["LASP ring fwd+bwd, backward on this thread"] = grads_cleared(on_this_thread(lasp_step))
-        cases["LASP ring fwd+bwd, Triton's launch path"] = grads_cleared(triton_path(lasp_step))
-        cases["LASP ring fwd+bwd via the custom op"] = grads_cleared(
-            lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False, 600.0)[0].backward(do)
-        )
+        lasp_step = step(lambda: lasp_fx.distributed.lasp.sequence_parallel_attention(
+            q, k, v, g, None, scale, group=group, method="ring", check=False)[0], leaves, do)
+        cases["LASP ring fwd+bwd (check=False)"] = lasp_step
+        cases["LASP ring fwd+bwd, backward on this thread"] = on_this_thread(lasp_step)
+        cases["LASP ring fwd+bwd, Triton's launch path"] = triton_path(lasp_step)
+        cases["LASP ring fwd+bwd via the custom op"] = step(
+            lambda: sp_op(q, k, v, g, None, scale, group.group_name, "ring", False, DEFAULT_TIMEOUT)[0], leaves, do)
         cases.update(_lasp_pieces(qd, kd, vd, g, do, scale, group))
     return cases
 
@@ -142,7 +117,8 @@ def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
 
     def exchange(direction):
         sends = []
-        link = lasp._link(q, k, v, g, scale, group, "ring", 600.0, "forward" if direction == "fwd" else "backward")
+        link = lasp._link(q, k, v, g, scale, group, "ring", DEFAULT_TIMEOUT,
+                          "forward" if direction == "fwd" else "backward")
         if direction == "fwd":
             ring.forward(s, A, link, sends)
         else:
@@ -166,22 +142,23 @@ def _lasp_pieces(q, k, v, g, do, scale, group) -> dict:
         "  primitive fwd, late state at once": lambda: kern.fwd(q, k, v, g, scale, state_hook=late),
         "  primitive bwd, late state at once": lambda: kern.bwd(q, k, v, g, scale, do, s, state_hook=late,
                                                                  decay_grad=False),
-        "  LASP forward, no autograd": lambda: lasp._forward(q, k, v, g, None, scale, group, "ring", False, 600.0),
-        "  LASP gradients, no autograd": lambda: lasp._gradients(do, None, q, k, v, g, s, scale, group, "ring",
-                                                                 False, 600.0),
+        "  LASP forward, no autograd": lambda: lasp._forward(q, k, v, g, None, scale, group, "ring", False,
+                                                             DEFAULT_TIMEOUT),
+        "  LASP gradients, no autograd": lambda: lasp._gradients(do, None, q, k, v, g, s, None, None, scale, group,
+                                                                 "ring", False, DEFAULT_TIMEOUT),
     }
 
 
-def _trace(fn, reps: int, rows: int, say) -> None:
+def _trace(fn, dev, reps: int, rows: int, say) -> None:
     """torch.profiler over `reps` calls with the GPU kept busy: host ops and CUDA API calls by self time."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(1e9))
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    sync(dev)
+    _busy(dev)
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * is_cuda(dev)) as prof:
         for _ in range(reps):
             fn()
-    torch.cuda.synchronize()
+    sync(dev)
     say(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 
 
@@ -193,34 +170,37 @@ def main():
     ap.add_argument("--trace", type=int, default=0, help="print this many host ops (CUDA API calls included) by "
                     "self time per fwd+bwd case, from torch.profiler: it sees the autograd thread, cProfile does not")
     ap.add_argument("--only", default="", help="only the cases whose name contains this")
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of every case (no GPU to keep busy)")
+    ap.add_argument("--tokens", type=int, default=T, help="T (the host's work does not depend on it)")
     args = ap.parse_args()
-    group = None
+    group, cuda = None, args.device == "cuda"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl")
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         group = dist.group.WORLD
-    dev = torch.device("cuda", torch.cuda.current_device())
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     say = print if group is None or group.rank() == 0 else (lambda *a, **k: None)
-    say(f"card {torch.cuda.get_device_name()}  torch {torch.__version__}  T={T}  host ms per call (median):")
-    for name, fn in _cases(dev, group).items():
+    say(f"card {card(dev)}  torch {torch.__version__}  T={args.tokens}  host ms per call (median):")
+    for name, fn in _cases(dev, group, args.tokens).items():
         if args.only not in name:
             continue
         if group is not None:
             dist.barrier()
-        ms = host_ms(fn, args.reps)
+        ms = host_ms(fn, dev, args.reps)
         say(f"  {name:36s} {ms:7.3f}", flush=True)
         if args.cprofile and "fwd+bwd" in name:
-            torch.cuda._sleep(int(1e9))
+            _busy(dev)
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(args.reps):
                 fn()
             prof.disable()
-            torch.cuda.synchronize()
+            sync(dev)
             if group is None or group.rank() == 0:
                 pstats.Stats(prof).sort_stats(args.sort).print_stats(args.cprofile)
         if args.trace and "fwd+bwd" in name:
-            _trace(fn, args.reps, args.trace, say)
+            _trace(fn, dev, args.reps, args.trace, say)
     if group is not None:
         dist.destroy_process_group()
 

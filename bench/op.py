@@ -23,26 +23,16 @@ import time
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
 
 import lasp_fx
+from lasp_fx.cli.timing import card, ceilings, flushed_ms, floors, inputs, peak_mib, slopes, step
 from lasp_fx.numerics import rel_rms
 
-B, H, D, C = 1, 16, 128, 64
-SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])  # lightning / RetNet-style
+B, H, D = 1, 16, 128
 
 
 def _inputs(T, decay, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    shape = (B, T, H, D)
-    x = {n: torch.randn(shape, generator=gen).to("cuda", torch.bfloat16) for n in ("q", "k", "v", "do")}
-    x["k"] /= D**0.5
-    x["g"] = None
-    if decay in ("const", "const_learn"):
-        x["g"] = -SLOPES.cuda()
-    elif decay == "gate":
-        x["g"] = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0).cuda()
-    return x
+    return inputs(T, H, D, "const" if decay == "const_learn" else decay, torch.bfloat16, "cuda", batch=B, seed=seed)
 
 
 def _ours(x):
@@ -62,8 +52,8 @@ def _lightning(x, decay):
     from lasp import lightning_attn
 
     q, k, v, do = _heads_first(x)
-    slopes = (SLOPES if decay.startswith("const") else torch.zeros(H)).cuda().reshape(H, 1, 1)
-    return lambda: lightning_attn(q, k, v, slopes), [q, k, v], do
+    rates = (slopes(H) if decay.startswith("const") else torch.zeros(H)).cuda().reshape(H, 1, 1)
+    return lambda: lightning_attn(q, k, v, rates), [q, k, v], do
 
 
 def _sdpa(x):
@@ -89,36 +79,6 @@ def _make(name, x, decay):
     return _sdpa(x)
 
 
-def _peak_mb(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def _floors(T, decay):
-    """(bytes, FLOPs) of fwd and of fwd+bwd (D = E, bf16, gate in float32)."""
-    n = B * T * H
-    gate = decay == "gate"
-    fwd_bytes = 2 * n * (2 * D + 2 * D) + 4 * n * gate
-    all_bytes = 2 * n * (4 * D + 4 * D) + 12 * n * gate  # gate: read g twice, write dg
-    fwd_flops = n * (2 * C * (D + D) + 4 * D * D)
-    return {"fwd": (fwd_bytes, fwd_flops), "fwdbwd": (all_bytes, 3 * fwd_flops)}
-
-
-def _ceilings():
-    """Copy bandwidth (bytes read + written) and bf16 matmul rate of this card."""
-    a = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    bw = 2 * a.numel() / (do_bench(lambda: b.copy_(a), return_mode="median") * 1e-3)
-    m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    peak = 2 * 8192**3 / (do_bench(lambda: m @ m, return_mode="median") * 1e-3)
-    del a, b, m
-    return bw, peak
-
-
 def _check_ours(x, decay):
     """Relative RMS error of lasp_fx (autotuned configs) against the op in float64 on this GPU."""
     errs = {}
@@ -136,15 +96,15 @@ def _check_ours(x, decay):
 
 
 def bench(Ts, big, path, impls, decays=("none", "const", "const_learn", "gate")):
-    bw, peak = _ceilings()
-    card = torch.cuda.get_device_name()
-    print(f"card: {card}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
+    bw, peak = ceilings()
+    gpu = card("cuda")
+    print(f"card: {gpu}  copy {bw / 1e12:.2f} TB/s  bf16 matmul {peak / 1e12:.0f} TFLOP/s  torch {torch.__version__}")
     rows, fla_const = [], {}  # fla const fwd+bwd ms per T: the ratio of const_learn
     hdr = f"{'T':>7} {'decay':11} {'impl':9} {'fwd ms':>8} {'fwd+bwd':>8} {'x fla':>6} {'TB/s':>5} {'TFLOP/s':>7} {'floor':>6} {'peak MB':>8} note"
     print(hdr, flush=True)
     for T in Ts + big:
         for decay in decays:
-            floors = _floors(T, decay)
+            bounds = floors(B, T, H, D, decay == "gate")
             # fla first: every other row is printed with its ratio to fla's time
             names = ["lasp_fx"] if T in big else ["fla", "lasp_fx", "lightning"] + (["sdpa"] if decay == "none" else [])
             if decay == "const_learn":  # the others have no gradient for a per-head decay: compare with fla's const
@@ -152,7 +112,7 @@ def bench(Ts, big, path, impls, decays=("none", "const", "const_learn", "gate"))
             names = [n for n in names if n in impls]
             fla_ms = fla_const.get(T) if decay == "const_learn" else None
             for name in names:
-                row = {"T": T, "decay": decay, "impl": name, "card": card}
+                row = {"T": T, "decay": decay, "impl": name, "card": gpu}
                 try:
                     x = _inputs(T, decay)
                     for n in ("q", "k", "v"):
@@ -160,12 +120,10 @@ def bench(Ts, big, path, impls, decays=("none", "const", "const_learn", "gate"))
                     if decay in ("gate", "const_learn"):  # a learnable decay
                         x["g"].requires_grad_()
                     f, leaves, do = _make(name, x, decay)
-                    row["fwd_ms"] = do_bench(f, return_mode="median")
-                    step = lambda: f().backward(do)  # noqa: E731
-                    row["fwdbwd_ms"] = do_bench(step, grad_to_none=leaves, return_mode="median")
-                    for t in leaves:
-                        t.grad = None
-                    row["peak_mb"] = _peak_mb(step)
+                    row["fwd_ms"] = flushed_ms(f)
+                    fwd_bwd = step(f, leaves, do)
+                    row["fwdbwd_ms"] = flushed_ms(fwd_bwd, grads=leaves)
+                    row["peak_mb"] = peak_mib(fwd_bwd)
                     if name == "lasp_fx" and T == Ts[0]:
                         row["max_rel_err_vs_f64"] = _check_ours(x, decay)
                 except Exception as ex:  # an anchor that fails here is reported, not fatal
@@ -174,15 +132,15 @@ def bench(Ts, big, path, impls, decays=("none", "const", "const_learn", "gate"))
                     fla_ms = row.get("fwdbwd_ms")
                     if decay == "const":
                         fla_const[T] = fla_ms
-                nbytes, flops = floors["fwdbwd"]
+                nbytes, flops = bounds["fwdbwd"]
                 if "fwdbwd_ms" in row:
                     s = row["fwdbwd_ms"] * 1e-3
                     row.update(tbps=nbytes / s / 1e12, tflops=flops / s / 1e12, floor_ms=max(nbytes / bw, flops / peak) * 1e3)
-                    row["fwd_floor_ms"] = max(floors["fwd"][0] / bw, floors["fwd"][1] / peak) * 1e3
+                    row["fwd_floor_ms"] = max(bounds["fwd"][0] / bw, bounds["fwd"][1] / peak) * 1e3
                 rows.append(row)
                 _print(row, fla_ms)
                 with open(path, "w") as fh:
-                    json.dump({"card": card, "copy_TBps": bw / 1e12, "matmul_TFLOPs": peak / 1e12, "rows": rows}, fh, indent=1)
+                    json.dump({"card": gpu, "copy_TBps": bw / 1e12, "matmul_TFLOPs": peak / 1e12, "rows": rows}, fh, indent=1)
                 del x
                 torch.cuda.empty_cache()
 
@@ -214,17 +172,13 @@ def profile(Ts):
             if decay == "gate":  # learnable, as timed: its gradient too
                 x["g"].requires_grad_()
 
-            def step(x=x):
-                for n in ("q", "k", "v", "g"):  # as do_bench's grad_to_none: no gradient accumulation kernels
-                    if x[n] is not None:
-                        x[n].grad = None
-                _ours(x)().backward(x["do"])
-
-            step()
+            grads = [x[n] for n in ("q", "k", "v", "g") if x[n] is not None and x[n].requires_grad]
+            fwd_bwd = step(_ours(x), grads, x["do"])  # grads cleared, as do_bench's grad_to_none
+            fwd_bwd()
             torch.cuda.synchronize()
             with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(3):
-                    step()
+                    fwd_bwd()
                 torch.cuda.synchronize()
             print(f"--- profile T={T} decay={decay}: per-kernel device time over 3 fwd+bwd steps")
             print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=14), flush=True)

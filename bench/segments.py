@@ -8,29 +8,18 @@ work) but more state bytes (the state pass writes B x H x n_seg x D x E float32 
 reads and writes them); long ones give fewer, longer serial walks. `common.segment_chunks`
 picks nsub so that segments x heads fill the GPU ~4x; this prints what the other choices cost.
 Shape as bench/op.py: B=1, H=16, D=E=128, bf16; const is a decay buffer (no gradient), gate a
-learnable per-token decay. Medians of triton.testing.do_bench (L2 flushed).
+learnable per-token decay. Medians of triton.testing.do_bench (L2 flushed; lasp_fx/cli/timing.py).
 """
 
 import argparse
 
 import torch
-import torch.nn.functional as F
-from triton.testing import do_bench
 
+from lasp_fx.cli.timing import card, flushed_ms, inputs
 from lasp_fx.ops import triton as tk
 from lasp_fx.ops.triton.common import CHUNK, segment_chunks
 
 B, H, D = 1, 16, 128
-
-
-def _inputs(T, decay):
-    gen = torch.Generator().manual_seed(0)
-    q, k, v, do = (torch.randn(B, T, H, D, generator=gen).to("cuda", torch.bfloat16) for _ in range(4))
-    if decay == "const":
-        g = -torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)]).cuda()
-    else:
-        g = F.logsigmoid(torch.randn(B, T, H, generator=gen) + 2.0).cuda()
-    return q, k / D**0.5, v, g, do
 
 
 def main():
@@ -39,17 +28,18 @@ def main():
     ap.add_argument("--nsubs", default="2,4,8,16,32")
     ap.add_argument("--decays", default="const,gate")
     args = ap.parse_args()
-    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print(f"card: {card('cuda')}  torch {torch.__version__}")
     print(f"{'T':>7} {'decay':6} {'nsub':>5} {'n_seg':>5}  {'fwd ms':>7} {'fwd+bwd':>8}")
     for T in map(int, args.ts.split(",")):
         auto = segment_chunks(-(-T // CHUNK), B * H, torch.device("cuda"))
         for decay in args.decays.split(","):
-            q, k, v, g, do = _inputs(T, decay)
+            x = inputs(T, H, D, decay, torch.bfloat16, "cuda", batch=B)
+            q, k, v, g, do = x["q"], x["k"], x["v"], x["g"], x["do"]
             scale, dg = D**-0.5, decay == "gate"
             for nsub in sorted({*map(int, args.nsubs.split(",")), auto}):
                 fwd = lambda: tk.fwd(q, k, v, g, scale, nsub=nsub)  # noqa: E731
                 both = lambda: (fwd(), tk.bwd(q, k, v, g, scale, do, nsub=nsub, decay_grad=dg))  # noqa: E731
-                t_f, t_b = do_bench(fwd, warmup=25, rep=100), do_bench(both, warmup=25, rep=100)
+                t_f, t_b = flushed_ms(fwd), flushed_ms(both)
                 n_seg = -(-T // (CHUNK * nsub))
                 mark = "  <- segment_chunks" if nsub == auto else ""
                 print(f"{T:7d} {decay:6} {nsub:5d} {n_seg:5d}  {t_f:7.3f} {t_b:8.3f}{mark}", flush=True)

@@ -8,7 +8,7 @@ local length (the ideal), the original LASP package's lasp_fuse_parallel, and an
 
 Shape: B=1, H=16, D=E=128, bf16, per-head decay (RetNet/lightning slopes; the original LASP has
 no per-token gate). Each timing: barrier, CUDA events around one call, median of many, max over
-ranks (the method of shared/anchors/anchors_ngpu.py); "loop" is the same fwd+bwd run back to
+ranks (lasp_fx/cli/timing.py); "loop" is the same fwd+bwd run back to
 back, reps in a row after one barrier (a training loop, where host work hides behind the GPU);
 "host" is the host's time per fwd+bwd while the GPU is kept busy (Python, dispatch, launches).
 Before timing, every path is checked against the single-device op on the whole sequence (fp32 at
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -36,9 +35,13 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lasp_fx  # noqa: E402
+from lasp_fx.cli.timing import (  # noqa: E402
+    barrier, captured, card, graph_ms, host_ms, inputs, loop_ms, max_over_ranks, median_ms, slopes, step,
+)
 from lasp_fx.distributed import allgather, estimate, peer, ring  # noqa: E402
-from lasp_fx.distributed.lasp import sequence_parallel_attention  # noqa: E402
 from lasp_fx.distributed.combine import wait_all  # noqa: E402
+from lasp_fx.distributed.lasp import _link, sequence_parallel_attention  # noqa: E402
+from lasp_fx.config import DEFAULT_TIMEOUT  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
 from lasp_fx.numerics import rel_rms  # noqa: E402
 from ulysses import ulysses_attention  # noqa: E402
@@ -47,121 +50,11 @@ B, H, D = 1, 16, 128
 # The paths timed as CUDA graphs too: not the baselines (the original LASP package syncs the host) nor
 # the paths with check=True (the shape check reads gathered metadata on the host every call).
 GRAPHED = ("single-GPU", "ring-nocheck", "allgather-nocheck", "auto-nocheck")
-SLOPES = torch.tensor([2 ** (-8 * (i + 1) / H) for i in range(H)])
-
-
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _time(fn, dev, warm: int, rep: int) -> float:
     """Median ms of `fn` over `rep` calls after `warm`, each started together on all ranks; max over ranks."""
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(rep):
-        _sync(dev)
-        dist.barrier()
-        _sync(dev)
-        if dev.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-    t = torch.tensor([statistics.median(ts)], device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def _time_stream(fn, dev, rep: int) -> float:
-    """ms per call of `rep` calls back to back after one barrier (a training loop: the host runs
-    ahead of the GPU, so per-call host work hides behind earlier kernels); max over ranks."""
-    _sync(dev)
-    dist.barrier()
-    _sync(dev)
-    if dev.type != "cuda":
-        return _time(fn, dev, 0, rep)
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(rep):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    t = torch.tensor([s.elapsed_time(e) / rep], device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def _captured(fn) -> torch.cuda.CUDAGraph:
-    """`fn` captured in a CUDA graph on every rank (NCCL's send / recv and all-gather included),
-    after a warm-up off the capture stream, as torch.cuda.graph asks."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    dist.barrier()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
-
-
-def _time_graph(fn, dev, rep: int) -> tuple[float, float]:
-    """`fn` captured in a CUDA graph: the device's time with no host work in the way, what a training
-    step run as a graph (torch.compile's "reduce-overhead", make_graphed_callables) would see.
-
-    Returns (median ms of one replay, each started together on all ranks after a barrier; ms per
-    replay of `rep` replays back to back after one barrier), both max over ranks. Each barrier
-    lets the ranks go with tens of microseconds between them (its collective ends at different
-    times, then the host wakes up), and a path that exchanges states inside the step waits that
-    out: the first figure charges the barrier's skew to the exchange, the second, like a
-    training loop whose host runs ahead, leaves only the ranks' own drift.
-    """
-    graph = _captured(fn)
-    return _time(graph.replay, dev, 3, rep), _time_stream(graph.replay, dev, rep)
-
-
-def _host_time(fn, dev, rep: int) -> float:
-    """Host ms per call with the GPU kept busy (a long sleep kernel queued first), so that nothing the
-    host waits for is in the way: what Python, dispatch and launches cost per call; max over ranks."""
-    if dev.type != "cuda":
-        return _time(fn, dev, 0, rep)
-    _sync(dev)
-    dist.barrier()
-    torch.cuda._sleep(int(2e9))  # ~1 s of GPU time at ~2 GHz: longer than rep calls' host work
-    t0 = time.perf_counter()
-    for _ in range(rep):
-        fn()
-    host = (time.perf_counter() - t0) * 1e3 / rep
-    torch.cuda.synchronize()
-    t = torch.tensor([host], device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
-
-
-def _global(T_total, heads, dim, decay, dtype, dev, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = {n: torch.randn(B, T_total, heads, dim, generator=gen) for n in ("q", "k", "v", "do")}
-    x["k"] /= dim**0.5
-    x["g"] = None
-    if decay == "const":
-        x["g"] = -torch.linspace(0.001, 0.3, heads, dtype=torch.float64)
-    elif decay == "gate":
-        x["g"] = torch.nn.functional.logsigmoid(torch.randn(B, T_total, heads, generator=gen) + 2.0)
-    out = {n: t.to(dev, dtype) for n, t in x.items() if n != "g"}
-    gdt = torch.float64 if dtype == torch.float64 else torch.float32
-    out["g"] = None if x["g"] is None else x["g"].to(dev, gdt)
-    return out
+    return max_over_ranks(median_ms(fn, dev, warm, rep, before=barrier(dev)), dev)
 
 
 def _local(x, r, T):
@@ -203,7 +96,7 @@ def check(dev, group, T, heads, dim, dtype, ref_dtype, decays) -> dict:
     P, r = group.size(), group.rank()
     errs = {}
     for decay in decays:
-        x = _global(P * T, heads, dim, decay, dtype, dev, seed=1)
+        x = inputs(P * T, heads, dim, decay, dtype, dev, seed=1)
         ref = _run_grads(lasp_fx.linear_attention, _cast(x, ref_dtype))
         cut = slice(r * T, (r + 1) * T)
         for name, fn in _paths(group).items():
@@ -224,10 +117,20 @@ def check(dev, group, T, heads, dim, dtype, ref_dtype, decays) -> dict:
     return errs
 
 
-def _complete(exchange):
-    sends = []
-    exchange(sends)
-    wait_all(sends)
+def _exchange(mod, direction, s, A, group):
+    """One exchange of `mod` (ring or allgather) in `direction`, its sends waited for."""
+    q = torch.empty(B, 1, H, D, device=s.device, dtype=torch.bfloat16)  # the shapes the header describes
+    link = _link(q, q, q, A[0], D**-0.5, group, mod.__name__.rsplit(".", 1)[-1], DEFAULT_TIMEOUT, direction)
+
+    def run():
+        sends = []
+        if direction == "forward":
+            mod.forward(s, A, link, sends)
+        else:
+            mod.backward(s, A, s, link, sends)
+        wait_all(sends, link)
+
+    return run
 
 
 def calibrate(dev, group, reps) -> dict:
@@ -236,10 +139,8 @@ def calibrate(dev, group, reps) -> dict:
     A = -torch.rand(B, H, device=dev)
     out = {}
     for name, mod in (("ring", ring), ("allgather", allgather)):
-        fwd = lambda: _complete(lambda sends: mod.forward(s, A, group, sends))  # noqa: E731
-        bwd = lambda: _complete(lambda sends: mod.backward(s, A, s, group, sends))  # noqa: E731
-        out[f"{name}_fwd_exchange_ms"] = _time(fwd, dev, 5, reps)
-        out[f"{name}_bwd_exchange_ms"] = _time(bwd, dev, 5, reps)
+        out[f"{name}_fwd_exchange_ms"] = _time(_exchange(mod, "forward", s, A, group), dev, 5, reps)
+        out[f"{name}_bwd_exchange_ms"] = _time(_exchange(mod, "backward", s, A, group), dev, 5, reps)
     return out
 
 
@@ -251,10 +152,10 @@ def _lasp_original(x, P):
         initialize_lasp(1, P)
     q, k, v, do = (x[n].detach().transpose(1, 2).contiguous() for n in ("q", "k", "v", "do"))
     leaves = [t.requires_grad_() for t in (q, k, v)]
-    slopes = SLOPES.to(q.device).reshape(H, 1, 1)
+    rates = slopes(H).to(q.device).reshape(H, 1, 1)
     KV = torch.zeros(B, H, D, D, device=q.device, dtype=torch.float32)
     DKV = torch.zeros_like(KV)
-    return (lambda: lasp_fuse_parallel(q, k, v, slopes, KV, DKV)), leaves, do
+    return (lambda: lasp_fuse_parallel(q, k, v, rates, KV, DKV)), leaves, do
 
 
 def _impls(x, group, dev):
@@ -300,7 +201,7 @@ def _components(x, dev, reps) -> dict:
     return {
         "plain_fwdbwd_ms": _time(lambda: step(None), dev, 3, reps),
         "fold_fwdbwd_ms": _time(lambda: step(late), dev, 3, reps),
-        "plain_host_ms": _host_time(lambda: step(None), dev, reps),  # kernels and their launches, no autograd
+        "plain_host_ms": max_over_ranks(host_ms(lambda: step(None), dev, reps, warmup=0, before=barrier(dev)), dev),  # kernels and their launches, no autograd
     }
 
 
@@ -308,7 +209,7 @@ def bench(dev, group, tlocals, reps, path, meta, only=None) -> list:
     P = group.size()
     rows = []
     for T in tlocals:
-        x = _local(_global(P * T, H, D, "const", torch.bfloat16, dev, seed=2), group.rank(), T)
+        x = _local(inputs(P * T, H, D, "const", torch.bfloat16, dev, seed=2), group.rank(), T)
         x["g"] = x["g"].float()
         impls = {n: f for n, f in _impls(x, group, dev).items() if only is None or n in only or n == "single-GPU"}
         row = {"T_local": T, "P": P, **_components(x, dev, reps)}
@@ -317,17 +218,14 @@ def bench(dev, group, tlocals, reps, path, meta, only=None) -> list:
             warm, rep = (1, 3) if slow else (5, reps)
             try:
                 row[f"{name}_fwd_ms"] = _time(fn, dev, warm, rep)
-
-                def step():
-                    for t in leaves:
-                        t.grad = None
-                    fn().backward(do)
-
-                row[f"{name}_fwdbwd_ms"] = _time(step, dev, warm, rep)
-                row[f"{name}_stream_ms"] = _time_stream(step, dev, rep)
-                row[f"{name}_host_ms"] = _host_time(step, dev, rep)
+                fwd_bwd, together = step(fn, leaves, do), barrier(dev)
+                row[f"{name}_fwdbwd_ms"] = _time(fwd_bwd, dev, warm, rep)
+                row[f"{name}_stream_ms"] = max_over_ranks(loop_ms(fwd_bwd, dev, rep, before=together), dev)
+                row[f"{name}_host_ms"] = max_over_ranks(host_ms(fwd_bwd, dev, rep, warmup=0, before=together), dev)
                 if dev.type == "cuda" and name in GRAPHED:
-                    row[f"{name}_graph_ms"], row[f"{name}_graphloop_ms"] = _time_graph(step, dev, rep)
+                    graph, graphloop = graph_ms(fwd_bwd, rep, before=together)
+                    row[f"{name}_graph_ms"], row[f"{name}_graphloop_ms"] = (max_over_ranks(graph, dev),
+                                                                            max_over_ranks(graphloop, dev))
             except Exception as ex:  # a baseline that fails is reported, not fatal
                 row[f"{name}_error"] = f"{type(ex).__name__}: {str(ex)[:300]}"
             row[f"{name}_done_s"] = round(time.time() - meta["t0"], 1)  # where a slow run spends its time
@@ -383,18 +281,16 @@ def profile(dev, group, T, method, out_dir, graph=False):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    x = _local(_global(group.size() * T, H, D, "const", torch.bfloat16, dev, seed=3), group.rank(), T)
+    x = _local(inputs(group.size() * T, H, D, "const", torch.bfloat16, dev, seed=3), group.rank(), T)
     leaves = [x[n].requires_grad_() for n in ("q", "k", "v")]
 
-    def step():
-        for t in leaves:
-            t.grad = None
-        o, _ = sequence_parallel_attention(x["q"], x["k"], x["v"], x["g"], None, D**-0.5, group=group,
-                                           method=method, check=False)
-        o.backward(x["do"])
+    def fwd():
+        return sequence_parallel_attention(x["q"], x["k"], x["v"], x["g"], None, D**-0.5, group=group,
+                                           method=method, check=False)[0]
 
     # graph: the device's own timeline, no host gaps (kernels inside a graph are traced one by one)
-    run = _captured(step).replay if graph else step
+    run = step(fwd, leaves, x["do"])
+    run = captured(run, before=barrier(dev)).replay if graph else run
     for _ in range(5):
         run()
     torch.cuda.synchronize()
@@ -439,14 +335,13 @@ def main():
     if dev_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
         dev = torch.device("cuda", torch.cuda.current_device())
-        card = torch.cuda.get_device_name()
     else:
-        dev, card = torch.device("cpu"), "cpu"
+        dev = torch.device("cpu")
     group = dist.group.WORLD
     say = print if rank == 0 else (lambda *a, **k: None)
     through_peers = peer.usable(group, dev, torch.float32)
     choice = estimate(P, B * H * D * D * 4, dev.type, through_peers)
-    meta = {"card": card, "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
+    meta = {"card": card(dev), "P": P, "torch": torch.__version__, "kernels": kernels_for(torch.empty(1, device=dev,
             dtype=torch.bfloat16)).__name__, "auto": choice.method, "auto_reason": choice.reason,
             "TORCH_NCCL_HIGH_PRIORITY": os.environ.get("TORCH_NCCL_HIGH_PRIORITY", ""), "peer": through_peers}
     say(json.dumps(meta), flush=True)

@@ -10,19 +10,20 @@ that with the backward.
 Sequence parallel (`sp_worker`, one call per rank of a spawned group): rank r holds tokens
 [r*L, (r+1)*L) of one sequence and runs the op over the group (ring and all-gather state
 exchange); every rank checks its slice against one device on the whole sequence, which rank 0
-also times. A timing is the median over calls that start together (barrier), max over ranks.
+also times with `time_impl`, as the op table is timed. A timing is the median over calls that
+start together (barrier), max over ranks. On the CPU each rank runs one thread, and so does the
+op table (`lasp-fx bench` sets it): the rows compare.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-CHUNK = 64
+from lasp_fx.cli.timing import barrier, chunked_flops, inputs, leaves, max_over_ranks, median_ms, step
+
 REFERENCE_BYTES = 2**30  # the float64 reference's T x T scores per (B, H), above this it is skipped
 
 
@@ -35,42 +36,15 @@ class Shape:
     batch: int = 1
 
 
-def timed_ms(fn, device: str, warmup: int, reps: int) -> float:
-    """Median wall time of `fn()` in ms (CUDA synchronised around each call)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def inputs(shape: Shape, T: int, seed: int = 0) -> dict:
-    """q, k, v, the output gradient and a per-head log-decay (RetNet-style slopes), on the device."""
-    gen = torch.Generator().manual_seed(seed)
-    B, H, D = shape.batch, shape.heads, shape.dim
-    x = {n: torch.randn(B, T, H, D, generator=gen, dtype=torch.float64) for n in ("q", "k", "v", "do")}
-    x["k"] /= D**0.5
-    x["g"] = torch.tensor([-(2 ** (-8 * (i + 1) / H)) for i in range(H)], dtype=torch.float64)
-    dtype = getattr(torch, shape.dtype)
-    out = {n: t.to(shape.device, dtype) for n, t in x.items() if n != "g"}
-    out["g"] = x["g"].to(shape.device, torch.float64 if dtype == torch.float64 else torch.float32)
-    return out
-
-
-def _leaves(x: dict, names=("q", "k", "v")) -> list:
-    return [x[n].detach().clone().requires_grad_() for n in names]
+def _inputs(shape: Shape, T: int) -> dict:
+    return inputs(T, shape.heads, shape.dim, dtype=getattr(torch, shape.dtype), device=shape.device,
+                  batch=shape.batch)
 
 
 def _lasp_fx(x):
     import lasp_fx
 
-    q, k, v = _leaves(x)
+    q, k, v = leaves(x)
     return lambda: lasp_fx.linear_attention(q, k, v, x["g"]), [q, k, v]
 
 
@@ -89,29 +63,29 @@ def _sdpa(x):
 IMPLS = {"lasp_fx": _lasp_fx, "quadratic float64": _reference, "sdpa causal": _sdpa}
 
 
+def time_impl(make, x: dict, device: str, warmup: int, reps: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """fwd ms (no grad) and fwd+bwd ms of one implementation (`make(x) -> (fn, leaves)`), then its output
+    and dq from one more call: the one measurement of the op table and of LASP's one-device row."""
+    fn, grads = make(x)
+    fwd_bwd = step(fn, grads, x["do"].to(grads[0].dtype))
+    with torch.no_grad():
+        fwd = median_ms(fn, device, warmup, reps)
+    both = median_ms(fwd_bwd, device, warmup, reps)
+    fwd_bwd()
+    return fwd, both, fn().detach(), grads[0].grad
+
+
 def op_rows(shape: Shape, T: int, warmup: int, reps: int) -> list[dict]:
     """One row per implementation at length T: fwd / fwd+bwd ms, FLOPs, error of lasp_fx."""
-    x = inputs(shape, T)
-    B, H, D = shape.batch, shape.heads, shape.dim
-    flops = B * T * H * (2 * CHUNK * 2 * D + 4 * D * D)
-    with_reference = B * H * T * T * 8 <= REFERENCE_BYTES
+    x = _inputs(shape, T)
+    flops = chunked_flops(shape.batch, T, shape.heads, shape.dim)
+    with_reference = shape.batch * shape.heads * T * T * 8 <= REFERENCE_BYTES
     rows, outputs = [], {}
     for name, make in IMPLS.items():
         if name == "quadratic float64" and not with_reference:
             continue
-        fn, leaves = make(x)
-        do = x["do"].to(leaves[0].dtype)
-
-        def step():
-            for t in leaves:
-                t.grad = None
-            fn().backward(do)
-
-        with torch.no_grad():
-            fwd = timed_ms(fn, shape.device, warmup, reps)
-        both = timed_ms(step, shape.device, warmup, reps)
-        step()
-        outputs[name] = (fn().detach(), leaves[0].grad)
+        fwd, both, o, dq = time_impl(make, x, shape.device, warmup, reps)
+        outputs[name] = (o, dq)
         rows.append(dict(impl=name, tokens=T, fwd_ms=fwd, fwdbwd_ms=both, **asdict(shape)))
     rows[0].update(fwd_gflops=flops / rows[0]["fwd_ms"] / 1e6, fwdbwd_gflops=3 * flops / rows[0]["fwdbwd_ms"] / 1e6)
     if with_reference:
@@ -134,66 +108,26 @@ def sp_worker(rank: int, world_size: int, shape: dict, local: int, warmup: int, 
     if shape.device == "cuda":
         torch.cuda.set_device(rank)
         shape = Shape(**{**asdict(shape), "device": f"cuda:{rank}"})
-    x = inputs(shape, world_size * local)
+    x = _inputs(shape, world_size * local)
     whole = [x[n] for n in ("q", "k", "v")]
     mine = {n: x[n].narrow(1, rank * local, local) for n in ("q", "k", "v", "do")}
-    device, barrier = shape.device, _barrier(shape.device)
+    device, together = shape.device, barrier(shape.device)
     reference = lasp_fx.linear_attention(*whole, x["g"]).narrow(1, rank * local, local)
     rows = []
     for method in methods:
-        q, k, v = _leaves(mine)
+        q, k, v = leaves(mine)
 
         def fwd():
             return lasp_fx.linear_attention(q, k, v, x["g"], group=dist.group.WORLD, method=method)
 
-        def step():
-            for t in (q, k, v):
-                t.grad = None
-            fwd().backward(mine["do"])
-
         with torch.no_grad():
             err = rel_rms(fwd(), reference)
-            t_fwd = _together(fwd, device, warmup, reps, barrier)
-        t_both = _together(step, device, warmup, reps, barrier)
-        rows.append(dict(method=method, fwd_ms=t_fwd, fwdbwd_ms=t_both, err_o=_max(err, device)))
-    if rank == 0:  # the others wait at the next barrier: one device on all P * L tokens
-        q, k, v = _leaves(x)
-
-        def one_step():
-            for t in (q, k, v):
-                t.grad = None
-            lasp_fx.linear_attention(q, k, v, x["g"]).backward(x["do"])
-
-        with torch.no_grad():
-            t_fwd = timed_ms(lambda: lasp_fx.linear_attention(q, k, v, x["g"]), device, warmup, reps)
-        rows.append(dict(method="one device", fwd_ms=t_fwd, fwdbwd_ms=timed_ms(one_step, device, warmup, reps),
-                         err_o=0.0))
-    barrier()
-    return [dict(r, ranks=world_size, local_tokens=local, **asdict(shape)) for r in rows]
-
-
-def _barrier(device: str):
-    import torch.distributed as dist
-
-    if device.startswith("cuda"):
-        return lambda: dist.barrier(device_ids=[torch.cuda.current_device()])
-    return dist.barrier
-
-
-def _together(fn, device: str, warmup: int, reps: int, barrier) -> float:
-    """Median ms of calls started together on every rank; the slowest rank's median."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        barrier()
-        times.append(timed_ms(fn, device, 0, 1))
-    return _max(statistics.median(times), device)
-
-
-def _max(value: float, device: str) -> float:
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
+            t_fwd = median_ms(fwd, device, warmup, reps, before=together)
+        t_both = median_ms(step(fwd, [q, k, v], mine["do"]), device, warmup, reps, before=together)
+        rows.append(dict(method=method, fwd_ms=max_over_ranks(t_fwd, device), fwdbwd_ms=max_over_ranks(t_both, device),
+                         err_o=max_over_ranks(err, device)))
+    if rank == 0:  # the others wait at the next barrier: one device (this rank's) on all P * L tokens
+        t_fwd, t_both, _, _ = time_impl(_lasp_fx, x, device, warmup, reps)
+        rows.append(dict(method="one device", fwd_ms=t_fwd, fwdbwd_ms=t_both, err_o=0.0))
+    together()
+    return [dict(r, ranks=world_size, local_tokens=local, tokens=world_size * local, **asdict(shape)) for r in rows]

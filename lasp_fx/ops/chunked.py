@@ -1,32 +1,15 @@
 """Chunked causal linear attention in plain PyTorch: the CPU path and the fallback everywhere.
 
-Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
-local work before any state arrives from another rank (DESIGN.md section 2):
+The two primitives every implementation of the op provides, `fwd` and `bwd`, with the
+`state_hook` through which LASP folds a late state into the per-chunk states instead of a
+second pass (docs/design.md §3). Computed in float32 (float64 for float64 inputs); memory is
+linear in T.
 
-    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save, runs)         -> o, s_out[, saved]
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved, runs)   -> dq, dk, dv, dG, ds_in
-
-`state_hook(local_state)` is called once the slice's own state (forward: the final state from
-the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
-known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
-state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
-arriving on top of `ds_out`. The callable may also give a pair (late state, the far end's state
-with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The
-primitive calls it as late as it can (backward: after dq, which needs no ds_out) and folds the
-late state into its per-chunk states, which by linearity is the same as having passed it in:
-no extra pass over the tokens. The returned s_out / ds_in include it.
-
-`g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
-`runs` [B, T + 1] int32 (packed documents, ops/documents.py) or None: every term between two
-tokens of different documents is masked out, the state entering a chunk reaches only its tokens
-before the chunk's first document start, and a chunk with a start in it passes no earlier state
-on. Masks, not a -inf log-decay: the decays are the tokens' own, so nothing loses precision at a
-reset. s_in is the state of the slice's first document (runs[:, 0]), s_out that of its last.
-`dG` is the gradient with respect to the running sum G_t, from the identity
-dG_t = q_t . dq_t - k_t . dk_t (+ <dS_T, S_T> at the last token); `log_decay_grad` turns it
-into the gradient of the decay itself. Everything is computed in float32 (float64 for float64
-inputs); memory is linear in T: the largest tensors are [T/C, C, C] scores and [T/C, D, E]
-per-chunk states for each head.
+Packed documents (`runs` [B, T + 1] int32, ops/documents.py): every term between two tokens of
+different documents is masked out, the state entering a chunk reaches only its tokens before the
+chunk's first document start, and a chunk with a start in it passes no earlier state on. Masks,
+not a -inf log-decay: the decays are the tokens' own, so nothing loses precision at a reset.
+s_in is the state of the slice's first document (runs[:, 0]), s_out that of its last.
 """
 
 from __future__ import annotations
@@ -266,17 +249,15 @@ def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
 
 
 def fwd(
-    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False,
-    save: bool = False, runs=None,
+    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, save: bool = False,
+    runs=None,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
     `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
-    known, before any output exists; a late state it returns (module docstring) is folded in,
-    or with `late_after_output` asked for once the output from everything else exists and added
-    to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
-    `save` asks for what the backward may reuse:
-    an empty tensor here, shaped `saved_shape`. `runs`: packed documents (module docstring).
+    known, before any output exists; a late state it returns (module docstring) is folded in.
+    `save` asks for what the backward may reuse: an empty tensor here, shaped `saved_shape`.
+    `runs`: packed documents (module docstring).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype), and the
     saved tensor with `save`.
@@ -285,17 +266,12 @@ def fwd(
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, s_out)
-    s_late, end = split_late(None if late is None or late_after_output else late())
+    s_late, end = split_late(None if late is None else late())
     if s_late is not None:
         S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
         s_out = s_out if end is None else end.to(c.dtype)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v) + c.inter(S_before)  # intra + states
-    s_late, end = split_late(late() if late is not None and late_after_output else None)
-    if s_late is not None:  # the late state alone, decayed to each chunk
-        S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
-        s_out = s_out if end is None else end.to(c.dtype)
-        o = o + c.inter(S_late)
     o = _unchunk_q(o, c.T).to(q.dtype)
     return (o, s_out, s_out.new_empty(saved_shape(q, v, g, c.Hk))) if save else (o, s_out)
 
@@ -371,8 +347,7 @@ def bwd(
 def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
     """(Reverse) cumsum of [B, T, H] along T, computed with T innermost.
 
-    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170):
-    11.5 ms for [1, 32K, 16] on an H100, against microseconds with T innermost.
+    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170).
     """
     xt = x.transpose(1, 2).contiguous()
     if reverse:

@@ -1,13 +1,9 @@
-"""Reference implementations of causal linear attention: token recurrence and quadratic form.
+"""Reference implementations of causal linear attention: token recurrence and quadratic form (docs/design.md §2).
 
-Both are plain autograd code, slow, and exist to be trusted: every faster path (the chunked
-PyTorch path, the Triton kernels, LASP across ranks) is tested against them in float64.
-
-Notation (see DESIGN.md section 2): for each query head h,
-    o_t = sum_{j<=t} exp(G_t - G_j) * scale * (q_t . k_j) * v_j + exp(G_t) * scale * q_t S_0
-    S_T = exp(G_T) S_0 + sum_j exp(G_T - G_j) k_j v_j^T,      G_t = sum_{i<=t} a_i
-with k, v taken from kv head h // (H / H_kv). With packed documents (`runs`, ops/documents.py)
-every term between tokens of different documents is absent: the state resets at each start.
+Plain autograd code, slow, and there to be trusted: every faster path (the chunked PyTorch
+path, the Triton kernels, LASP across ranks) is tested against them in float64. With packed
+documents (`runs`, ops/documents.py) every term between tokens of different documents is absent:
+the state resets at each start.
 """
 
 from __future__ import annotations
@@ -33,12 +29,7 @@ def per_token_log_decay(log_decay: Tensor | None, q: Tensor) -> Tensor:
 
 
 def recurrent_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Tensor | None = None,
-    *,
-    scale: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, *, scale: float | None = None,
     initial_state: Tensor | None = None,
     runs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -65,12 +56,7 @@ def recurrent_linear_attention(
 
 
 def quadratic_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Tensor | None = None,
-    *,
-    scale: float | None = None,
+    q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor | None = None, *, scale: float | None = None,
     initial_state: Tensor | None = None,
     runs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:

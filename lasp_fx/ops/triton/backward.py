@@ -1,28 +1,10 @@
 """Backward: both state passes (states.py), then dq (forward in time), dk and dv (reverse in time).
 
-Per chunk, with P = Q K^T * M, dP = dO V^T * M and the running states S (before the chunk)
-and dS (gradient of the state after it):
-    dq = scale * [dP K + exp(b) * dO S^T]
-    dk = scale * dP^T Q + exp(A - b) * V dS^T          (per query head; summed over a GQA group)
-    dv = scale * P^T dO + exp(A - b) * K dS
-    dG = q . dq - k . dk                                (per query head, the decay identity;
-                                                        intra-chunk parts: row and column sums of one matrix)
-dG is summed over the sequence (a reverse cumsum), in which the pairs of tokens after t cancel:
-pairs seen by q . dq through S and by k . dk through dS must be the same numbers on both sides.
-So every state increment is formed from the same 16-bit decay-weighted operands everywhere (the
-state passes and the walks here go chunk by chunk, weights relative to the chunk), the terms
-through a state use those operands too, with the float32 state itself at ~2^-16 (common.dot_f32b),
-and the intra-chunk part is the row and column sums of one fp32 matrix. The cancelling pairs then
-drop out exactly, and dG is exact for the model whose increments are rounded to 16 bits: as
-accurate as the other gradients, at any T (bench/decay_grad_precision.py). The states' running
-sums need no split: carrying them at 2^-16 too cost 0.14 ms of 1.89 at 32K tokens on an H200.
-Every transposed operand is either loaded transposed or computed as its own product (dP^T as
-V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton
-3.4-3.7.0 miscompiles on Hopper when the result feeds another dot.
-
-Bytes: dq reads do, k, v (and q with decay), dk reads q, v, do (and k), dv reads q, k, do;
-each writes its gradient once. With GQA the per-query-head dk, dv go to float32 buffers that
-are summed over the group afterwards.
+dG = q . dq - k . dk is summed along the sequence, where pairs of tokens cancel; so every state
+increment is formed from the same 16-bit operands on both sides, the products through a state
+take the float32 state split in two (common.dot_f32b), and the intra-chunk part is the row and
+column sums of one fp32 matrix: dG is then as accurate as the other gradients at any T
+(docs/design.md §2). Transposed operands are loaded transposed or computed as their own product.
 
 Packed documents (HAS_RUNS, common.py): the terms through S reach only the tokens of the
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk

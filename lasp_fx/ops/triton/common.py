@@ -1,14 +1,9 @@
 """Shared pieces of the Triton kernels: chunk size, tile loads, decay loads, segments, autotune.
 
-Layout (as the op receives it, contiguous): q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hk, E],
-do/o [B, T, H, E], g None | [H] | [B, T, H] float32. A token tile of a [B, T, heads, F] tensor
-is loaded either as rows [C, BF] or as its transpose [BF, C] straight from memory: no kernel
-transposes a dot result (the Hopper trap, see the package docstring).
-
-Work is cut in two levels: chunks of C tokens (the quadratic intra-chunk part, tensor-core
-tiles) and segments of `nsub` chunks. States are materialised only at segment boundaries
-([B, heads, n_segments, D, E] float32); inside a segment a program carries the state in
-registers. Bigger segments move fewer state bytes, smaller ones give more programs.
+Work is cut in chunks of C tokens (the quadratic part, tensor-core tiles) and segments of
+`nsub` chunks; states are stored only at segment boundaries, and a program carries its state in
+registers inside a segment. Tiles are loaded as rows or straight as their transpose: no kernel
+transposes a dot result (docs/design.md §2).
 
 Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
 ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
@@ -29,9 +24,9 @@ import triton
 import triton.language as tl
 
 CHUNK = 64
-LOG2E = 1.4426950408889634  # decays are applied as exp2(log2(e) * x): one MUFU op
+LOG2E = tl.constexpr(1.4426950408889634)  # decays are applied as exp2(log2(e) * x): one MUFU op
 
-# The interpreter cannot benchmark (no driver): keep one config there (STACK.md section 5).
+# The interpreter cannot benchmark (no driver): keep one config there (docs/design.md §7).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -114,11 +109,9 @@ def _sm_count(device_index: int) -> int:
 def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
     """Chunks per segment: the power of two (1 to 32) nearest to one segment-head per SM.
 
-    Measured (bench/segments.py, H100, B=1, H=16, const decay, fwd+bwd ms; records
-    2026-11-28_launch): 8K tokens, nsub 4 / 8 / 16 / 32 -> 0.67 / 0.57 / 0.50 / 0.67 (16: 128
-    segment-heads on 132 SMs); 32K, nsub 4 / 8 / 16 / 32 -> 2.25 / 1.90 / 1.72 / 1.61 (32, the
-    cap, is the longest measured). Fewer, longer segments win until the GPU runs short of
-    programs: each program starts by loading its D x E state and then walks its chunks in order.
+    Fewer, longer segments win until the GPU runs short of programs: each program starts by
+    loading its D x E state and then walks its chunks in order (bench/segments.py measures it;
+    records: bench/records/2026-11-28_launch).
     """
     sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
     per_sm = max(1.0, n_chunks * bh / sms)
@@ -126,7 +119,7 @@ def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
 
 
 # Segments of the forward's states that the backward reuses instead of recomputing them (one
-# state pass, ~0.11 ms at 32K tokens, H = 16, D = E = 128 on an H200: 8% of fwd+bwd). The saved
+# state pass less). The saved
 # tensor's shape must follow from the sizes alone (it is a custom-op output whose fake knows
 # neither the GPU nor a dynamic T's value), so it is cut at a fixed 32 chunks: the segment
 # `segment_chunks` picks from ~16K tokens per head up on a 132-SM GPU. Where it picks another,
@@ -172,9 +165,9 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
     """log2-decays of a chunk's tokens (0 past the end of the sequence): their running sum b [C]
     from the chunk's start, and the chunk's total a."""
     if G_MODE == 1:
-        gv = tl.where(valid, tl.load(g + i_h) * 1.4426950408889634, 0.0)
+        gv = tl.where(valid, tl.load(g + i_h) * LOG2E, 0.0)
     else:
-        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * 1.4426950408889634
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * LOG2E
     return tl.cumsum(gv, 0), tl.sum(gv, 0)
 
 

@@ -1,16 +1,8 @@
 """State passes: per-segment local states (parallel), then an affine scan over segments.
 
-Forward (x = k, y = v):  U_s = sum_{j in s} exp(A_s - b_j) k_j v_j^T,   S_before[s+1] = exp(A_s) S_before[s] + U_s
-Backward (x = q, y = do): dU_s = scale * sum_{t in s} exp(b_t) q_t do_t^T,  dS_after[s-1] = exp(A_s) dS_after[s] + dU_s
-(b: decay accumulated from the segment's start, A_s: the segment's total). Both produce a
-[B, heads, n_segments, D, E] float32 buffer of the state at each segment's boundary (forward:
-n_segments - 1, the first segment's entering state being zero) and the state at the far end
-(the slice's final state, or the gradient of its initial state).
-
-Bytes: the local pass reads x and y once (tiles of one segment share L2) and writes one
-D x E float32 state per segment; the scan reads that buffer and writes the running states to a
-second one (in place would race: a step's rows are stored by other threads than loaded them),
-so with segments of 16 chunks the state traffic is ~1/4 of one pass over k and v at D = E = 128.
+Forward (k, v) and backward (q, do) alike: U_s = the segment's own state, then S[s+1] =
+exp(A_s) S[s] + U_s, into a [B, heads, n_segments, D, E] float32 buffer of the states at the
+segment boundaries and the state at the far end (docs/design.md §2).
 
 Packed documents (runs, common.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
@@ -111,8 +103,7 @@ def _scan_kernel(
     Row i of a step's [SB, BLOCK] tile is the state at boundary p = p0 + i (in scan order): row 0
     is the carry, row i > 0 applies segment p - 1 to row i - 1 (x_i = 2^a x_{i-1} + u). One
     small product per step, so a step's loads are in flight together: a loop of one dependent
-    load per segment was latency-bound (~125 us for 33 segments x 16 heads at T = 32K on an H200,
-    against ~20 us for its bytes).
+    load per segment was latency-bound.
 
     With HAS_RUNS a segment (of L tokens) in which a document starts passes nothing on: x_j
     reaches x_i only if none of the segments applied between them has a start.
