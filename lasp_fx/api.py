@@ -1,15 +1,9 @@
 """parallelize(): train a model on P times longer sequences over P ranks, computing the same function.
 
-    model = lasp_fx.parallelize(model)        # inside torchrun; same object, same parameters
-    loss = model(input_ids, labels=labels)    # every rank passes the whole batch (or its slice)
-
-How: the model's forward is compiled (torch.compile with lasp_fx's own backend, fullgraph) on
-each rank's slice of the sequence, with the slice length symbolic so that shapes tell where the
-sequence is. The backend re-traces the graph to ATen, rewrites linear attention into lasp_fx's
-op (passes/), makes every position-mixing op sequence-parallel or refuses it with its source
-line (passes/shard/__init__.py), sums parameter gradients over the group, and hands the result to a
-compiler. The module itself is untouched but for its `forward`: parameters, state_dict keys,
-hooks and the module tree stay what they were.
+The model's forward is compiled with lasp_fx's backend on each rank's slice, the slice length
+symbolic so that shapes tell where the sequence is (docs/architecture.md has the stages); the
+module itself is untouched but for its `forward`: parameters, state_dict keys, hooks and the
+module tree stay what they were.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lasp_fx.config import DEFAULT_TIMEOUT, Method, check_timeout
 from lasp_fx.distributed.lasp import sequence_parallel_attention
-from lasp_fx.ops import chunked
+from lasp_fx.ops import chunked, documents
 from lasp_fx.ops.checks import check_linear_attention_args
 from lasp_fx.ops.op import forget_all_as_finite, single_device
 
@@ -26,8 +26,10 @@ def linear_attention(
     method: Method = "auto",
     check: bool = True,
     timeout: float | None = None,
+    cu_seqlens: Optional[Tensor] = None,
+    document_ids: Optional[Tensor] = None,
 ):
-    """Causal linear attention with optional decay, GQA and a carried state.
+    """Causal linear attention with optional decay, GQA, a carried state and packed documents.
 
     o_t = sum_{j<=t} exp(G_t - G_j) * scale * (q_t . k_j) * v_j, with G_t = sum_{i<=t} log_decay_i.
 
@@ -67,6 +69,17 @@ def linear_attention(
             host never waits: NCCL's waits are bounded by the process group's timeout
             (init_process_group(timeout=...), 10 minutes by default), the peer-memory kernel's by
             its own spin (about as long). None: lasp_fx.config.DEFAULT_TIMEOUT (NCCL's default).
+        cu_seqlens: packed documents in FlashAttention's varlen convention: int32 / int64 offsets
+            [0, ..., total] of one packed row (B = 1), strictly increasing. With a group they are
+            the offsets over the whole sequence (all ranks' tokens), the same tensor on every rank.
+            Each document is computed as if run alone: nothing crosses a document start, and a
+            document that crosses a rank edge continues there. initial_state flows into the first
+            document; final_state is the last document's state (per-document states are not
+            returned). Values are checked on CPU tensors (eagerly); on a GPU they are the
+            caller's promise, as log_decay's.
+        document_ids: the same as integer labels per token [B, T] (all ranks' tokens with a group,
+            the same tensor on every rank): each maximal run of one label is one document (0 for
+            padding by convention: a run of its own). Not with cu_seqlens.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with
@@ -82,10 +95,11 @@ def linear_attention(
     if initial_state is not None:
         initial_state = initial_state.to(state_dtype)
     if group is None:
-        o, final_state = single_device(q, k, v, log_decay, initial_state, scale)
+        runs = documents.slice_runs(cu_seqlens, document_ids, q.shape[0], q.shape[1], device=q.device)
+        o, final_state = single_device(q, k, v, log_decay, initial_state, scale, runs)
     else:
         o, final_state = sequence_parallel_attention(
             q, k, v, log_decay, initial_state, scale, group=group, method=method, check=check,
-            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout, cu_seqlens=cu_seqlens, document_ids=document_ids,
         )
     return (o, final_state) if output_final_state else o

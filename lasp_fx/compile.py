@@ -18,7 +18,7 @@ from lasp_fx.config import Compiler, ShardSpec
 from lasp_fx.passes import rewrite_linear_attention
 from lasp_fx.passes.shard.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
-from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+from lasp_fx.passes.detect.known_kernels import register_known_kernels
 from lasp_fx.passes.shard.seq_dims import sequence_symbols
 from lasp_fx.passes.shard import ShardError, shard_pass, sync_parameter_grads
 
@@ -43,7 +43,7 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: Compiler, offload: bo
     def nop(g, _):
         return make_boxed_func(g.forward)
 
-    # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
+    # Inductor's decompositions: plain aot_eager fails in elu's backward (docs/design.md §7).
     # The min-cut partitioner honours activation checkpointing (nodes tagged "recompute").
     partition = min_cut_rematerialization_partition
     if offload:

@@ -13,13 +13,15 @@ from lasp_fx.capture import capture
 from lasp_fx.passes import InspectReport, convert_captured
 
 
-def convert(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs):
+def convert(model: torch.nn.Module, *example_inputs, method: str = "export", dynamic_seq_dim: int | None = None,
+            **example_kwargs):
     """Capture `model`, rewrite every verified linear attention; returns (module, report).
 
     The module is a torch.fx.GraphModule that shares the model's Parameter objects, keeps its
-    state_dict keys and submodule tree, and is specialised to the example inputs' shapes.
+    state_dict keys and submodule tree, and is specialised to the example inputs' shapes, but for
+    the sequence length when `dynamic_seq_dim` names its dimension (method "export").
     """
-    captured = capture(model, *example_inputs, method=method, **example_kwargs)
+    captured = capture(model, *example_inputs, method=method, dynamic_seq_dim=dynamic_seq_dim, **example_kwargs)
     return convert_captured(captured)
 
 

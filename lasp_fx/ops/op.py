@@ -1,16 +1,9 @@
-"""The single-device op: registered as a torch.library custom op with its own autograd.
+"""The single-device op: `lasp_fx::linear_attention` and its backward op, with the eager twin (custom_op.py).
 
-Registered ops (opaque to dynamo, AOTAutograd and Inductor, so `torch.compile(fullgraph=True)`
-and `torch.export` keep each call as one node):
-    torch.ops.lasp_fx.linear_attention(q, k, v, log_decay?, initial_state?, scale)
-        -> (o, final_state, saved_states)
-    torch.ops.lasp_fx.linear_attention_backward(do, d_final_state?, q, k, v, log_decay?, initial_state?,
-        saved_states?, final_state?, scale, decay_grad) -> (dq, dk, dv, dlog_decay, d_initial_state)
-The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer): dlog_decay
-is then empty and the kernels skip the work for it. `saved_states` are the forward's states that the backward
-reuses instead of running their pass again (its shape follows from the sizes: `saved_shape` of
-the kernels' module, empty on the PyTorch path). Eager calls on plain tensors run the same
-functions through an autograd.Function twin instead (custom_op.py): less host time, same kernels.
+The backward's `decay_grad` is False when the decay needs no gradient (a fixed buffer), and the
+kernels then skip that work; `saved_states` are the forward's segment states that the backward
+reuses instead of running their pass again (empty on the PyTorch path). `runs` [B, T + 1] int32
+(last, optional): packed documents, the index ops/documents.py builds from cu_seqlens or document ids.
 """
 
 # No `from __future__ import annotations`: torch.library reads the annotations to infer schemas.
@@ -35,49 +28,41 @@ def kernels_for(x: Tensor) -> ModuleType:
     return chunked
 
 
-def saved_states_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor]) -> Tensor:
-    """An empty tensor shaped as the forward's saved states for these inputs (what a fake returns)."""
-    shape = kernels_for(q).saved_shape(q, v, log_decay, k.shape[2])
-    return q.new_empty(shape, dtype=chunked.acc_dtype(q.dtype))
+def outputs_like(q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty (o, final state, saved states) shaped as the forward's outputs for these inputs (what a fake returns)."""
+    B, T, H, D = q.shape
+    E, state_dtype = v.shape[-1], chunked.acc_dtype(q.dtype)
+    saved = q.new_empty(kernels_for(q).saved_shape(q, v, log_decay, k.shape[2]), dtype=state_dtype)
+    return q.new_empty(B, T, H, E), q.new_empty(B, H, D, E, dtype=state_dtype), saved
 
 
 def _forward(
     q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor], initial_state: Optional[Tensor], scale: float,
+    runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True)
+    return kernels_for(q).fwd(q, k, v, log_decay, scale, initial_state, save=True, runs=runs)
 
 
-def _forward_fake(q, k, v, log_decay, initial_state, scale):
-    B, T, H, D = q.shape
-    E = v.shape[-1]
-    final_state = q.new_empty(B, H, D, E, dtype=chunked.acc_dtype(q.dtype))
-    return q.new_empty(B, T, H, E), final_state, saved_states_like(q, k, v, log_decay)
+def _forward_fake(q, k, v, log_decay, initial_state, scale, runs=None):
+    return outputs_like(q, k, v, log_decay)
 
 
 def _gradients(
-    do: Tensor,
-    d_final_state: Optional[Tensor],
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_decay: Optional[Tensor],
-    initial_state: Optional[Tensor],
-    saved_states: Optional[Tensor],
-    final_state: Optional[Tensor],
-    scale: float,
-    decay_grad: bool,
+    do: Tensor, d_final_state: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor, log_decay: Optional[Tensor],
+    initial_state: Optional[Tensor], saved_states: Optional[Tensor], final_state: Optional[Tensor], scale: float,
+    decay_grad: bool, runs: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     kern = kernels_for(q)
     saved = None if saved_states is None else (saved_states, final_state)
     dq, dk, dv, dG, ds_in = kern.bwd(
-        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad, saved=saved
+        q, k, v, log_decay, scale, do, initial_state, d_final_state, decay_grad=decay_grad, saved=saved, runs=runs
     )
     dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay)
     return dq, dk, dv, dlog_decay, ds_in
 
 
 def _gradients_fake(do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, scale,
-                    decay_grad):
+                    decay_grad, runs=None):
     B, _, H, D = q.shape
     E = v.shape[-1]
     dlog_decay = torch.empty_like(log_decay) if log_decay is not None and decay_grad else q.new_empty(0)
@@ -86,31 +71,39 @@ def _gradients_fake(do, d_final_state, q, k, v, log_decay, initial_state, saved_
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, initial_state, scale = inputs
+    q, k, v, log_decay, initial_state, scale, *rest = inputs
     _, final_state, saved_states = output
-    ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state)
+    ctx.save_for_backward(q, k, v, log_decay, initial_state, saved_states, final_state, rest[0] if rest else None)
     ctx.scale = scale
     ctx.set_materialize_grads(False)  # an unused final state's gradient stays None: no zeros to make and add
 
 
-def _backward(ctx, do, d_final_state, *_d_saved, gradients):
-    q, k, v, log_decay, initial_state, saved_states, final_state = ctx.saved_tensors
-    if do is None:  # only the final state was used
+def backward_inputs(ctx, do) -> tuple[tuple, Tensor, bool]:
+    """(q, k, v, log_decay, state in, saved states, final state, runs) as saved, `do` (zeros when only the
+    final state was used) and whether log_decay needs its gradient: what both ops' backwards start from."""
+    saved = ctx.saved_tensors
+    q, v, log_decay = saved[0], saved[2], saved[3]
+    if do is None:
         do = q.new_zeros(*q.shape[:3], v.shape[-1])
-    decay_grad = log_decay is not None and ctx.needs_input_grad[3]
+    return saved, do, log_decay is not None and ctx.needs_input_grad[3]
+
+
+def _backward(ctx, do, d_final_state, *_d_saved, gradients):
+    (q, k, v, log_decay, initial_state, saved_states, final_state, runs), do, decay_grad = backward_inputs(ctx, do)
     dq, dk, dv, dlog_decay, ds_in = gradients(
-        do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad
+        do, d_final_state, q, k, v, log_decay, initial_state, saved_states, final_state, ctx.scale, decay_grad, runs
     )
-    return dq, dk, dv, dlog_decay if decay_grad else None, None if initial_state is None else ds_in, None
+    grads = (dq, dk, dv, dlog_decay if decay_grad else None, None if initial_state is None else ds_in, None)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # and None for runs
 
 
 _op = TwinOp("linear_attention", forward=_forward, forward_fake=_forward_fake, gradients=_gradients,
              gradients_fake=_gradients_fake, setup_context=_setup_context, backward=_backward)
 
 
-def single_device(q, k, v, log_decay, initial_state, scale: float):
+def single_device(q, k, v, log_decay, initial_state, scale: float, runs=None):
     """(o, final_state) on already-checked arguments: the eager twin on plain tensors, the custom op when traced."""
-    o, final_state, _ = _op(q, k, v, log_decay, initial_state, scale)
+    o, final_state, _ = _op(q, k, v, log_decay, initial_state, scale, *(() if runs is None else (runs,)))
     return o, final_state
 
 

@@ -1,11 +1,7 @@
-"""The FX passes on a captured graph: detect linear attention, rewrite it into the lasp_fx op, shard.
+"""The FX passes on a captured graph: `find` linear attention (detect/), `rewrite` it into the op, `shard`.
 
     cands, report = find(gm, example_inputs)     # what is found, where, and why not
     gm = rewrite(gm, cands)                      # each verified candidate -> one op node
-
-Stages, each importable and testable alone: `detect/` -> `rewrite.py` (+ `emit.py`) -> `shard/`.
-Capturing a model into such a graph is `lasp_fx.capture`; the whole-model entry points
-(`lasp_fx.inspect`, `convert`) are `lasp_fx.convert`.
 """
 
 from __future__ import annotations
@@ -14,8 +10,9 @@ from torch.fx import GraphModule
 
 from lasp_fx.passes.detect import detect
 from lasp_fx.passes.detect.context import to_match
-from lasp_fx.passes.detect.patterns.kernels import direct_calls
+from lasp_fx.passes.detect.known_kernels import direct_calls
 from lasp_fx.passes.detect.report import InspectReport
+from lasp_fx.passes.detect.softmax_layers import softmax_layers
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
 
@@ -24,9 +21,10 @@ __all__ = ["find", "convert_captured", "detect", "rewrite", "rewrite_linear_atte
 
 
 def find(gm: GraphModule, example_inputs) -> tuple[list[Candidate], InspectReport]:
-    """The verified candidates of `gm` and the report of what was found: direct kernel calls, then matches."""
+    """The verified candidates of `gm` and the report of what was found: direct kernel calls, then matches,
+    the near-misses and the softmax attention layers left as they are."""
     cands, near = detect(gm, example_inputs)
-    return cands, InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near)
+    return cands, InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near, softmax_layers(gm))
 
 
 def convert_captured(captured) -> tuple[GraphModule, InspectReport]:

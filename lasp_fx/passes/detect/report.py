@@ -9,14 +9,17 @@ from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 
 @dataclass
 class InspectReport:
-    """Matches (rewritten to the lasp op) and near-misses (left alone, with the reason)."""
+    """Matches (rewritten to the lasp op), near-misses (left alone, with the reason) and the softmax
+    attention layers (scaled_dot_product_attention calls, left as they are)."""
 
     matches: list[LinearAttentionMatch] = field(default_factory=list)
     near_misses: list[NearMiss] = field(default_factory=list)
+    softmax: list[NearMiss] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         out = [("match", m.source, m.module or "-", m.family, m.summary()) for m in self.matches]
         out += [("near-miss", n.source, n.module or "-", n.family, n.reason) for n in self.near_misses]
+        out += [("softmax", n.source, n.module or "-", n.family, n.reason) for n in self.softmax]
         return out
 
     def __str__(self) -> str:
@@ -28,5 +31,6 @@ class InspectReport:
         fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-" * 7)]
         lines += [fmt.format(*r) for r in rows]
-        lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es)")
+        softmax = f", {len(self.softmax)} softmax attention layer(s) left as they are" if self.softmax else ""
+        lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es){softmax}")
         return "\n".join(lines)

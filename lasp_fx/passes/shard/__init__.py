@@ -1,21 +1,8 @@
 """shard_pass(gm, spec) -> gm: make a graph traced on one rank's slice compute that slice of the whole model.
 
-The graph was traced on the local slice with a symbolic sequence length s, so every shape
-already is local. What stays wrong under sharding are the ops that mix positions; each is fixed
-here or refused with its source line (DESIGN.md section 3):
-
-    linear attention          -> the LASP op across the group
-    arange / position tables  -> global positions (offset rank * s)
-    causal conv, token shift  -> halos from the neighbouring ranks
-    sums, means, losses       -> over all ranks, with the global count
-    causal softmax attention  -> all-gathered keys and values, lower-right causal
-    causal & padding masks    -> the same, with the keys' flags gathered (padding_masks.py)
-    position-wise tiles       -> as they are (a split of the slice, concatenated back)
-    parameters                -> gradients summed over the group
-    anything else that mixes positions -> ShardError, before the first step
-
-Ops that do not touch a sequence-carrying dimension, pointwise ops, and views that keep the
-sequence whole pass unchanged.
+Every shape is already local (the slice length is symbolic); what stays wrong are the ops that
+mix positions, each made sequence-parallel by a rule (rules.py, halo.py, attention.py, tiles.py,
+causal_masks.py, padding_masks.py) or refused with its source line: the table is docs/design.md §5.
 """
 
 from __future__ import annotations

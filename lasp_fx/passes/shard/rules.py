@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.graph import source_of
+from lasp_fx.passes.graph import sizes_as_numbers, source_of
 from lasp_fx.passes.shard.seq_dims import normalize_dims, reshape_splits_sequence
 
 aten = torch.ops.aten
@@ -53,6 +53,14 @@ _REFUSE_HINT = (
 # ------------------------------------------------------------------------------ safe as they are
 def _safe(ctx, node):
     return
+
+
+def _metadata_assert(ctx, node):
+    """torch.export's check of a `.to()` result: dtype, device and layout hold on any slice; a size does not."""
+    size, stride = (list(node.args[1:3]) + [None, None])[:2]
+    if size is not None or stride is not None:
+        raise ShardError(node, "asserts a tensor's size or strides, which differ on each rank's slice",
+                         "export the model with the sequence dimension dynamic, or drop the size check")
 
 
 def _view(ctx, node):
@@ -267,20 +275,12 @@ def _arange(ctx, node):
 
 def check_no_length_as_value(ctx, node):
     """Refuse the local length used as a number (x.sum(1) / n): on a slice it would be s, not P*s."""
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload) or target in (
-        aten.arange.default, aten.arange.start, aten.arange.start_step
-    ):
-        return
-    for arg, value in zip(target._schema.arguments, list(node.args) + [None] * len(target._schema.arguments)):
-        if str(arg.type) in ("number", "float", "Optional[float]", "Tensor") and isinstance(value, fx.Node):
-            v = _val(value)
-            if isinstance(v, (torch.SymInt, torch.SymFloat)) and v.node.expr.free_symbols & ctx.symbols:
-                raise ShardError(
-                    node,
-                    "uses the sequence length as a number; on a slice that is the local length",
-                    "Use a mean over the sequence dimension instead of dividing by the length",
-                )
+    if any(v.node.expr.free_symbols & ctx.symbols for v in sizes_as_numbers(node)):
+        raise ShardError(
+            node,
+            "uses the sequence length as a number; on a slice that is the local length",
+            "Use a mean over the sequence dimension instead of dividing by the length",
+        )
 
 
 # ------------------------------------------------------------------------------ registry
@@ -342,6 +342,7 @@ RULES = {
     **{op: _contraction for op in _CONTRACTIONS},
     **{op: _reduction for op in _REDUCTIONS_REFUSED},
     aten.slice.Tensor: _slice,
+    aten._assert_tensor_metadata.default: _metadata_assert,
     aten.sum.dim_IntList: _sum_or_mean,
     aten.sum.default: _sum_or_mean,
     aten.mean.dim: _sum_or_mean,
