@@ -177,3 +177,14 @@ def test_mask_spellings(spelling):
     assert torch.ops.aten.scaled_dot_product_attention.default not in targets
     got = graph(*inputs)
     assert torch.equal(got[0] if isinstance(got, (tuple, list)) else got, want)  # the same function on one device
+
+
+def test_an_all_ones_mask_plans_like_no_mask():
+    # the softmax layers' tiles: no per-row tiles (one launch per row) when no key is padding
+    from lasp_fx.ops import softmax_plan
+
+    s, world = 6, 4
+    ones = torch.ones(3, s * world, dtype=torch.bool)
+    assert softmax_plan.plan(3, s, s * world, None, ones) == softmax_plan.plan(3, s, s * world)
+    ones[1, 4] = False
+    assert softmax_plan.plan(3, s, s * world, None, ones) != softmax_plan.plan(3, s, s * world)
