@@ -112,6 +112,8 @@ MASKS = {  # flags [B, n] (1 token, 0 padding) -> an SDPA mask; True: causal AND
     "hf_masking_utils": (lambda f, n: _hf_mask(f, n), True),
     "queries_too": (lambda f, n: _causal(n, f.device) & f.bool()[:, None, None, :] & f.bool()[:, None, :, None], False),
     "sliding_window": (lambda f, n: _causal(n, f.device).triu(-3) & f.bool()[:, None, None, :], False),
+    "wide_window": (lambda f, n: _causal(n, f.device).triu(-40) & f.bool()[:, None, None, :], False),  # 41 > probes
+    "hf_sliding_window": (lambda f, n: _hf_mask(f, n, window=50), False),
     "bidirectional": (lambda f, n: f.bool()[:, None, None, :].expand(-1, 1, n, n), False),
     "equals_one": (lambda f, n: _causal(n, f.device) & (f == 1)[:, None, None, :], True),  # the model's own flags
     "bool_after_broadcast": (lambda f, n: _causal(n, f.device) & f[:, None, None, :].bool(), True),
@@ -121,11 +123,12 @@ MASKS = {  # flags [B, n] (1 token, 0 padding) -> an SDPA mask; True: causal AND
 }
 
 
-def _hf_mask(flags, n):
-    from transformers.masking_utils import and_masks, causal_mask_function, padding_mask_function, sdpa_mask
+def _hf_mask(flags, n, window=None):
+    from transformers import masking_utils as hf
 
-    return sdpa_mask(batch_size=flags.shape[0], q_length=n, kv_length=n, allow_is_causal_skip=False,
-                     mask_function=and_masks(causal_mask_function, padding_mask_function(flags.bool())))
+    causal = hf.causal_mask_function if window is None else hf.sliding_window_causal_mask_function(window)
+    return hf.sdpa_mask(batch_size=flags.shape[0], q_length=n, kv_length=n, allow_is_causal_skip=False,
+                        mask_function=hf.and_masks(causal, hf.padding_mask_function(flags.bool())))
 
 
 def _attention(x, flags, spell):
@@ -158,7 +161,7 @@ def _traced(fn, *inputs):
 @pytest.mark.parametrize("spelling", list(MASKS))
 def test_mask_spellings(spelling):
     spell, recognised = MASKS[spelling]
-    if spelling == "hf_masking_utils":
+    if spelling.startswith("hf_"):
         pytest.importorskip("transformers")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 10, 12, dtype=torch.float64, generator=gen)
@@ -188,3 +191,15 @@ def test_an_all_ones_mask_plans_like_no_mask():
     assert softmax_plan.plan(3, s, s * world, None, ones) == softmax_plan.plan(3, s, s * world)
     ones[1, 4] = False
     assert softmax_plan.plan(3, s, s * world, None, ones) != softmax_plan.plan(3, s, s * world)
+
+
+@pytest.mark.parametrize("window", [5, 100], ids=lambda w: f"window{w}")
+def test_length_only_windows_are_refused(window):
+    # a window wider than the replay's short lengths is the causal mask there: it is replayed past it too
+    from lasp_fx.passes.shard.causal_masks import causal_masks_pass
+
+    x = torch.randn(2, 10, 12, dtype=torch.float64)
+    graph, symbols, _ = _traced(lambda x: _attention(x, None, lambda f, n: _causal(n, x.device).triu(1 - window)), x)
+    with pytest.raises(ShardError, match=r"mask \(built at .*test_padding_masks.py:\d+.*\) is causal on short "
+                                         r"sequences but not at \d+ tokens: a sliding window"):
+        causal_masks_pass(graph, symbols)
