@@ -1,8 +1,8 @@
 """shard_pass(gm, spec) -> gm: make a graph traced on one rank's slice compute that slice of the whole model.
 
 Every shape is already local (the slice length is symbolic); what stays wrong are the ops that
-mix positions, each made sequence-parallel by a rule (rules.py, halo.py, attention.py,
-tiles.py, causal_masks.py) or refused with its source line: the table is docs/design.md §5.
+mix positions, each made sequence-parallel by a rule (rules.py, halo.py, attention.py, tiles.py,
+causal_masks.py, padding_masks.py) or refused with its source line: the table is docs/design.md §5.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import fx
 from lasp_fx.config import ShardSpec
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
-from lasp_fx.passes.shard import rules as shard_rules, tiles as shard_tiles
+from lasp_fx.passes.shard import padding_masks, rules as shard_rules, tiles as shard_tiles
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 from lasp_fx.passes.shard.rules import ShardError
 from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
@@ -132,8 +132,9 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     """
     gm.graph.eliminate_dead_code()  # dead position-mixing code (a mask nobody reads) needs no rule
     causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
+    padding_masks.padding_masks_pass(gm, symbols)  # causal & padding masks -> one op with the keys' flags
     ctx = ShardContext(gm, spec, symbols)
-    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
+    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
     for node in list(gm.graph.nodes):
         if node.op != "call_function":

@@ -93,8 +93,8 @@ def _slice(ctx, node):
     start, end, step = _arg(node, 2, "start", 0) or 0, _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
     size_in, size_out = _val(x).shape[dim], _val(node).shape[dim]
     if dim in ctx.seq_dims(x):
-        if _is_zero(start) and step == 1 and _same_size(size_in, size_out):
-            return  # the whole dimension: a no-op on every rank
+        if step == 1 and _same_length(ctx, size_in, size_out):
+            return  # the whole dimension (x[:, :n], x[:, -n:]): a no-op on every rank
         if "lasp_fx_halo" in x.meta and _is_seq_length(ctx, size_out):
             return  # cuts a halo-extended tensor back to the local positions
         raise ShardError(node, "slices the sequence dimension", _REFUSE_HINT)
@@ -122,11 +122,13 @@ def _is_zero(x) -> bool:
     return not isinstance(x, fx.Node) and x == 0
 
 
-def _same_size(a, b) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
+def _same_length(ctx, a, b) -> bool:
+    """Equal for every sequence length, not only the traced one (no guard is added). The inputs'
+    sequence symbols count as one: parallelize gives every sequence input the same local length."""
+    if not isinstance(a, torch.SymInt) or not isinstance(b, torch.SymInt):
+        return not isinstance(a, torch.SymInt) and not isinstance(b, torch.SymInt) and a == b
+    one = {sym: min(ctx.symbols, key=str) for sym in ctx.symbols}
+    return (a.node.expr.xreplace(one) - b.node.expr.xreplace(one)).expand() == 0
 
 
 def _mask(ctx, node):
@@ -291,6 +293,8 @@ _POINTWISE_EXTRA = {
     aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther,
     aten.where.ScalarSelf, aten.where.Scalar, aten.lerp.Scalar, aten.lerp.Tensor,
     aten.scalar_tensor.default, aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int,
+    # `a & b`, `a | b` of masks (bitwise_and / or are tagged pointwise, their operator spellings not)
+    aten.__and__.Tensor, aten.__and__.Scalar, aten.__or__.Tensor, aten.__or__.Scalar,
 }
 _VIEWS = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
