@@ -23,6 +23,7 @@ os.environ.setdefault("LASP_FX_AUTOTUNE", "0")
 import torch  # noqa: E402
 
 import lasp_fx  # noqa: E402
+from lasp_fx.cli import timing  # noqa: E402
 from lasp_fx.ops import chunked, documents  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
 from lasp_fx.ops.triton import backward, forward, launch, states  # noqa: E402
@@ -158,7 +159,8 @@ def main():
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "check_packed_gpu.json"))
     parser.add_argument("--quick", action="store_true", help="bf16 only, two layouts, no per-config pass")
     args = parser.parse_args()
-    print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    env = timing.environment(DEVICE)
+    print(f"card: {env['card']}  torch {env['torch']}", flush=True)
     t0, ok, seed = time.time(), True, 0
     for shape in SHAPES:
         for name in ("edges", "ones") if args.quick else ("one_doc", "edges", "ones", "random"):
@@ -173,7 +175,7 @@ def main():
         ok &= check_every_config(decay, seed=200)
     print(f"{'ALL OK' if ok else 'FAILURES'}: {sum(r['ok'] for r in ROWS)}/{len(ROWS)} in {time.time() - t0:.0f} s")
     with open(args.json, "w") as f:
-        json.dump({"card": torch.cuda.get_device_name(), "rows": ROWS}, f, indent=1)
+        json.dump({"environment": env, "rows": ROWS}, f, indent=1)
     sys.exit(0 if ok else 1)
 
 
