@@ -101,20 +101,27 @@ def _length_only_region(mask: fx.Node) -> list[fx.Node] | None:
     return sorted(seen, key=order.__getitem__)
 
 
-def _is_causal(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int) -> bool:
-    env = {}
+def replay(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int, env: dict | None = None):
+    """The mask's value with every sequence symbol at `length` (`env`: values given), or None if it cannot run."""
+    env = dict(env or {})
     with probe_sizes({s: length for s in symbols}), torch.no_grad():
         try:
             for n in region:
+                if n in env:
+                    continue
                 if n.op == "placeholder" or n.target is aten.sym_size.int:
                     env[n] = _hint(n.meta.get("val"))  # a size, at the probe length
                     continue
                 args = fx.node.map_arg(n.args, env.__getitem__)
                 kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
                 env[n] = n.target(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a mask we cannot replay is left alone (and refused later)
-            return False
-    m = env[mask]
+        except Exception:  # noqa: BLE001 - a mask we cannot replay is not recognised (and refused later)
+            return None
+    return env[mask]
+
+
+def _is_causal(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int) -> bool:
+    m = replay(region, mask, symbols, length)
     if not isinstance(m, torch.Tensor) or m.shape[-2:] != (length, length):
         return False
     allowed = m if m.dtype == torch.bool else m == 0  # additive float masks: 0 keeps, -inf drops

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.graph import _hint, probe_sizes
-from lasp_fx.passes.shard.causal_masks import probe_lengths
+from lasp_fx.passes.shard.causal_masks import probe_lengths, replay
 from lasp_fx.passes.shard.seq_dims import seq_dims_of
 from lasp_fx.passes.shard.rules import ShardError, _arg, _val, source_line
 
@@ -156,7 +155,7 @@ def _is_padded_causal(region, mask, flags, symbols, length: int) -> bool:
     batch = int(_val(flags).shape[0])
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     for pattern in _flag_patterns(batch, length, _val(flags).dtype):
-        m = _replay(region, mask, flags, pattern, symbols, length)
+        m = replay(region, mask, symbols, length, {flags: pattern})
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.dim() != 4:
             return False
         if m.shape[0] != batch or m.shape[-2:] != (length, length):
@@ -165,24 +164,6 @@ def _is_padded_causal(region, mask, flags, symbols, length: int) -> bool:
         if not torch.equal(m, want.expand(m.shape)):
             return False
     return True
-
-
-def _replay(region, mask, flags, pattern, symbols, length: int):
-    env = {flags: pattern}
-    with probe_sizes({s: length for s in symbols}), torch.no_grad():
-        try:
-            for n in region:
-                if n in env:
-                    continue
-                if n.op == "placeholder" or n.target is aten.sym_size.int:
-                    env[n] = _hint(n.meta.get("val"))  # a size, at the probe length
-                    continue
-                args = fx.node.map_arg(n.args, env.__getitem__)
-                kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
-                env[n] = n.target(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a mask we cannot replay is not recognised (and refused)
-            return None
-    return env[mask]
 
 
 def _keep_of(graph: fx.Graph, flags: fx.Node) -> fx.Node:
