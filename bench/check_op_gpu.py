@@ -137,23 +137,30 @@ def check_split(decay, dname, seed):
     return _record(f"late states {decay:5s} {dname}", errs, dtype)
 
 
+def each_config(kernels):
+    """Yield i with every kernel pinned to its i-th autotune config (cycled); the configs restored after."""
+    originals = [kern.configs for kern in kernels]
+
+    def pin(choose):
+        for kern, configs in zip(kernels, originals):
+            kern.configs = choose(configs)
+            kern.cache.clear()
+            launch.forget(kern)  # else the direct path keeps launching the config compiled first
+
+    try:
+        for i in range(max(len(c) for c in originals)):
+            pin(lambda configs: [configs[i % len(configs)]])
+            yield i
+    finally:
+        pin(lambda configs: configs)
+
+
 def check_every_config(decay, seed):
     """Each autotune config of each kernel (the i-th of all at once), bf16, main shape."""
     ok = True
-    originals = [kern.configs for kern in KERNELS]
-    try:
-        for i in range(max(len(c) for c in originals)):
-            for kern, configs in zip(KERNELS, originals):
-                kern.configs = [configs[i % len(configs)]]
-                kern.cache.clear()
-                launch.forget(kern)  # else the direct path keeps launching the config compiled first
-            ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed + i)
-            ROWS[-1]["case"] += f" config#{i}"
-    finally:
-        for kern, configs in zip(KERNELS, originals):
-            kern.configs = configs
-            kern.cache.clear()
-            launch.forget(kern)
+    for i in each_config(KERNELS):
+        ok &= check_op("B2_T4133_H16_Hk4_D128_E128", decay, "bf16", True, seed + i)
+        ROWS[-1]["case"] += f" config#{i}"
     return ok
 
 

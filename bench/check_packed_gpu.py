@@ -26,8 +26,9 @@ import lasp_fx  # noqa: E402
 from lasp_fx.cli import timing  # noqa: E402
 from lasp_fx.ops import chunked, documents  # noqa: E402
 from lasp_fx.ops import triton as tk  # noqa: E402
-from lasp_fx.ops.triton import backward, forward, launch, states  # noqa: E402
+from lasp_fx.ops.triton import backward, forward, states  # noqa: E402
 from lasp_fx.numerics import random_inputs, rel_rms  # noqa: E402
+from check_op_gpu import each_config  # noqa: E402  (bench/ is the script's folder)
 
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-4}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # fp16: for a CPU smoke test (the interpreter has no bf16)
@@ -136,21 +137,11 @@ def check_slice(decay, continues, seed, dtype=torch.bfloat16):
 
 
 def check_every_config(decay, seed):
+    """Each autotune config of each kernel (check_op_gpu.each_config), bf16, one random layout."""
     ok = True
-    originals = [kern.configs for kern in KERNELS]
-    try:
-        for i in range(max(len(c) for c in originals)):
-            for kern, configs in zip(KERNELS, originals):
-                kern.configs = [configs[i % len(configs)]]
-                kern.cache.clear()
-                launch.forget(kern)
-            ok &= check_packed("T4133_H4_D64_E256", "random", decay, "bf16", seed + i)
-            ROWS[-1]["case"] += f" config#{i}"
-    finally:
-        for kern, configs in zip(KERNELS, originals):
-            kern.configs = configs
-            kern.cache.clear()
-            launch.forget(kern)
+    for i in each_config(KERNELS):
+        ok &= check_packed("T4133_H4_D64_E256", "random", decay, "bf16", seed + i)
+        ROWS[-1]["case"] += f" config#{i}"
     return ok
 
 
