@@ -3,8 +3,8 @@
 Each entry: model ("module:Class"), kwargs, needs (the package it imports), matches (expected
 families of inspect's matches, in graph order), near (whether inspect reports a near-miss),
 parallel: ("equal", tol) - parallelize over 2 gloo ranks equals one process, logits and every
-gradient on every rank - or ("refused", words): a lasp_fx error containing `words` (the file and
-line it names, and why). Sequence length 24 (12 tokens a rank).
+gradient on every rank - or ("refused", words): a lasp_fx error containing `words` (a string or a
+tuple of them: the file and line it names, and why). Sequence length 24 (12 tokens a rank).
 """
 
 FLA = "tests.third_party.fla_naive:FlaNaiveLM"
@@ -46,6 +46,9 @@ THIRD_PARTY = {
     # HF transformers 5.x, from_config with the config's defaults (use_cache=True)
     "hf_minimax": dict(model=f"{HF}:MiniMaxLM", kwargs={}, needs="transformers", matches=["block-loop", "block-loop"],
                        near=True, parallel=("refused", "transformers/integrations/moe.py:440")),  # MoE's sort
+    # the cache's x[:, :, -T:] and tensor_split at T are no-ops, the causal conv takes halos: the
+    # refusal is the delta rule's chunk padding, with the near-miss naming the function and why
     "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
-                          parallel=("refused", "torch_chunk_gated_delta_rule")),  # named with the refusal
+                          parallel=("refused", ("modeling_qwen3_next.py:481", "torch_chunk_gated_delta_rule",
+                                                "transition is a matrix, not a scalar decay"))),
 }

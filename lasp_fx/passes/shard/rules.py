@@ -85,8 +85,8 @@ def _slice(ctx, node):
     start, end, step = _arg(node, 2, "start", 0) or 0, _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
     size_in, size_out = _val(x).shape[dim], _val(node).shape[dim]
     if dim in ctx.seq_dims(x):
-        if _is_zero(start) and step == 1 and _same_size(size_in, size_out):
-            return  # the whole dimension: a no-op on every rank
+        if step == 1 and _same_size(size_in, size_out):
+            return  # the whole dimension (x[:, :s], x[:, -s:]): a no-op on every rank
         if "lasp_fx_halo" in x.meta and _is_seq_length(ctx, size_out):
             return  # cuts a halo-extended tensor back to the local positions
         raise ShardError(node, "slices the sequence dimension", _REFUSE_HINT)
@@ -99,6 +99,18 @@ def _slice(ctx, node):
         return
     if ctx.is_seq_size(size_out):
         raise ShardError(node, "takes a sequence-sized slice of a table at a non-zero start", _REFUSE_HINT)
+
+
+def _tensor_split(ctx, node):
+    """tensor_split at 0 or the full length of the sequence (a split into the whole and empty
+    pieces, as HF splits off the tokens a cache keeps when it keeps none): a no-op on every rank."""
+    x, indices = node.args[0], node.args[1]
+    dim = _arg(node, 2, "dim", 0) % _val(x).dim()
+    if dim not in ctx.seq_dims(x):
+        return
+    n = _val(x).shape[dim]
+    if not all(_is_zero(i) or _same_size(_val(i) if isinstance(i, fx.Node) else i, n) for i in indices):
+        raise ShardError(node, "splits the sequence dimension at a position inside it", _REFUSE_HINT)
 
 
 def _is_seq_length(ctx, size) -> bool:
@@ -115,10 +127,11 @@ def _is_zero(x) -> bool:
 
 
 def _same_size(a, b) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
+    """Equal for every sequence length (symbolic sizes compared as expressions, no guard added)."""
+    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
+        ea, eb = (x.node.expr if isinstance(x, torch.SymInt) else x for x in (a, b))
+        return (ea - eb).expand() == 0
+    return a == b
 
 
 def _mask(ctx, node):
@@ -338,6 +351,7 @@ RULES = {
     **{op: _contraction for op in _CONTRACTIONS},
     **{op: _reduction for op in _REDUCTIONS_REFUSED},
     aten.slice.Tensor: _slice,
+    aten.tensor_split.indices: _tensor_split,
     aten.sum.dim_IntList: _sum_or_mean,
     aten.sum.default: _sum_or_mean,
     aten.mean.dim: _sum_or_mean,

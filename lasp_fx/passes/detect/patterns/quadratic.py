@@ -94,6 +94,10 @@ def _layout(labels: str, beta: str, seq: str, feat: str) -> Layout:
     return Layout(tuple(labels.index(b) if b in labels else None for b in beta), labels.index(seq), labels.index(feat))
 
 
+# (I + tril(beta k k^T))^-1: the UT transform of chunked delta rules (DeltaNet, gated DeltaNet)
+_SOLVES = {aten.linalg_solve_triangular.default, aten.triangular_solve.default, aten.linalg_inv_ex.default}
+
+
 def find(ctx: Context) -> list[Candidate | NearMiss]:
     found: list[Candidate | NearMiss] = []
     for node in list(ctx.gm.graph.nodes):
@@ -118,6 +122,9 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
     if path:
         if not _normalises_rows(path, P, col, c1.output):
             names = ", ".join(str(n.target).replace("aten.", "") for n in path)
+            if any(n.target in _SOLVES for n in path):
+                return ctx.near_miss("delta-rule", S, f"a delta rule: the scores pass through {names} (the state's "
+                                     "transition is a matrix, not a scalar decay: not linear attention)")
             return ctx.near_miss(FAMILY, S, f"found q@k^T but the scores pass through {names} before the product with v")
         normalised = True
     nl = passed & _NON_LINEAR
