@@ -26,7 +26,8 @@ def _case(name):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 32, (2, T), generator=gen)
     labels = torch.randint(0, 32, (2, T), generator=gen)
-    return dict(model=e["model"], kwargs=e["kwargs"], ids=ids, labels=labels, options={"compiler": "eager"})
+    return dict(model=e["model"], kwargs=e["kwargs"], ids=ids, labels=labels, options={"compiler": "eager"},
+                dtype=e.get("dtype", "float64"))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,6 +9,7 @@ here or refused with its source line (DESIGN.md section 3):
     causal conv, token shift  -> halos from the neighbouring ranks
     sums, means, losses       -> over all ranks, with the global count
     causal softmax attention  -> all-gathered keys and values, lower-right causal
+    tokens permuted and back  -> as they are, once proven position-wise (MoE routing)
     position-wise tiles       -> as they are (a split of the slice, concatenated back)
     parameters                -> gradients summed over the group
     anything else that mixes positions -> ShardError, before the first step
@@ -27,7 +28,7 @@ from torch import fx
 
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
-from lasp_fx.passes.shard import rules as shard_rules, tiles as shard_tiles
+from lasp_fx.passes.shard import permutations as shard_permutations, rules as shard_rules, tiles as shard_tiles
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 from lasp_fx.passes.shard.rules import ShardError, source_line  # noqa: F401 (re-exported)
@@ -164,11 +165,12 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     ctx = ShardContext(gm, spec, symbols)
     rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
+    permuted = shard_permutations.claim(ctx, rules)  # tokens sorted within the rank and put back (MoE)
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         shard_rules.check_no_length_as_value(ctx, node)
-        if not touches_sequence(node, symbols):
+        if not touches_sequence(node, symbols) or node in permuted:
             continue
         rule = shard_rules.rule_for(node.target, rules)
         if rule is None:

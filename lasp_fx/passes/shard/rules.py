@@ -202,6 +202,8 @@ def _reduced_dims(node) -> tuple[int, ...]:
         return tuple(range(x.dim() - len(node.args[1]), x.dim()))
     if t in (aten.group_norm.default, aten.native_group_norm.default):
         return tuple(range(1, x.dim()))
+    if t in (aten.topk.default, aten.sort.default, aten.argsort.default):  # topk(x, k, dim=-1), sort(x, dim=-1)
+        return normalize_dims(_arg(node, 2 if t is aten.topk.default else 1, "dim", -1), x.dim())
     dims = _arg(node, 1, "dim", None)
     return normalize_dims(dims, x.dim())
 
@@ -254,6 +256,17 @@ def _global_mean(ctx, node):
 
 def _global_sum(ctx, node):
     ctx.wrap(node, seq_ops.sum_over_ranks, ctx.spec.group_name)
+
+
+def _histc(ctx, node):
+    """histc over the sequence with fixed bounds: counts add up over the ranks (MoE load balancing)."""
+    if not ctx.seq_dims(node.args[0]):
+        return
+    low, high = _arg(node, 2, "min", 0), _arg(node, 3, "max", 0)
+    if low == high:
+        raise ShardError(node, "a histogram whose bounds are the data's own minimum and maximum (min == max)",
+                         "Pass fixed min and max (e.g. 0 and the number of experts)")
+    _global_sum(ctx, node)
 
 
 def _elementwise_loss(ctx, node):
@@ -360,6 +373,7 @@ RULES = {
     aten.nll_loss_nd.default: _loss,
     aten.nll_loss.default: _loss,
     aten.mse_loss.default: _elementwise_loss,
+    aten.histc.default: _histc,
     aten.l1_loss.default: _elementwise_loss,
     aten.tril.default: _mask,
     aten.triu.default: _mask,
