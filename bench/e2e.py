@@ -85,8 +85,8 @@ def _fla_in_graph(q, k, v, log_decay):
 
 
 # Outside dynamo's graph by default: once lasp_fx's backend exists (the parallelize rows), dynamo
-# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/patterns/
-# kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
+# traces chunk_simple_gla as lasp_fx's op in every torch.compile of the process (passes/detect/
+# known_kernels.py), and the row would time lasp_fx. --fla-in-graph traces it (only with --variants fla).
 _fla_kernel = torch.compiler.disable(_fla_in_graph)
 
 

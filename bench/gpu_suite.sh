@@ -27,6 +27,9 @@
 #   decay  bench/check_decay_grad_gpu.py on GPU 0: the decay gradient's precision as T grows (~60 s)
 #   cost   bench/cost_model.py on this call's sp*.json: the auto cost model against what sp4 / sp2 measured
 #   cli    `lasp-fx bench` (python3 -m lasp_fx bench) into $OUT/cli/, LASP on every GPU when there are 2 or more
+#   packed bench/check_packed_gpu.py --quick (packed kernels against float64), then bench/packed.py (128K tokens,
+#          documents of 4K, against the unpacked op) (~200 s)
+#   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
 #          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
 #   smoke-ranks  the same for check_peer_gpu.py, the torchrun scripts (sp.py, host.py's LASP cases, exchange.py:
@@ -125,6 +128,9 @@ for part in $PARTS; do
     decay) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_decay_grad_gpu.py --json "$OUT/check_decay_grad.json" ;;
     cost) timeout 60 python3 bench/cost_model.py $(ls "$OUT"/sp*.json 2>/dev/null) ;;
     cli) timeout 300 python3 -m lasp_fx bench --out "$OUT/cli" --device cuda --ranks $(( NGPU < 2 ? 0 : NGPU )) ;;
+    packed) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_packed_gpu.py --quick --json "$OUT/check_packed.json"
+            CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/packed.py --json "$OUT/packed.json" ;;
+    softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     smoke) smoke ;;
     smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;

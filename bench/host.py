@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 import lasp_fx
 from lasp_fx.cli.timing import BUSY_CYCLES, card, host_ms, inputs, is_cuda, step, sync
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT
+from lasp_fx.config import DEFAULT_TIMEOUT
 from lasp_fx.ops.op import kernels_for
 from lasp_fx.ops.triton import launch
 

@@ -41,7 +41,7 @@ from lasp_fx.cli.timing import (  # noqa: E402
 from lasp_fx.distributed import allgather, estimate, peer, ring  # noqa: E402
 from lasp_fx.distributed.combine import wait_all  # noqa: E402
 from lasp_fx.distributed.lasp import _link, sequence_parallel_attention  # noqa: E402
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT  # noqa: E402
+from lasp_fx.config import DEFAULT_TIMEOUT  # noqa: E402
 from lasp_fx.ops.op import kernels_for  # noqa: E402
 from lasp_fx.numerics import rel_rms  # noqa: E402
 from ulysses import ulysses_attention  # noqa: E402

@@ -1,8 +1,13 @@
 """Train an example model sequence-parallel with lasp_fx.
 
-    torchrun --standalone --nproc-per-node=2 examples/train.py                 # 2 CPU processes (gloo)
-    torchrun --standalone --nproc-per-node=4 examples/train.py --model hybrid --seq-len 32768
+    torchrun --standalone --nproc-per-node=2 examples/train.py                 # 2 processes (gloo on CPU)
+    torchrun --standalone --nproc-per-node=2 examples/train.py --model hybrid  # linear + softmax layer
     python examples/train.py --steps 20                                        # one process
+    # on a machine with 4 GPUs (NCCL, one process per GPU), 8K tokens of each sequence per GPU:
+    torchrun --standalone --nproc-per-node=4 examples/train.py --model hybrid --layers 4 --seq-len 32768
+
+The hybrid model has causal softmax attention in every 4th layer and in its last (at the default
+2 layers: one lightning-attention layer, then one softmax layer).
 
 Every rank builds the same model and the same batches; `lasp_fx.parallelize` gives each rank its
 slice of the sequence and keeps the losses and gradients those of one device. The data is a
@@ -105,7 +110,8 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     data = MarkovData(args.vocab)
     if rank == 0:
-        print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters, "
+        layers = ", ".join(type(b.mixer).__name__ for b in model.blocks)
+        print(f"{args.model} ({layers}): {sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters, "
               f"{world} rank(s) x {args.seq_len // world} tokens of each sequence, batch {args.batch_size}, "
               f"{device.type}; loss starts near log(vocab) = {math.log(args.vocab):.3f}", flush=True)
     start, first_loss = time.perf_counter(), None

@@ -1,10 +1,10 @@
 """lasp_fx: sequence parallelism for linear-attention models, found and applied with torch.fx."""
 
-from lasp_fx.ops.op import linear_attention  # first: registers the op the passes refer to
-
-from lasp_fx.api import ParallelConfig, parallelize  # noqa: E402
-from lasp_fx.distributed.mesh import shard_batch  # noqa: E402
-from lasp_fx.passes.detect.report import inspect  # noqa: E402
+from lasp_fx.api import parallelize
+from lasp_fx.attention import linear_attention
+from lasp_fx.config import ParallelConfig
+from lasp_fx.convert import inspect
+from lasp_fx.distributed.mesh import shard_batch
 
 __version__ = "0.1.0"
 

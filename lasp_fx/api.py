@@ -1,65 +1,23 @@
 """parallelize(): train a model on P times longer sequences over P ranks, computing the same function.
 
-    model = lasp_fx.parallelize(model)        # inside torchrun; same object, same parameters
-    loss = model(input_ids, labels=labels)    # every rank passes the whole batch (or its slice)
-
-How: the model's forward is compiled (torch.compile with lasp_fx's own backend, fullgraph) on
-each rank's slice of the sequence, with the slice length symbolic so that shapes tell where the
-sequence is. The backend re-traces the graph to ATen, rewrites linear attention into lasp_fx's
-op (passes/), makes every position-mixing op sequence-parallel or refuses it with its source
-line (passes/shard/__init__.py), sums parameter gradients over the group, and hands the result to a
-compiler. The module itself is untouched but for its `forward`: parameters, state_dict keys,
-hooks and the module tree stay what they were.
+The model's forward is compiled with lasp_fx's backend on each rank's slice, the slice length
+symbolic so that shapes tell where the sequence is (docs/architecture.md has the stages); the
+module itself is untouched but for its `forward`: parameters, state_dict keys, hooks and the
+module tree stay what they were.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from lasp_fx.compile import make_backend
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT
+from lasp_fx.config import ParallelConfig
 from lasp_fx.distributed.mesh import SequenceMesh
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    """How `parallelize` splits the sequence and runs the result."""
-
-    seq_dim: int = 1
-    """The dimension of the sequence in every input tensor that carries it (ids, labels, masks)."""
-    method: str = "auto"
-    """How linear attention passes states between ranks: "ring", "allgather" or "auto"."""
-    inputs: str = "full"
-    """"full": every rank passes the whole batch and keeps its slice; "local": every rank passes
-    only its slice (rank r: tokens [r*L, (r+1)*L)), the memory-efficient path for long inputs."""
-    outputs: str = "dtensor"
-    """Outputs that carry the sequence come back as "dtensor" (sharded on seq_dim; `.full_tensor()`
-    gathers), "local" (this rank's slice) or "full" (gathered on every rank). Scalars, such as a
-    loss, are the global value on every rank."""
-    checkpoint: str = "none"
-    """"blocks": every child of the model's largest nn.ModuleList (its layers) runs under
-    non-reentrant activation checkpointing (lasp_fx.memory.checkpoint_blocks): only each block's
-    input is kept for backward, the rest is recomputed. "none": the model as written (its own
-    torch.utils.checkpoint calls, either form, are honoured too). Recomputation needs an
-    AOTAutograd compiler: with compiler="eager" the result is the same, the memory is not."""
-    offload: bool = False
-    """Keep the large activations saved for backward (with checkpoint="blocks": each block's input)
-    in host memory, copied back before their backward (AOTAutograd's activation offloading)."""
-    compiler: str = "auto"
-    """What runs the rewritten graph: "inductor", "aot_eager", "eager", or "auto" (inductor on
-    CUDA, aot_eager on CPU, where Inductor's C++ compile costs ~20 s per graph)."""
-    timeout: float = DEFAULT_TIMEOUT
-    """Seconds a rank waits in linear attention's state exchange for a peer that failed, died or
-    is stuck, before it raises ExchangeTimeoutError naming that peer (a peer that fails inside the
-    exchange is reported at once). On CPU (gloo) groups; on CUDA the process group's timeout
-    bounds NCCL's waits (init_process_group(timeout=...), 10 minutes by default), as it bounds
-    the other collectives of the step. 600 s: NCCL's default, room for a peer saving a checkpoint."""
 
 
 def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = None, **options) -> nn.Module:
@@ -80,8 +38,8 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
     Raises:
         RuntimeError: torch.distributed is not initialised.
     """
-    config = dataclasses.replace(config or ParallelConfig(), **options)
-    _check_config(config)
+    config = dataclasses.replace(config or ParallelConfig(), **options)  # checks the options
+    _check_initialized()
     smesh = SequenceMesh.resolve(mesh)
     if config.checkpoint == "blocks":
         from lasp_fx.memory import checkpoint_blocks
@@ -103,7 +61,6 @@ def parallelize(model: nn.Module, *, mesh=None, config: ParallelConfig | None = 
         return smesh.wrap_outputs(out, config.seq_dim, length, config.outputs)
 
     model.forward = forward
-    model._lasp_fx_parallel = (smesh, config)  # what `lasp_fx.inspect` and repr report
     return model
 
 
@@ -128,20 +85,7 @@ def _surface_errors(compiled, args, kwargs):
         raise
 
 
-def _check_config(config: ParallelConfig) -> None:
-    choices = {
-        "method": ("ring", "allgather", "auto"),
-        "inputs": ("full", "local"),
-        "outputs": ("dtensor", "local", "full"),
-        "compiler": ("auto", "inductor", "aot_eager", "eager"),
-        "checkpoint": ("none", "blocks"),
-    }
-    for field, allowed in choices.items():
-        value = getattr(config, field)
-        if value not in allowed:
-            raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
-    if not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {config.timeout!r}")
+def _check_initialized() -> None:
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "lasp_fx.parallelize needs torch.distributed: run under torchrun and call "

@@ -1,29 +1,16 @@
 """The torch.compile backend "lasp": `torch.compile(model, backend="lasp", options={...})`.
 
-A thin layer over `lasp_fx.compile.make_backend` (capture, rewrite, shard, compile), found by
-name through the `torch_dynamo_backends` entry point in pyproject.toml, so it works in a fresh
-process that never imported lasp_fx. It is deliberately NOT registered with
-`torch._dynamo.register_backend(name="lasp")` at import: dynamo's entry-point lookup registers
-the same name again and fails with "duplicate name: lasp" (STACK.md section 1.3).
-
-    compiled = torch.compile(model, backend="lasp")                         # one device
-    compiled = torch.compile(model, backend="lasp", dynamic=True)           # one graph for all lengths
-    compiled = torch.compile(model, backend="lasp", options={"mesh": mesh})  # LASP over the mesh
-    loss = compiled(*lasp_fx.shard_batch((ids, labels), mesh))              # each rank: its slice
-
-Sequence lengths. With static shapes (the default for the first call, or `dynamic=False`)
-each new length recompiles; by default dynamo turns the length symbolic at the second distinct
-length and reuses that graph from then on. With `dynamic=True` or
-`torch._dynamo.mark_dynamic(x, seq_dim)` one graph serves every length from the start, and the
-detector's numerical probes replay the graph on a 40-token prefix instead of the whole input:
-for long sequences (one T x T float64 matrix of 128K tokens is 128 GiB) mark the length dynamic.
+A thin layer over `lasp_fx.compile.make_backend`, found through the `torch_dynamo_backends`
+entry point and deliberately not registered at import, which would make dynamo's lookup fail
+with "duplicate name: lasp" (docs/design.md §7). Mark the sequence length dynamic for long
+inputs: the detector's probes then replay a short prefix instead of the whole input.
 """
 
 from __future__ import annotations
 
-from lasp_fx.compile import COMPILERS, make_backend
+from lasp_fx.compile import make_backend
+from lasp_fx.config import Compiler, choose
 
-METHODS = ("auto", "ring", "allgather")
 OPTIONS = {
     "compiler": '"inductor" (default on CUDA), "aot_eager" (default on CPU) or "eager"',
     "seq_dim": "dimension of the sequence in the tensor inputs (default 1)",
@@ -71,9 +58,8 @@ def _check_options(options: dict, mode: str | None) -> dict:
     if unknown:
         known = "; ".join(f"{k}: {v}" for k, v in OPTIONS.items())
         raise ValueError(f'unknown option(s) {unknown} for backend="lasp"; the options are {known}')
-    for name, allowed in (("compiler", COMPILERS), ("method", METHODS)):
-        if name in options and options[name] not in allowed:
-            raise ValueError(f'backend="lasp": options["{name}"] must be one of {allowed}, got {options[name]!r}')
+    if "compiler" in options:
+        choose('backend="lasp": options["compiler"]', options["compiler"], Compiler)
     seq_dim = options.get("seq_dim", 1)
     if not isinstance(seq_dim, int) or isinstance(seq_dim, bool) or seq_dim < 0:
         raise ValueError(f'backend="lasp": options["seq_dim"] must be a non-negative int, got {seq_dim!r}')

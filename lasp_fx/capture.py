@@ -1,11 +1,9 @@
 """Capture: a user model and example inputs -> a functional pre-dispatch ATen FX graph.
 
-Two entries yield the same IR (STACK.md sections 1.2-1.4), so one detector serves both:
-    capture(model, *args)                     torch.export (non-strict) + run_decompositions({})
-    capture_dynamo_graph(gm, example_inputs)  a dynamo graph re-traced with make_fx(pre_dispatch)
-                                              (what the torch.compile backend "lasp" receives)
-Every node carries meta["val"] (a fake tensor), "stack_trace" and "nn_module_stack". Failures
-raise CaptureError with the reason, the user's source line and a hint; nothing is swallowed.
+Two entries give the same IR, so one detector serves both (docs/design.md §6): `capture` (torch.export,
+non-strict, + run_decompositions({})) and `capture_dynamo_graph` (what the "lasp" backend
+receives, re-traced with make_fx(pre_dispatch)). Failures raise CaptureError with the reason,
+the user's source line and a hint.
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
-from lasp_fx.passes.detect.context import SOURCE_NAME
-from lasp_fx.passes.graph import is_library_path
+from lasp_fx.passes.graph import SOURCE_NAME, is_library_path
 from lasp_fx.passes.no_trace import caches_restored
 from lasp_fx.passes.stack_frames import full_stack_traces
 
@@ -50,7 +47,8 @@ class Captured:
     method: str = "export"
 
 
-def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> Captured:
+def capture(model: torch.nn.Module, *args, method: str = "export", dynamic_seq_dim: int | None = None,
+            **kwargs) -> Captured:
     """Capture `model(*args, **kwargs)` as a functional pre-dispatch ATen graph.
 
     Args:
@@ -59,28 +57,46 @@ def capture(model: torch.nn.Module, *args, method: str = "export", **kwargs) -> 
             their shapes).
         method: "export" (torch.export, non-strict; returns a GraphModule usable as a module)
             or "dynamo" (torch.compile front end with fullgraph=True; parameters become inputs).
+        dynamic_seq_dim: with "export", this dimension of every input tensor that has it is one
+            symbolic length (`seq_dynamic_shapes`): the graph serves every length.
 
     Raises:
         CaptureError: with the reason, the user's source line and a hint.
     """
-    from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+    from lasp_fx.passes.detect.known_kernels import register_known_kernels
 
     register_known_kernels()  # fla / lasp kernel calls trace as the op (dynamo route)
     if method == "export":
-        return _capture_export(model, args, kwargs)
+        return _capture_export(model, args, kwargs, dynamic_seq_dim)
+    if dynamic_seq_dim is not None:
+        raise ValueError("dynamic_seq_dim needs method='export'")
     if method == "dynamo":
         return _capture_dynamo(model, args, kwargs)
     raise ValueError(f"method must be 'export' or 'dynamo', got {method!r}")
 
 
-def _capture_export(model, args, kwargs) -> Captured:
+def seq_dynamic_shapes(model, args, kwargs, seq_dim: int):
+    """torch.export's `dynamic_shapes` making dim `seq_dim` of every input tensor that has it one
+    symbolic length "seq" (the convention of parallelize's seq_dim: ids, labels and masks alike)."""
+    seq = torch.export.Dim("seq", min=2)
+    shapes = torch.export.ShapesCollection()
+    for t in pytree.tree_leaves((tuple(args), kwargs or {})):
+        if isinstance(t, torch.Tensor) and t.dim() > seq_dim:
+            shapes[t] = {seq_dim: seq}
+    return shapes.dynamic_shapes(model, tuple(args), kwargs or None)
+
+
+def _capture_export(model, args, kwargs, seq_dim: int | None = None) -> Captured:
     try:
+        dynamic = None if seq_dim is None else seq_dynamic_shapes(model, args, kwargs, seq_dim)
         with full_stack_traces(), caches_restored(model):  # lines in third-party helpers; no fake tensor cached
-            ep = torch.export.export(model, tuple(args), kwargs or None, strict=False)
+            ep = torch.export.export(model, tuple(args), kwargs or None, dynamic_shapes=dynamic, strict=False)
         ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
     except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached
-        raise _explain(e) from e
+        raise _explain(e, dynamic=seq_dim is not None) from e
     gm = ep.module()
+    if seq_dim is not None:  # whole-length slices stay in a symbolic graph, between a cumsum and its mask
+        drop_noop_slices(gm)
     flat = [x for x in pytree.tree_leaves((tuple(args), kwargs or {}))]
     return Captured(gm, flat, "export")
 
@@ -188,12 +204,18 @@ _HINTS = [
 ]
 
 
-def _explain(e: Exception) -> CaptureError:
+FIXED_LENGTH_HINT = ("the model's code needs a fixed sequence length (a Python loop over the length or its "
+                     "chunks, a branch on it, int() of a size): write it with tensor ops on symbolic sizes")
+
+
+def _explain(e: Exception, dynamic: bool = False) -> CaptureError:
     msg = str(e).strip()
     first = next((ln for ln in msg.splitlines() if ln.strip()), type(e).__name__)
     source, code = _user_line(e)
-    hint = next((h for keys, h in _HINTS if any(k in msg or k in type(e).__name__ for k in keys)),
-                "run torch.export.export(model, args, strict=False) to see the full error")
+    fixed = dynamic and any(k in msg or k in type(e).__name__ for k in ("Constraints violated", "specializ", "Guard"))
+    hint = FIXED_LENGTH_HINT if fixed else next(
+        (h for keys, h in _HINTS if any(k in msg or k in type(e).__name__ for k in keys)),
+        "run torch.export.export(model, args, strict=False) to see the full error")
     return CaptureError(f"{type(e).__name__}: {first[:300]}", source, code, hint)
 
 

@@ -12,22 +12,18 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from lasp_fx.passes import rewrite_linear_attention  # before lasp_fx.capture, which passes imports
-from lasp_fx.capture import capture_dynamo_graph  # noqa: I001
 from lasp_fx import memory
+from lasp_fx.capture import capture_dynamo_graph
+from lasp_fx.config import Compiler, ShardSpec
+from lasp_fx.passes import rewrite_linear_attention
 from lasp_fx.passes.shard.fixed_length import why_fixed
 from lasp_fx.passes.graph import probe_sizes
-from lasp_fx.passes.detect.patterns.kernels import register_known_kernels
+from lasp_fx.passes.detect.known_kernels import register_known_kernels
 from lasp_fx.passes.shard.seq_dims import sequence_symbols
-from lasp_fx.passes.shard import ShardError, ShardSpec, shard_pass, sync_parameter_grads
+from lasp_fx.passes.shard import ShardError, shard_pass, sync_parameter_grads
 
 
-COMPILERS = ("auto", "inductor", "aot_eager", "eager")
-
-
-def _compile(gm: fx.GraphModule, example_inputs, compiler: str, offload: bool = False):
-    if compiler not in COMPILERS:
-        raise ValueError(f"compiler must be one of {COMPILERS}, got {compiler!r}")
+def _compile(gm: fx.GraphModule, example_inputs, compiler: Compiler, offload: bool = False):
     if compiler == "auto":
         on_cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
         compiler = "inductor" if on_cuda else "aot_eager"
@@ -47,7 +43,7 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: str, offload: bool = 
     def nop(g, _):
         return make_boxed_func(g.forward)
 
-    # Inductor's decompositions: plain aot_eager fails in elu's backward (STACK.md section 1.3).
+    # Inductor's decompositions: plain aot_eager fails in elu's backward (docs/design.md §7).
     # The min-cut partitioner honours activation checkpointing (nodes tagged "recompute").
     partition = min_cut_rematerialization_partition
     if offload:
@@ -78,7 +74,7 @@ def _not_rewritten(graph: fx.GraphModule) -> str:
     return "".join(f"\n  attention not rewritten at {n.source}: {n.reason}" for n in near)
 
 
-def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: str = "auto", rewrite=None,
+def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: Compiler = "auto", rewrite=None,
                  offload: bool = False):
     """A dynamo backend: rewrite linear attention, shard for `spec` (None: one device), compile.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # Triton reads TRITON_INTERPRET when a kernel is *decorated*, so it must be set before any
-# module defining kernels is imported (STACK.md section 5).
+# module defining kernels is imported (docs/design.md §7).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

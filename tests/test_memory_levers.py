@@ -119,11 +119,11 @@ def test_checkpointed_blocks_keep_only_their_inputs():
 
 
 def test_checkpoint_option_is_checked():
-    from lasp_fx.api import ParallelConfig, _check_config
+    from lasp_fx.config import ParallelConfig
     from lasp_fx.memory import checkpoint_blocks
 
     with pytest.raises(ValueError, match="checkpoint must be one of"):
-        _check_config(ParallelConfig(checkpoint="layers"))
+        ParallelConfig(checkpoint="layers")
     with pytest.raises(ValueError, match="has no nn.ModuleList of blocks"):
         checkpoint_blocks(torch.nn.Linear(2, 2))
     model = LightningLM()

@@ -27,17 +27,15 @@ def _late(state, seen=None):
     return hook
 
 
-@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
 @pytest.mark.parametrize("upfront", [False, True], ids=["late_only", "upfront_plus_late"])
 @pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_forward_late_state_equals_state_passed_in(decay, upfront, after_output):
+def test_forward_late_state_equals_state_passed_in(decay, upfront):
     q, k, v, g, s_in = _inputs(decay)
     first = torch.randn_like(s_in) if upfront else None
     total = s_in if first is None else s_in + first
     o_full, s_full = chunked.fwd(q, k, v, g, SCALE, total, chunk_size=32)
     seen = []
-    o, s_out = chunked.fwd(q, k, v, g, SCALE, first, state_hook=_late(s_in, seen), chunk_size=32,
-                           late_after_output=after_output)
+    o, s_out = chunked.fwd(q, k, v, g, SCALE, first, state_hook=_late(s_in, seen), chunk_size=32)
     assert_close_rms(o, o_full, 1e-12, "o")
     assert_close_rms(s_out, s_full, 1e-12, "final state")
     _, s_local = chunked.fwd(q, k, v, g, SCALE, first, chunk_size=32)
@@ -95,9 +93,8 @@ def _primitives():
     return [pytest.param(chunked, id="chunked"), pytest.param(tk, id="triton")]
 
 
-@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
 @pytest.mark.parametrize("prims", _primitives())
-def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
+def test_late_pair_gives_the_far_end_state_as_handed_back(prims):
     """A late callable giving (late state, far-end state) is taken at its word for the far end
     (the exchange computed that sum to send it on): a marker end comes back as s_out / ds_in,
     while o and the gradients still see the late state."""
@@ -106,8 +103,7 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
     marker = torch.randn_like(s_in)
     kw = dict(chunk_size=32) if prims is chunked else dict(nsub=2)
     o_full, _ = prims.fwd(q, k, v, g, SCALE, s_in, **kw)
-    o, s_out = prims.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: (s_in, marker),
-                         late_after_output=after_output, **kw)
+    o, s_out = prims.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: (s_in, marker), **kw)
     assert_close_rms(o, o_full, 1e-5, "o")
     assert torch.equal(s_out, marker), "final state is the pair's second half"
     do = torch.randn(*q.shape[:3], v.shape[-1]).to(dev)
@@ -118,10 +114,9 @@ def test_late_pair_gives_the_far_end_state_as_handed_back(prims, after_output):
     assert torch.equal(ds_in, marker), "ds_in is the pair's second half"
 
 
-@pytest.mark.parametrize("after_output", [False, True], ids=["folded", "after_output"])
 @pytest.mark.parametrize("decay", ["none", "gate"])
 @pytest.mark.parametrize("prims", _primitives())
-def test_late_state_adds_to_an_incoming_state(prims, decay, after_output):
+def test_late_state_adds_to_an_incoming_state(prims, decay):
     """fwd(s_in=A) whose hook hands back B late computes fwd(s_in=A + B): both enter at the slice's
     start (the Triton kernels take both as late states of their segments)."""
     dev = "cpu" if prims is chunked else DEVICE
@@ -135,7 +130,7 @@ def test_late_state_adds_to_an_incoming_state(prims, decay, after_output):
         seen["local"] = local.clone()
         return lambda: late
 
-    o, s_out = prims.fwd(q, k, v, g, SCALE, s_in, state_hook=hook, late_after_output=after_output, **kw)
+    o, s_out = prims.fwd(q, k, v, g, SCALE, s_in, state_hook=hook, **kw)
     assert_close_rms(o, o_full, 1e-5, "o")
     assert_close_rms(s_out, s_full, 1e-5, "final state")
     _, s_own = prims.fwd(q, k, v, g, SCALE, s_in, **kw)  # what the hook saw: the tokens and s_in, not the late state

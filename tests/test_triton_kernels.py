@@ -110,33 +110,6 @@ def test_segment_length_does_not_change_the_function(nsub):
     assert_close_rms(tk.log_decay_grad(dG, a["log_decay"]), ref_grad["log_decay"], 1e-4, "decay gradient")
 
 
-@pytest.mark.parametrize("block_chunks", [8, 2], ids=["blocks8", "blocks2"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("decay", ["none", "const", "gate"])
-def test_late_state_added_after_the_output_matches_reference(decay, dtype, block_chunks, monkeypatch):
-    """fwd(late_after_output=True): the output kernel runs first, then _late_out_kernel adds the late
-    state, in blocks of chunks that need not be the segments (2: blocks start mid-segment)."""
-    monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
-    a, _, _, nsub = _inputs("wide_d" if dtype == torch.float32 else "gqa_odd", decay, True, dtype, seed=9)
-    ref_o, ref_s, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], dtype=dtype, device=DEVICE), None)
-    q, k, v, g, s_in = a["q"], a["k"], a["v"], a.get("log_decay"), a["initial_state"]
-    o, s_out = tk.fwd(q, k, v, g, SCALE, None, state_hook=lambda local: lambda: s_in, nsub=nsub,
-                      late_after_output=True)
-    assert_close_rms(o, ref_o, 2 * TOL[dtype], "o with the late state added after")  # o is rounded twice
-    assert_close_rms(s_out, ref_s, TOL[dtype], "final state with the late state")
-
-
-@pytest.mark.parametrize("block_chunks", [1, 3], ids=["blocks1", "blocks3"])
-@pytest.mark.parametrize("decay", ["const", "gate"])
-def test_late_output_blocks_inside_long_segments(decay, block_chunks, monkeypatch):
-    """Blocks of _late_out_kernel starting deep inside a 31-chunk segment: the gate's decay from the
-    segment's start to the block's is summed in pieces of 1024 tokens (two pieces for the last blocks)."""
-    monkeypatch.setattr(tk_fwd, "LATE_BLOCK_CHUNKS", block_chunks)
-    a, _, _, _ = _inputs("many_seg", decay, True, torch.float32, seed=12)
-    ref_o, _, _ = _reference(a, torch.zeros(*a["q"].shape[:3], a["v"].shape[-1], device=DEVICE), None)
-    o, _ = tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, None, nsub=32,
-                  state_hook=lambda local: lambda: a["initial_state"], late_after_output=True)
-    assert_close_rms(o, ref_o, 2 * TOL[torch.float32], "o with the late state added in blocks")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -207,20 +180,6 @@ class _Spy:
         return self.kernel[grid]
 
 
-def test_late_state_after_output_is_asked_for_after_the_output_kernel(monkeypatch):
-    a, _, _, nsub = _inputs("mha_2seg", "gate", True, torch.float32, seed=4)
-    log = []
-    monkeypatch.setattr(tk_fwd, "_out_kernel", _Spy(tk_fwd._out_kernel, "out", log))
-    monkeypatch.setattr(tk_fwd, "_late_out_kernel", _Spy(tk_fwd._late_out_kernel, "late_out", log))
-
-    def hook(local):
-        log.append("hook")
-        return lambda: (log.append("late"), a["initial_state"])[1]
-
-    tk.fwd(a["q"], a["k"], a["v"], a["log_decay"], SCALE, None, state_hook=hook, nsub=nsub, late_after_output=True)
-    assert log == ["hook", "out", "late", "late_out"]
-
-
 def test_state_hook_runs_after_the_state_pass_and_before_the_outputs(monkeypatch):
     a, do, ds_out, nsub = _inputs("gqa_odd", "gate", True, torch.float32, seed=3)
     q, k, v, g, s_in = a["q"], a["k"], a["v"], a["log_decay"], a["initial_state"]
@@ -267,13 +226,3 @@ def test_kernels_for_routes_only_cuda_16_and_32_bit_to_triton():
     if torch.cuda.is_available():
         assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.bfloat16)) is tk
         assert kernels_for(torch.zeros(1, device="cuda", dtype=torch.float64)) is chunked
-
-
-def test_kernel_that_adds_in_place_is_not_autotuned():
-    """Autotuning runs a kernel several times on the real arguments: one that adds into its output
-    (o += the late state's share) would add several times on the first call of each shape, on GPUs
-    only (the interpreter never tunes)."""
-    from triton.runtime.autotuner import Autotuner
-
-    assert not isinstance(tk_fwd._late_out_kernel, Autotuner)
-    assert isinstance(tk_fwd._out_kernel, Autotuner)  # the check can tell the two apart

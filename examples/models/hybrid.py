@@ -1,4 +1,4 @@
-"""Hybrid: lightning-style linear attention, with causal softmax attention in every 4th layer."""
+"""Hybrid: lightning-style linear attention, with causal softmax attention in every 4th layer and the last."""
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,13 @@ class SoftmaxAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(b, n, c))
 
 
+def softmax_layers(num_layers: int) -> list[int]:
+    """Every 4th layer and the last one, so that a hybrid of 2 or 3 layers has one too."""
+    return sorted({i for i in range(3, num_layers, 4)} | ({num_layers - 1} if num_layers > 1 else set()))
+
+
 class HybridLM(LanguageModel):
     def __init__(self, cfg: ModelConfig = ModelConfig(num_layers=4)):
-        mixers = [SoftmaxAttention(cfg) if i % 4 == 3 else LightningAttention(cfg) for i in range(cfg.num_layers)]
+        softmax = softmax_layers(cfg.num_layers)
+        mixers = [SoftmaxAttention(cfg) if i in softmax else LightningAttention(cfg) for i in range(cfg.num_layers)]
         super().__init__(cfg, mixers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict
@@ -11,40 +12,46 @@ import typer
 
 from lasp_fx.cli.bench_runs import Shape, op_rows, sp_worker
 from lasp_fx.cli.errors import CliError, friendly
-from lasp_fx.cli.target import parse_shape
+from lasp_fx.cli.help import examples
+from lasp_fx.cli.target import parse_sizes
 
-EPILOG = """Examples:
-
-  lasp-fx bench                      (CPU: seconds; GPU: one card's lengths up to 16K, all cards for LASP)
-
-  lasp-fx bench --lengths 1024,4096 --ranks 2,4 --local-tokens 8192 --out bench-h100
-
-  lasp-fx bench --device cpu --heads 4 --dim 32 --reps 20
-"""
+EPILOG = examples(
+    "lasp-fx bench",
+    "lasp-fx bench --lengths 1024,4096 --ranks 2,4 --local-tokens 8192",
+    "lasp-fx bench --device cpu --heads 4 --dim 32 --reps 20 --out bench-cpu",
+)
 # (lengths, heads, dim, dtype, local tokens per rank, reps) when not given
 DEFAULTS = {"cpu": ("64,256", 2, 16, "float32", 128, 5), "cuda": ("1024,4096,16384", 16, 128, "bfloat16", 8192, 20)}
 OP_COLUMNS = ["impl", "tokens", "fwd_ms", "fwdbwd_ms", "fwd_gflops", "fwdbwd_gflops", "err_o", "err_dq"]
-SP_COLUMNS = ["ranks", "local_tokens", "method", "fwd_ms", "fwdbwd_ms", "err_o"]
+SP_COLUMNS = ["ranks", "local_tokens", "tokens", "method", "fwd_ms", "fwdbwd_ms", "err_o"]
 
 
 @friendly
 def bench(
     ctx: typer.Context,
-    out: str = typer.Option("lasp-fx-bench", "--out", help="Folder for bench.md, bench.json and bench.png."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available)."),
-    lengths: str = typer.Option(None, "--lengths", help="Sequence lengths of the op benchmark, e.g. 64,256.",
-                                show_default=False),
-    ranks: str = typer.Option(None, "--ranks", help="Rank counts of the LASP benchmark, e.g. 2,3 "
-                              "(default: 2 on CPU, every GPU on CUDA); 0 skips it.", show_default=False),
-    local_tokens: int = typer.Option(None, "--local-tokens", help="Tokens per rank in the LASP benchmark.",
-                                     show_default=False),
-    heads: int = typer.Option(None, "--heads", show_default=False, help="Heads (CPU 2, GPU 16)."),
-    dim: int = typer.Option(None, "--dim", show_default=False, help="Head dim D = E (CPU 16, GPU 128)."),
-    dtype: str = typer.Option(None, "--dtype", show_default=False, help="CPU float32, GPU bfloat16."),
-    reps: int = typer.Option(None, "--reps", show_default=False, help="Timed calls per median (CPU 5, GPU 20)."),
-    warmup: int = typer.Option(2, "--warmup", help="Untimed calls before timing."),
+    out: str = typer.Option("lasp-fx-bench", "--out", metavar="FOLDER",
+                            help="Folder for bench.md, bench.json and bench.png."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="cpu, cuda or auto (cuda when available)."),
+    lengths: str = typer.Option(None, "--lengths", metavar="SIZES", show_default=False,
+                                help="Sequence lengths of the op benchmark (CPU 64,256; GPU 1024,4096,16384)."),
+    ranks: str = typer.Option(None, "--ranks", metavar="SIZES", show_default=False,
+                              help="Rank counts of the LASP benchmark, e.g. 2,3 (default: 2 on CPU, every GPU "
+                              "on CUDA); 0 skips it."),
+    local_tokens: int = typer.Option(None, "--local-tokens", metavar="N", show_default=False,
+                                     help="Tokens per rank in the LASP benchmark (CPU 128, GPU 8192)."),
+    heads: int = typer.Option(None, "--heads", metavar="N", show_default=False, help="Heads (CPU 2, GPU 16)."),
+    dim: int = typer.Option(None, "--dim", metavar="N", show_default=False, help="Head dim D = E (CPU 16, GPU 128)."),
+    dtype: str = typer.Option(None, "--dtype", metavar="DTYPE", show_default=False,
+                              help="CPU float32, GPU bfloat16."),
+    reps: int = typer.Option(None, "--reps", metavar="N", show_default=False,
+                             help="Timed calls per median (CPU 5, GPU 20)."),
+    warmup: int = typer.Option(2, "--warmup", metavar="N", help="Untimed calls before timing."),
 ):
-    """Time lasp_fx's op against the float64 reference and SDPA, and LASP across spawned ranks."""
+    """Time lasp_fx's op against the float64 reference and SDPA, and LASP across spawned ranks.
+
+    On the CPU every timing runs one thread per process, as each spawned rank does, so that the
+    LASP table's one-device row and the op table's rows measure the same thing.
+    """
     from lasp_fx.distributed.spawn import run_spawned
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -54,12 +61,13 @@ def bench(
     shape = Shape(heads or d_heads, dim or d_dim, dtype or d_dtype, device)
     if not hasattr(torch, shape.dtype) or not isinstance(getattr(torch, shape.dtype), torch.dtype):
         raise CliError(f"--dtype {shape.dtype!r} is not a torch dtype", "use float32, bfloat16, float16 or float64")
-    ts = parse_shape(lengths or d_len)
+    ts = parse_sizes(lengths or d_len, "--lengths", "--lengths 64,256")
     rank_counts = _ranks(ranks, device)
     local, reps = local_tokens or d_local, reps or d_reps
     jobs = [("op", t) for t in ts] + [("sp", p) for p in rank_counts]
     op, sp = [], []
-    with typer.progressbar(jobs, label=f"benchmarking on {_card(device)}") as progress:
+    with _threads(device), typer.progressbar(jobs, label=f"benchmarking on {_card(device)}") as progress:
+        threads = torch.get_num_threads()
         for kind, n in progress:
             if kind == "op":
                 op += op_rows(shape, n, warmup, reps)
@@ -72,7 +80,8 @@ def bench(
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(md)
     with open(os.path.join(out, "bench.json"), "w") as f:
-        json.dump({"card": _card(device), "torch": torch.__version__, "op": op, "sp": sp}, f, indent=1)
+        json.dump({"card": _card(device), "torch": torch.__version__, "threads": threads, "op": op, "sp": sp}, f,
+                  indent=1)
     written = ["bench.md", "bench.json"] + (["bench.png"] if _plot(op, sp, os.path.join(out, "bench.png")) else [])
     typer.echo(md)
     typer.echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")
@@ -83,7 +92,7 @@ def _ranks(text: str | None, device: str) -> tuple[int, ...]:
         return (torch.cuda.device_count(),) if device == "cuda" and torch.cuda.device_count() > 1 else (2,)
     if text.strip() == "0":
         return ()
-    counts = parse_shape(text)
+    counts = parse_sizes(text, "--ranks", "--ranks 2,4")
     if device == "cuda" and max(counts) > torch.cuda.device_count():
         raise CliError(f"--ranks {text}: this machine has {torch.cuda.device_count()} GPU(s)",
                        "use at most one rank per GPU")
@@ -92,12 +101,26 @@ def _ranks(text: str | None, device: str) -> tuple[int, ...]:
     return counts
 
 
+@contextlib.contextmanager
+def _threads(device: str):
+    """One thread on the CPU while timing (a spawned rank has one): more threads of a small op wait
+    for each other at every parallel region, a scheduler time slice each time when other work shares
+    the cores, and the op table would then time the machine's load rather than the op."""
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _card(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     import platform
 
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread per process"
 
 
 def _markdown(shape: Shape, op: list[dict], sp: list[dict]) -> str:
@@ -106,8 +129,8 @@ def _markdown(shape: Shape, op: list[dict], sp: list[dict]) -> str:
             "gflops = FLOPs of the chunked algorithm / time\n")
     parts = [head, "## op, one device\n", _table(op, OP_COLUMNS)]
     if sp:
-        parts += ["## LASP across ranks (local tokens per rank; one device runs all ranks x local tokens)\n",
-                  _table(sp, SP_COLUMNS)]
+        parts += ["## LASP across ranks\n\nEach rank holds local_tokens of a sequence of `tokens`; \"one device\" "
+                  "runs the op on the whole sequence on one rank's device.\n", _table(sp, SP_COLUMNS)]
     return "\n".join(parts)
 
 

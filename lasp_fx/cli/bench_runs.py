@@ -10,7 +10,9 @@ that with the backward.
 Sequence parallel (`sp_worker`, one call per rank of a spawned group): rank r holds tokens
 [r*L, (r+1)*L) of one sequence and runs the op over the group (ring and all-gather state
 exchange); every rank checks its slice against one device on the whole sequence, which rank 0
-also times. A timing is the median over calls that start together (barrier), max over ranks.
+also times with `time_impl`, as the op table is timed. A timing is the median over calls that
+start together (barrier), max over ranks. On the CPU each rank runs one thread, and so does the
+op table (`lasp-fx bench` sets it): the rows compare.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ def _sdpa(x):
 IMPLS = {"lasp_fx": _lasp_fx, "quadratic float64": _reference, "sdpa causal": _sdpa}
 
 
+def time_impl(make, x: dict, device: str, warmup: int, reps: int) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """fwd ms (no grad) and fwd+bwd ms of one implementation (`make(x) -> (fn, leaves)`), then its output
+    and dq from one more call: the one measurement of the op table and of LASP's one-device row."""
+    fn, grads = make(x)
+    fwd_bwd = step(fn, grads, x["do"].to(grads[0].dtype))
+    with torch.no_grad():
+        fwd = median_ms(fn, device, warmup, reps)
+    both = median_ms(fwd_bwd, device, warmup, reps)
+    fwd_bwd()
+    return fwd, both, fn().detach(), grads[0].grad
+
+
 def op_rows(shape: Shape, T: int, warmup: int, reps: int) -> list[dict]:
     """One row per implementation at length T: fwd / fwd+bwd ms, FLOPs, error of lasp_fx."""
     x = _inputs(shape, T)
@@ -70,13 +84,8 @@ def op_rows(shape: Shape, T: int, warmup: int, reps: int) -> list[dict]:
     for name, make in IMPLS.items():
         if name == "quadratic float64" and not with_reference:
             continue
-        fn, grads = make(x)
-        fwd_bwd = step(fn, grads, x["do"].to(grads[0].dtype))
-        with torch.no_grad():
-            fwd = median_ms(fn, shape.device, warmup, reps)
-        both = median_ms(fwd_bwd, shape.device, warmup, reps)
-        fwd_bwd()
-        outputs[name] = (fn().detach(), grads[0].grad)
+        fwd, both, o, dq = time_impl(make, x, shape.device, warmup, reps)
+        outputs[name] = (o, dq)
         rows.append(dict(impl=name, tokens=T, fwd_ms=fwd, fwdbwd_ms=both, **asdict(shape)))
     rows[0].update(fwd_gflops=flops / rows[0]["fwd_ms"] / 1e6, fwdbwd_gflops=3 * flops / rows[0]["fwdbwd_ms"] / 1e6)
     if with_reference:
@@ -117,15 +126,8 @@ def sp_worker(rank: int, world_size: int, shape: dict, local: int, warmup: int, 
         t_both = median_ms(step(fwd, [q, k, v], mine["do"]), device, warmup, reps, before=together)
         rows.append(dict(method=method, fwd_ms=max_over_ranks(t_fwd, device), fwdbwd_ms=max_over_ranks(t_both, device),
                          err_o=max_over_ranks(err, device)))
-    if rank == 0:  # the others wait at the next barrier: one device on all P * L tokens
-        q, k, v = leaves(x)
-
-        def one():
-            return lasp_fx.linear_attention(q, k, v, x["g"])
-
-        with torch.no_grad():
-            t_fwd = median_ms(one, device, warmup, reps)
-        rows.append(dict(method="one device", fwd_ms=t_fwd, fwdbwd_ms=median_ms(step(one, [q, k, v], x["do"]), device,
-                                                                                warmup, reps), err_o=0.0))
+    if rank == 0:  # the others wait at the next barrier: one device (this rank's) on all P * L tokens
+        t_fwd, t_both, _, _ = time_impl(_lasp_fx, x, device, warmup, reps)
+        rows.append(dict(method="one device", fwd_ms=t_fwd, fwdbwd_ms=t_both, err_o=0.0))
     together()
-    return [dict(r, ranks=world_size, local_tokens=local, **asdict(shape)) for r in rows]
+    return [dict(r, ranks=world_size, local_tokens=local, tokens=world_size * local, **asdict(shape)) for r in rows]

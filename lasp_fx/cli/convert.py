@@ -1,12 +1,9 @@
 """`lasp-fx convert TARGET --out PATH`: write the model with its linear attention rewritten into the lasp_fx op.
 
-    --out model.pt2   a torch.export program of the rewritten module (torch.export.save), with the
-                      report next to it (model.pt2.report.txt) and inside (extra file "report.txt");
-                      load it with `import lasp_fx; torch.export.load("model.pt2").module()`.
-    --out folder      readable Python (GraphModule.to_folder: module.py, the weights beside it) and
-                      report.txt; `import lasp_fx` is written at the top of module.py, and the weights
-                      are found relative to it, so the folder can be moved.
-Both are specialised to the example inputs' shapes and device (--device), like the capture they come from.
+`--out model.pt2` writes a torch.export program (`import lasp_fx; torch.export.load(path).module()`), the
+report beside it and inside; `--out folder` readable Python (module.py, class Converted, the weights beside
+it, found relative to it) and report.txt. Either runs at any sequence length (dim --seq-dim of every input)
+and under `lasp_fx.parallelize` like the original; the other sizes and the device are the example's.
 """
 
 from __future__ import annotations
@@ -20,17 +17,17 @@ import typer
 from torch.fx import CodeGen, GraphModule
 from torch.utils import _pytree as pytree
 
+from lasp_fx.capture import FIXED_LENGTH_HINT, CaptureError
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
+from lasp_fx.cli.help import examples
 from lasp_fx.cli.inspect import DEVICE_OPT, DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
 
-EPILOG = """Examples:
-
-  lasp-fx convert examples.models:RetNetLM --out retnet.pt2
-
-  lasp-fx convert examples/models/gated.py:GatedLM --input-shape 1,256 --out gated_lasp/
-
-  python -c "import lasp_fx, torch; m = torch.export.load('retnet.pt2').module()"
-"""
+EPILOG = examples(
+    "lasp-fx convert examples.models:RetNetLM --out retnet.pt2",
+    "lasp-fx convert examples/models/gated.py:GatedLM --out gated_lasp/",
+    "lasp-fx convert my_model.py:build --input-shape 2,256,512 --out mine.pt2",
+    "python -c \"import lasp_fx, torch; print(torch.export.load('retnet.pt2'))\"",
+)
 CLASS_NAME = "Converted"
 
 
@@ -38,37 +35,58 @@ CLASS_NAME = "Converted"
 def convert(
     ctx: typer.Context,
     target: str = TARGET_ARG,
-    out: str = typer.Option(..., "--out", help="FILE.pt2 (torch.export program) or a folder (readable Python).",
-                            show_default=False),
+    out: str = typer.Option(..., "--out", metavar="PATH", show_default=False,
+                            help="FILE.pt2 (torch.export program) or a folder (readable Python)."),
     input_shape: Optional[List[str]] = SHAPE_OPT,
     dtype: str = DTYPE_OPT,
     vocab: Optional[int] = VOCAB_OPT,
     inputs: Optional[str] = INPUTS_OPT,
     seed: int = SEED_OPT,
     device: str = DEVICE_OPT,
+    seq_dim: int = typer.Option(1, "--seq-dim", metavar="DIM",
+                                help="The sequence dimension of every input that has one; its length stays free."),
+    fixed_length: bool = typer.Option(False, "--fixed-length", metavar="",
+                                      help="Fix the length to the example's too (for models whose code needs it)."),
 ):
-    """Rewrite a model's linear attention into the lasp_fx op and write the result and the report."""
-    from lasp_fx.passes import convert as convert_model
+    """Rewrite a model's linear attention into the lasp_fx op; write the module (any length) and the report."""
+    from lasp_fx.convert import convert as convert_model
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")
     ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
-    with quiet_torch(ctx):
-        gm, report = convert_model(ex.model, *ex.args, **ex.kwargs)
+    dynamic = None if fixed_length else seq_dim
+    if dynamic is not None and not any(t.dim() > dynamic for t in _tensors(ex)):
+        raise CliError(f"--seq-dim {seq_dim}: no input has a dimension {seq_dim} (inputs {ex.describe()})",
+                       "name the inputs' sequence dimension with --seq-dim, or pass --fixed-length")
+    try:
+        with quiet_torch(ctx):
+            gm, report = convert_model(ex.model, *ex.args, dynamic_seq_dim=dynamic, **ex.kwargs)
+    except CaptureError as e:
+        if e.hint == FIXED_LENGTH_HINT:
+            e.hint += ", or pass --fixed-length for a module that runs at the example's length only"
+        raise
     typer.echo(str(report))
     if not report.matches:
         raise CliError(f"no linear attention found in {target}: nothing to rewrite",
-                       f"`lasp-fx inspect {target}` lists the near-misses and why each was left alone")
+                       "the report above lists the near-misses and why each was left alone")
+    os.makedirs(os.path.dirname(os.path.abspath(out.rstrip(os.sep))), exist_ok=True)  # as --out names it
     with quiet_torch(ctx):
         if out.endswith(".pt2"):
-            written = _save_program(gm, ex, str(report), out)
+            written = _save_program(gm, ex, str(report), out, dynamic)
         else:
             written = _save_folder(gm, str(report), out, target, device)
     typer.echo(f"\nwrote {', '.join(written)}")
 
 
-def _save_program(gm: GraphModule, ex, report: str, path: str) -> list[str]:
-    program = torch.export.export(gm, ex.args, ex.kwargs or None, strict=False)
+def _tensors(ex) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves((ex.args, ex.kwargs)) if isinstance(t, torch.Tensor)]
+
+
+def _save_program(gm: GraphModule, ex, report: str, path: str, seq_dim: int | None) -> list[str]:
+    from lasp_fx.capture import seq_dynamic_shapes
+
+    dynamic = None if seq_dim is None else seq_dynamic_shapes(gm, ex.args, ex.kwargs, seq_dim)
+    program = torch.export.export(gm, ex.args, ex.kwargs or None, dynamic_shapes=dynamic, strict=False)
     torch.export.save(program, path, extra_files={"report.txt": report})
     with open(path + ".report.txt", "w") as f:
         f.write(report + "\n")

@@ -6,8 +6,12 @@ import platform
 import torch
 import typer
 
+from lasp_fx.cli.help import examples
 from lasp_fx.distributed import peer
 from lasp_fx.ops.op import kernels_for
+
+
+EPILOG = examples("lasp-fx doctor")
 
 
 def _triton_version() -> str:

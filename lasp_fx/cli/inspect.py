@@ -1,4 +1,4 @@
-"""`lasp-fx inspect TARGET`: the table of linear-attention matches and near-misses, optionally drawn."""
+"""`lasp-fx inspect TARGET`: the table of linear-attention matches, near-misses and softmax layers, optionally drawn."""
 
 from __future__ import annotations
 
@@ -8,31 +8,31 @@ from typing import List, Optional
 import typer
 
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
+from lasp_fx.cli.help import examples
 from lasp_fx.cli.target import DEVICES, DTYPES, Example, build_model, check_device, example
 
-EPILOG = """Examples:
-
-  lasp-fx inspect examples.models:LightningLM
-
-  lasp-fx inspect examples/models/retnet.py:RetNetLM --input-shape 2,128 --dtype float64
-
-  lasp-fx inspect my_model.py:build --inputs my_model.py:example_batch --graph attention.svg
-
-  lasp-fx inspect examples.models:GatedLM --device cuda
-"""
+EPILOG = examples(
+    "lasp-fx inspect examples.models:LightningLM",
+    "lasp-fx inspect examples/models/hybrid.py:HybridLM --input-shape 2,128",
+    "lasp-fx inspect examples.models:RetNetLM --graph retnet.svg",
+    "lasp-fx inspect my_model.py:build --inputs my_model.py:example_batch",
+    "lasp-fx inspect examples.models:GatedLM --device cuda",
+)
 
 # The options every command that builds a model takes (inspect, convert).
-TARGET_ARG = typer.Argument(..., help="path/to/file.py:factory or package.module:factory; called with no arguments.",
-                            show_default=False)
-SHAPE_OPT = typer.Option(None, "--input-shape", help="Shape of one input, e.g. 2,64; repeat for several "
-                         "inputs. Token ids if the model starts with nn.Embedding, else random floats. "
+TARGET_ARG = typer.Argument(..., metavar="TARGET", show_default=False,
+                            help="path/to/file.py:factory or package.module:factory; called with no arguments.")
+SHAPE_OPT = typer.Option(None, "--input-shape", metavar="SIZES", help="Shape of one input, e.g. 2,64; repeat for "
+                         "several inputs. Token ids if the model starts with nn.Embedding, else random floats. "
                          "Default: guessed from the first layer (2,64 tokens).")
-DTYPE_OPT = typer.Option("float32", "--dtype", help=f"Model and float-input dtype: {', '.join(DTYPES)}.")
-VOCAB_OPT = typer.Option(None, "--vocab", help="Token ids are drawn below this (default: the embedding's size).")
-INPUTS_OPT = typer.Option(None, "--inputs", help="module:factory returning the example inputs (a tensor, a "
-                          "tuple, or a dict of keyword inputs) instead of --input-shape.")
-SEED_OPT = typer.Option(0, "--seed", help="Seed for the model's initialisation and the random inputs.")
-DEVICE_OPT = typer.Option("cpu", "--device",
+DTYPE_OPT = typer.Option("float32", "--dtype", metavar="DTYPE",
+                         help=f"Model and float-input dtype: {', '.join(DTYPES)}.")
+VOCAB_OPT = typer.Option(None, "--vocab", metavar="N", help="Token ids are drawn below this (default: the "
+                         "embedding's size).")
+INPUTS_OPT = typer.Option(None, "--inputs", metavar="MODULE:FACTORY", help="A function returning the example "
+                          "inputs (a tensor, a tuple, or a dict of keyword inputs) instead of --input-shape.")
+SEED_OPT = typer.Option(0, "--seed", metavar="N", help="Seed for the model's initialisation and the random inputs.")
+DEVICE_OPT = typer.Option("cpu", "--device", metavar="DEVICE",
                           help=f"Where the model and its example inputs live: {', '.join(DEVICES)}.")
 
 
@@ -55,14 +55,14 @@ def inspect(
     inputs: Optional[str] = INPUTS_OPT,
     seed: int = SEED_OPT,
     device: str = DEVICE_OPT,
-    graph: Optional[str] = typer.Option(None, "--graph", help="Draw the captured graph, matches highlighted: "
-                                        "FILE.svg or FILE.png."),
-    method: str = typer.Option("export", "--method", help="Capture with torch.export (\"export\") or dynamo."),
+    graph: Optional[str] = typer.Option(None, "--graph", metavar="FILE", help="Draw the captured graph, "
+                                        "matches highlighted: FILE.svg or FILE.png."),
+    method: str = typer.Option("export", "--method", metavar="METHOD",
+                               help="Capture with torch.export (export) or torch.compile's front end (dynamo)."),
 ):
     """Find the causal linear attention in a model: what is rewritten, where, and what is left alone."""
     from lasp_fx.capture import capture
-    from lasp_fx.passes import InspectReport, detect
-    from lasp_fx.passes.detect.context import to_match
+    from lasp_fx.passes import find
     from lasp_fx.passes.detect.probe import region
 
     if graph is not None and os.path.splitext(graph)[1].lower() not in (".svg", ".png"):
@@ -72,19 +72,19 @@ def inspect(
     ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
     with quiet_torch(ctx):
         captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
-        cands, near = detect(captured.gm, captured.example_inputs)
-    report = InspectReport([to_match(c) for c in cands], near)
+        cands, report = find(captured.gm, captured.example_inputs)
     typer.echo(f"{target} on inputs {ex.describe()}:")
     typer.echo(str(report))
-    lines = sorted({(m.source, m.code) for m in [*report.matches, *report.near_misses] if m.code})
+    left = [*report.near_misses, *report.softmax]
+    lines = sorted({(m.source, m.code) for m in [*report.matches, *left] if m.code})
     if lines:
         typer.echo("\nsource lines:")
         for source, code in lines:
             typer.echo(f"  {source}  {code}")
     if graph is not None:
         regions = [(f"{m.source} {m.module} ({m.family})", set(region(c)) | {c.out})
-                   for c, m in zip(cands, report.matches)]
-        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in near], graph)
+                   for c, m in zip(cands, report.matches[len(report.matches) - len(cands):])]  # after direct calls
+        _draw(captured.gm, regions, [(f"{n.source} {n.module}: {n.reason}", n.node) for n in report.near_misses], graph)
 
 
 def _draw(gm, regions, near, path: str) -> None:

@@ -91,19 +91,23 @@ def example(model: nn.Module, target: str, shapes: list[str], dtype: str, vocab:
     if inputs:
         ex = _from_factory(model, inputs)
     else:
-        parsed = [parse_shape(s) for s in shapes] or [_guess_shape(model, target)]
+        parsed = [parse_sizes(s, "--input-shape", SHAPE_EXAMPLE) for s in shapes] or [_guess_shape(model, target)]
         ex = Example(model, tuple(_tensor(model, s, DTYPES[dtype], vocab) for s in parsed))
     ex.args, ex.kwargs = tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, (ex.args, ex.kwargs))
     _check_runs(ex, target)
     return ex
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    hint = "give sizes separated by commas, e.g. --input-shape 2,64 (a batch of 2 sequences of 64 tokens)"
+SHAPE_EXAMPLE = "--input-shape 2,64 (a batch of 2 sequences of 64 tokens)"
+
+
+def parse_sizes(text: str, option: str, example: str) -> tuple[int, ...]:
+    """Positive integers separated by commas, the value of `option` ("2,64"); `example` shows one."""
     parts = [p.strip() for p in text.split(",")]
     for p in parts:
         if not p.isdigit() or int(p) == 0:
-            raise CliError(f"--input-shape {text!r}: {p!r} is not a positive integer", hint)
+            raise CliError(f"{option} {text!r}: {p!r} is not a positive integer",
+                           f"give positive integers separated by commas, e.g. {example}")
     return tuple(int(p) for p in parts)
 
 

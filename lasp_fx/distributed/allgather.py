@@ -1,24 +1,10 @@
 """LASP-2 style: one all-gather of every rank's (local state, total log-decay), then a local decayed sum.
 
-Forward, rank r gathers (S_j, A_j) of all ranks and forms the state entering its slice
-    X_{r-1} = sum_{j<r} exp(A_{j+1} + ... + A_{r-1}) S_j          (rank 0's S_0 holds the initial state)
-Backward gathers (N_j, A_j) with N_j = ds_loc_j + exp(A_j) d_final_j and forms
-    M_{r+1} = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j,   ds_out_r = d_final_r + M_{r+1}.
-One exchange per direction whatever P is; the weights are sums of log-decays (never
-differences of long cumulative sums, which would lose precision in float32). Where every rank
-of the group can map the others' memory (distributed/peer.py), gather and combination are one
-Triton kernel with no collective (distributed/kernels/peer.py); otherwise NCCL's all-gather, then one
-Triton kernel combines the gathered rows on CUDA (distributed/kernels/gathered.py) and the PyTorch ops
-below do it elsewhere (gloo).
-
-The exchange runs exposed, where its result is needed: the forward issues it right after
-the state pass and folds X_{r-1} into the output kernel's segment states; the backward issues
-it once its dq kernel is queued, so it runs after dq, and folds ds_out into dk and dv. Run
-alongside those kernels on NCCL's stream, its kernels took SMs from them: on 4 H200s at 32K
-tokens per GPU the output kernel went from 280 to ~390 us and dq likewise, and the late pass
-the forward then needed (ops/triton/forward._late_out_kernel) cost ~130 us more; the exposed
-all-gather of 4 x 1 MiB takes tens of microseconds (bench/records/2026-11-28_overlap, call 4),
-and the peer kernel ~10 us at P = 2 (bench/records/2026-11-28_peer).
+One exchange per direction whatever P is, its weights sums of log-decays (never differences of
+long cumulative sums, which lose precision in float32); through peer memory where the group
+allows it (peer.py), else NCCL's all-gather and one combination kernel on CUDA
+(kernels/gathered.py), PyTorch ops on gloo. It runs where its result is needed: alongside the
+kernels NCCL's kernels took their SMs (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -136,7 +122,7 @@ def begin_forward(s_loc: Tensor, log_decay, link: Link, sends: list) -> Callable
     `sends` stays empty (a collective). LASP calls the step at once (module docstring).
     """
     group, rank = link.group, link.group.rank()
-    if peer.usable(group, s_loc.device, s_loc.dtype):  # one kernel: push, wait, combine (distributed/peer.py)
+    if link.peers:  # one kernel: push, wait, combine (distributed/peer.py)
         link.sent = True  # nothing to abandon: the peers wait in the kernel, whose spin bounds it
         def through_peers():
             late, end = peer.exchange(s_loc, log_decay, None, group, True, *_checks(link))
@@ -168,11 +154,11 @@ def begin_backward(ds_loc: Tensor, log_decay, d_final, link: Link, sends: list) 
     """The exchange, issued when the returned step is called (after LASP has queued dq: module
     docstring); the step gives (ds_out or None, M_r = gradient of X_{r-1})."""
     group, rank, P = link.group, link.group.rank(), link.group.size()
-    link.sent = peer.usable(group, ds_loc.device, ds_loc.dtype)  # as in begin_forward
+    link.sent = link.peers  # as in begin_forward
     n = ds_loc if d_final is None else step(d_final, log_decay, ds_loc)
 
     def finish():
-        if peer.usable(group, n.device, n.dtype):
+        if link.peers:
             late, end = peer.exchange(n, log_decay, d_final, group, False, *_checks(link))
             return (d_final if rank == P - 1 else late), end
         rows = _gather(link, n, log_decay)()

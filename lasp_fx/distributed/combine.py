@@ -1,16 +1,8 @@
 """The d x e combination step both exchanges apply, and waiting for the sends they leave in flight.
 
-The ring's links run on the compute stream, queued when the kernels ask for the late state (the
-hook's callable, ops/chunked.py): in the forward right after the state pass (the output kernel
-needs the state at once), in the backward after the dq kernel (which needs none), so a rank's
-recv never holds up its own dq; the chain then runs after every rank's dq, exposed, less its
-first hop (the last rank receives nothing and sends at once: ring.begin_backward). The
-all-gather is issued where its result is needed, after the state pass (forward) and after dq
-(backward): run alongside the kernels, NCCL's kernels took their SMs (allgather.py). A side
-stream of our own cost ~0.37 ms of host work per call on an H200 (stream, events,
-record_stream: bench/records/2026-11-28_fold/NOTES.md), more than the NCCL hop it would hide.
-NCCL calls only make the compute stream wait, never the host; on CPU (gloo) they block, which
-is all the order needs.
+The exchanges run on the compute stream's order, queued when the kernels ask for the late state
+(forward: after the state pass; backward: after dq), never on a side stream of their own, whose
+host work cost more than the hop it would hide (docs/design.md §4).
 """
 
 from __future__ import annotations

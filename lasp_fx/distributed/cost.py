@@ -1,37 +1,13 @@
 """The cost model behind method="auto": device time the exchange adds to one fwd+bwd, ring vs all-gather.
 
-Both exchanges run exposed on the compute stream's order (combine.py) and move only fp32
-states of n = B*H*D*E*4 bytes:
-
-    ring       (2P - 3) hops in a chain: P - 1 in the forward, P - 2 in the backward (the last
-               rank's send leaves at once and arrives during the next rank's dq)
-               hop = alpha_p2p + n / beta_p2p
-    all-gather 2 exchanges, one per direction: 2 * (alpha + (P - 1) * n / beta), where the
-               transport is peer memory when the group can use it (distributed/peer.py: one
-               kernel, no collective) and NCCL's all-gather otherwise
-
-The smaller total wins. With peer memory the all-gather wins at every P; over NCCL the ring
-wins at P = 2 and the all-gather from P = 3.
-
-Calibration: fwd+bwd replayed as a CUDA graph (device time alone, no host work in the way) at
-32K tokens per GPU, 1 MiB states, H200s, TORCH_NCCL_HIGH_PRIORITY=1, over the single-GPU op's
-1.52 ms (bench/sp.py "graph" column, each replay started after a barrier):
-    P = 2: ring +75 us (1 hop), NCCL all-gather +143 us, peer all-gather +27 us
-           (bench/records/2026-11-28_overlap call 5; 2026-11-28_peer call 6)
-    P = 4: ring +699 us (5 hops), NCCL all-gather +177 us (2026-11-28_overlap call 5)
-The NCCL all-gather fits alpha = 60 us with ~11 us per MiB gathered. The peer kernel took
-~10 us per exchange alone at P = 2 (bench/exchange.py); alpha = 8 us and 150 GB/s fit the
-+27 us. The ring's hop is 75 us at P = 2 but 140 us at P = 4: its links wait for the slowest
-rank before them as well as for the bytes, so the model (80 us a hop) is optimistic for the
-ring at P >= 3, which loses there anyway. Prediction for P = 8 (`bench/cost_model.py`):
-all-gather on either transport.
+ring = (2P - 3) hops of alpha_p2p + n / beta_p2p; all-gather = 2 * (alpha_ag + (P - 1) * n /
+beta_ag), with n the state's bytes and (alpha, beta) per transport fitted to bench/records
+(bench/cost_check.py); the smaller total wins (docs/design.md §4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-METHODS = ("ring", "allgather")
 
 
 @dataclass(frozen=True)
@@ -90,6 +66,4 @@ def resolve_method(method: str, world_size: int, state_bytes: int, device_type: 
     if method == "auto":
         _, ring, ag = _times(world_size, state_bytes, device_type, peer)
         return "ring" if ring <= ag else "allgather"
-    if method not in METHODS:
-        raise ValueError(f"method must be 'ring', 'allgather' or 'auto', got {method!r}")
     return method

@@ -1,12 +1,9 @@
 """The header every state message carries: what the exchange relies on, so ranks never disagree silently.
 
-64 values appended to each message a rank sends (ring: its state; all-gather: its row), encoded
-as integers below 2^16 so that any float dtype holds them exactly: the call's shapes, dtype, decay
-form, method and scale, the direction, the sender's rank and a status. The receiver compares them
-with its own: on a CPU group (gloo) on the host, where the exchange blocks anyway, so a mismatch
-raises at once naming both ranks' values; on CUDA on the device (no host sync), where a mismatch
-turns the received state into NaN. A rank that fails inside its exchange sends status FAILED and
-the first characters of its error instead, so its peers raise "rank r failed: ..." at once.
+64 values below 2^16 (exact in any float dtype): the call's shapes, dtype, decay form, method and
+scale, the direction, the sender's rank and a status, or FAILED with the start of the sender's
+error. Checked on the host on CPU groups (a mismatch raises), on the device on CUDA (a mismatch
+gives NaN): docs/design.md §4.
 """
 
 from __future__ import annotations
@@ -18,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lasp_fx.distributed.cost import METHODS
+from lasp_fx.config import EXCHANGES
 
 SIZE = 64  # values per header: 256 bytes next to a state of B*H*D*E*4 bytes (1 MiB at 16 x 128 x 128)
 _MAGIC = 0x1A5F
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")
+_DECAYS = ("none", "per-head [H]", "per-token [B, T, H]")  # + len(_DECAYS) with packed documents
 _DIRECTIONS = ("forward", "backward")
 _DIMS = ("B", "T", "H", "H_kv", "D", "E")
 _TEXT = SIZE - 24  # characters of a failure's reason that fit
@@ -53,8 +50,8 @@ class Header:
     def describe(self) -> str:
         B, T, H, Hk, D, E = self.dims
         dtype = _DTYPES[self.dtype] if self.dtype < len(_DTYPES) else f"dtype#{self.dtype}"
-        return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_pick(_DECAYS, self.decay)}, "
-                f"method {_pick(METHODS, self.method)}, scale {self.scale:g}")
+        return (f"q [{B}, {T}, {H}, {D}], k/v heads {Hk}, E {E}, {dtype}, decay {_decay_name(self.decay)}, "
+                f"method {_pick(EXCHANGES, self.method)}, scale {self.scale:g}")
 
     def differences(self, other: "Header") -> str:
         """What differs from `other`, shortly ("T 8 vs 6, dtype 2 vs 3"): fits a FAILED header's reason."""
@@ -92,13 +89,21 @@ def _pick(names, i):
     return names[i] if 0 <= i < len(names) else f"#{i}"
 
 
-def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, direction: str, rank: int) -> Header:
+def _decay_name(i: int) -> str:
+    """The decay form, and whether the call packs documents (which changes what the messages hold)."""
+    if len(_DECAYS) <= i < 2 * len(_DECAYS):
+        return f"{_DECAYS[i - len(_DECAYS)]}, packed documents"
+    return _pick(_DECAYS, i)
+
+
+def make(q: Tensor, k: Tensor, v: Tensor, log_decay, scale: float, method: str, direction: str, rank: int,
+         documents: bool = False) -> Header:
     """This rank's header for a call with these inputs (shapes only: no tensor is read)."""
     B, T, H, D = q.shape
-    decay = 0 if log_decay is None else (1 if log_decay.dim() == 1 else 2)
+    decay = (0 if log_decay is None else (1 if log_decay.dim() == 1 else 2)) + (len(_DECAYS) if documents else 0)
     dtype = _DTYPES.index(q.dtype) if q.dtype in _DTYPES else len(_DTYPES)
     dims = (B, T, H, k.shape[2], D, v.shape[3])
-    return Header(dims, dtype, decay, METHODS.index(method), float(scale), _DIRECTIONS.index(direction), rank)
+    return Header(dims, dtype, decay, EXCHANGES.index(method), float(scale), _DIRECTIONS.index(direction), rank)
 
 
 def as_tensor(header: Header, like: Tensor) -> Tensor:

@@ -19,10 +19,6 @@ from torch import Tensor
 from lasp_fx.distributed import header as hdr
 from lasp_fx.distributed.errors import ExchangeTimeoutError, RankFailedError, RankMismatchError
 
-DEFAULT_TIMEOUT = 600.0
-"""Seconds a rank waits for a peer's state: NCCL's default watchdog timeout, long enough for a
-peer saving a checkpoint or compiling a graph, short enough that a dead job frees its machines."""
-
 
 def checks_on_host(device: torch.device) -> bool:
     """Whether a call's exchange with states on `device` takes the host path (see Link.host)."""
@@ -46,6 +42,8 @@ class Link:
     tests run those kernels under Triton's interpreter)."""
     sent: bool = False
     """Whether this rank's message of this direction has left (then there is nothing to abandon)."""
+    peers: bool = False
+    """Whether the all-gather goes through peer memory (peer.usable, asked once per call)."""
 
     @property
     def on_host(self) -> bool:

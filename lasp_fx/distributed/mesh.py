@@ -15,9 +15,9 @@ from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.utils._pytree import tree_flatten, tree_map
 
+from lasp_fx.config import DEFAULT_TIMEOUT, ShardSpec
 from lasp_fx.distributed.errors import ExchangeTimeoutError, RankMismatchError
 from lasp_fx.distributed.group import SP_DIM, resolve_group
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,7 @@ class SequenceMesh:
     def size(self) -> int:
         return self.group.size()
 
-    def spec(self, method: str, timeout: float = DEFAULT_TIMEOUT):
-        from lasp_fx.passes.shard import ShardSpec
-
+    def spec(self, method: str, timeout: float = DEFAULT_TIMEOUT) -> ShardSpec:
         return ShardSpec(self.group.group_name, self.rank, self.size, method, timeout)
 
     # -------------------------------------------------------------------------- inputs

@@ -1,12 +1,8 @@
 """check=True: every rank's header gathered before any state moves, so a mismatch raises on every rank alike.
 
-The state messages carry the same header (header.py), checked by whoever receives them; that check
-is free but one-sided in the ring (rank r sees only rank r-1's in the forward), and on CUDA it turns
-a mismatch into NaN rather than an error. This one all-gather of the 64-value header makes every
-rank raise the same RankMismatchError naming every rank's values, and leaves the group usable.
-Its cost: on a group with a CPU backend (gloo, or "cpu:gloo,cuda:nccl") it stays on the host, tens
-of microseconds; on an NCCL-only group the 256 bytes go through the GPU and reading them back
-waits for the work already queued on the current stream (a host sync).
+The headers the states carry are checked one-sidedly by their receivers, and on CUDA a mismatch
+turns into NaN; this one all-gather of 64 values makes every rank raise the same
+RankMismatchError and leaves the group usable (on an NCCL-only group at the cost of a host sync).
 """
 
 from __future__ import annotations

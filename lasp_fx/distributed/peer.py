@@ -1,23 +1,9 @@
 """Peer memory for LASP's all-gather: every rank's slots and flags mapped into every other rank.
 
-The exchange itself is one Triton kernel (distributed/kernels/peer.py): each rank pushes its state into
-the slots of the ranks that need it and raises a flag per tile; the receiver combines as the
-flags come up and lowers them. On 2 H200s, one 1 MiB state per rank (bench/exchange.py,
-bench/records/2026-11-28_peer): 9.8 us an exchange against 26 us for NCCL's all-gather and the
-combination kernel, and 9.7 us against 23 us run beside a matmul (NCCL's kernels hold SMs).
-
-The buffers live in symmetric memory (torch.distributed._symmetric_memory, CUDA backend: one
-host, peer access over NVLink or PCIe). Building them is collective (a rendezvous and a
-barrier), so it happens on the first exchange of a given state shape, which every rank of the
-group makes at the same point; they are kept per (group, device, state shape), as torch keeps
-its own symmetric-memory workspace per group, and every flag is down between calls. `release()`
-drops them (e.g. before destroying the group).
-
-`usable(group, device, dtype)` decides once per group whether the path applies: a CUDA float32
-state, and every rank of the group on this host (hostnames gathered once, a host sync: make the
-first call before capturing a CUDA graph, as any warm-up does). `LASP_FX_PEER=0` turns it off
-(the same on every rank, as torchrun sets it). Every rank computes the same answer, so every
-rank takes the same path.
+The buffers live in symmetric memory (one host, peer access over NVLink or PCIe). Building them
+is collective, so it happens at the first exchange of a state shape, which every rank makes at
+the same point; `usable(group, device, dtype)` decides once per group, the same on every rank,
+whether the path applies (a CUDA float32 state, one host, `LASP_FX_PEER` not 0).
 """
 
 from __future__ import annotations
@@ -95,7 +81,6 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
     n_slots, n_flags = P * tiles * kernel.SLOT, P * tiles
     # An allocation of its own (what symm_mem.empty gives with TORCH_SYMMMEM_IMPLICIT_POOL=0), so
     # the buffer starts its mapping and the peers' addresses need no offset into a shared pool.
-    # Two state shapes, so two such buffers, ran in LASP's check on 2 H200s (2026-11-28_peer call 5).
     raw = symm_mem._SymmetricMemory.empty_strided_p2p((n_slots + n_flags,), (1,), torch.float32, device)
     raw.zero_()
     handle = symm_mem.rendezvous(raw, group.group_name)

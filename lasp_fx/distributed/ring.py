@@ -1,13 +1,8 @@
 """LASP-1 ring: the state walks the ranks by point-to-point send/recv, one d x e axpy per hop.
 
-Forward, rank r (X_r = state after rank r's slice, S_r = its local state, A_r its total log-decay):
-    recv X_{r-1} from r-1;  X_r = exp(A_r) X_{r-1} + S_r;  send X_r to r+1.
-Rank 0's local state already contains the initial state, so it only sends. Backward runs the
-same chain in reverse on M_r = dL/dX_{r-1} (the gradient rank r sends back):
-    recv M_{r+1} from r+1;  ds_out_r = d_final_r + M_{r+1};  M_r = ds_loc_r + exp(A_r) ds_out_r;  send M_r to r-1.
-Every rank does its state pass before it waits, so the chain carries only the combination step:
-(P - 1) x (latency + 1 axpy). In the backward it is queued after each rank's dq kernel, so it runs
-exposed after them, less its first hop (combine.py).
+Forward: recv X_{r-1}, X_r = exp(A_r) X_{r-1} + S_r, send X_r; the backward runs the chain in
+reverse on M_r = dL/dX_{r-1}. Every rank does its state pass before it waits, so the chain
+carries only the combination step (docs/design.md §4).
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from lasp_fx.distributed.kernels.gathered import checked_step
 
 def _recv(link: Link, src: int) -> Tensor:
     """The raw message from `src`: its state [n] then its header [SIZE]."""
-    # ProcessGroup.recv / send take group ranks and skip dist.irecv's Python checks (~20 us a call).
+    # ProcessGroup.recv / send take group ranks and skip dist.irecv's Python checks (host time).
     buf = torch.empty(math.prod(link.state_shape) + header.SIZE, dtype=link.dtype, device=link.device)
     link.wait(link.group.recv([buf], src, 0), f"rank {src}")  # NCCL: the current stream waits, not the host
     return buf

@@ -12,6 +12,8 @@ import torch
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
+from lasp_fx.distributed.softmax_sp import causal_attention_over_ranks  # noqa: F401 - the sharding pass's target
+
 
 # renamed in torch 2.13; 2.11 has only the old name
 _all_gather_autograd = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
@@ -117,22 +119,3 @@ def halo_from_next(x: Tensor, width: int, dim: int, fill: float, rank: int, worl
 def gather_sequence(x: Tensor, dim: int, group_name: str) -> Tensor:
     """All ranks' slices of x concatenated along the sequence dim (backward: this rank's share)."""
     return _all_gather_autograd(x.contiguous(), dim, group_name)
-
-
-def causal_attention_over_ranks(q, k, v, scale, enable_gqa: bool, rank: int, group_name: str) -> Tensor:
-    """Causal softmax attention of this rank's queries over the keys of all ranks up to its own.
-
-    q, k, v: [B, H, s, D] slices (LASP-2H style: one all-gather of K and V per layer). Query i of
-    rank r sits at global position r*s + i and sees keys 0 .. r*s + i, so ranks after r
-    contribute nothing and are cut before the product. The mask is dense, [s, (r+1)*s] booleans.
-    """
-    import torch.nn.functional as F
-
-    s = q.shape[-2]
-    seen = (rank + 1) * s
-    keys = gather_sequence(k, k.dim() - 2, group_name).narrow(-2, 0, seen)
-    values = gather_sequence(v, v.dim() - 2, group_name).narrow(-2, 0, seen)
-    rows = torch.arange(s, device=q.device) + rank * s
-    mask = torch.arange(seen, device=q.device)[None, :] <= rows[:, None]
-    extra = {"enable_gqa": True} if enable_gqa else {}
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, **extra)

@@ -1,14 +1,9 @@
 """Run a function on W spawned processes joined by one process group; errors come back with tracebacks.
 
-    results = run_spawned(workers_sp.check_cases, 3, cases)   # -> [rank 0's result, rank 1's, rank 2's]
-    results = run_spawned(workers_parallel.parallel, 2, cases, device="cuda")   # NCCL, rank r on cuda:r
-
-Each child sets one thread (2-core CI boxes), joins a process group (gloo on the CPU; NCCL on
-CUDA, after selecting cuda:{rank}) through a FileStore in a fresh temporary directory (no port
-to collide on), runs `fn(rank, world_size, *args)`, sends back what it returned and always
-destroys the group. `fn` must be importable by name (a module-level function in an importable
-module, not in a test file: STACK.md section 4.4), and its arguments and result must pickle
-(plain Python data on the CPU is safest: CUDA tensors would travel as IPC handles).
+Each child uses one thread, joins through a FileStore in a fresh temporary directory (gloo on
+the CPU, NCCL on CUDA with rank r on cuda:r), runs `fn(rank, world_size, *args)` and always
+destroys the group; `fn` must be importable by name and its arguments and result must pickle
+(docs/design.md §7).
 """
 
 from __future__ import annotations

@@ -1,27 +1,15 @@
 """Chunked causal linear attention in plain PyTorch: the CPU path and the fallback everywhere.
 
-Two primitives, the same ones the Triton kernels implement, with a hook that lets LASP run the
-local work before any state arrives from another rank (DESIGN.md section 2):
+The two primitives every implementation of the op provides, `fwd` and `bwd`, with the
+`state_hook` through which LASP folds a late state into the per-chunk states instead of a
+second pass (docs/design.md §3). Computed in float32 (float64 for float64 inputs); memory is
+linear in T.
 
-    fwd(q, k, v, g, scale, s_in, state_hook, late_after_output, save)             -> o, s_out[, saved]
-    bwd(q, k, v, g, scale, do, s_in, ds_out, state_hook, decay_grad, saved)       -> dq, dk, dv, dG, ds_in
-
-`state_hook(local_state)` is called once the slice's own state (forward: the final state from
-the tokens and `s_in`; backward: the gradient of the incoming state from `do` and `ds_out`) is
-known and nothing else is. It may return None, or a zero-argument callable that gives a *late*
-state, or None: a forward state entering the slice on top of `s_in`, a backward gradient
-arriving on top of `ds_out`. The callable may also give a pair (late state, the far end's state
-with it added), for a caller that computed that sum anyway (LASP's exchange sends it on). The
-primitive calls it as late as it can (backward: after dq, which needs no ds_out) and folds the
-late state into its per-chunk states, which by linearity is the same as having passed it in:
-no extra pass over the tokens. The returned s_out / ds_in include it.
-
-`g` is the log-decay as the op receives it: None, per head [H] or per token [B, T, H].
-`dG` is the gradient with respect to the running sum G_t, from the identity
-dG_t = q_t . dq_t - k_t . dk_t (+ <dS_T, S_T> at the last token); `log_decay_grad` turns it
-into the gradient of the decay itself. Everything is computed in float32 (float64 for float64
-inputs); memory is linear in T: the largest tensors are [T/C, C, C] scores and [T/C, D, E]
-per-chunk states for each head.
+Packed documents (`runs` [B, T + 1] int32, ops/documents.py): every term between two tokens of
+different documents is masked out, the state entering a chunk reaches only its tokens before the
+chunk's first document start, and a chunk with a start in it passes no earlier state on. Masks,
+not a -inf log-decay: the decays are the tokens' own, so nothing loses precision at a reset.
+s_in is the state of the slice's first document (runs[:, 0]), s_out that of its last.
 """
 
 from __future__ import annotations
@@ -90,6 +78,37 @@ def _chunk_cumdecay(g: Tensor | None, B: int, T: int, H: int, Hk: int, C: int, d
     return torch.cumsum(a, dim=-1)
 
 
+class _Runs:
+    """Packed documents per chunk, as masks broadcasting over heads: [B, 1, N, 1, C] per token, [B, 1, N, 1] per chunk.
+
+    recv: the token sees the state entering its chunk; feed: it reaches the state leaving it;
+    keep: the chunk passes the entering state on (no document starts in it); same: [.., C, C]
+    pairs of one document. Tokens past T take the last token's run (their q, k, v are zero).
+    """
+
+    def __init__(self, runs: Tensor, N: int, C: int):
+        B, T = runs.shape[0], runs.shape[1] - 1
+        self.first, self.last = runs[:, 0], runs[:, -1]
+        r = torch.cat([runs, runs[:, -1:].expand(B, N * C - T)], dim=1)  # [B, N*C + 1]
+        tok = r[:, 1:].view(B, N, C)
+        self.before = r[:, 0 : N * C : C]  # the run of the state entering chunk n
+        self.after = r[:, C::C]  # the run of the state leaving it (its last real token's)
+        self.recv = (tok == self.before[..., None])[:, None, :, None]
+        self.feed = (tok == self.after[..., None])[:, None, :, None]
+        self.keep = (self.after == self.before)[:, None, :, None]
+        self.same = (tok[..., :, None] == tok[..., None, :])[:, None, :, None]
+
+    def reach(self, reverse: bool) -> Tensor:
+        """[B, 1, N, 1]: the state entering the slice reaches chunk n (reverse: a gradient of the
+        state leaving the slice reaches the state leaving chunk n)."""
+        hit = self.after == self.last[:, None] if reverse else self.before == self.first[:, None]
+        return hit[:, None, :, None]
+
+    def survives(self) -> Tensor:
+        """[B, 1]: the state entering the slice reaches its end."""
+        return (self.last == self.first)[:, None]
+
+
 def _state_heads(s: Tensor | None, Hk: int) -> Tensor | None:
     """[B, H, D, E] -> [B, Hk, G, D, E]."""
     if s is None:
@@ -122,7 +141,7 @@ def await_late(state_hook, local_state: Tensor):
 class _Chunks:
     """The chunked view of one call's inputs, shared by the forward and the backward."""
 
-    def __init__(self, q, k, v, g, scale, C):
+    def __init__(self, q, k, v, g, scale, C, runs=None):
         self.B, self.T, self.H, self.D = q.shape
         self.Hk, self.E = k.shape[2], v.shape[-1]
         self.G = self.H // self.Hk
@@ -133,7 +152,10 @@ class _Chunks:
         self.k = _chunk_kv(k, C, self.dtype)
         self.v = _chunk_kv(v, C, self.dtype)
         self.b = _chunk_cumdecay(g, self.B, self.T, self.H, self.Hk, C, self.dtype)
+        self.runs = None if runs is None else _Runs(runs, self.N, C)
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        if self.runs is not None:
+            causal = causal & self.runs.same  # [B, 1, N, 1, C, C]
         if self.b is None:
             self.mask = causal.to(self.dtype)  # [C, C]
         else:
@@ -154,16 +176,35 @@ class _Chunks:
 
     def inter(self, states: Tensor) -> Tensor:
         """exp(b_t) scale q_t S: the outputs from the states entering each chunk ([.., N, G, D, E] or broadcast)."""
+        w = self.from_start()
         out = self.q @ states
-        return out if self.b is None else out * torch.exp(self.b)[..., None]
+        return out if w is None else out * w[..., None]
+
+    def from_start(self) -> Tensor | None:
+        """exp(b_t), masked to the tokens the state entering the chunk reaches, [B, Hk, N, G, C] (or broadcast)."""
+        w = None if self.b is None else torch.exp(self.b)
+        if self.runs is None:
+            return w
+        return self.runs.recv.to(self.dtype) if w is None else w * self.runs.recv
 
     def chunk_decay(self) -> Tensor | None:
         """Total log-decay of each chunk, [B, Hk, N, G]."""
         return None if self.b is None else self.b[..., -1]
 
+    def carry(self) -> Tensor | None:
+        """exp(total log-decay) of each chunk, 0 where a document starts in it: [B, Hk, N, G] (or broadcast)."""
+        A = self.chunk_decay()
+        w = None if A is None else torch.exp(A)
+        if self.runs is None:
+            return w
+        return self.runs.keep.to(self.dtype) if w is None else w * self.runs.keep
+
     def decay_to_end(self) -> Tensor | None:
-        """exp(b_C - b_j): how much token j's contribution decays by the end of its chunk."""
-        return None if self.b is None else torch.exp(self.b[..., -1:] - self.b)
+        """exp(b_C - b_j): how token j's contribution decays by the end of its chunk (0 if it does not get there)."""
+        w = None if self.b is None else torch.exp(self.b[..., -1:] - self.b)
+        if self.runs is None:
+            return w
+        return self.runs.feed.to(self.dtype) if w is None else w * self.runs.feed
 
     def states_before(self, s_in: Tensor | None) -> tuple[Tensor, Tensor]:
         """State entering each chunk [B, Hk, N, G, D, E] and the state after the last chunk."""
@@ -173,12 +214,12 @@ class _Chunks:
             kk = kk * w[..., None]
         U = kk.transpose(-1, -2) @ self.v.unsqueeze(3)  # [B, Hk, N, G or 1, D, E]
         U = U.expand(self.B, self.Hk, self.N, self.G, self.D, self.E)
-        A = self.chunk_decay()
+        w = self.carry()
         S = self.q.new_zeros(self.B, self.Hk, self.G, self.D, self.E) if s_in is None else s_in
         before = []
         for n in range(self.N):  # an affine scan over chunks: N steps of a D x E axpy
             before.append(S)
-            S = (S if A is None else torch.exp(A[:, :, n])[..., None, None] * S) + U[:, :, n]
+            S = (S if w is None else w[:, :, n][..., None, None] * S) + U[:, :, n]
         return torch.stack(before, dim=2), S
 
     def fold_late(self, states: Tensor, end: Tensor, late: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
@@ -188,12 +229,18 @@ class _Chunks:
         the late state reaches chunk n decayed by the chunks between ([B, H, D, E] -> same shapes).
         """
         sl = _state_heads(late.to(self.dtype), self.Hk).unsqueeze(2)  # [B, Hk, 1, G, D, E]
+        late = late.to(self.dtype)
         A = self.chunk_decay()
         if A is None:
-            return states + sl, end + late.to(self.dtype)
-        w = torch.exp(exclusive_cumsum(A, dim=2, reverse=reverse))[..., None, None]
-        total = torch.exp(A.sum(2)).reshape(self.B, self.H)[..., None, None]
-        return states + w * sl, end + total * late.to(self.dtype)
+            if self.runs is None:
+                return states + sl, end + late
+            w, total = self.runs.reach(reverse).to(self.dtype), self.runs.survives().to(self.dtype)
+            return states + w[..., None, None] * sl, end + total[..., None, None] * late
+        w = torch.exp(exclusive_cumsum(A, dim=2, reverse=reverse))
+        total = torch.exp(A.sum(2)).reshape(self.B, self.H)
+        if self.runs is not None:  # no further than the slice's first document (reverse: its last)
+            w, total = w * self.runs.reach(reverse), total * self.runs.survives()
+        return states + w[..., None, None] * sl, end + total[..., None, None] * late
 
 
 def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
@@ -202,43 +249,36 @@ def saved_shape(q: Tensor, v: Tensor, g: Tensor | None, kv_heads: int) -> tuple:
 
 
 def fwd(
-    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, late_after_output=False,
-    save: bool = False,
+    q, k, v, g, scale: float, s_in=None, state_hook=None, chunk_size: int = CHUNK_SIZE, save: bool = False,
+    runs=None,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in.
 
     `state_hook(s_local)` is called as soon as the final state from the tokens and `s_in` is
-    known, before any output exists; a late state it returns (module docstring) is folded in,
-    or with `late_after_output` asked for once the output from everything else exists and added
-    to it (the same function: LASP's all-gather uses it to overlap the exchange with the output).
-    `save` asks for what the backward may reuse:
-    an empty tensor here, shaped `saved_shape`.
+    known, before any output exists; a late state it returns (module docstring) is folded in.
+    `save` asks for what the backward may reuse: an empty tensor here, shaped `saved_shape`.
+    `runs`: packed documents (module docstring).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] in the accumulation dtype), and the
     saved tensor with `save`.
     """
-    c = _Chunks(q, k, v, g, scale, chunk_size)
+    c = _Chunks(q, k, v, g, scale, chunk_size, runs)
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     s_out = s_out.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, s_out)
-    s_late, end = split_late(None if late is None or late_after_output else late())
+    s_late, end = split_late(None if late is None else late())
     if s_late is not None:
         S_before, s_out = c.fold_late(S_before, s_out, s_late, reverse=False)
         s_out = s_out if end is None else end.to(c.dtype)
     P = c.scores() * c.mask
     o = c.unfold(c.fold(P.reshape(c.B, c.Hk, c.N, c.G * c.C, c.C)) @ c.v) + c.inter(S_before)  # intra + states
-    s_late, end = split_late(late() if late is not None and late_after_output else None)
-    if s_late is not None:  # the late state alone, decayed to each chunk
-        S_late, s_out = c.fold_late(S_before.new_zeros(()), s_out, s_late, reverse=False)
-        s_out = s_out if end is None else end.to(c.dtype)
-        o = o + c.inter(S_late)
     o = _unchunk_q(o, c.T).to(q.dtype)
     return (o, s_out, s_out.new_empty(saved_shape(q, v, g, c.Hk))) if save else (o, s_out)
 
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, chunk_size: int = CHUNK_SIZE,
-    decay_grad: bool = True, saved=None,
+    decay_grad: bool = True, saved=None, runs=None,
 ):  # fmt: skip
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state.
 
@@ -246,25 +286,27 @@ def bwd(
     and `ds_out` is known; a late gradient it returns is awaited after dq and folded in.
     `decay_grad=False` skips dG (a decay that is a fixed buffer, as in RetNet and lightning attention).
     `saved` (what fwd(save=True) kept, and its s_out) is not used here: this path recomputes.
+    `runs`: packed documents (module docstring).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] or None when g is None or not
     decay_grad, and ds_in [B, H, D, E], the gradient of the incoming state).
     """
-    c = _Chunks(q, k, v, g, scale, chunk_size)
+    c = _Chunks(q, k, v, g, scale, chunk_size, runs)
     do_c = _chunk_q(do, c.Hk, c.C, c.dtype)
     S_before, s_out = c.states_before(_state_heads(_as(s_in, c.dtype), c.Hk))
     rows = (c.B, c.Hk, c.N, c.G * c.C, c.C)
 
     # reverse scan of the state gradient: dS_{n-1} = exp(A_n) dS_n + (exp(b) q)^T dO
-    A = c.chunk_decay()
-    eb = None if c.b is None else torch.exp(c.b)[..., None]
+    w = c.carry()
+    eb = c.from_start()
+    eb = None if eb is None else eb[..., None]
     qd = c.q if eb is None else c.q * eb
     dU = qd.transpose(-1, -2) @ do_c  # [B, Hk, N, G, D, E]
     dS_run = c.q.new_zeros(c.B, c.Hk, c.G, c.D, c.E) if ds_out is None else _state_heads(_as(ds_out, c.dtype), c.Hk)
     after = [None] * c.N
     for n in reversed(range(c.N)):
         after[n] = dS_run
-        dS_run = (dS_run if A is None else torch.exp(A[:, :, n])[..., None, None] * dS_run) + dU[:, :, n]
+        dS_run = (dS_run if w is None else w[:, :, n][..., None, None] * dS_run) + dU[:, :, n]
     dS_after = torch.stack(after, dim=2)
     ds_in = dS_run.reshape(c.B, c.H, c.D, c.E)
     late = await_late(state_hook, ds_in)
@@ -305,8 +347,7 @@ def bwd(
 def _cumsum_time(x: Tensor, reverse: bool = False) -> Tensor:
     """(Reverse) cumsum of [B, T, H] along T, computed with T innermost.
 
-    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170):
-    11.5 ms for [1, 32K, 16] on an H100, against microseconds with T innermost.
+    On CUDA, torch.cumsum along a dim that is not innermost runs serially (pytorch#122170).
     """
     xt = x.transpose(1, 2).contiguous()
     if reverse:

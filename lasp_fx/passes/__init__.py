@@ -1,61 +1,36 @@
-"""The FX pass: capture a model, detect its linear attention, rewrite it into the lasp_fx op.
+"""The FX passes on a captured graph: `find` linear attention (detect/), `rewrite` it into the op, `shard`.
 
-    report = lasp_fx.inspect(model, x)                  # what is found, where, and why not
-    gm = lasp_fx.passes.rewrite_model(model, x)        # the rewritten module (shares parameters)
-
-Stages, each importable and testable alone: `lasp_fx.capture.capture` -> `detect` -> `rewrite`.
+    cands, report = find(gm, example_inputs)     # what is found, where, and why not
+    gm = rewrite(gm, cands)                      # each verified candidate -> one op node
 """
 
 from __future__ import annotations
 
-import torch
 from torch.fx import GraphModule
 
-from lasp_fx.capture import Captured, capture
-from lasp_fx.passes.detect.context import to_match
 from lasp_fx.passes.detect import detect
-from lasp_fx.passes.detect.patterns.kernels import direct_calls
-from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
-from lasp_fx.passes.detect.report import InspectReport, inspect
+from lasp_fx.passes.detect.context import to_match
+from lasp_fx.passes.detect.known_kernels import direct_calls
+from lasp_fx.passes.detect.report import InspectReport
+from lasp_fx.passes.detect.softmax_layers import softmax_layers
+from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.rewrite import MATCH_KEY, rewrite
 
-__all__ = ["convert", "convert_captured", "detect", "rewrite", "rewrite_model", "rewrite_linear_attention", "inspect",
-           "InspectReport",
+__all__ = ["find", "convert_captured", "detect", "rewrite", "rewrite_linear_attention", "InspectReport",
            "LinearAttentionMatch", "NearMiss", "MATCH_KEY"]
 
 
-def convert_captured(captured: Captured) -> tuple[GraphModule, InspectReport]:
-    """Detect and rewrite a captured graph in place (both capture routes); returns it and the report."""
-    cands, near = detect(captured.gm, captured.example_inputs)
-    report = InspectReport(direct_calls(captured.gm) + [to_match(c) for c in cands], near)
+def find(gm: GraphModule, example_inputs) -> tuple[list[Candidate], InspectReport]:
+    """The verified candidates of `gm` and the report of what was found: direct kernel calls, then matches,
+    the near-misses and the softmax attention layers left as they are."""
+    cands, near = detect(gm, example_inputs)
+    return cands, InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near, softmax_layers(gm))
+
+
+def convert_captured(captured) -> tuple[GraphModule, InspectReport]:
+    """Detect and rewrite a `lasp_fx.capture.Captured` graph in place; returns it and the report."""
+    cands, report = find(captured.gm, captured.example_inputs)
     return rewrite(captured.gm, cands), report
-
-
-def convert(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs):
-    """Capture `model`, rewrite every verified linear attention; returns (module, report).
-
-    The module is a torch.fx.GraphModule that shares the model's Parameter objects, keeps its
-    state_dict keys and submodule tree, and is specialised to the example inputs' shapes.
-    """
-    captured = capture(model, *example_inputs, method=method, **example_kwargs)
-    return convert_captured(captured)
-
-
-def rewrite_model(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs) -> GraphModule:
-    """The model with each causal linear attention replaced by one `lasp_fx.linear_attention` op.
-
-    Args:
-        model: any nn.Module (not modified).
-        *example_inputs: inputs of one forward call; the result is specialised to their shapes.
-        method: "export" (a usable module) or "dynamo" (parameters become graph inputs).
-
-    Returns:
-        A GraphModule sharing the model's Parameters; `gm.meta["lasp_fx_report"]` holds the
-        InspectReport, and each op node carries `node.meta["lasp_fx_match"]`.
-    """
-    gm, report = convert(model, *example_inputs, method=method, **example_kwargs)
-    gm.meta["lasp_fx_report"] = report
-    return gm
 
 
 def rewrite_linear_attention(gm: GraphModule, example_inputs: list | None = None) -> GraphModule:
@@ -74,8 +49,7 @@ def rewrite_linear_attention(gm: GraphModule, example_inputs: list | None = None
         warnings.warn("rewrite_linear_attention needs the backend's example_inputs; graph left unchanged",
                       stacklevel=2)
         return gm
-    cands, near = detect(gm, example_inputs)
-    report = InspectReport(direct_calls(gm) + [to_match(c) for c in cands], near)
+    cands, report = find(gm, example_inputs)
     gm = rewrite(gm, cands)
     gm.meta["lasp_fx_report"] = report
     return gm

@@ -1,10 +1,8 @@
 """Canonicalisation: in-place ATen ops -> their functional forms (for graphs not yet functional).
 
-`torch.export(...).run_decompositions({})` is already functional; a dynamo graph re-traced
-with make_fx(pre_dispatch=True) still has `mul_`, `tril_`, ... (STACK.md 1.3). An in-place op
-on a fresh intermediate that nothing else aliases is replaced by its out-of-place overload and
-later readers of the mutated tensor read the new node instead. Mutations of inputs, of views
-and of aliased tensors are left alone (the detector then does not match through them).
+A dynamo graph re-traced with make_fx(pre_dispatch=True) still has `mul_`, `tril_`
+(docs/design.md §6): an in-place op on a fresh intermediate that nothing else aliases becomes its
+out-of-place overload; mutations of inputs, views and aliased tensors are left alone.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def build(cand: Candidate, emit, env: dict):
     if not shared:  # k and v have different head counts: repeat both to the query heads
         k, v = (_repeat_heads(emit, x, math.prod(cand.beta[1:])) for x in (k, v))
     E = shape(cand.v)[cand.v_layout.feat]
-    if cand.normalised:  # v extended by a column of ones gives the normaliser (DESIGN.md section 2)
+    if cand.normalised:  # v extended by a column of ones gives the normaliser (docs/design.md §2)
         ones = emit(aten.ones_like.default, emit(aten.slice.Tensor, v, -1, 0, 1))  # no sizes: T may be symbolic
         v = emit(aten.cat.default, [v, ones], -1)
     dtype = acc_dtype(val(cand.q).dtype) if isinstance(emit, GraphEmitter) else torch.float64

@@ -13,6 +13,7 @@ import torch
 from torch.fx import Graph, Node
 
 aten = torch.ops.aten
+SOURCE_NAME = "lasp_fx_source_name"  # node.meta key: dynamo's placeholder name, kept by capture_dynamo_graph
 
 # Ops that only move, copy or re-type data: they never mix positions or features.
 LAYOUT_OPS = {
@@ -82,26 +83,39 @@ def is_source(node: Node) -> bool:
 def ancestors(nodes: Iterable[Node], stop: set[Node] | None = None) -> set[Node]:
     """All nodes that `nodes` depend on (inclusive), not walking past `stop`."""
     stop = stop or set()
-    seen, todo = set(), list(nodes)
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n not in stop:
-            todo.extend(n.all_input_nodes)
-    return seen
+    return _reach(nodes, lambda n: () if n in stop else n.all_input_nodes)
+
+
+_ARANGE = {aten.arange.default, aten.arange.start, aten.arange.start_step}
+
+
+def sizes_as_numbers(node: Node) -> list:
+    """The symbolic sizes (SymInt / SymFloat) an ATen call takes where it takes a number or a tensor: a
+    length used as a value (`x.sum(1) / n`), not as a shape; arange's bounds make positions, not values."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or target in _ARANGE:
+        return []
+    found = []
+    for arg, value in zip(target._schema.arguments, node.args):
+        if str(arg.type) in ("number", "float", "Optional[float]", "Tensor") and isinstance(value, Node):
+            v = value.meta.get("val", value.meta.get("example_value"))
+            if isinstance(v, (torch.SymInt, torch.SymFloat)) and v.node.expr.free_symbols:
+                found.append(v)
+    return found
 
 
 def descendants(nodes: Iterable[Node]) -> set[Node]:
     """All nodes that depend on `nodes` (inclusive)."""
+    return _reach(nodes, lambda n: n.users)
+
+
+def _reach(nodes: Iterable[Node], step) -> set[Node]:
     seen, todo = set(), list(nodes)
     while todo:
         n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(n.users)
+        if n not in seen:
+            seen.add(n)
+            todo.extend(step(n))
     return seen
 
 

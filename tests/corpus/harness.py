@@ -4,7 +4,7 @@ import functools
 
 import torch
 
-from lasp_fx.passes import convert
+from lasp_fx.convert import convert
 from tests.corpus import CORPUS, DIM
 
 BATCH, SEQ = 2, 11  # T = 11: not a multiple of the op's chunk, nor of the block loop's chunk

@@ -96,7 +96,7 @@ class NonCausalConv(nn.Module):
 
 class HFLlama(nn.Module):
     """A tiny HF transformers Llama (softmax attention, GQA, rotary, its own causal mask and loss
-    shift), called as people call it: input ids and labels, no cache."""
+    shift), called as people call it: input ids, labels and the tokenizer's attention_mask, no cache."""
 
     def __init__(self, vocab=32):
         super().__init__()
@@ -107,8 +107,8 @@ class HFLlama(nn.Module):
                           attn_implementation="sdpa", use_cache=False)
         self.model = LlamaForCausalLM(cfg)
 
-    def forward(self, ids, labels=None):
-        out = self.model(input_ids=ids, labels=labels, use_cache=False)
+    def forward(self, ids, labels=None, attention_mask=None):
+        out = self.model(input_ids=ids, labels=labels, attention_mask=attention_mask, use_cache=False)
         return out.logits if labels is None else out.loss
 
 

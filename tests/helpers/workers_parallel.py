@@ -1,6 +1,7 @@
 """Spawned-rank workers for parallelize(): each rank builds a model, runs it sequence-parallel, reports.
 
-A case is a dict: model ("module:Class"), ids, labels, dtype ("float64" / "float32"), steps (AdamW
+A case is a dict: model ("module:Class"), ids, labels, mask (optional: the [B, T] attention_mask
+passed as `attention_mask=`), dtype ("float64" / "float32"), steps (AdamW
 steps after the gradient check), options (parallelize keyword arguments), mesh ("sp" or "dp,sp"),
 device ("cpu", or "cuda": rank r on cuda:r, under spawn's NCCL group; ids and labels travel on the
 CPU). `single(case)` computes the same numbers in one process, for the parent to compare with.
@@ -23,9 +24,10 @@ def build(model: str, dtype: str = "float64", seed: int = 0, **kwargs):
 
 def _run(model, case, gather):
     """Logits, loss, parameter gradients, and the losses of `steps` AdamW steps."""
-    out = model(case["ids"])
+    extra = {"attention_mask": case["mask"]} if case.get("mask") is not None else {}
+    out = model(case["ids"], **extra)
     logits = gather(out)
-    loss = model(case["ids"], labels=case["labels"])
+    loss = model(case["ids"], labels=case["labels"], **extra)
     loss.backward()
     grads = {n.removeprefix("module."): _full(p.grad) for n, p in model.named_parameters() if p.grad is not None}
     losses = []
@@ -33,7 +35,7 @@ def _run(model, case, gather):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         for _ in range(case["steps"]):
             opt.zero_grad()
-            step_loss = model(case["ids"], labels=case["labels"])
+            step_loss = model(case["ids"], labels=case["labels"], **extra)
             step_loss.backward()
             opt.step()
             losses.append(step_loss.item())
@@ -75,11 +77,11 @@ def parallel(rank, world_size, cases) -> list:
             else:
                 model = torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
         if case.get("options", {}).get("inputs") == "local":  # the memory-efficient path
-            case = {**case, "ids": lasp_fx.shard_batch(case["ids"], mesh), "labels": lasp_fx.shard_batch(case["labels"], mesh)}
+            case = {**case, **lasp_fx.shard_batch({k: case[k] for k in _batch_keys(case)}, mesh)}
         elif case.get("dtensor_inputs"):
             from torch.distributed.tensor import Shard, distribute_tensor
 
-            case = {**case, **{k: distribute_tensor(case[k], mesh, [Shard(1)]) for k in ("ids", "labels")}}
+            case = {**case, **{k: distribute_tensor(case[k], mesh, [Shard(1)]) for k in _batch_keys(case)}}
         results.append(_run(model, case, lambda t: t.full_tensor()))
     return results
 
@@ -102,9 +104,14 @@ def parallel_errors(rank, world_size, cases) -> list:
 
 def _on_device(case, rank):
     """The case with its device made concrete (cuda:{rank}; spawn made it the current device) and
-    its ids and labels on it."""
+    its ids, labels and mask on it."""
     device = f"cuda:{rank}" if torch.device(case.get("device", "cpu")).type == "cuda" else "cpu"
-    return {**case, "device": device, "ids": case["ids"].to(device), "labels": case["labels"].to(device)}
+    return {**case, "device": device, **{k: case[k].to(device) for k in _batch_keys(case)}}
+
+
+def _batch_keys(case) -> list[str]:
+    """The case's tensors with the sequence in dim 1: ids, labels and the attention mask if any."""
+    return [k for k in ("ids", "labels", "mask") if case.get(k) is not None]
 
 
 def _model(case):
@@ -128,7 +135,7 @@ def _mesh(kind: str, world_size: int, device: str):
 def _dp_slice(case, mesh):
     dp, n = mesh["dp"].get_local_rank(), mesh["dp"].size()
     rows = case["ids"].shape[0] // n
-    return {**case, "ids": case["ids"][dp * rows:(dp + 1) * rows], "labels": case["labels"][dp * rows:(dp + 1) * rows]}
+    return {**case, **{k: case[k][dp * rows:(dp + 1) * rows] for k in _batch_keys(case)}}
 
 
 def _plain(tree):

@@ -1,26 +1,9 @@
 """The all-gather exchange's combination step in one kernel: the decayed sum of the gathered states.
 
-LASP's all-gather (distributed/allgather.py) leaves every rank with the rows [P, n] of all
-ranks: each row a state (or state gradient) [B, H, D, E] followed, with decay, by the slice's
-total log-decay [B, H]. Rank r needs
-
-    forward    late = sum_{j<r} exp(A_{j+1} + ... + A_{r-1}) S_j   (X_{r-1})
-               end  = exp(A_r) late + S_r                          (X_r)
-    backward   m    = sum_{j>r} exp(A_{r+1} + ... + A_{j-1}) N_j
-               late = m + d_final                                  (ds_out)
-               end  = exp(A_r) m + N_r                             (M_r)
-
-In PyTorch that is ~10 launches of a few microseconds each (select, sum, exp, product, sum,
-exp, addcmul, ...) and ~0.15 ms of host time per direction; here one launch walks the rows from
-rank r outwards, adding the log-decays it crosses one by one (sums, never differences of long
-cumulative sums: the same precision as the ring's chain of steps). Bytes: P x n floats read, two
-written; at P = 4, 1 MiB states: 6 MiB, ~2 us.
-
-Every row ends with its sender's header (distributed/header.py) when `own_tail` is given: each
-program compares the first CHECKED values of every row's header with this rank's and writes NaN
-if any differs, so the check costs no launch and no host sync. `checked_step` is the ring's
-link the same way: the received state checked, plus d_final, carried through this slice and added
-to the own state, written straight into the next message with this rank's header after it.
+Rank r walks the gathered rows [P, n] outwards from itself, adding the log-decays it crosses
+one by one (the ring's precision), where PyTorch would take about ten small launches; each
+row's header is compared on the device and a mismatch gives NaN, with no host sync
+(docs/design.md §4). `checked_step` is the ring's link the same way.
 """
 
 from __future__ import annotations

@@ -1,34 +1,11 @@
 """LASP's all-gather and its combination in one kernel: states pushed into the peers' memory, flags, no collective.
 
-With every rank's buffers mapped into every other rank (distributed/peer.py), one launch does
-what NCCL's all-gather and the combination kernel (gathered.py) did in two plus a collective's
-latency. Each program owns one tile of BLOCK values of the state (and the slice's log-decay):
-  send     to every rank that needs our state (forward: the ranks after us; backward: before),
-           wait until its flag for our tile is 0 (it has read what we sent last time), store the
-           tile into its slot for us, then set the flag to 1 (release, system scope);
-  receive  walk out from this rank as gathered.py does; for each state wait until its flag is 1
-           (acquire), read the tile, add it with the log-decays crossed so far, set the flag
-           back to 0 (release): the sender may overwrite the slot now.
-Flags are per (source rank, tile), so tiles never wait for each other, and every flag is 0
-again once both ends are done: the buffers need no reset between calls, and CUDA graphs
-replay the kernel as is. A program sends before it waits, and the tile it waits for is sent
-by the program of the same index on the other rank, so every rank's lowest unfinished tile
-can always progress.
-
-Bytes: at P = 4 and a 1 MiB state, rank r stores (P - 1 - r) MiB into the peers (forward) and
-reads r MiB from its own memory; NVLink's latency, not its bandwidth, sets the time.
-
-Each pushed tile also carries the first values of the sender's header (distributed/header.py)
-in its slot's padding, after the log-decay: the receiver compares them with its own and combines
-NaN if any differs, so ranks that disagree on the call never mix states silently (no extra
-launch, 88 bytes more per 4 KiB tile).
-
-A rank that never answers (it died, or took another code path) would leave its peers spinning:
-after `spin` polls a program records the failure in `status` and, on a GPU, traps, so the
-process fails loudly instead of hanging or going on with a wrong state.
-
-Calls on one group must be ordered on one stream, as NCCL orders its collectives: two exchanges
-of the same buffers running at once on two streams would take each other's flags.
+Each program owns one tile of the state: it stores the tile into every peer that needs it and
+raises that peer's flag, then waits for the flags of the tiles it needs, combines them as
+gathered.py does and lowers the flags again, so the buffers need no reset and CUDA graphs
+replay the kernel. A sender never waits for a tile it has not sent, a peer that never answers
+makes the kernel trap after `spin` polls, and calls on one group must be ordered on one stream
+(docs/design.md §4).
 """
 
 from __future__ import annotations

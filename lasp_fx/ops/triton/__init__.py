@@ -1,17 +1,9 @@
 """Triton kernels for the op on CUDA: the two primitives of `chunked.py`, same signatures and semantics.
 
-    fwd(q, k, v, g, scale, s_in=None, state_hook=None, late_after_output=False, save=False)
-        -> (o, s_out[, saved states])
-    bwd(q, k, v, g, scale, do, s_in=None, ds_out=None, state_hook=None, decay_grad=True, saved=None)
-        -> (dq, dk, dv, dG, ds_in)
-
-fwd and bwd run a state pass first (states.py; bwd only the reverse one when fwd(save=True) kept
-the forward's states), call `state_hook`, then the output / gradient kernels; a late state the
-hook hands back (LASP: the state from the ranks before, the gradient from the ranks after)
-enters those kernels' segment states, so no pass over the tokens is added. Inputs fp16, bf16 or fp32 (accumulation and states in fp32); the CPU interpreter
-(TRITON_INTERPRET=1) runs the same kernels for tests. Hopper trap: Triton 3.4-3.7.0 miscompiles
-tl.trans of a dot result that feeds another dot on sm_90; no kernel here does that (backward.py
-says how).
+fwd and bwd run a state pass (states.py), call `state_hook`, then the output / gradient kernels,
+into whose segment states a late state enters; inputs fp16, bf16 or fp32, accumulation and
+states in fp32. No kernel applies tl.trans to a dot result that feeds another dot, which
+Triton 3.4-3.7.0 miscompiles on Hopper (docs/design.md §2).
 """
 
 from lasp_fx.ops.chunked import acc_dtype

@@ -1,28 +1,14 @@
 """Backward: both state passes (states.py), then dq (forward in time), dk and dv (reverse in time).
 
-Per chunk, with P = Q K^T * M, dP = dO V^T * M and the running states S (before the chunk)
-and dS (gradient of the state after it):
-    dq = scale * [dP K + exp(b) * dO S^T]
-    dk = scale * dP^T Q + exp(A - b) * V dS^T          (per query head; summed over a GQA group)
-    dv = scale * P^T dO + exp(A - b) * K dS
-    dG = q . dq - k . dk                                (per query head, the decay identity;
-                                                        intra-chunk parts: row and column sums of one matrix)
-dG is summed over the sequence (a reverse cumsum), in which the pairs of tokens after t cancel:
-pairs seen by q . dq through S and by k . dk through dS must be the same numbers on both sides.
-So every state increment is formed from the same 16-bit decay-weighted operands everywhere (the
-state passes and the walks here go chunk by chunk, weights relative to the chunk), the terms
-through a state use those operands too, with the float32 state itself at ~2^-16 (common.dot_f32b),
-and the intra-chunk part is the row and column sums of one fp32 matrix. The cancelling pairs then
-drop out exactly, and dG is exact for the model whose increments are rounded to 16 bits: as
-accurate as the other gradients, at any T (bench/check_decay_grad_gpu.py). The states' running
-sums need no split: carrying them at 2^-16 too cost 0.14 ms of 1.89 at 32K tokens on an H200.
-Every transposed operand is either loaded transposed or computed as its own product (dP^T as
-V dO^T, the states as S^T / dS^T): no kernel applies tl.trans to a dot result, which Triton
-3.4-3.7.0 miscompiles on Hopper when the result feeds another dot.
+dG = q . dq - k . dk is summed along the sequence, where pairs of tokens cancel; so every state
+increment is formed from the same 16-bit operands on both sides, the products through a state
+take the float32 state split in two (common.dot_f32b), and the intra-chunk part is the row and
+column sums of one fp32 matrix: dG is then as accurate as the other gradients at any T
+(docs/design.md §2). Transposed operands are loaded transposed or computed as their own product.
 
-Bytes: dq reads do, k, v (and q with decay), dk reads q, v, do (and k), dv reads q, k, do;
-each writes its gradient once. With GQA the per-query-head dk, dv go to float32 buffers that
-are summed over the group afterwards.
+Packed documents (HAS_RUNS, common.py): the terms through S reach only the tokens of the
+document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
+with a document start passes no state gradient back across it.
 """
 
 from __future__ import annotations
@@ -32,7 +18,8 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, config, decay_mode,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_runs, config,
+    decay_mode,
     head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
@@ -43,12 +30,12 @@ from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _dq_kernel(
-    q, k, v, g, do, S, late, A, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr,
-    PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+    q, k, v, g, do, S, late, A, runs, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -63,22 +50,26 @@ def _dq_kernel(
     dq_base = head_base(dq, i_b, T, H, i_h, D)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # S^T, plus an incoming state (s_in: the saved states hold the tokens' own states alone)
-    st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2)
+    st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
+                    G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
 
     for c in range(0, NSUB):
         t = (i_s * NSUB + c) * C + rc
         valid = t < T
+        r, r_in, r_out = chunk_runs(runs, i_b, (i_s * NSUB + c) * C, t, valid, T, C, HAS_RUNS)
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
         dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
         inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
+        if HAS_RUNS:  # the state reaches the chunk's first document only
+            inter = tl.where((r == r_in)[:, None], inter, 0.0)
         if G_MODE == 0:
-            m = chunk_mask(rc, rc, G_MODE, False)
+            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
             dq_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            m = chunk_mask(bc, rc, G_MODE, False)
+            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
             dq_inter = inter * tl.exp2(bc)[:, None]
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
         tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
@@ -96,17 +87,22 @@ def _dq_kernel(
             n_k = tl.cdiv(D, BK)
             tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
         if G_MODE != 0:
-            st = st * tl.exp2(a) + tl.dot(vt, (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype), input_precision=PREC)
+            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype)
+            st = st * tl.exp2(a)
         else:
-            st += tl.dot(vt, kt, input_precision=PREC)
+            kw = kt
+        if HAS_RUNS:  # only the chunk's last document goes on, and the state before it stops here
+            kw = tl.where((r == r_out)[:, None], kw, 0.0).to(kt.dtype)
+            st = tl.where(r_out == r_in, st, 0.0)
+        st += tl.dot(vt, kw, input_precision=PREC)
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _dk_kernel(
-    q, k, v, g, do, dS, late, A, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr,
-    PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+    q, k, v, g, do, dS, late, A, runs, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -120,23 +116,28 @@ def _dk_kernel(
     do_base = head_base(do, i_b, T, H, i_h, E)
     dk_base = head_base(dk, i_b, T, H, i_h, D)  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
-    dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
+    dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
+                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
+        t0 = (i_s * NSUB + NSUB - 1 - ci) * C
+        t = t0 + rc
         valid = t < T
+        r, r_in, r_out = chunk_runs(runs, i_b, t0, t, valid, T, C, HAS_RUNS)
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
         dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
         inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
+        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
+            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True)
+            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
             qw = qt
             dk_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True)
+            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
             qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
             dk_inter = inter * tl.exp2(a - bc)[:, None]
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
@@ -147,16 +148,18 @@ def _dk_kernel(
             n_k = tl.cdiv(D, BK)
             tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kw * inter, 1), mask=valid)
         if G_MODE != 0:
-            dst = dst * tl.exp2(a) + tl.dot(dot_, qw, input_precision=PREC) * scale
-        else:
-            dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+            dst = dst * tl.exp2(a)
+        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
+            qw = tl.where((r == r_in)[:, None], qw, 0.0).to(qt.dtype)
+            dst = tl.where(r_out == r_in, dst, 0.0)
+        dst += tl.dot(dot_, qw, input_precision=PREC) * scale
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _dv_kernel(
-    q, k, g, do, dS, late, A, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
+    q, k, g, do, dS, late, A, runs, dv, scale, T, H, HK, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -169,34 +172,42 @@ def _dv_kernel(
     do_base = head_base(do, i_b, T, H, i_h, E)
     dv_base = head_base(dv, i_b, T, H, i_h, E)  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
-    ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, True, NSEG_P2)
+    ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
+                    G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t = (i_s * NSUB + NSUB - 1 - ci) * C + rc
+        t0 = (i_s * NSUB + NSUB - 1 - ci) * C
+        t = t0 + rc
         valid = t < T
+        r, r_in, r_out = chunk_runs(runs, i_b, t0, t, valid, T, C, HAS_RUNS)
         kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
         qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
         pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
         inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
+        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
+            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True)
+            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
             qw = qt
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True)
+            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
             inter = inter * tl.exp2(a - bc)[:, None]
             qw = (qt * tl.exp2(bc)[None, :]).to(qt.dtype)
         dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
         tl.store(dv_base + t[:, None].to(tl.int64) * H * E + re[None, :], dvt, mask=valid[:, None] & (re[None, :] < E))
         if G_MODE != 0:
             ds = ds * tl.exp2(a)
+        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
+            qw = tl.where((r == r_in)[None, :], qw, 0.0).to(qt.dtype)
+            ds = tl.where(r_out == r_in, ds, 0.0)
         ds += tl.dot(qw, dot_, input_precision=PREC) * scale
 
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
-    decay_grad: bool = True, saved=None,
+    decay_grad: bool = True, saved=None, runs=None,
 ):  # fmt: skip
     """Gradients of one slice given `do` and the gradient `ds_out` of its final state (see chunked.bwd).
 
@@ -207,6 +218,7 @@ def bwd(
     `decay_grad=False` (a fixed decay) drops dG and the products only it needs.
     `saved` = (the states `fwd(save=True)` returned, its s_out) spares the
     forward-direction state pass when the segments are SAVED_CHUNKS long (`nsub` as fwd's).
+    `runs` [B, T + 1] int32: packed documents (common.py, chunked.bwd).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
     decay_grad, ds_in [B, H, D, E] float32).
@@ -222,17 +234,20 @@ def bwd(
     dg = g_mode != 0 and decay_grad
     split = backward_split(g_mode, decay_grad, q.dtype)
     reuse = saved is not None and SAVE_STATES and nsub == SAVED_CHUNKS
+    runs = None if runs is None else runs.to(torch.int32).contiguous()
     if reuse:
         S, s_out = saved
     else:
-        S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub)  # s_out: before s_in, unused without dG
-    dS, A, ds_in = segment_states(q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, chunkwise=dg)
+        S, _, s_out = segment_states(k, v, g_mode, g, HS, nsub, runs=runs)  # s_out: before s_in, unused without dG
+    dS, A, ds_in = segment_states(
+        q, do, g_mode, g, H, nsub, ds_out, scale=scale, reverse=True, chunkwise=dg, runs=runs
+    )
     late = await_late(state_hook, ds_in)
     # s_in reaches the dq kernel's segments as a late state, decayed by the segments' log2-decays A
     # (the reverse pass sums the same chunks in the same order as the forward's: the same A)
     entering = None if s_in is None else s_in.float().contiguous()
     if dg and not reuse and entering is not None:
-        s_out = add_late_at_end(s_out, entering, A)[1]  # the forward's final state, for dG's last token
+        s_out = add_late_at_end(s_out, entering, A, runs)[1]  # the forward's final state, for dG's last token
 
     nseg, prec, group = dS.shape[2], dot_precision(q.dtype), H // HK
     BK = min(block(D), 64 if block(E) <= 128 else 32)  # running dS^T [E, BK] float32 stays in registers
@@ -240,18 +255,19 @@ def bwd(
     dq = torch.empty_like(q)
     dGq = torch.empty(B, T, H, n_k, device=q.device, dtype=torch.float32) if dg else dq
     gp = dq if g is None else g
-    common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg))
+    common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg), HAS_RUNS=runs is not None)
+    rp = dS if runs is None else runs
     launch(
         _dq_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, dq, dGq, scale, T, H, HK,
+        q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, rp, dq, dGq, scale, T, H, HK,
         HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, SPLIT=split, BK=BK, BE=block(E), **common,
     )  # fmt: skip
 
-    ds_late, ds_in = with_late(ds_in, None if late is None else late(), A)
+    ds_late, ds_in = with_late(ds_in, None if late is None else late(), A, runs)
     if ds_late is not None:
         ds_out = ds_late if ds_out is None else ds_out.float() + ds_late
     fold = dict(HAS_LATE=ds_late is not None, **common)
-    late_args = (dS if ds_late is None else ds_late, dS if A is None else A)
+    late_args = (dS if ds_late is None else ds_late, dS if A is None else A, rp)
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
     dGk = torch.empty_like(dGq) if dg else dq

@@ -1,14 +1,16 @@
 """Shared pieces of the Triton kernels: chunk size, tile loads, decay loads, segments, autotune.
 
-Layout (as the op receives it, contiguous): q [B, T, H, D], k [B, T, Hk, D], v [B, T, Hk, E],
-do/o [B, T, H, E], g None | [H] | [B, T, H] float32. A token tile of a [B, T, heads, F] tensor
-is loaded either as rows [C, BF] or as its transpose [BF, C] straight from memory: no kernel
-transposes a dot result (the Hopper trap, see the package docstring).
+Work is cut in chunks of C tokens (the quadratic part, tensor-core tiles) and segments of
+`nsub` chunks; states are stored only at segment boundaries, and a program carries its state in
+registers inside a segment. Tiles are loaded as rows or straight as their transpose: no kernel
+transposes a dot result (docs/design.md §2).
 
-Work is cut in two levels: chunks of C tokens (the quadratic intra-chunk part, tensor-core
-tiles) and segments of `nsub` chunks. States are materialised only at segment boundaries
-([B, heads, n_segments, D, E] float32); inside a segment a program carries the state in
-registers. Bigger segments move fewer state bytes, smaller ones give more programs.
+Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
+ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
+the tokens a chunk's entering state reaches, the tokens that reach its leaving state, and
+whether the chunk passes its entering state on at all (`chunk_runs`); a late state reaches only
+the segments before the slice's first document start (`late_tile`). The decays stay the tokens'
+own: no -inf enters any sum. Without documents the masks are compiled out.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import triton
 import triton.language as tl
 
 CHUNK = 64
-LOG2E = 1.4426950408889634  # decays are applied as exp2(log2(e) * x): one MUFU op
+LOG2E = tl.constexpr(1.4426950408889634)  # decays are applied as exp2(log2(e) * x): one MUFU op
 
-# The interpreter cannot benchmark (no driver): keep one config there (STACK.md section 5).
+# The interpreter cannot benchmark (no driver): keep one config there (docs/design.md §7).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -107,11 +109,9 @@ def _sm_count(device_index: int) -> int:
 def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
     """Chunks per segment: the power of two (1 to 32) nearest to one segment-head per SM.
 
-    Measured (bench/segments.py, H100, B=1, H=16, const decay, fwd+bwd ms; records
-    2026-11-28_launch): 8K tokens, nsub 4 / 8 / 16 / 32 -> 0.67 / 0.57 / 0.50 / 0.67 (16: 128
-    segment-heads on 132 SMs); 32K, nsub 4 / 8 / 16 / 32 -> 2.25 / 1.90 / 1.72 / 1.61 (32, the
-    cap, is the longest measured). Fewer, longer segments win until the GPU runs short of
-    programs: each program starts by loading its D x E state and then walks its chunks in order.
+    Fewer, longer segments win until the GPU runs short of programs: each program starts by
+    loading its D x E state and then walks its chunks in order (bench/segments.py measures it;
+    records: bench/records/2026-11-28_launch).
     """
     sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
     per_sm = max(1.0, n_chunks * bh / sms)
@@ -119,7 +119,7 @@ def segment_chunks(n_chunks: int, bh: int, device: torch.device) -> int:
 
 
 # Segments of the forward's states that the backward reuses instead of recomputing them (one
-# state pass, ~0.11 ms at 32K tokens, H = 16, D = E = 128 on an H200: 8% of fwd+bwd). The saved
+# state pass less). The saved
 # tensor's shape must follow from the sizes alone (it is a custom-op output whose fake knows
 # neither the GPU nor a dynamic T's value), so it is cut at a fixed 32 chunks: the segment
 # `segment_chunks` picks from ~16K tokens per head up on a 132-SM GPU. Where it picks another,
@@ -165,15 +165,32 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
     """log2-decays of a chunk's tokens (0 past the end of the sequence): their running sum b [C]
     from the chunk's start, and the chunk's total a."""
     if G_MODE == 1:
-        gv = tl.where(valid, tl.load(g + i_h) * 1.4426950408889634, 0.0)
+        gv = tl.where(valid, tl.load(g + i_h) * LOG2E, 0.0)
     else:
-        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * 1.4426950408889634
+        gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=valid, other=0.0) * LOG2E
     return tl.cumsum(gv, 0), tl.sum(gv, 0)
 
 
 @triton.jit
-def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay).
+def chunk_runs(runs, i_b, t0, t, valid, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
+    """Packed documents of the chunk starting at t0: each token's run [C] (-1 past T), the run of
+    the state entering the chunk and of the state leaving it (its last real token's). Without
+    HAS_RUNS, placeholders that no kernel reads."""
+    r = t
+    r_in = t0
+    r_out = t0
+    if HAS_RUNS:
+        base = runs + i_b.to(tl.int64) * (T + 1)
+        r = tl.load(base + 1 + t, mask=valid, other=-1)
+        r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
+        r_out = tl.load(base + tl.minimum(t0 + C, T))
+    return r, r_in, r_out
+
+
+@triton.jit
+def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, r, HAS_RUNS: tl.constexpr):
+    """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay),
+    and with HAS_RUNS 0 unless tokens i and j are of one document (runs r).
 
     TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
     """
@@ -183,6 +200,8 @@ def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr):
     else:
         causal = rc[:, None] >= rc[None, :]
         diff = bc[:, None] - bc[None, :]
+    if HAS_RUNS:  # symmetric: the same for M and M^T
+        causal = causal & (r[:, None] == r[None, :])
     if G_MODE == 0:
         m = tl.where(causal, 1.0, 0.0)
     else:
@@ -212,8 +231,9 @@ def dot_f32b(a, b, SPLIT: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def late_state(
-    s_ptr, late, A, i_bh, i_s, rows, cols, D, E, NSEG,
+    s_ptr, late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L,
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr,
+    HAS_RUNS: tl.constexpr,
 ):  # fmt: skip
     """A segment's [D, E] float32 state tile (rows index D, cols E, either may be the broadcast
     dim: a transposed tile is read as such), plus with HAS_LATE a late state [B*H, D, E] decayed
@@ -221,20 +241,24 @@ def late_state(
     it), summed here from one vector load, so no host-side prefix sums are launched.
 
     Forward-direction states (not REVERSE) have no row for segment 0, whose entering state is zero
-    (states.py): there `s_ptr` points one row before the buffer and nothing is loaded."""
+    (states.py): there `s_ptr` points one row before the buffer and nothing is loaded. With
+    HAS_RUNS the late state stops at the slice's first document start (REVERSE: its last), for
+    segments of L tokens."""
     mask = (rows < D) & (cols < E)
     if not REVERSE:
         mask = mask & (i_s > 0)
     offs = rows * E + cols
     st = tl.load(s_ptr + offs, mask=mask, other=0.0)
     if HAS_LATE:
-        st += late_tile(late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE, REVERSE, NSEG_P2)
+        st += late_tile(late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L, G_MODE, REVERSE, NSEG_P2,
+                        HAS_RUNS)
     return st
 
 
 @triton.jit
 def late_tile(
-    late, A, i_bh, i_s, rows, cols, D, E, NSEG, G_MODE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr
+    late, A, i_bh, i_s, rows, cols, D, E, NSEG, runs, i_b, T, L,
+    G_MODE: tl.constexpr, REVERSE: tl.constexpr, NSEG_P2: tl.constexpr, HAS_RUNS: tl.constexpr,
 ):  # fmt: skip
     """The late state's [D, E] tile of head i_bh, decayed to segment i_s (see late_state)."""
     offs = rows * E + cols
@@ -243,4 +267,11 @@ def late_tile(
         seg = tl.arange(0, NSEG_P2)
         between = (seg > i_s) & (seg < NSEG) if REVERSE else seg < i_s
         extra *= tl.exp2(tl.sum(tl.load(A + i_bh * NSEG + seg, mask=between, other=0.0), 0))
+    if HAS_RUNS:  # no document starts between the slice's edge and this segment
+        base = runs + i_b.to(tl.int64) * (T + 1)
+        if REVERSE:
+            hit = tl.load(base + tl.minimum((i_s + 1) * L, T)) == tl.load(base + T)
+        else:
+            hit = tl.load(base + i_s * L) == tl.load(base)
+        extra = tl.where(hit, extra, 0.0)
     return extra

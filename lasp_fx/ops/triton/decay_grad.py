@@ -1,14 +1,9 @@
 """The decay's gradient from the dq / dk kernels' partial sums: dG per token, then its reverse cumsum along T.
 
-The dq and dk kernels leave q . dq and k . dk per token as float32 partials [B, T, H, n_k]
-(one per D tile). `assemble` sums them into dG [B, T, H] (plus <dS_T, S_T> at the last token)
-in one launch; `log_decay_grad` turns dG into the gradient of a per-token log-decay, the
-reverse cumsum along T, in three: block sums, their suffix sums (one small program per batch),
-then each block's scan plus the sum of the blocks after it. In PyTorch that was ~10 launches
-and ~75 us at T = 32K, H = 16 on an H200 (two reductions, a transpose, flips and a cumsum along
-T, which torch runs serially per row when T is not innermost: pytorch#122170); the gate's
-fwd+bwd went from 2.107 to 2.048 ms (bench/records/2026-11-28_peer). Bytes: dG is 2 MiB there;
-each kernel reads it once.
+`assemble` sums the per-D-tile partials q . dq and k . dk into dG in one launch;
+`log_decay_grad` takes its reverse cumsum in three (block sums, their suffix sums, each block's
+scan), where PyTorch needs about ten launches and a cumsum along T that CUDA runs serially per
+row (pytorch#122170).
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """Forward: the state pass (states.py), then one output kernel over (E tile, segment, head).
 
-Each program carries the state entering its segment in registers and walks the segment's
-chunks: o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V.
-Bytes: q, k, v read once (the E tiles of one chunk run side by side and share q, k through
-L2), o written once, one float32 state read per segment. FLOPs per token and head:
-2C(D + E) intra-chunk + 4DE through the state (C = 64).
-
-A late state (LASP's X_{r-1}) either enters the output kernel's segment states (the default: no
-extra bytes, but the kernel waits for it) or, with `late_after_output`, is added afterwards by
-`_late_out_kernel`: o += scale * exp(G_t) q_t X, one more read of q and read-write of o
-(3 x T x H x D x 2 bytes, 50 MB, and a 2 T H D E FLOP product, 17 GFLOP, at 32K tokens, H = 16,
-D = E = 128), so the output kernel can run while the state is still on its way. LASP does not
-use it now: on 4 H200s the pass took ~130 us at 32K (blocks of 8 chunks; 191 us with a segment
-per program), and the all-gather it was for slowed the output kernel it ran beside by ~100 us
-(distributed/allgather.py).
+Each program carries the state entering its segment in registers and walks the segment's chunks:
+o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
+state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +12,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, config, decay_mode,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_runs, config, decay_mode,
     head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
@@ -31,12 +20,12 @@ from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB"])
+@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _out_kernel(
-    q, k, v, g, S, late, A, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr,
-    BD: tl.constexpr, BV: tl.constexpr,
+    q, k, v, g, S, late, A, runs, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr,
+    PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -49,14 +38,16 @@ def _out_kernel(
     o_base = head_base(o, i_b, T, H, i_h, E)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
-    state = late_state(
-        s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, G_MODE, HAS_LATE, False, NSEG_P2
-    )
-
     t_first = i_s * NSUB * C
+    state = late_state(
+        s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
+        G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS,
+    )  # fmt: skip
+
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
         t = t_first + c * C + rc
         valid = t < T
+        r, r_in, r_out = chunk_runs(runs, i_b, t_first + c * C, t, valid, T, C, HAS_RUNS)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
@@ -64,89 +55,37 @@ def _out_kernel(
         inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
         if G_MODE == 0:
             kw = kt
-            m = chunk_mask(rc, rc, G_MODE, False)
+            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(bc)[:, None]
             kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
-            m = chunk_mask(bc, rc, G_MODE, False)
+            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
+        if HAS_RUNS:  # the entering state reaches the first document's tokens; the last one's reach the leaving state
+            inter = tl.where((r == r_in)[:, None], inter, 0.0)
+            kw = tl.where((r == r_out)[None, :], kw, 0.0).to(kt.dtype)
         p = (scores * m).to(vt.dtype)
         out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
         tl.store(o_base + t[:, None].to(tl.int64) * H * E + re[None, :], out, mask=valid[:, None] & (re[None, :] < E))
         if G_MODE != 0:
             state = state * tl.exp2(a)
+        if HAS_RUNS:  # a document starts in this chunk: the state before it goes no further
+            state = tl.where(r_out == r_in, state, 0.0)
         state += tl.dot(kw, vt, input_precision=PREC)
 
 
-@triton.jit  # not autotuned: tuning reruns a kernel, and this one adds into o in place
-def _late_out_kernel(
-    q, g, late, A, o, scale, T, H, D, E, NSUB, NSEG, SUB,
-    G_MODE: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr,
-    BV: tl.constexpr, BT: tl.constexpr,
-):  # fmt: skip
-    """o += scale * exp(G_t) q_t X for a late state X [B*H, D, E] (G_t: log-decay from the slice's start).
-
-    One program per (E tile, block of SUB chunks, head). X itself is never decayed: each row of
-    q X is scaled by exp2 of its log2-decay from the slice's start, carried as one running scalar
-    from the block's start (A: the segments' log2-decays, plus the gate's tokens from the
-    segment's start to the block's). With X fixed, blocks need not be segments. At 32K on an
-    H200: 191 us with a segment (32 chunks) per program, 130 us with blocks of 8, against ~15 us
-    of bytes: still a chain of dependent loads per program, not tuned further since LASP stopped
-    using it (module docstring).
-    """
-    i_v, i_blk, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    rd = tl.arange(0, BD)
-    re = i_v * BV + tl.arange(0, BV)
-    rc = tl.arange(0, C)
-    q_base = head_base(q, i_b, T, H, i_h, D)
-    o_base = head_base(o, i_b, T, H, i_h, E)
-    x_ptr = late + i_bh.to(tl.int64) * D * E + rd[:, None] * E + re[None, :]
-    x = tl.load(x_ptr, mask=(rd[:, None] < D) & (re[None, :] < E), other=0.0).to(q.dtype.element_ty)
-    t0 = i_blk * SUB * C
-    if G_MODE == 1:
-        off = tl.load(g + i_h) * 1.4426950408889634 * t0
-    if G_MODE == 2:
-        i_s = t0 // (NSUB * C)
-        seg = tl.arange(0, NSEG_P2)
-        off = tl.sum(tl.load(A + i_bh * NSEG + seg, mask=seg < i_s, other=0.0), 0)
-        rt = tl.arange(0, BT)
-        for t_start in range(i_s * NSUB * C, t0, BT):  # the gate from the segment's start to the block's
-            t = t_start + rt
-            gv = tl.load(g + (i_b.to(tl.int64) * T + t) * H + i_h, mask=t < t0, other=0.0)
-            off += tl.sum(gv, 0) * 1.4426950408889634
-    for c in range(0, SUB):
-        t = t0 + c * C + rc
-        valid = t < T
-        qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
-        inter = tl.dot(qt, x, input_precision=PREC)  # [C, BV], as the output kernel's
-        if G_MODE != 0:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            inter = inter * tl.exp2(off + bc)[:, None]
-            off += a
-        ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
-        mask = valid[:, None] & (re[None, :] < E)
-        tl.store(ptr, tl.load(ptr, mask=mask, other=0.0).to(tl.float32) + inter * scale, mask=mask)
-
-
-# Chunks per program of _late_out_kernel: 8 gives 2048 programs at 32K tokens, H = 16, E = 128.
-LATE_BLOCK_CHUNKS = 8
-
-
 def fwd(
-    q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, late_after_output=False,
-    save: bool = False,
+    q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, save: bool = False, runs=None,
 ):  # fmt: skip
     """Output and final state of one slice with state `s_in` [B, H, D, E] flowing in (see chunked.fwd).
 
     `state_hook(s_local)` runs after the state pass and before the output kernel; a late state
-    it hands back enters the output kernel's segment states (common.late_state), not a second pass,
-    or with `late_after_output` is asked for after the output kernel is queued and added by
-    `_late_out_kernel`. `nsub` (chunks per segment) is chosen from the sizes when None.
+    it hands back enters the output kernel's segment states (common.late_state), not a second pass.
+    `nsub` (chunks per segment) is chosen from the sizes when None.
 
     `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
     (empty unless the segments are SAVED_CHUNKS long), the same whether or not the backward
-    computes the decay's gradient.
+    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (common.py, chunked.fwd).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """
@@ -156,14 +95,15 @@ def fwd(
     g_mode, g = decay_mode(g)
     HS = HK if g_mode == 0 else H  # without decay the query heads of one kv head share every state
     nsub = nsub or segment_chunks(-(-T // CHUNK), B * H, q.device)
-    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub)
+    runs = None if runs is None else runs.to(torch.int32).contiguous()
+    S, A, s_out = segment_states(k, v, g_mode, g, HS, nsub, runs=runs)
     if HS != H:
         s_out = s_out.repeat_interleave(H // HS, dim=1)
     # s_in enters as a late state (common.late_state), so S holds the tokens' states alone: the
     # backward reuses them whatever state flowed in.
-    entering, s_out = (None, s_out) if s_in is None else add_late_at_end(s_out, s_in, A)
+    entering, s_out = (None, s_out) if s_in is None else add_late_at_end(s_out, s_in, A, runs)
     late = await_late(state_hook, s_out)
-    s_late, s_out = with_late(s_out, None if late is None or late_after_output else late(), A)
+    s_late, s_out = with_late(s_out, None if late is None else late(), A, runs)
     s_late = entering if s_late is None else (s_late if entering is None else s_late + entering)
     o = torch.empty(B, T, H, E, device=q.device, dtype=q.dtype)
     nseg = -(-T // (CHUNK * nsub))
@@ -171,24 +111,13 @@ def fwd(
         G_MODE=g_mode, NSEG_P2=triton.next_power_of_2(nseg), PREC=dot_precision(q.dtype), C=CHUNK, BD=block(D)
     )
     gp, Ap = S if g is None else g, S if A is None else A
+    rp = S if runs is None else runs
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(
         _out_kernel, grid,
-        q, k, v, gp, S, S if s_late is None else s_late, Ap, o, scale, T, H, HK, HS, D, E, nsub, nseg,
-        HAS_LATE=s_late is not None, **common,
+        q, k, v, gp, S, S if s_late is None else s_late, Ap, rp, o, scale, T, H, HK, HS, D, E, nsub, nseg,
+        HAS_LATE=s_late is not None, HAS_RUNS=runs is not None, **common,
     )  # fmt: skip
-    s_late = None  # what entered the output kernel is in o; a state asked for only now is added below
-    if late is not None and late_after_output:
-        s_late, s_out = with_late(s_out, late(), A)
-    if s_late is not None:
-        # Memory-bound: q is read once per E tile, so take all of E where X's tile fits in registers.
-        BV = min(block(E), max(16, 16384 // block(D)))
-        sub = LATE_BLOCK_CHUNKS
-        launch(
-            _late_out_kernel, (triton.cdiv(E, BV), triton.cdiv(-(-T // CHUNK), sub), B * H),
-            q, gp, s_late, Ap, o, scale, T, H, D, E, nsub, nseg, sub, BV=BV, BT=1024,
-            num_warps=8 if BV * block(D) >= 128 * 128 else 4, **common,
-        )  # fmt: skip
     if not save:
         return o, s_out
     return o, s_out, S if nsub == SAVED_CHUNKS else S.new_empty(saved_shape(q, v, g, HK))

@@ -1,22 +1,10 @@
 """Kernel launches that skip Triton's per-call Python work once a specialization is compiled.
 
-`kernel[grid](*args)` binds and specializes every argument, hashes a cache key, checks globals
-and, when autotuned, rebuilds the tuning key before it reaches the compiled launcher: ~30-70 us
-of host time per launch on the GPU hosts we measured (bench/host.py), against ~10 us for the
-launch itself. One fwd+bwd of the op is 10 launches, and at 32K tokens per GPU its kernels take
-~1.8 ms: the host sets the pace (bench/records/2026-11-28_fixed_decay/NOTES.md).
-
-`launch(kernel, grid, *args, **constexprs)` goes through `kernel[grid]` the first time it sees a
-call signature and keeps what that call compiled (and, for an autotuned kernel, the config it
-chose). Later calls with the same signature hand the arguments straight to the compiled
-launcher, as Triton's own `run` does after its cache lookup. The signature is conservative:
-every int and float argument by value, every tensor by dtype and 16-byte alignment (Triton
-specializes ints on value classes and pointers on alignment, so equal signatures always mean
-the same compiled kernel and the same autotuning key), the constexprs, and the device. The grid
-is evaluated on every call: it may depend on sizes that are not arguments (the batch).
-
-Triton's path is kept under TRITON_INTERPRET=1, with launch hooks set (profilers such as
-proton), for anything that is not a Triton kernel (test spies), and with LASP_FX_FAST_LAUNCH=0.
+`kernel[grid](*args)` binds, specializes and hashes every argument on every call, host time of
+the order of the kernels' own at long sequences. `launch` takes that path once per call
+signature (ints and floats by value, tensors by dtype and 16-byte alignment, the constexprs, the
+device) and then hands the arguments straight to the compiled launcher; Triton's own path stays
+under TRITON_INTERPRET=1, with launch hooks, for non-kernels and with LASP_FX_FAST_LAUNCH=0.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """State passes: per-segment local states (parallel), then an affine scan over segments.
 
-Forward (x = k, y = v):  U_s = sum_{j in s} exp(A_s - b_j) k_j v_j^T,   S_before[s+1] = exp(A_s) S_before[s] + U_s
-Backward (x = q, y = do): dU_s = scale * sum_{t in s} exp(b_t) q_t do_t^T,  dS_after[s-1] = exp(A_s) dS_after[s] + dU_s
-(b: decay accumulated from the segment's start, A_s: the segment's total). Both produce a
-[B, heads, n_segments, D, E] float32 buffer of the state at each segment's boundary (forward:
-n_segments - 1, the first segment's entering state being zero) and the state at the far end
-(the slice's final state, or the gradient of its initial state).
+Forward (k, v) and backward (q, do) alike: U_s = the segment's own state, then S[s+1] =
+exp(A_s) S[s] + U_s, into a [B, heads, n_segments, D, E] float32 buffer of the states at the
+segment boundaries and the state at the far end (docs/design.md §2).
 
-Bytes: the local pass reads x and y once (tiles of one segment share L2) and writes one
-D x E float32 state per segment; the scan reads that buffer and writes the running states to a
-second one (in place would race: a step's rows are stored by other threads than loaded them),
-so with segments of 16 chunks the state traffic is ~1/4 of one pass over k and v at D = E = 128.
+Packed documents (runs, common.py): a token enters U_s only if it reaches the segment's far
+end (forward: no document starts after it in the segment; backward: none before it), and the
+scan passes no state across a segment in which a document starts.
 """
 
 from __future__ import annotations
@@ -20,17 +16,19 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, config, head_base, dot_precision, load_cols, load_rows,
+    CHUNK, INTERPRET, autotune, chunk_decay, chunk_runs, config, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
+from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
 
 
-@autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)], key=["DX", "DY", "G_MODE", "NSUB"])
+@autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
+          key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _local_kernel(
-    x, y, g, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
-    G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, PREC: tl.constexpr,
+    x, y, g, runs, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
+    G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, HAS_RUNS: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
 ):  # fmt: skip
     i_tile, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -44,21 +42,44 @@ def _local_kernel(
 
     acc = tl.zeros([BX, BY], dtype=tl.float32)
     total = tl.zeros([1], dtype=tl.float32)  # log2 decay of the segment so far
+    t_seg = i_s * NSUB * C
+    r_seg = t_seg
+    if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
+        r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t = (i_s * NSUB + c) * C + rc
+        t = t_seg + c * C + rc
         valid = t < T
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
+        r, r_in, r_out = chunk_runs(runs, i_b, t_seg + c * C, t, valid, T, C, HAS_RUNS)
+        if HAS_RUNS:  # which tokens get there (TO_END: the chunk's end; else: the segment's start)
+            reach = (r == r_out) if TO_END else (r == r_seg)
         if G_MODE == 0:
-            acc += tl.dot(xt, yt, input_precision=PREC)
+            if HAS_RUNS:
+                if TO_END:
+                    acc = tl.where(r_out == r_in, acc, 0.0)
+                acc += tl.dot(tl.where(reach[None, :], xt, 0.0).to(xt.dtype), yt, input_precision=PREC)
+            else:
+                acc += tl.dot(xt, yt, input_precision=PREC)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
-                acc = acc * tl.exp2(a) + tl.dot((xt * tl.exp2(a - bc)[None, :]).to(xt.dtype), yt, input_precision=PREC)
+                w = tl.exp2(a - bc)
+                acc = acc * tl.exp2(a)
+                if HAS_RUNS:
+                    w = tl.where(reach, w, 0.0)
+                    acc = tl.where(r_out == r_in, acc, 0.0)
+                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
             elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
-                acc += tl.dot((xt * tl.exp2(bc)[None, :]).to(xt.dtype), yt, input_precision=PREC) * tl.exp2(total)
+                w = tl.exp2(bc)
+                if HAS_RUNS:
+                    w = tl.where(reach, w, 0.0)
+                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC) * tl.exp2(total)
             else:  # from the segment's start: one weight per token
-                acc += tl.dot((xt * tl.exp2(total + bc)[None, :]).to(xt.dtype), yt, input_precision=PREC)
+                w = tl.exp2(total + bc)
+                if HAS_RUNS:
+                    w = tl.where(reach, w, 0.0)
+                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
@@ -69,8 +90,9 @@ def _local_kernel(
 
 @triton.jit
 def _scan_kernel(
-    U, A, s0, S, s_end, NSEG, N,
-    HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, SB: tl.constexpr, BLOCK: tl.constexpr,
+    U, A, runs, s0, S, s_end, NSEG, N, HEADS, T, L,
+    HAS_INIT: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_RUNS: tl.constexpr, REVERSE: tl.constexpr,
+    SB: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """S[s] = the running state at segment s's near boundary, SB - 1 segments per step.
 
@@ -81,8 +103,10 @@ def _scan_kernel(
     Row i of a step's [SB, BLOCK] tile is the state at boundary p = p0 + i (in scan order): row 0
     is the carry, row i > 0 applies segment p - 1 to row i - 1 (x_i = 2^a x_{i-1} + u). One
     small product per step, so a step's loads are in flight together: a loop of one dependent
-    load per segment was latency-bound (~125 us for 33 segments x 16 heads at T = 32K on an H200,
-    against ~20 us for its bytes).
+    load per segment was latency-bound.
+
+    With HAS_RUNS a segment (of L tokens) in which a document starts passes nothing on: x_j
+    reaches x_i only if none of the segments applied between them has a start.
     """
     i_blk, i_bh = tl.program_id(0), tl.program_id(1)
     r = i_blk * BLOCK + tl.arange(0, BLOCK)
@@ -103,11 +127,18 @@ def _scan_kernel(
         x = tl.where(rows[:, None] == 0, carry[None, :], u)
         # x_i = sum_{j <= i} 2^(c_i - c_j) x_j with c the running log2-decay of the step: one
         # [SB, SB] x [SB, BLOCK] fp32 product (exact fp32 FMAs; differences of short sums only)
+        causal = rows[:, None] >= rows[None, :]
+        if HAS_RUNS:  # count the segments with a start applied so far in this step: equal counts pass
+            base = runs + (i_bh // HEADS).to(tl.int64) * (T + 1)
+            r_lo = tl.load(base + src * L, mask=has_src, other=0)
+            r_hi = tl.load(base + tl.minimum((src + 1) * L, T), mask=has_src, other=0)
+            starts = tl.cumsum((r_lo != r_hi).to(tl.int32), 0)
+            causal = causal & (starts[:, None] == starts[None, :])
         if HAS_DECAY:
             c = tl.cumsum(tl.load(A + i_bh * NSEG + src, mask=has_src, other=0.0), 0)
-            w = tl.exp2(tl.where(rows[:, None] >= rows[None, :], c[:, None] - c[None, :], float("-inf")))
+            w = tl.exp2(tl.where(causal, c[:, None] - c[None, :], float("-inf")))
         else:
-            w = tl.where(rows[:, None] >= rows[None, :], 1.0, 0.0)
+            w = tl.where(causal, 1.0, 0.0)
         x = tl.dot(w, x, input_precision="ieee")
         dst = NSEG - 1 - p if REVERSE else p - 1
         keep = (rows < SB - 1) & (p < NSEG) & (dst >= 0)
@@ -117,7 +148,7 @@ def _scan_kernel(
     tl.store(s_end + i_bh.to(tl.int64) * N + r, end, mask=m)
 
 
-def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, chunkwise=False):
+def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=False, chunkwise=False, runs=None):
     """States at the segment boundaries for `heads` state heads (H, or Hk when nothing differs per query head).
 
     Forward (reverse=False): x = k, y = v, no s0 (an incoming state enters the kernels late);
@@ -126,7 +157,8 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     of the final state; returns the gradient of the state leaving each segment and of the
     initial state. Also returns the segments' total log2-decays [B, heads, n_seg] (None without decay).
     `chunkwise` (backward) forms each chunk's increment as the dk kernel does, bit for bit, which
-    the decay gradient needs (backward.py); the forward direction always does.
+    the decay gradient needs (backward.py); the forward direction always does. `runs` [B, T + 1]
+    int32 contiguous: packed documents (module docstring).
     """
     B, T, HX, DX = x.shape
     HY, DY = y.shape[2], y.shape[3]
@@ -135,10 +167,12 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     U = torch.empty(B, heads, nseg, DX, DY, device=x.device, dtype=torch.float32)
     A = torch.empty(B, heads, nseg, device=x.device, dtype=torch.float32) if g_mode else U
     grid = lambda META: (triton.cdiv(DX, META["BX"]) * triton.cdiv(DY, META["BY"]), nseg, B * heads)  # noqa: E731
+    rp = U if runs is None else runs
     launch(
         _local_kernel, grid,
-        x, y, U if g is None else g, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
-        G_MODE=g_mode, TO_END=not reverse, CHUNKWISE=chunkwise, PREC=dot_precision(x.dtype), C=CHUNK,
+        x, y, U if g is None else g, rp, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
+        G_MODE=g_mode, TO_END=not reverse, CHUNKWISE=chunkwise, HAS_RUNS=runs is not None,
+        PREC=dot_precision(x.dtype), C=CHUNK,
     )  # fmt: skip
     if not reverse and s0 is not None:
         raise ValueError("the forward direction takes an incoming state as a late state (common.late_state), not s0")
@@ -148,13 +182,14 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     BLOCK = 1024 if INTERPRET else 128  # the interpreter runs programs one by one in Python: fewer, bigger
     launch(
         _scan_kernel, (triton.cdiv(DX * DY, BLOCK), B * heads),
-        U, A, U if init is None else init, S, end, nseg, DX * DY,
-        HAS_INIT=init is not None, HAS_DECAY=g_mode != 0, REVERSE=reverse, SB=16, BLOCK=BLOCK, num_warps=4,
+        U, A, rp, U if init is None else init, S, end, nseg, DX * DY, heads, T, CHUNK * nsub,
+        HAS_INIT=init is not None, HAS_DECAY=g_mode != 0, HAS_RUNS=runs is not None, REVERSE=reverse, SB=16,
+        BLOCK=BLOCK, num_warps=4,
     )  # fmt: skip
     return S, (A if g_mode else None), end
 
 
-def with_late(end, value, A):
+def with_late(end, value, A, runs=None):
     """(late state as contiguous fp32, the far end's state with it) from what a late callable gave
     (ops.chunked.await_late): a state, whose decayed copy is added to `end` here, or a pair whose
     second half is that sum already (LASP's exchange computes it to send it on: no second time)."""
@@ -162,17 +197,22 @@ def with_late(end, value, A):
     if late is None:
         return None, end
     if new_end is None:
-        return add_late_at_end(end, late, A)
+        return add_late_at_end(end, late, A, runs)
     return late.float().contiguous(), new_end.float().contiguous()
 
 
-def add_late_at_end(end, late, A):
+def add_late_at_end(end, late, A, runs=None):
     """The far-end state plus a late state that crossed the whole slice: (late as contiguous fp32, end').
 
     `A` are the segments' log2-decays from `segment_states` (None without decay); the kernels add
-    the late state to every segment themselves (common.late_state), this is only the slice's end.
+    the late state to every segment themselves (common.late_state), this is only the slice's end,
+    which with packed documents (`runs`) it reaches only if no document starts in the slice.
     """
     late = late.float().contiguous()
-    if A is None:
+    w = None if A is None else torch.exp2(A.sum(-1))  # [B, heads]
+    if runs is not None:
+        through = survives(runs)[:, None]
+        w = through.float() if w is None else w * through
+    if w is None:
         return late, end + late
-    return late, torch.addcmul(end, torch.exp2(A.sum(-1))[..., None, None], late)
+    return late, torch.addcmul(end, w[..., None, None], late)

@@ -1,8 +1,8 @@
 """Detection: run every pattern family over a captured graph, keep what the probes proved.
 
-canonicalise -> anchor -> probe (STACK.md 2.4): each family anchors on its own skeleton and
-hands verified candidates back; a region claimed by a wider family (a block loop around its
-per-chunk products) wins over the candidates inside it.
+canonicalise -> anchor -> probe (docs/design.md §6): each family in patterns/ anchors on its own
+skeleton and hands verified candidates back; a region claimed by a wider family (a block loop
+around its per-chunk products) wins over the candidates inside it.
 """
 
 from __future__ import annotations

@@ -10,12 +10,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from lasp_fx.passes.emit import kv_heads
-from lasp_fx.passes.graph import module_path, shape, source_function, source_of
+from lasp_fx.passes.graph import SOURCE_NAME, module_path, shape, source_function, source_of
 from lasp_fx.passes.match import Candidate, LinearAttentionMatch, NearMiss
 from lasp_fx.passes.detect.probe import ProbeFailed, check_sides, fit_and_verify, region
 from lasp_fx.passes.detect.values import Values
-
-SOURCE_NAME = "lasp_fx_source_name"  # dynamo's placeholder name, kept by capture_dynamo_graph
 
 
 class Context:

@@ -1,4 +1,4 @@
-"""Numeric proof that a candidate region computes the op's function (STACK.md section 2.4).
+"""Numeric proof that a candidate region computes the op's function (docs/design.md §6).
 
 The region (every node between q, k, v, the decay source and the output) is re-run in float64
 on random inputs and compared with the replacement that the rewrite would insert. The scale
@@ -13,7 +13,7 @@ import torch
 from torch.fx import Node
 
 from lasp_fx.passes import emit
-from lasp_fx.passes.graph import ancestors, region_between, shape, topo_order
+from lasp_fx.passes.graph import ancestors, region_between, shape, sizes_as_numbers, source_of, topo_order
 from lasp_fx.passes.match import Candidate
 from lasp_fx.passes.detect.values import Values
 from lasp_fx.numerics import rel_rms
@@ -48,9 +48,18 @@ def check_sides(cand: Candidate, nodes: list[Node], dynamic_sources: set[Node]) 
         if n.op != "call_function" or (isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable):
             raise ProbeFailed(f"the region contains {n.op} {t} (line of {n.name}), which the probe cannot replay")
     sides = {a for n in nodes for a in n.all_input_nodes if a not in inside and a not in starts}
-    bad = sorted((s.name for s in ancestors(sides, stop=starts) if s in dynamic_sources))
+    # a size read (export's sym_size of a dynamic input) is the length, as dynamo's SymInt inputs are: not data
+    sizes = set(cand.out.graph.find_nodes(op="call_function", target=torch.ops.aten.sym_size.int))
+    feeding = ancestors(sides, stop=starts | sizes)
+    bad = sorted((s.name for s in feeding if s in dynamic_sources and s not in sizes))
     if bad:
         raise ProbeFailed(f"the attention also depends on {', '.join(bad)} (not a decay the op can take)")
+    read = inside | feeding
+    as_number = next((n for n in topo_order(cand.out.graph) if n in read and sizes_as_numbers(n)), None)
+    if as_number is not None:  # the op would keep the example's value at every length
+        where, code = source_of(as_number)
+        raise ProbeFailed(f"the attention uses the sequence length as a number ({where}: {code}), which the op "
+                          "cannot follow from one length to another")
 
 
 # Verification draws of q, k and v: signed, positive, tiny and of widely varying magnitude per

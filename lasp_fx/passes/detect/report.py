@@ -1,24 +1,25 @@
-"""`inspect`: what the detector found in a model, as a report that prints as a table."""
+"""What the detector found in a graph, as a report that prints as a table."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
 
 from lasp_fx.passes.match import LinearAttentionMatch, NearMiss
 
 
 @dataclass
 class InspectReport:
-    """Matches (rewritten to the lasp op) and near-misses (left alone, with the reason)."""
+    """Matches (rewritten to the lasp op), near-misses (left alone, with the reason) and the softmax
+    attention layers (scaled_dot_product_attention calls, left as they are)."""
 
     matches: list[LinearAttentionMatch] = field(default_factory=list)
     near_misses: list[NearMiss] = field(default_factory=list)
+    softmax: list[NearMiss] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         out = [("match", m.source, m.module or "-", m.family, m.summary()) for m in self.matches]
         out += [("near-miss", n.source, n.module or "-", n.family, n.reason) for n in self.near_misses]
+        out += [("softmax", n.source, n.module or "-", n.family, n.reason) for n in self.softmax]
         return out
 
     def __str__(self) -> str:
@@ -30,26 +31,6 @@ class InspectReport:
         fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths), "-" * 7)]
         lines += [fmt.format(*r) for r in rows]
-        lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es)")
+        softmax = f", {len(self.softmax)} softmax attention layer(s) left as they are" if self.softmax else ""
+        lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es){softmax}")
         return "\n".join(lines)
-
-
-def inspect(model: torch.nn.Module, *example_inputs, method: str = "export", **example_kwargs) -> InspectReport:
-    """Find the causal linear-attention computations of `model` without changing it.
-
-    Args:
-        model: any nn.Module; it is captured (not modified) with `lasp_fx.capture.capture`.
-        *example_inputs: inputs for one forward call; short sequences (T >= 4) are enough and
-            keep the probes fast (they build T x T tensors of the original attention).
-        method: "export" or "dynamo" (see `capture`).
-
-    Returns:
-        InspectReport with `.matches` and `.near_misses` (each with its source line); print it
-        for a table.
-
-    Raises:
-        CaptureError: the model cannot be captured as one graph (reason, source line, hint).
-    """
-    from lasp_fx.passes import convert
-
-    return convert(model, *example_inputs, method=method, **example_kwargs)[1]

@@ -1,54 +1,25 @@
 """shard_pass(gm, spec) -> gm: make a graph traced on one rank's slice compute that slice of the whole model.
 
-The graph was traced on the local slice with a symbolic sequence length s, so every shape
-already is local. What stays wrong under sharding are the ops that mix positions; each is fixed
-here or refused with its source line (DESIGN.md section 3):
-
-    linear attention          -> the LASP op across the group
-    arange / position tables  -> global positions (offset rank * s)
-    causal conv, token shift  -> halos from the neighbouring ranks
-    sums, means, losses       -> over all ranks, with the global count
-    causal softmax attention  -> all-gathered keys and values, lower-right causal
-    tokens permuted and back  -> as they are, once proven position-wise (MoE routing)
-    position-wise tiles       -> as they are (a split of the slice, concatenated back)
-    parameters                -> gradients summed over the group
-    anything else that mixes positions -> ShardError, before the first step
-
-Ops that do not touch a sequence-carrying dimension, pointwise ops, and views that keep the
-sequence whole pass unchanged.
+Every shape is already local (the slice length is symbolic); what stays wrong are the ops that
+mix positions, each made sequence-parallel by a rule (rules.py, halo.py, attention.py, tiles.py,
+causal_masks.py, padding_masks.py) or refused with its source line: the table is docs/design.md §5.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import fx
 
+from lasp_fx.config import ShardSpec
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
-from lasp_fx.passes.shard import permutations as shard_permutations, rules as shard_rules, tiles as shard_tiles
+from lasp_fx.passes.shard import padding_masks, permutations as shard_permutations, rules as shard_rules
+from lasp_fx.passes.shard import tiles as shard_tiles
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
-from lasp_fx.distributed.link import DEFAULT_TIMEOUT
-from lasp_fx.passes.shard.rules import ShardError, source_line  # noqa: F401 (re-exported)
+from lasp_fx.passes.shard.rules import ShardError
 from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """Where this rank sits in the sequence-parallel group."""
-
-    group_name: str
-    """Name of the sequence-parallel ProcessGroup (`ProcessGroup.group_name`)."""
-    rank: int
-    """This rank's index in that group: it holds tokens [rank * s, (rank + 1) * s)."""
-    world_size: int
-    """Number of ranks the sequence is split over."""
-    method: str = "auto"
-    """State exchange of the LASP op: "ring", "allgather" or "auto"."""
-    timeout: float = DEFAULT_TIMEOUT
-    """Seconds the LASP op waits for a peer's state on a CPU group (ParallelConfig.timeout)."""
 
 
 class ShardContext:
@@ -162,8 +133,9 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     """
     gm.graph.eliminate_dead_code()  # dead position-mixing code (a mask nobody reads) needs no rule
     causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
+    padding_masks.padding_masks_pass(gm, symbols)  # causal & padding masks -> one op with the keys' flags
     ctx = ShardContext(gm, spec, symbols)
-    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES}
+    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
     permuted = shard_permutations.claim(ctx, rules)  # tokens sorted within the rank and put back (MoE)
     for node in list(gm.graph.nodes):

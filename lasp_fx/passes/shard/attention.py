@@ -24,7 +24,20 @@ def _linear_attention(ctx, node):
     node.target = torch.ops.lasp_fx.sp_linear_attention.default
     # No all-gather per layer (check=False): the states carry each call's header, checked by their
     # receivers (distributed/header.py), and parallelize checked the whole batch at its first call.
-    node.args = tuple(node.args) + (ctx.spec.group_name, ctx.spec.method, False, ctx.spec.timeout)
+    # Packed documents (runs, ops/documents.py) come last: the graph built them from global
+    # positions (the arange rule) and the replicated cu_seqlens (the searchsorted rule).
+    runs = _arg(node, 6, "runs")
+    node.args = tuple(node.args[:6]) + (ctx.spec.group_name, ctx.spec.method, False, ctx.spec.timeout) + (
+        () if runs is None else (runs,)
+    )
+    node.kwargs = {name: value for name, value in node.kwargs.items() if name != "runs"}
+
+
+def _searchsorted(ctx, node):
+    """searchsorted(table, positions): position by position when the table does not carry the sequence
+    (packed documents: the replicated cu_seqlens against each token's global position)."""
+    if ctx.seq_dims(node.args[0]):
+        raise ShardError(node, "searchsorted in a table that carries the sequence", _HINT)
 
 
 def _per_token(log_decay) -> bool:
@@ -59,5 +72,6 @@ def _softmax_attention(ctx, node):
 
 RULES = {
     torch.ops.lasp_fx.linear_attention.default: _linear_attention,
+    aten.searchsorted.Tensor: _searchsorted,
     aten.scaled_dot_product_attention.default: _softmax_attention,
 }

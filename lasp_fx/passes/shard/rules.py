@@ -10,7 +10,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.graph import source_of
+from lasp_fx.passes.graph import sizes_as_numbers, source_of
 from lasp_fx.passes.shard.seq_dims import normalize_dims, reshape_splits_sequence
 
 aten = torch.ops.aten
@@ -55,6 +55,14 @@ def _safe(ctx, node):
     return
 
 
+def _metadata_assert(ctx, node):
+    """torch.export's check of a `.to()` result: dtype, device and layout hold on any slice; a size does not."""
+    size, stride = (list(node.args[1:3]) + [None, None])[:2]
+    if size is not None or stride is not None:
+        raise ShardError(node, "asserts a tensor's size or strides, which differ on each rank's slice",
+                         "export the model with the sequence dimension dynamic, or drop the size check")
+
+
 def _view(ctx, node):
     src, out = _val(node.args[0]), _val(node)
     if reshape_splits_sequence(list(src.shape), list(out.shape), ctx.symbols):
@@ -85,8 +93,8 @@ def _slice(ctx, node):
     start, end, step = _arg(node, 2, "start", 0) or 0, _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
     size_in, size_out = _val(x).shape[dim], _val(node).shape[dim]
     if dim in ctx.seq_dims(x):
-        if step == 1 and _same_size(size_in, size_out):
-            return  # the whole dimension (x[:, :s], x[:, -s:]): a no-op on every rank
+        if step == 1 and _same_length(ctx, size_in, size_out):
+            return  # the whole dimension (x[:, :n], x[:, -n:]): a no-op on every rank
         if "lasp_fx_halo" in x.meta and _is_seq_length(ctx, size_out):
             return  # cuts a halo-extended tensor back to the local positions
         raise ShardError(node, "slices the sequence dimension", _REFUSE_HINT)
@@ -109,7 +117,7 @@ def _tensor_split(ctx, node):
     if dim not in ctx.seq_dims(x):
         return
     n = _val(x).shape[dim]
-    if not all(_is_zero(i) or _same_size(_val(i) if isinstance(i, fx.Node) else i, n) for i in indices):
+    if not all(_is_zero(i) or _same_length(ctx, _val(i) if isinstance(i, fx.Node) else i, n) for i in indices):
         raise ShardError(node, "splits the sequence dimension at a position inside it", _REFUSE_HINT)
 
 
@@ -126,12 +134,13 @@ def _is_zero(x) -> bool:
     return not isinstance(x, fx.Node) and x == 0
 
 
-def _same_size(a, b) -> bool:
-    """Equal for every sequence length (symbolic sizes compared as expressions, no guard added)."""
-    if isinstance(a, torch.SymInt) or isinstance(b, torch.SymInt):
-        ea, eb = (x.node.expr if isinstance(x, torch.SymInt) else x for x in (a, b))
-        return (ea - eb).expand() == 0
-    return a == b
+def _same_length(ctx, a, b) -> bool:
+    """Equal for every sequence length, not only the traced one (no guard is added). The inputs'
+    sequence symbols count as one: parallelize gives every sequence input the same local length."""
+    if not isinstance(a, torch.SymInt) or not isinstance(b, torch.SymInt):
+        return not isinstance(a, torch.SymInt) and not isinstance(b, torch.SymInt) and a == b
+    one = {sym: min(ctx.symbols, key=str) for sym in ctx.symbols}
+    return (a.node.expr.xreplace(one) - b.node.expr.xreplace(one)).expand() == 0
 
 
 def _mask(ctx, node):
@@ -291,20 +300,12 @@ def _arange(ctx, node):
 
 def check_no_length_as_value(ctx, node):
     """Refuse the local length used as a number (x.sum(1) / n): on a slice it would be s, not P*s."""
-    target = node.target
-    if not isinstance(target, torch._ops.OpOverload) or target in (
-        aten.arange.default, aten.arange.start, aten.arange.start_step
-    ):
-        return
-    for arg, value in zip(target._schema.arguments, list(node.args) + [None] * len(target._schema.arguments)):
-        if str(arg.type) in ("number", "float", "Optional[float]", "Tensor") and isinstance(value, fx.Node):
-            v = _val(value)
-            if isinstance(v, (torch.SymInt, torch.SymFloat)) and v.node.expr.free_symbols & ctx.symbols:
-                raise ShardError(
-                    node,
-                    "uses the sequence length as a number; on a slice that is the local length",
-                    "Use a mean over the sequence dimension instead of dividing by the length",
-                )
+    if any(v.node.expr.free_symbols & ctx.symbols for v in sizes_as_numbers(node)):
+        raise ShardError(
+            node,
+            "uses the sequence length as a number; on a slice that is the local length",
+            "Use a mean over the sequence dimension instead of dividing by the length",
+        )
 
 
 # ------------------------------------------------------------------------------ registry
@@ -317,6 +318,8 @@ _POINTWISE_EXTRA = {
     aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther,
     aten.where.ScalarSelf, aten.where.Scalar, aten.lerp.Scalar, aten.lerp.Tensor,
     aten.scalar_tensor.default, aten.sym_size.int, aten.sym_numel.default, aten.sym_stride.int,
+    # `a & b`, `a | b` of masks (bitwise_and / or are tagged pointwise, their operator spellings not)
+    aten.__and__.Tensor, aten.__and__.Scalar, aten.__or__.Tensor, aten.__or__.Scalar,
 }
 _VIEWS = {
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
@@ -365,6 +368,7 @@ RULES = {
     **{op: _reduction for op in _REDUCTIONS_REFUSED},
     aten.slice.Tensor: _slice,
     aten.tensor_split.indices: _tensor_split,
+    aten._assert_tensor_metadata.default: _metadata_assert,
     aten.sum.dim_IntList: _sum_or_mean,
     aten.sum.default: _sum_or_mean,
     aten.mean.dim: _sum_or_mean,

@@ -1,11 +1,8 @@
 """Sequence tiles: a tensor split along the sequence, each piece through position-wise ops, concatenated back.
 
-    torch.cat([mlp(t) for t in x.tensor_split(4, dim=1)], dim=1)   # only one tile's activations live
-
-On a rank the pieces are pieces of its own slice, not of the whole sequence; that changes nothing
-when every op between the split and the cat works position by position and the pieces come back
-in order: the result is the same function of the slice. So the split and the cat are allowed when
-the graph between them is exactly that, and refused (as any other slice of the sequence) otherwise.
+On a rank the pieces are pieces of its own slice; that changes nothing when every op between
+the split and the cat works position by position and the pieces come back in order, so exactly
+that graph is allowed, e.g. `torch.cat([mlp(t) for t in x.tensor_split(4, dim=1)], dim=1)`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Family 5: block loops. An explicit loop over chunks (unrolled by capture) that computes each
+"""The "block-loop" family: an explicit loop over chunks (unrolled by capture) that computes each
 chunk's output as an intra-chunk masked product plus a product with a carried state, and
 concatenates the chunks along the sequence.
 

@@ -1,12 +1,10 @@
-"""Family 3 (and 4 on top of it): the running sum of k (x) v contracted with q.
+"""The "cumsum" family (normalised or not): the running sum of k (x) v contracted with q.
 
-    kv = cumsum(k[..., :, None] * v[..., None, :], dim=seq)      (or an einsum outer product)
-    o  = einsum("...d,...de->...e", q, kv)                       (or q[..., None, :] @ kv, or (q * kv).sum)
+    kv = cumsum(k[..., :, None] * v[..., None, :], dim=seq);  o = einsum("...d,...de->...e", q, kv)
     o  = o / (q . cumsum(k) + eps)                               (normalised, optional)
 
-Anchor: a cumsum over a dim of an outer product. Labels name the dims of the outer product:
-the cumsum dim is the sequence, the dim only k has is the key feature, the dim only v has is the
-value feature, dims both have are batch dims.
+The anchor is a cumsum over a dim of an outer product, whose labels name the sequence, key and
+value features and batch dims.
 """
 
 from __future__ import annotations

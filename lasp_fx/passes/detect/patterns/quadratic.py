@@ -1,4 +1,4 @@
-"""Families 1, 2 and 4: (q k^T, masked causally and maybe decayed) v, and its normalised forms.
+"""The "quadratic" family: (q k^T, masked causally and maybe decayed) v, and its normalised forms.
 
 Anchor: a product S = q k^T whose row and column labels have the same size T. Follow S forward
 through elementwise ops whose other inputs do not depend on S (the "mask chain", ending at P);

@@ -1,15 +1,11 @@
-"""Family 7: direct calls of known linear-attention kernels, traced as lasp_fx's op.
+"""Known kernels: direct calls of fla / lasp linear-attention kernels, traced as lasp_fx's op (no pattern).
 
-flash-linear-attention's chunk ops and the original lasp package's `lightning_attn` launch
-Triton kernels that torch.compile cannot trace (and that do not run on CPU). For each one this
-module registers, with `torch.compiler.substitute_in_graph`, a substitute computing the same
-function with `lasp_fx.linear_attention`, so the captured graph holds one lasp_fx op per call:
-the detector needs no pattern for it, and parallelize() makes it sequence-parallel.
-
-Registration happens for packages the user has already imported (nothing is imported here)
-and lasts for the process, for every torch.compile: the substitute computes the same function.
-Calls with options the op does not cover (variable-length `cu_seqlens`, reverse scans) raise
-NotImplementedError at trace time with the reason, rather than computing something else.
+Their Triton kernels cannot be traced, so each is registered with
+`torch.compiler.substitute_in_graph` as the same function computed by `lasp_fx.linear_attention`
+(for packages the user has already imported, for the process); the report lists the calls
+(`direct_calls`), and options the op does not cover raise NotImplementedError at trace time.
+Packed `cu_seqlens` are the op's own (ops/documents.py), also under parallelize(), except with
+per-sequence states (the op carries one: into the first document, out of the last).
 """
 
 from __future__ import annotations
@@ -22,15 +18,19 @@ import torch
 _REGISTERED: set[str] = set()  # mirrors dynamo's own (process-wide) substitution table
 
 
-def _op(q, k, v, log_decay, scale, initial_state):
-    from lasp_fx.ops.op import linear_attention
+def _op(q, k, v, log_decay, scale, initial_state, cu_seqlens=None):
+    from lasp_fx.attention import linear_attention
 
-    return linear_attention(q, k, v, log_decay, scale=scale, initial_state=initial_state, output_final_state=True)
+    return linear_attention(q, k, v, log_decay, scale=scale, initial_state=initial_state, output_final_state=True,
+                            cu_seqlens=cu_seqlens)
 
 
-def _refuse(name, cu_seqlens=None, **flags):
-    if cu_seqlens is not None:
-        raise NotImplementedError(f"lasp_fx: {name} with cu_seqlens (packed variable-length batches) is not supported")
+def _refuse(name, cu_seqlens=None, states=False, **flags):
+    if cu_seqlens is not None and states:
+        raise NotImplementedError(
+            f"lasp_fx: {name} with cu_seqlens and initial_state / output_final_state (one state per sequence) is "
+            "not supported: lasp_fx's op carries one state (into the first document, out of the last)"
+        )
     for flag, value in flags.items():
         if value:
             raise NotImplementedError(f"lasp_fx: {name} with {flag}=True is not supported")
@@ -39,9 +39,9 @@ def _refuse(name, cu_seqlens=None, **flags):
 def _simple_gla(name):
     def substitute(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
                    cu_seqlens=None, **kwargs):
-        _refuse(name, cu_seqlens, reverse=kwargs.get("reverse"), state_v_first=kwargs.get("state_v_first"),
-                both_gates=g is not None and g_gamma is not None)
-        o, state = _op(q, k, v, g if g is not None else g_gamma, scale, initial_state)
+        _refuse(name, cu_seqlens, initial_state is not None or output_final_state, reverse=kwargs.get("reverse"),
+                state_v_first=kwargs.get("state_v_first"), both_gates=g is not None and g_gamma is not None)
+        o, state = _op(q, k, v, g if g is not None else g_gamma, scale, initial_state, cu_seqlens)
         return o, (state if output_final_state else None)
 
     return substitute
@@ -49,10 +49,10 @@ def _simple_gla(name):
 
 def _retention(name):
     def substitute(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None, **kwargs):
-        _refuse(name, cu_seqlens, reverse=kwargs.get("reverse"))
+        _refuse(name, cu_seqlens, initial_state is not None or output_final_state, reverse=kwargs.get("reverse"))
         heads = torch.arange(q.shape[2], dtype=torch.float32, device=q.device)
         g_gamma = torch.log(1 - 2.0 ** (-5.0 - heads))  # RetNet's per-head decays, as fla fixes them
-        o, state = _op(q, k, v, g_gamma, scale, initial_state)
+        o, state = _op(q, k, v, g_gamma, scale, initial_state, cu_seqlens)
         return o, (state if output_final_state else None)
 
     return substitute
@@ -61,15 +61,16 @@ def _retention(name):
 def _linear_attn(name):
     def substitute(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
                    cu_seqlens=None, **kwargs):
-        _refuse(name, cu_seqlens, tuple_initial_state=isinstance(initial_state, tuple))
+        _refuse(name, cu_seqlens, initial_state is not None or output_final_state,
+                tuple_initial_state=isinstance(initial_state, tuple))
         if not normalize:
-            o, state = _op(q, k, v, None, scale, initial_state)
+            o, state = _op(q, k, v, None, scale, initial_state, cu_seqlens)
             return o, (state if output_final_state else None)
         if initial_state is not None or output_final_state:
             raise NotImplementedError(f"lasp_fx: {name}(normalize=True) with states is not supported")
-        # o / (scale * q . cumsum(k) + 1e-10): the denominator is the op with v = 1 (DESIGN.md 2)
+        # o / (scale * q . cumsum(k) + 1e-10): the denominator is the op with v = 1 (docs/design.md §2)
         ones = v.new_ones(*v.shape[:-1], 1)
-        out, _ = _op(q, k, torch.cat([v, ones], dim=-1), None, scale, None)
+        out, _ = _op(q, k, torch.cat([v, ones], dim=-1), None, scale, None, cu_seqlens)
         return out[..., :-1] / (out[..., -1:] + 1e-10), None
 
     return substitute
