@@ -44,13 +44,11 @@ THIRD_PARTY = {
     "linear_attention_transformer_buckets": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={"blindspot_size": 4}, needs="linear_attention_transformer",
         matches=[], near=True, parallel=("refused", "linear_attention_transformer.py:240")),
-    # torchscale 0.3.0 (installed --no-deps: .ci/run), the retention layer as shipped; its decay mask
-    # is divided by the root of its row sums (a per-row scale) and the scores by their detached,
-    # clamped row sums
+    # torchscale 0.3.0 (installed --no-deps: .ci/run), the retention layer as shipped: its decay mask
+    # divided by the root of its row sums, the scores by their detached row sums' abs clamped at 1;
+    # rewritten as c_i num / clamp(|c_i den|, 1) with c_i at global positions
     "torchscale_retnet": dict(model="tests.third_party.torchscale_retnet:TorchscaleRetNetLM", kwargs={},
-                              needs="torchscale", matches=[], near=True,
-                              parallel=("refused", ("torchscale/component/multiscale_retention.py:81",
-                                                    "the diagonal of the mask is not one constant"))),
+                              needs="torchscale", matches=["normalised"], near=False, parallel=("equal", 1e-10)),
     # HF transformers 5.x, from_config with the config's defaults (use_cache=True)
     # the MoE sorts each rank's (token, expert) pairs by expert and puts them back: position-wise
     # (passes/shard/permutations.py). float32: torch's CPU grouped_mm, which HF calls eagerly, has
