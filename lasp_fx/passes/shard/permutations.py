@@ -193,11 +193,13 @@ def _pairs_of(ctx, keys, x, k) -> bool:
 def _scatter(ctx, node, get, claimed):
     """inv[perm] = arange(n) (the inverse), or out[perm] = y / out.index_add(0, perm, y) (rows put back)."""
     base = node.args[0]
-    if node.target in (aten.index_put.default, aten.index_put_.default):
+    if node.target is aten.index_put.default:
         indices, src = node.args[1], node.args[2]
         accumulate = _arg(node, 3, "accumulate", False)
         used = [(d, i) for d, i in enumerate(indices) if i is not None]
-        (dim, idx), = used if len(used) == 1 else [(None, None)]
+        if len(used) != 1:
+            raise ShardError(node, "writes with several index tensors next to a permutation", _HINT)
+        (dim, idx), = used
     else:
         dim, idx, src = _arg(node, 1, "dim", 0) % _val(base).dim(), node.args[2], node.args[3]
         accumulate = node.target is aten.index_add.default
@@ -224,8 +226,13 @@ def _histc(node, keys):
     """Rows per group of sorted keys: exact offsets when no key falls outside [min, max]."""
     if not isinstance(keys, _Rows) or keys.keys is None:
         raise ShardError(node, "counts rows of a permutation that are not its sorted keys", _HINT)
+    sort = keys.keys
+    descending = _arg(sort, 2, "descending", False) if sort.target is aten.sort.default else \
+        sort.kwargs.get("descending", False)
+    if descending:  # grouped products count groups from the smallest key up
+        raise ShardError(node, "counts keys sorted in descending order per group", _HINT)
     low, high = _arg(node, 2, "min", 0), _arg(node, 3, "max", 0)
-    top = _index_bound(keys.keys.args[0])
+    top = _index_bound(sort.args[0])
     if top is None or low > 0 or high < top or low >= high:
         raise ShardError(node, f"counts sorted keys per group with bounds [{low}, {high}] that may leave keys out "
                          "(they would shift every later group)", "Bound histc by the number of experts")
