@@ -78,7 +78,8 @@ def test_padded_batch_matches_one_process(model_id, kind, world_size):
     for rank, per_rank in enumerate(_parallel(world_size)):
         got = per_rank[_runnable(PLAN[world_size]).index((model_id, kind))]
         if set(got["grads"]) != set(ref["grads"]):
-            failures.append(f"rank {rank}: gradients of {sorted(set(got['grads']) ^ set(ref['grads']))} differ in presence")
+            odd = sorted(set(got["grads"]) ^ set(ref["grads"]))
+            failures.append(f"rank {rank}: gradients of {odd} exist on one side only")
         pairs = {"logits": (got["logits"], ref["logits"]), "loss": (got["loss"], ref["loss"]),
                  **{f"grad {p}": (got["grads"][p], g) for p, g in ref["grads"].items() if p in got["grads"]}}
         for what, (a, b) in pairs.items():
@@ -111,6 +112,8 @@ MASKS = {  # flags [B, n] (1 token, 0 padding) -> an SDPA mask; True: causal AND
     "hf_masking_utils": (lambda f, n: _hf_mask(f, n), True),
     "queries_too": (lambda f, n: _causal(n, f.device) & f.bool()[:, None, None, :] & f.bool()[:, None, :, None], False),
     "sliding_window": (lambda f, n: _causal(n, f.device).triu(-3) & f.bool()[:, None, None, :], False),
+    "wide_window": (lambda f, n: _causal(n, f.device).triu(-40) & f.bool()[:, None, None, :], False),  # 41 > probes
+    "hf_sliding_window": (lambda f, n: _hf_mask(f, n, window=50), False),
     "bidirectional": (lambda f, n: f.bool()[:, None, None, :].expand(-1, 1, n, n), False),
     "equals_one": (lambda f, n: _causal(n, f.device) & (f == 1)[:, None, None, :], True),  # the model's own flags
     "bool_after_broadcast": (lambda f, n: _causal(n, f.device) & f[:, None, None, :].bool(), True),
@@ -120,11 +123,12 @@ MASKS = {  # flags [B, n] (1 token, 0 padding) -> an SDPA mask; True: causal AND
 }
 
 
-def _hf_mask(flags, n):
-    from transformers.masking_utils import and_masks, causal_mask_function, padding_mask_function, sdpa_mask
+def _hf_mask(flags, n, window=None):
+    from transformers import masking_utils as hf
 
-    return sdpa_mask(batch_size=flags.shape[0], q_length=n, kv_length=n, allow_is_causal_skip=False,
-                     mask_function=and_masks(causal_mask_function, padding_mask_function(flags.bool())))
+    causal = hf.causal_mask_function if window is None else hf.sliding_window_causal_mask_function(window)
+    return hf.sdpa_mask(batch_size=flags.shape[0], q_length=n, kv_length=n, allow_is_causal_skip=False,
+                        mask_function=hf.and_masks(causal, hf.padding_mask_function(flags.bool())))
 
 
 def _attention(x, flags, spell):
@@ -133,7 +137,7 @@ def _attention(x, flags, spell):
 
 
 def _traced(fn, *inputs):
-    """(graph, sequence symbols) as parallelize's backend sees them: dim 1 of every input dynamic."""
+    """(graph, sequence symbols, its inputs) as parallelize's backend sees them: dim 1 of every input dynamic."""
     from lasp_fx.capture import capture_dynamo_graph
     from lasp_fx.passes.shard.seq_dims import sequence_symbols
 
@@ -143,7 +147,8 @@ def _traced(fn, *inputs):
         graph = capture_dynamo_graph(gm, example_inputs)
         fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
         box["graph"], box["inputs"] = graph, example_inputs
-        box["symbols"] = sequence_symbols(fakes, lambda i, v: 1 if isinstance(v, torch.Tensor) and v.dim() > 1 else None)
+        box["symbols"] = sequence_symbols(fakes, lambda i, v: 1 if isinstance(v, torch.Tensor) and v.dim() > 1
+                                          else None)
         return gm.forward
 
     for t in inputs:
@@ -156,12 +161,12 @@ def _traced(fn, *inputs):
 @pytest.mark.parametrize("spelling", list(MASKS))
 def test_mask_spellings(spelling):
     spell, recognised = MASKS[spelling]
-    if spelling == "hf_masking_utils":
+    if spelling.startswith("hf_"):
         pytest.importorskip("transformers")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 10, 12, dtype=torch.float64, generator=gen)
     flags = torch.ones(3, 10, dtype=torch.long)
-    flags[0, :4], flags[1, 7:], flags[2, 2] = 0, 0, 0
+    flags[0, :4], flags[1, 7:], flags[2, 2], flags[2, 5] = 0, 0, 0, 2  # a 2 is what the model makes of it
     graph, symbols, inputs = _traced(lambda x, f: _attention(x, f, spell), x, flags)
     if not recognised:
         with pytest.raises(ShardError, match=r"scaled_dot_product_attention.* at .*test_padding_masks.py:\d+.*"
@@ -175,3 +180,26 @@ def test_mask_spellings(spelling):
     assert torch.ops.aten.scaled_dot_product_attention.default not in targets
     got = graph(*inputs)
     assert torch.equal(got[0] if isinstance(got, (tuple, list)) else got, want)  # the same function on one device
+
+
+def test_an_all_ones_mask_plans_like_no_mask():
+    # the softmax layers' tiles: no per-row tiles (one launch per row) when no key is padding
+    from lasp_fx.ops import softmax_plan
+
+    s, world = 6, 4
+    ones = torch.ones(3, s * world, dtype=torch.bool)
+    assert softmax_plan.plan(3, s, s * world, None, ones) == softmax_plan.plan(3, s, s * world)
+    ones[1, 4] = False
+    assert softmax_plan.plan(3, s, s * world, None, ones) != softmax_plan.plan(3, s, s * world)
+
+
+@pytest.mark.parametrize("window", [5, 100], ids=lambda w: f"window{w}")
+def test_length_only_windows_are_refused(window):
+    # a window wider than the replay's short lengths is the causal mask there: it is replayed past it too
+    from lasp_fx.passes.shard.causal_masks import causal_masks_pass
+
+    x = torch.randn(2, 10, 12, dtype=torch.float64)
+    graph, symbols, _ = _traced(lambda x: _attention(x, None, lambda f, n: _causal(n, x.device).triu(1 - window)), x)
+    with pytest.raises(ShardError, match=r"mask \(built at .*test_padding_masks.py:\d+.*\) is causal on short "
+                                         r"sequences but not at \d+ tokens: a sliding window"):
+        causal_masks_pass(graph, symbols)

@@ -44,6 +44,8 @@ def plan(batch: int, s: int, K: int, docs: Tensor | None = None, keep: Tensor | 
          max_tiles: int = MAX_TILES) -> list[Tile]:
     """The tiles of s queries (positions K - s ..) over K keys; docs, keep: [batch, K] or None."""
     off = K - s
+    if keep is not None and bool(keep.all()):
+        keep = None  # no padding (an all-ones attention_mask) costs what no mask costs: no tiles per row
     if docs is None and keep is None:
         tiles = [Tile(0, batch, 0, s, j, min(j + s, off), False) for j in range(0, off, s)]
         return tiles + [Tile(0, batch, 0, s, off, K, True)]

@@ -6,7 +6,9 @@ scaled_dot_product_attention. On a slice such a mask is only the local block, an
 construction mixes positions. When the mask depends on nothing but the sequence length - no
 input, parameter or buffer reaches it - it is a function of the length alone; it is replayed at
 a few lengths and, if it equals the lower-triangular mask at each, the attention is marked
-causal and the mask's graph dies with it.
+causal and the mask's graph dies with it. The lengths include one past every integer the mask's
+ops take (`probe_lengths`): a sliding window of 4096 tokens is the causal mask on any shorter
+probe, and a slice is shorter than the whole sequence.
 """
 
 from __future__ import annotations
@@ -15,10 +17,31 @@ import torch
 from torch import fx
 
 from lasp_fx.passes.graph import _hint, probe_sizes
+from lasp_fx.passes.shard.rules import ShardError, source_line
 
 aten = torch.ops.aten
 _SDPA = aten.scaled_dot_product_attention.default
-_LENGTHS = (3, 8, 13)  # odd and even, 1 < L: enough to tell tril from windows, bands and shifts
+_LENGTHS = (3, 8, 13)  # odd and even, 1 < L: enough to tell tril from small windows, bands and shifts
+_MAX_PROBE = 4100  # windows up to 4096 (Mistral, Gemma): replays hold [B, 4098, 4098] masks; larger: unrecognised
+
+
+def probe_lengths(region: list[fx.Node]) -> tuple[int, ...] | None:
+    """Lengths to replay a mask at: `_LENGTHS`, and just past the largest integer its ops take (a
+    window, a chunk size, an offset), which can change the mask only at longer lengths; None when
+    that length is beyond `_MAX_PROBE`. Sentinels (slice ends of 2**63 - 1) do not count."""
+    consts = [abs(a) for n in region if n.op == "call_function" for a in _ints(n) if abs(a) < 2**31]
+    top = max(consts, default=0)
+    if top + 2 <= max(_LENGTHS):
+        return _LENGTHS
+    if top + 2 > _MAX_PROBE:
+        return None
+    return (*_LENGTHS, top + 1, top + 2)
+
+
+def _ints(node: fx.Node) -> list[int]:
+    flat = []
+    fx.node.map_aggregate((node.args, node.kwargs), lambda x: flat.append(x) if type(x) is int else None)
+    return flat
 
 
 def causal_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule:
@@ -28,7 +51,22 @@ def causal_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule:
         if not isinstance(mask, fx.Node) or (len(node.args) > 5 and node.args[5]) or node.kwargs.get("is_causal"):
             continue
         region = _length_only_region(mask)
-        if region is None or not all(_is_causal(region, mask, symbols, n) for n in _LENGTHS):
+        if region is None:
+            continue
+        lengths = probe_lengths(region)
+        if lengths is None:
+            continue
+        causal = {n: _is_causal(region, mask, symbols, n) for n in sorted(lengths)}
+        if not all(causal.values()):
+            if causal[min(lengths)]:
+                raise ShardError(
+                    node,
+                    f"softmax attention whose mask (built at {source_line(mask)}) is causal on short sequences "
+                    f"but not at {min(n for n, ok in causal.items() if not ok)} tokens: a sliding window or "
+                    "chunked attention",
+                    "lasp_fx shards full causal attention only (on a slice a window wider than the slice would "
+                    "vanish): keep this model on one device, or use full attention",
+                )
             continue
         args = list(node.args) + [None] * (6 - len(node.args))
         args[3], args[5] = None, True
@@ -63,20 +101,27 @@ def _length_only_region(mask: fx.Node) -> list[fx.Node] | None:
     return sorted(seen, key=order.__getitem__)
 
 
-def _is_causal(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int) -> bool:
-    env = {}
+def replay(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int, env: dict | None = None):
+    """The mask's value with every sequence symbol at `length` (`env`: values given), or None if it cannot run."""
+    env = dict(env or {})
     with probe_sizes({s: length for s in symbols}), torch.no_grad():
         try:
             for n in region:
+                if n in env:
+                    continue
                 if n.op == "placeholder" or n.target is aten.sym_size.int:
                     env[n] = _hint(n.meta.get("val"))  # a size, at the probe length
                     continue
                 args = fx.node.map_arg(n.args, env.__getitem__)
                 kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
                 env[n] = n.target(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a mask we cannot replay is left alone (and refused later)
-            return False
-    m = env[mask]
+        except Exception:  # noqa: BLE001 - a mask we cannot replay is not recognised (and refused later)
+            return None
+    return env[mask]
+
+
+def _is_causal(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int) -> bool:
+    m = replay(region, mask, symbols, length)
     if not isinstance(m, torch.Tensor) or m.shape[-2:] != (length, length):
         return False
     allowed = m if m.dtype == torch.bool else m == 0  # additive float masks: 0 keeps, -inf drops

@@ -3,15 +3,15 @@
 HF transformers under torch.compile (masking_utils.sdpa_mask), and hand-written models, build the
 mask of a padded batch from the [B, T] attention_mask: `kv <= q & attention_mask[b, kv]`, by
 aranges, comparisons, an index of the flags at the key positions, `&`. On a slice those ops see
-only the local block; what the whole model needs is the causal mask over global positions AND the
-flags of every earlier rank's keys. Such a mask depends on the sequence length and on one [B, s]
-tensor, its flags; it is replayed at a few lengths with flags of every kind (none padded, right-
-and left-padded, random, values other than 0 and 1) and, when it equals `causal & (flags != 0)[b, kv]`
-each time, the attention becomes `padded_causal_attention(q, k, v, keep, ...)`: one device computes
-it as SDPA did, and the shard rule (`RULES`) runs it over the ranks with the keys' flags gathered
-once per forward, like the keys themselves. A padded query still sees the earlier real keys, as
-in the mask it replaces; a mask that fits no such form is refused at the attention, naming the
-line that built it.
+only the local block; the whole model needs the causal mask over global positions AND the flags
+of every earlier rank's keys. Such a mask depends on the sequence length and on one [B, s] tensor,
+its flags; it is replayed at a few lengths (past every integer its ops take, as in causal_masks)
+with flags of every kind (none padded, right- and left-padded, random, values other than 0 and 1)
+and, when it equals `causal & (flags != 0)[b, kv]` each time, the attention becomes
+`padded_causal_attention(q, k, v, keep, ...)`: one device computes it as SDPA did, and the shard
+rule (`RULES`) runs it over the ranks with the keys' flags gathered once per forward. A padded
+query still sees the earlier real keys, as in the mask it replaces; a mask of another form is
+refused at the attention, naming the line that built it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.graph import _hint, probe_sizes
+from lasp_fx.passes.shard.causal_masks import probe_lengths, replay
 from lasp_fx.passes.shard.seq_dims import seq_dims_of
 from lasp_fx.passes.shard.rules import ShardError, _arg, _val, source_line
 
 aten = torch.ops.aten
 _SDPA = aten.scaled_dot_product_attention.default
-_LENGTHS = (3, 8, 13)  # as causal_masks: odd and even, enough to tell tril from bands and shifts
 
 
 def padded_causal_attention(q, k, v, keep, dropout_p=0.0, scale=None, enable_gqa=False):
@@ -54,7 +53,9 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
         if found is None:
             continue  # no [B, s] input reaches it: causal_masks_pass, or the attention's rule, decides
         region, flags = found
-        if len(flags) != 1 or not all(_is_padded_causal(region, mask, flags[0], symbols, n) for n in _LENGTHS):
+        lengths = probe_lengths(region)  # past every window or offset the mask's ops take
+        if len(flags) != 1 or lengths is None or not all(_is_padded_causal(region, mask, flags[0], symbols, n)
+                                                         for n in lengths):
             raise ShardError(
                 node,
                 f"softmax attention whose mask (built at {source_line(mask)}) reads [B, T] flags (made at "
@@ -154,7 +155,7 @@ def _is_padded_causal(region, mask, flags, symbols, length: int) -> bool:
     batch = int(_val(flags).shape[0])
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     for pattern in _flag_patterns(batch, length, _val(flags).dtype):
-        m = _replay(region, mask, flags, pattern, symbols, length)
+        m = replay(region, mask, symbols, length, {flags: pattern})
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.dim() != 4:
             return False
         if m.shape[0] != batch or m.shape[-2:] != (length, length):
@@ -163,24 +164,6 @@ def _is_padded_causal(region, mask, flags, symbols, length: int) -> bool:
         if not torch.equal(m, want.expand(m.shape)):
             return False
     return True
-
-
-def _replay(region, mask, flags, pattern, symbols, length: int):
-    env = {flags: pattern}
-    with probe_sizes({s: length for s in symbols}), torch.no_grad():
-        try:
-            for n in region:
-                if n in env:
-                    continue
-                if n.op == "placeholder" or n.target is aten.sym_size.int:
-                    env[n] = _hint(n.meta.get("val"))  # a size, at the probe length
-                    continue
-                args = fx.node.map_arg(n.args, env.__getitem__)
-                kwargs = fx.node.map_arg(n.kwargs, env.__getitem__)
-                env[n] = n.target(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - a mask we cannot replay is not recognised (and refused)
-            return None
-    return env[mask]
 
 
 def _keep_of(graph: fx.Graph, flags: fx.Node) -> fx.Node:
