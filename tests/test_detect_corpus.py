@@ -34,9 +34,8 @@ def test_expected_near_misses(name, device):
         ("anti_causal_triu", "anti-causal"),
         ("learnable_temperature", "temperature"),
         ("softmax_manual", "softmax"),
-        ("detached_row_norm", "not the same gradients"),
-        ("abs_row_norm", "not the same function"),
-        ("clamp_row_norm", "not the same function"),
+        ("detached_eps_row_norm", "not the same gradients"),
+        ("where_row_norm", "not the same function"),
     ],
 )
 def test_near_miss_reason_says_why(name, words, device):

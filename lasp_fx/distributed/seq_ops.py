@@ -76,8 +76,9 @@ def sum_grad_over_ranks(param: Tensor, group_name: str) -> Tensor:
 
 
 def _neighbour_edge(x: Tensor, width: int, dim: int, take_last: bool, group_name: str, world_size: int) -> Tensor:
-    """All ranks' first or last `width` entries along dim, stacked as [P, ...]."""
+    """All ranks' first or last min(width, n) entries along dim, stacked as [P, ...]."""
     n = x.shape[dim]
+    width = min(width, n)  # wider halos take whole slices (all ranks' n are equal)
     edge = x.narrow(dim, n - width, width) if take_last else x.narrow(dim, 0, width)
     gathered = _all_gather_autograd(edge.contiguous().unsqueeze(0), 0, group_name)
     return gathered.view(world_size, *edge.shape)
@@ -89,24 +90,30 @@ def _filled(like: Tensor, fill: float) -> Tensor:
     return like.masked_fill(torch.ones_like(like, dtype=torch.bool), fill)
 
 
+def _halo(x, width, dim, fill, rank, world_size, group_name, previous: bool) -> Tensor:
+    """`width` entries next to this rank's slice: from the ranks before it (previous) or after it,
+    `fill` beyond the sequence's ends. A halo wider than a slice spans several ranks."""
+    if width == 0:
+        return x.narrow(dim, 0, 0)
+    edges = list(_neighbour_edge(x, width, dim, previous, group_name, world_size))
+    filler = [_filled(edges[0], fill)] * -(-width // edges[0].shape[dim])  # ceil(width / edge width)
+    if previous:
+        return torch.cat(filler + edges[:rank], dim).narrow(dim, -width, width)
+    return torch.cat(edges[rank + 1:] + filler, dim).narrow(dim, 0, width)
+
+
 def halo_from_previous(x: Tensor, width: int, dim: int, fill: float, rank: int, world_size: int, group_name: str) -> Tensor:
-    """The last `width` entries along `dim` of the previous rank's x (filled with `fill` on rank 0).
+    """The last `width` entries along `dim` before this rank's slice (`fill` before the sequence).
 
     Costs one all-gather of width x (other dims) elements: for a kernel-4 conv over 64 channels,
     3 x 64 values per rank. The backward returns each halo's gradient to the rank that owns it.
     """
-    if width == 0:
-        return x.narrow(dim, 0, 0)
-    edges = _neighbour_edge(x, width, dim, True, group_name, world_size)
-    return _filled(edges[0], fill) if rank == 0 else edges[rank - 1]
+    return _halo(x, width, dim, fill, rank, world_size, group_name, previous=True)
 
 
 def halo_from_next(x: Tensor, width: int, dim: int, fill: float, rank: int, world_size: int, group_name: str) -> Tensor:
-    """The first `width` entries along `dim` of the next rank's x (filled with `fill` on the last rank)."""
-    if width == 0:
-        return x.narrow(dim, 0, 0)
-    edges = _neighbour_edge(x, width, dim, False, group_name, world_size)
-    return _filled(edges[0], fill) if rank == world_size - 1 else edges[rank + 1]
+    """The first `width` entries along `dim` after this rank's slice (`fill` after the sequence)."""
+    return _halo(x, width, dim, fill, rank, world_size, group_name, previous=False)
 
 
 def gather_sequence(x: Tensor, dim: int, group_name: str) -> Tensor:

@@ -203,20 +203,48 @@ def build(cand: Candidate, emit, env: dict):
         ones = emit(aten.ones_like.default, emit(aten.slice.Tensor, v, -1, 0, 1))  # no sizes: T may be symbolic
         v = emit(aten.cat.default, [v, ones], -1)
     dtype = acc_dtype(val(cand.q).dtype) if isinstance(emit, GraphEmitter) else torch.float64
-    res = emit(LASP_OP, q, k, v, log_decay(emit, cand, env, dtype), None, float(cand.scale))
+    ld = log_decay(emit, cand, env, dtype)
+    res = emit(LASP_OP, q, k, v, ld, None, float(cand.scale))
     o = emit(operator.getitem, res, 0)
+    rows = _row_scale(emit, cand, ld, q, dtype) if cand.row_power else None
     if cand.normalised:
         num = emit(aten.slice.Tensor, o, -1, 0, E)
         den = emit(aten.slice.Tensor, o, -1, E, E + 1)
+        if rows is not None:
+            num, den = emit(aten.mul.Tensor, num, rows), emit(aten.mul.Tensor, den, rows)
         if cand.norm_b != 0.0:
             den = emit(aten.add.Tensor, den, cand.norm_b)
+        for step in cand.den_steps:  # the model's own detach / abs / clamp of its normaliser
+            den = emit(*_STEP_OPS[step[0]], den, *step[1:])
         o = emit(aten.div.Tensor, num, den)
         if cand.norm_a != 1.0:
             o = emit(aten.mul.Tensor, o, cand.norm_a)
+    elif rows is not None:
+        o = emit(aten.mul.Tensor, o, rows)
     o = from_op_layout(emit, o, shape(cand.out), cand.out_layout, cand.beta)
     if isinstance(emit, GraphEmitter) and val(o).dtype != val(cand.out).dtype:
         o = emit(aten._to_copy.default, o, dtype=val(cand.out).dtype)
     return o
+
+
+_STEP_OPS = {"detach": (aten.detach.default,), "abs": (aten.abs.default,), "clamp": (aten.clamp.default,)}
+
+
+def _row_scale(emit, cand: Candidate, ld, q, dtype):
+    """[1, T, H, 1]: (sum_{j <= i} decay^(i - j)) ** -row_power at the query's position i. The
+    positions are an arange, which the shard pass makes global; the sum is
+    expm1(ld * (i + 1)) / expm1(ld) for a constant log-decay ld < 0, and i + 1 without one."""
+    seq = emit(aten.sym_size.int, q, 1)
+    pos = emit(aten.arange.default, seq, dtype=dtype, device=_device(q))
+    n = emit(aten.add.Tensor, emit(aten.reshape.default, pos, [1, -1, 1, 1]), 1.0)  # [1, T, 1, 1]
+    if ld is not None:
+        ld = emit(aten.reshape.default, ld, [1, 1, -1, 1])  # [H] -> [1, 1, H, 1]
+        n = emit(aten.div.Tensor, emit(aten.expm1.default, emit(aten.mul.Tensor, n, ld)), emit(aten.expm1.default, ld))
+    return emit(aten.pow.Tensor_Scalar, n, -cand.row_power)
+
+
+def _device(x):
+    return (x.meta["val"] if isinstance(x, Node) else x).device
 
 
 def shape_of(x, emit) -> tuple[int, ...]:

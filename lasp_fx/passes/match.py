@@ -70,8 +70,10 @@ class Candidate:
     scale: float = 1.0
     decay: Decay = field(default_factory=Decay)
     normalised: bool = False
-    norm_a: float = 1.0  # out = norm_a * num / (den + norm_b)
+    norm_a: float = 1.0  # out = norm_a * num / steps(den + norm_b)
     norm_b: float = 0.0
+    den_steps: tuple = ()  # what the model does to its normaliser: ("detach",), ("abs",), ("clamp", lo, hi)
+    row_power: float = 0.0  # num and den times (sum_{j <= i} decay^(i-j)) ** -row_power at global position i
     error: float = 0.0  # the probe's worst relative error
     tol: float = 1e-6  # the probe's bound: larger when the decay comes from low-precision buffers
     notes: list[str] = field(default_factory=list)

@@ -35,8 +35,11 @@ CORPUS = {
     "bidirectional_linear": (negatives.Bidirectional, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
     "anti_causal_triu": (negatives.AntiCausal, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
     "learnable_temperature": (negatives.LearnableTemperature, [], ["quadratic"]),
-    # row normalisers the op does not compute: equal in value on positive inputs, not in gradient
-    "detached_row_norm": (negatives.DetachedRowNorm, [], ["normalised"]),
-    "abs_row_norm": (negatives.AbsRowNorm, [], ["normalised"]),
-    "clamp_row_norm": (negatives.ClampRowNorm, [], ["normalised"]),
+    # row normalisers detached, abs, clamped (RetNet's): the replacement does the same to its normaliser
+    "detached_row_norm": (negatives.DetachedRowNorm, [("normalised", "const", True)], []),
+    "abs_row_norm": (negatives.AbsRowNorm, [("normalised", "const", True)], []),
+    "clamp_row_norm": (negatives.ClampRowNorm, [("normalised", "const", True)], []),
+    # ... and ones it does not read, equal in value on positive inputs at most: refused by the probe
+    "where_row_norm": (negatives.WhereRowNorm, [], ["normalised"]),
+    "detached_eps_row_norm": (negatives.DetachedEpsRowNorm, [], ["normalised"]),
 }

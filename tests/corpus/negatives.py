@@ -105,9 +105,10 @@ class Hybrid(nn.Module):
 
 
 class DecayRowNormalised(nn.Module):
-    """A RetNet-style decay mask with a row normaliser the op does not compute (issue 20): the
-    denominator detached, its absolute value, or clamped to >= 1. Equal to the op's normalised
-    form in value on positive inputs at most; never in gradient."""
+    """A RetNet-style decay mask with a row normaliser (issue 20): the denominator detached, its
+    absolute value, or clamped to >= 1. Not the op's plain normalised form (equal in value on
+    positive inputs at most, never in gradient): the rewrite applies the same steps to the op's
+    normaliser."""
 
     def __init__(self, how, dim=32, heads=4):
         super().__init__()
@@ -121,10 +122,14 @@ class DecayRowNormalised(nn.Module):
         mask = torch.where(dist >= 0, self.gamma.to(x.dtype)[:, None, None] ** dist.clamp(min=0), 0.0)
         qk = elu1(q) @ elu1(k).transpose(-1, -2) * mask
         den = qk.detach().sum(-1, keepdim=True)
-        if self.how in ("abs", "clamp"):
+        if self.how in ("abs", "clamp", "where"):
             den = den.abs()
         if self.how == "clamp":
             den = den.clamp(min=1)
+        if self.how == "where":  # a clamp the rewrite does not read: the probe must see it act
+            den = torch.where(den > 1, den, 1.0)
+        if self.how == "detach_eps":  # a detach behind an epsilon: the probe must see the gradients differ
+            den = den + 1e-6
         return self.p.merge(((qk / den) @ v).transpose(1, 2))
 
 
@@ -141,3 +146,13 @@ class AbsRowNorm(DecayRowNormalised):
 class ClampRowNorm(DecayRowNormalised):
     def __init__(self):
         super().__init__("clamp")
+
+
+class WhereRowNorm(DecayRowNormalised):
+    def __init__(self):
+        super().__init__("where")
+
+
+class DetachedEpsRowNorm(DecayRowNormalised):
+    def __init__(self):
+        super().__init__("detach_eps")

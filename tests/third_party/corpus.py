@@ -3,8 +3,9 @@
 Each entry: model ("module:Class"), kwargs, needs (the package it imports), matches (expected
 families of inspect's matches, in graph order), near (whether inspect reports a near-miss),
 parallel: ("equal", tol) - parallelize over 2 gloo ranks equals one process, logits and every
-gradient on every rank - or ("refused", words): a lasp_fx error containing `words` (the file and
-line it names, and why). Sequence length 24 (12 tokens a rank).
+gradient on every rank - or ("refused", words): a lasp_fx error containing `words` (a string or a
+tuple of them: the file and line it names, and why); dtype (default float64). Sequence length 24
+(12 tokens a rank).
 """
 
 FLA = "tests.third_party.fla_naive:FlaNaiveLM"
@@ -43,9 +44,28 @@ THIRD_PARTY = {
     "linear_attention_transformer_buckets": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={"blindspot_size": 4}, needs="linear_attention_transformer",
         matches=[], near=True, parallel=("refused", "linear_attention_transformer.py:240")),
+    # torchscale 0.3.0 (installed --no-deps: .ci/run), the retention layer as shipped: its decay mask
+    # divided by the root of its row sums, the scores by their detached row sums' abs clamped at 1;
+    # rewritten as c_i num / clamp(|c_i den|, 1) with c_i at global positions
+    "torchscale_retnet": dict(model="tests.third_party.torchscale_retnet:TorchscaleRetNetLM", kwargs={},
+                              needs="torchscale", matches=["normalised"], near=False, parallel=("equal", 1e-10)),
     # HF transformers 5.x, from_config with the config's defaults (use_cache=True)
+    # the MoE sorts each rank's (token, expert) pairs by expert and puts them back: position-wise
+    # (passes/shard/permutations.py). float32: torch's CPU grouped_mm, which HF calls eagerly, has
+    # no float64 kernel (the traced graph takes HF's fallback op)
     "hf_minimax": dict(model=f"{HF}:MiniMaxLM", kwargs={}, needs="transformers", matches=["block-loop", "block-loop"],
-                       near=True, parallel=("refused", "transformers/integrations/moe.py:440")),  # MoE's sort
+                       near=True, parallel=("equal", 1e-5), dtype="float32"),
+    "hf_minimax_batched_mm": dict(model=f"{HF}:MiniMaxLM", kwargs={"experts": "batched_mm"}, needs="transformers",
+                                  matches=["block-loop", "block-loop"], near=True, parallel=("equal", 1e-5),
+                                  dtype="float32"),
+    # HF's loss with output_router_logits: the load-balancing loss divides by the local row count
+    "hf_minimax_aux_loss": dict(model=f"{HF}:MiniMaxAuxLossLM", kwargs={}, needs="transformers",
+                                matches=["block-loop", "block-loop"], near=True, dtype="float32",
+                                parallel=("refused", ("modeling_minimax.py:770", "tokens_per_expert_sum / total_rows",
+                                                      "uses the sequence length as a number"))),
+    # the cache's x[:, :, -T:] and tensor_split at T are no-ops, the causal conv takes halos: the
+    # refusal is the delta rule's chunk padding, with the near-miss naming the function and why
     "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
-                          parallel=("refused", "torch_chunk_gated_delta_rule")),  # named with the refusal
+                          parallel=("refused", ("modeling_qwen3_next.py:481", "torch_chunk_gated_delta_rule",
+                                                "transition is a matrix, not a scalar decay"))),
 }

@@ -105,6 +105,15 @@ def to_match(cand: Candidate) -> LinearAttentionMatch:
         scale=cand.scale * (cand.norm_a if cand.normalised else 1.0), decay=d.kind,
         decay_learnable=d.learnable, decay_from=None if d.node is None else d.node.name,
         normalised=cand.normalised, norm_eps=cand.norm_b, initial_state=None, max_error=cand.error,
-        notes=list(cand.notes),
+        notes=list(cand.notes) + _form_notes(cand),
     )
+
+
+def _form_notes(cand) -> list[str]:
+    notes = []
+    if cand.row_power:
+        notes.append(f"rows scaled by (their sum of decays) ** -{cand.row_power:g} at global positions")
+    if cand.den_steps:
+        notes.append("normaliser " + " -> ".join(" ".join(str(x) for x in st if x is not None) for st in cand.den_steps))
+    return notes
 

@@ -1,7 +1,8 @@
 """Reading the causal mask: is it causal, which decay does it apply, and where does the decay come from.
 
 `analyse_mask` looks at the mask M = f(ones) of the score chain ([B, H, T, T], float64):
-M[i, j] = scale * exp(G_i - G_j) for j <= i and 0 above the diagonal. `decay_options` then finds
+M[i, j] = scale * exp(G_i - G_j) for j <= i and 0 above the diagonal (each row maybe divided by a
+power of its sum, as RetNet normalises its decay mask). `decay_options` then finds
 the graph node the decay is computed from (a per-head parameter or buffer for a constant decay,
 a per-token tensor for a gate) so the rewrite can compute the op's log-decay from it in the graph.
 """
@@ -28,6 +29,7 @@ class MaskInfo:
     kind: str  # "none" | "const" | "gate"
     log_lambda: torch.Tensor | None  # [B, H] for "const"
     log_gate: torch.Tensor | None  # [B, H, T - 1] (tokens 1..T-1) for "gate"
+    row_power: float = 0.0  # rows scaled by (their sum of decays) ** -row_power (RetNet's 1 / sqrt)
 
 
 def analyse_mask(M: torch.Tensor, rel_tol: float = 1e-6) -> MaskInfo:
@@ -42,12 +44,38 @@ def analyse_mask(M: torch.Tensor, rel_tol: float = 1e-6) -> MaskInfo:
             raise NotADecay("the mask keeps the future and drops the past (anti-causal)")
         raise NotADecay("the mask is not causal: queries see later keys")
     diag = M.diagonal(dim1=-2, dim2=-1)
-    if (diag - diag[..., :1]).abs().max() > tol or (diag[..., 0] - diag[0, 0, 0]).abs().max() > tol:
-        raise NotADecay("the diagonal of the mask is not one constant (a per-position or per-head scale)")
-    if float(diag[0, 0, 0]) == 0.0:
+    if (diag[..., 0] - diag[0, 0, 0]).abs().max() > tol:
+        raise NotADecay("the diagonal of the mask is not one constant (a per-head scale)")
+    if float(diag[0, 0, 0]) == 0.0 or (diag == 0).any():
         raise NotADecay("the mask removes the diagonal (queries do not see their own key)")
-    R = torch.tril(M / diag[0, 0, 0])
-    T = M.shape[-1]
+    if (diag - diag[..., :1]).abs().max() <= tol:
+        return _decay(torch.tril(M / diag[0, 0, 0]), rel_tol)
+    info = _decay(torch.tril(M / diag[..., :, None]), rel_tol)  # each row by its own diagonal
+    info.row_power = _row_power(diag / diag[..., :1], torch.tril(M / diag[..., :, None]).sum(-1), rel_tol)
+    if info.kind == "gate":
+        raise NotADecay("the rows of the mask are scaled and its decay depends on the data")
+    if info.kind == "const" and (info.log_lambda.abs() < 1e-9).any():
+        raise NotADecay("the rows of the mask are scaled and a head has no decay")
+    return info
+
+
+def _row_power(scale: torch.Tensor, row_sum: torch.Tensor, rel_tol: float) -> float:
+    """p with scale_i = row_sum_i ** -p for every row (the diagonal of a mask whose rows are
+    divided by a power of their sums), or NotADecay."""
+    use = row_sum > 1 + 1e-3
+    if not use.any():
+        raise NotADecay("the diagonal of the mask is not one constant (a per-position scale)")
+    p = float(torch.median(-torch.log(scale[use]) / torch.log(row_sum[use])))
+    p = round(p * 64) / 64 if abs(p * 64 - round(p * 64)) < 1e-6 else p  # 1/2, 1: exact where they are
+    if (scale - row_sum ** -p).abs().max() > 10 * rel_tol * float(scale.abs().max()):
+        raise NotADecay("the diagonal of the mask is not one constant, nor a power of its rows' sums (a "
+                        "per-position scale)")
+    return p
+
+
+def _decay(R: torch.Tensor, rel_tol: float) -> MaskInfo:
+    """R: the causal mask with a unit diagonal."""
+    T = R.shape[-1]
     if (R - torch.tril(torch.ones_like(R))).abs().max() <= 1e-9 * float(R.abs().max()):
         return MaskInfo("none", None, None)
     sub = R.diagonal(offset=-1, dim1=-2, dim2=-1)

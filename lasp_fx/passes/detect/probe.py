@@ -55,11 +55,22 @@ def check_sides(cand: Candidate, nodes: list[Node], dynamic_sources: set[Node]) 
     if bad:
         raise ProbeFailed(f"the attention also depends on {', '.join(bad)} (not a decay the op can take)")
     read = inside | feeding
-    as_number = next((n for n in topo_order(cand.out.graph) if n in read and sizes_as_numbers(n)), None)
+    as_number = next((n for n in topo_order(cand.out.graph) if n in read and any(map(_varies, sizes_as_numbers(n)))),
+                     None)
     if as_number is not None:  # the op would keep the example's value at every length
         where, code = source_of(as_number)
         raise ProbeFailed(f"the attention uses the sequence length as a number ({where}: {code}), which the op "
                           "cannot follow from one length to another")
+
+
+def _varies(size) -> bool:
+    """Whether a symbolic size takes more than one value at the lengths the graph's guards allow: a
+    block loop's first block, Min(8, s) with s >= 8, is 8 wherever the graph runs."""
+    try:
+        bound = size.node.shape_env.bound_sympy(size.node.expr)
+    except Exception:  # noqa: BLE001 - no range known: assume it varies
+        return True
+    return not (bound.is_singleton() if hasattr(bound, "is_singleton") else bound.lower == bound.upper)
 
 
 # Verification draws of q, k and v: signed, positive, tiny and of widely varying magnitude per

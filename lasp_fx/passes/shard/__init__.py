@@ -15,7 +15,8 @@ from torch import fx
 from lasp_fx.config import ShardSpec
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
-from lasp_fx.passes.shard import padding_masks, rules as shard_rules, tiles as shard_tiles
+from lasp_fx.passes.shard import padding_masks, permutations as shard_permutations, rules as shard_rules
+from lasp_fx.passes.shard import tiles as shard_tiles
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 from lasp_fx.passes.shard.rules import ShardError
 from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
@@ -136,11 +137,12 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     ctx = ShardContext(gm, spec, symbols)
     rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
+    permuted = shard_permutations.claim(ctx, rules)  # tokens sorted within the rank and put back (MoE)
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         shard_rules.check_no_length_as_value(ctx, node)
-        if not touches_sequence(node, symbols):
+        if not touches_sequence(node, symbols) or node in permuted:
             continue
         rule = shard_rules.rule_for(node.target, rules)
         if rule is None:

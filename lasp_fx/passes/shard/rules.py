@@ -109,6 +109,18 @@ def _slice(ctx, node):
         raise ShardError(node, "takes a sequence-sized slice of a table at a non-zero start", _REFUSE_HINT)
 
 
+def _tensor_split(ctx, node):
+    """tensor_split at 0 or the full length of the sequence (a split into the whole and empty
+    pieces, as HF splits off the tokens a cache keeps when it keeps none): a no-op on every rank."""
+    x, indices = node.args[0], node.args[1]
+    dim = _arg(node, 2, "dim", 0) % _val(x).dim()
+    if dim not in ctx.seq_dims(x):
+        return
+    n = _val(x).shape[dim]
+    if not all(_is_zero(i) or _same_length(ctx, _val(i) if isinstance(i, fx.Node) else i, n) for i in indices):
+        raise ShardError(node, "splits the sequence dimension at a position inside it", _REFUSE_HINT)
+
+
 def _is_seq_length(ctx, size) -> bool:
     """The size is exactly the local sequence length s."""
     return isinstance(size, torch.SymInt) and size.node.expr in ctx.symbols
@@ -199,6 +211,8 @@ def _reduced_dims(node) -> tuple[int, ...]:
         return tuple(range(x.dim() - len(node.args[1]), x.dim()))
     if t in (aten.group_norm.default, aten.native_group_norm.default):
         return tuple(range(1, x.dim()))
+    if t in (aten.topk.default, aten.sort.default, aten.argsort.default):  # topk(x, k, dim=-1), sort(x, dim=-1)
+        return normalize_dims(_arg(node, 2 if t is aten.topk.default else 1, "dim", -1), x.dim())
     dims = _arg(node, 1, "dim", None)
     return normalize_dims(dims, x.dim())
 
@@ -251,6 +265,17 @@ def _global_mean(ctx, node):
 
 def _global_sum(ctx, node):
     ctx.wrap(node, seq_ops.sum_over_ranks, ctx.spec.group_name)
+
+
+def _histc(ctx, node):
+    """histc over the sequence with fixed bounds: counts add up over the ranks (MoE load balancing)."""
+    if not ctx.seq_dims(node.args[0]):
+        return
+    low, high = _arg(node, 2, "min", 0), _arg(node, 3, "max", 0)
+    if low == high:
+        raise ShardError(node, "a histogram whose bounds are the data's own minimum and maximum (min == max)",
+                         "Pass fixed min and max (e.g. 0 and the number of experts)")
+    _global_sum(ctx, node)
 
 
 def _elementwise_loss(ctx, node):
@@ -342,6 +367,7 @@ RULES = {
     **{op: _contraction for op in _CONTRACTIONS},
     **{op: _reduction for op in _REDUCTIONS_REFUSED},
     aten.slice.Tensor: _slice,
+    aten.tensor_split.indices: _tensor_split,
     aten._assert_tensor_metadata.default: _metadata_assert,
     aten.sum.dim_IntList: _sum_or_mean,
     aten.sum.default: _sum_or_mean,
@@ -351,6 +377,7 @@ RULES = {
     aten.nll_loss_nd.default: _loss,
     aten.nll_loss.default: _loss,
     aten.mse_loss.default: _elementwise_loss,
+    aten.histc.default: _histc,
     aten.l1_loss.default: _elementwise_loss,
     aten.tril.default: _mask,
     aten.triu.default: _mask,

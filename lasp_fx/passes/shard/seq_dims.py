@@ -100,6 +100,8 @@ def reshape_splits_sequence(in_shape, out_shape, symbols: frozenset) -> bool:
                 gi.append(in_shape[i]); pi = pi * in_shape[i]; i += 1
             else:
                 return True  # shapes do not line up: refuse rather than guess
+        if len(gi) == len(gj) == 1:
+            continue  # a dim kept as it is, whatever its size expression
         if any(size_has(s, symbols) for s in gi) and not _whole_positions(gj, symbols):
             return True
     return False

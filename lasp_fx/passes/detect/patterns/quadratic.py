@@ -94,6 +94,10 @@ def _layout(labels: str, beta: str, seq: str, feat: str) -> Layout:
     return Layout(tuple(labels.index(b) if b in labels else None for b in beta), labels.index(seq), labels.index(feat))
 
 
+# (I + tril(beta k k^T))^-1: the UT transform of chunked delta rules (DeltaNet, gated DeltaNet)
+_SOLVES = {aten.linalg_solve_triangular.default, aten.triangular_solve.default, aten.linalg_inv_ex.default}
+
+
 def find(ctx: Context) -> list[Candidate | NearMiss]:
     found: list[Candidate | NearMiss] = []
     for node in list(ctx.gm.graph.nodes):
@@ -114,12 +118,15 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
     passed = {n.target for n in chain[1:] + path}
     if passed & SOFTMAX:
         return ctx.near_miss("softmax", S, "the scores go through softmax: softmax attention, not linear")
-    normalised = False
+    normalised, den_steps = False, ()
     if path:
         if not _normalises_rows(path, P, col, c1.output):
             names = ", ".join(str(n.target).replace("aten.", "") for n in path)
+            if any(n.target in _SOLVES for n in path):
+                return ctx.near_miss("delta-rule", S, f"a delta rule: the scores pass through {names} (the state's "
+                                     "transition is a matrix, not a scalar decay: not linear attention)")
             return ctx.near_miss(FAMILY, S, f"found q@k^T but the scores pass through {names} before the product with v")
-        normalised = True
+        normalised, den_steps = True, _den_steps(path[0], P, c1.output.index(col))
     nl = passed & _NON_LINEAR
     if nl and normalised:
         return ctx.near_miss("softmax", S, "the scores go through exp and a row normalisation: softmax attention")
@@ -158,7 +165,7 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
         family=FAMILY, anchor=S, q=qb, k=kb, v=vb, out=out,
         q_layout=_layout(q_lab, beta, row, d), k_layout=_layout(k_lab, beta, col, d),
         v_layout=_layout(v_lab, beta, col, FEAT), out_layout=_layout(o_lab, beta, row, FEAT),
-        beta=beta_sizes, seq_len=T, normalised=normalised,
+        beta=beta_sizes, seq_len=T, normalised=normalised, den_steps=den_steps,
     )
     if len({qb, kb, vb}) < 3:
         return ctx.near_miss(FAMILY, S, "q, k and v are not three separate tensors (shared inputs are not supported)")
@@ -171,6 +178,7 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
         info = analyse_mask(M, cand.tol)
     except NotADecay as e:
         return ctx.near_miss(FAMILY, S, f"found q@k^T but {e}")
+    cand = replace(cand, row_power=info.row_power)
     opts = decay_options(info, cand, ctx.values, sides, c1.output, beta, ctx.learnable)
     if not opts:
         return ctx.near_miss(FAMILY, S, f"found a {info.kind} decay but not the tensor it is computed from")
@@ -196,6 +204,43 @@ def _normalises_rows(path: list[Node], P: Node, col: str, s_lab: str) -> bool:
     div = path[0]
     other = [a for a in div.all_input_nodes if a is not P]
     return len(other) == 1 and any(n.target in (aten.sum.dim_IntList, aten.sum.default) for n in ancestors(other))
+
+
+_STEPS = {aten.abs.default, aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default,
+          aten.detach.default, aten.alias.default}
+
+
+def _den_steps(div: Node, P: Node, key_dim: int) -> tuple:
+    """What P / f(sum of P over the keys) does to the sum, in order: detach, abs, clamp with
+    constant bounds (RetNet's `qk / qk.detach().sum(-1, keepdim=True).abs().clamp(min=1)`), for
+    the replacement to do the same to its normaliser; () when the divisor is not of that form (the
+    probe then judges the plain normalised form)."""
+    if div.target is not aten.div.Tensor or div.args[0] is not P or not isinstance(div.args[1], Node):
+        return ()
+    steps, n = [], div.args[1]
+    while n.target in _STEPS:
+        if n.target is aten.abs.default:
+            steps.append(("abs",))
+        elif n.target is not aten.alias.default and n.target is not aten.detach.default:
+            lo = n.args[1] if n.target is not aten.clamp_max.default else None
+            hi = n.args[1] if n.target is aten.clamp_max.default else (n.args[2] if len(n.args) > 2 else None)
+            if isinstance(lo, Node) or isinstance(hi, Node):
+                return ()
+            steps.append(("clamp", lo, hi))
+        elif n.target is aten.detach.default:
+            steps.append(("detach",))
+        n = n.args[0]
+    if n.target is not aten.sum.dim_IntList or list(n.args[1]) not in ([key_dim], [key_dim - len(shape(P))]) \
+            or not (len(n.args) > 2 and n.args[2]):
+        return ()
+    x = n.args[0]
+    while x is not P and x.target in (aten.detach.default, aten.alias.default):
+        steps += [("detach",)] if x.target is aten.detach.default else []
+        x = x.args[0]
+    if x is not P:
+        return ()
+    detach = [("detach",)] if ("detach",) in steps else []  # where it stands does not matter: a sum is linear
+    return tuple(detach + [st for st in reversed(steps) if st != ("detach",)])
 
 
 def _output_normaliser(m2: Node, c1: Contraction) -> Node | None:
