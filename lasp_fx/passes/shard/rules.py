@@ -11,7 +11,8 @@ from torch import fx
 
 from lasp_fx.distributed import seq_ops
 from lasp_fx.passes.graph import sizes_as_numbers, source_of
-from lasp_fx.passes.shard.seq_dims import normalize_dims, reshape_splits_sequence
+from lasp_fx.passes.shard.seq_dims import (normalize_dims, position_stride, record_position_stride,
+                                           reshape_position_stride)
 
 aten = torch.ops.aten
 _BIG = 2**62  # make_fx writes x[:, :] as slice(x, 1, 0, 9223372036854775807)
@@ -65,10 +66,16 @@ def _metadata_assert(ctx, node):
 
 def _view(ctx, node):
     src, out = _val(node.args[0]), _val(node)
-    if reshape_splits_sequence(list(src.shape), list(out.shape), ctx.symbols):
+    stride_in = position_stride(node.args[0], ctx.symbols)
+    stride = None if stride_in is None else reshape_position_stride(list(src.shape), list(out.shape), ctx.symbols,
+                                                                    stride_in)
+    if stride is not None:
+        record_position_stride(node, stride)  # where positions sit in a merged dim ([B*s*k]: stride k)
+    else:
         raise ShardError(
             node,
-            f"reshapes {list(src.shape)} -> {list(out.shape)}, cutting the sequence into blocks",
+            f"reshapes {list(src.shape)} -> {list(out.shape)}, cutting the sequence into blocks or mixing "
+            "its positions",
             "Chunked forms are recognised only when the whole block computation is linear attention; "
             "reshape only feature dimensions, or merge the sequence with the batch",
         )

@@ -75,14 +75,18 @@ def normalize_dims(dims, ndim: int) -> tuple[int, ...]:
     return tuple(d % ndim if ndim else 0 for d in dims)
 
 
-def reshape_splits_sequence(in_shape, out_shape, symbols: frozenset) -> bool:
-    """True when a view/reshape cuts a sequence dimension into several non-trivial dimensions.
+def reshape_position_stride(in_shape, out_shape, symbols: frozenset, stride_in=1):
+    """The stride of a position inside the output's sequence dim, or None when the reshape cuts or mixes positions.
 
-    Merging the sequence with other dims (B*s) and undoing such a merge keep each position whole
-    and are fine; cutting it into blocks ([s] -> [s/C, C]) would let later ops mix positions along
-    a dim that no longer says so.
-    The dims are grouped by equal running products, as torch's own view does.
+    Merging the sequence with other dims ([B, s] -> [B*s], [B*s, k] -> [B*s*k]) and undoing such a
+    merge keep each position whole and are fine; cutting it into blocks ([s] -> [s/C, C]) or moving
+    positions against the other dims ([s, 4] -> [4, s], [2s] -> [s, 2]: every size kept) is not.
+    `stride_in` is a position's stride inside the input's sequence dim (1 for a model's inputs; k
+    inside [B*s*k]): a reshape keeps positions whole when a position's stride in the flat index of
+    its group of dims is the same on both sides. Dims are grouped by equal running products, as
+    torch's own view does.
     """
+    stride = stride_in
     i = j = 0
     while i < len(in_shape) or j < len(out_shape):
         gi, gj = [], []
@@ -99,12 +103,84 @@ def reshape_splits_sequence(in_shape, out_shape, symbols: frozenset) -> bool:
             elif i < len(in_shape):
                 gi.append(in_shape[i]); pi = pi * in_shape[i]; i += 1
             else:
-                return True  # shapes do not line up: refuse rather than guess
+                return None  # shapes do not line up: refuse rather than guess
         if len(gi) == len(gj) == 1:
             continue  # a dim kept as it is, whatever its size expression
-        if any(size_has(s, symbols) for s in gi) and not _whole_positions(gj, symbols):
-            return True
-    return False
+        if any(size_has(s, symbols) for s in gi):
+            stride = _stride_after(gi, gj, symbols, stride_in)
+            if stride is None:
+                return None
+    return stride
+
+
+def _stride_after(gi, gj, symbols, stride_in):
+    """A position's stride inside the output group's sequence dim, or None when positions do not stay whole."""
+    import sympy
+
+    if not _whole_positions(gj, symbols):
+        return None
+    inner_in, inner_out = _inner(gi, symbols), _inner(gj, symbols)
+    if inner_in is None or inner_out is None:
+        return None
+    stride = sympy.sympify(_sym(inner_in)) * sympy.sympify(_sym(stride_in)) / sympy.sympify(_sym(inner_out))
+    carrying = _expr(next(s for s in gj if size_has(s, symbols)))
+    per_position = carrying / next(iter(carrying.free_symbols & symbols))  # an integer: _whole_positions
+    if not (stride.is_Integer and stride >= 1 and (per_position / stride).is_Integer):
+        return None
+    return int(stride)
+
+
+def _inner(group, symbols):
+    """The product of a group's dims after the one that carries the sequence (None: not exactly one does)."""
+    carrying = [i for i, size in enumerate(group) if size_has(size, symbols)]
+    if len(carrying) != 1:
+        return None
+    inner = 1
+    for size in group[carrying[0] + 1:]:
+        inner = inner * size
+    return inner
+
+
+def _sym(size):
+    return _expr(size) if isinstance(size, torch.SymInt) else size
+
+
+def position_stride(node: fx.Node, symbols: frozenset):
+    """A position's stride inside `node`'s sequence dim, or None when the ways it was made disagree.
+
+    Found back through the values with the same sequence size (pointwise, row-wise ops, permutations
+    undone): the strides the reshapes before it recorded, and 1 for a model's inputs. A buffer made
+    from sizes alone (zeros filled by a scatter) has no layout of its own and says nothing.
+    """
+    size = _carrying_size(node_val(node), symbols)
+    found, seen, todo = set(), {node}, [node]
+    while todo:
+        n = todo.pop()
+        if _STRIDE in n.meta:
+            found.add(n.meta[_STRIDE])
+            continue
+        if n.op == "placeholder":
+            found.add(1)
+            continue
+        for a in n.all_input_nodes:
+            if a not in seen and size is not None and _same(_carrying_size(node_val(a), symbols), size):
+                seen.add(a)
+                todo.append(a)
+    if len(found) > 1:
+        return None
+    return found.pop() if found else 1
+
+
+def record_position_stride(node: fx.Node, stride: int) -> None:
+    node.meta[_STRIDE] = stride
+
+
+_STRIDE = "lasp_fx_position_stride"
+
+
+def _carrying_size(value, symbols):
+    dims = seq_dims_of(value, symbols)
+    return value.shape[dims[0]] if len(dims) == 1 else None
 
 
 def _whole_positions(out_group, symbols) -> bool:
