@@ -82,9 +82,10 @@ def inductor_options(gm, offload: bool = False) -> dict:
 
 
 def sum_in_order(graph) -> int:
-    """On AOTAutograd's joint graph: each backward sum of three or more terms that do not depend on
-    its partial sums (the gradients of one value used many times) adds its terms one at a time
-    through `lasp_fx::add_in_order`, in the order autograd added them. Returns how many adds."""
+    """On AOTAutograd's joint graph: each backward sum of three or more terms that are whole buffers
+    (matmul, convolution or custom op outputs) and do not depend on its partial sums (the gradients
+    of one value used many times) adds its terms one at a time through `lasp_fx::add_in_order`, in
+    the order autograd added them. Returns how many adds."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_eq
 
     add = torch.ops.aten.add.Tensor
@@ -117,11 +118,33 @@ def sum_in_order(graph) -> int:
     count = 0
     for head, chain in chains.items():
         terms = [x for link in chain[1:] for x in link.args if x is not previous[link]]
-        if not _depends_on_any(terms, head, index):
+        if all(map(_materialized, terms)) and not _depends_on_any(terms, head, index):
             for link in chain:
                 link.target = torch.ops.lasp_fx.add_in_order.default
             count += len(chain)
     return count
+
+
+# Views pass their operand's buffer through; these ops' outputs are buffers of their own whatever
+# Inductor fuses (a pointwise term is computed inside the kernel that adds it, and stays cheap).
+_VIEWS = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "squeeze", "unsqueeze", "expand",
+          "slice", "select", "alias", "getitem"}
+_MATERIALIZED = {"mm", "bmm", "addmm", "baddbmm", "convolution", "convolution_backward"}
+
+
+def _materialized(node) -> bool:
+    """Whether `node` reads a buffer that an op made whole: a matmul, a convolution or a custom op."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and _name(node.target) in _VIEWS:
+        node = node.args[0]
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function"):
+        return False
+    namespace = getattr(node.target, "namespace", None)
+    return _name(node.target) in _MATERIALIZED or namespace not in (None, "aten", "prims")
+
+
+def _name(target) -> str:
+    packet = getattr(target, "_overloadpacket", None)
+    return getattr(packet, "__name__", getattr(target, "__name__", ""))
 
 
 def _head(node, previous):
