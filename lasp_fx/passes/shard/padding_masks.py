@@ -47,7 +47,7 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
     keeps = {}
     for node in list(gm.graph.find_nodes(op="call_function", target=_SDPA)):
         mask = _arg(node, 3, "attn_mask")
-        if not isinstance(mask, fx.Node) or _arg(node, 5, "is_causal", False) or not _carries_sequence(node, symbols):
+        if not isinstance(mask, fx.Node) or _arg(node, 5, "is_causal", False) or not carries_sequence(node, symbols):
             continue
         found = _flags_region(mask, symbols)
         if found is None:
@@ -78,11 +78,11 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
     return gm
 
 
-def _carries_sequence(node: fx.Node, symbols: frozenset) -> bool:
+def carries_sequence(node: fx.Node, symbols: frozenset) -> bool:
     return any(seq_dims_of(_val(x), symbols) for x in node.args[:3])
 
 
-def _is_flags(node: fx.Node, symbols: frozenset) -> bool:
+def is_flags(node: fx.Node, symbols: frozenset) -> bool:
     """A [B, s] tensor: static batch, the local sequence length exactly."""
     v = _val(node)
     if not isinstance(v, torch.Tensor) or v.dim() != 2 or isinstance(v.shape[0], torch.SymInt):
@@ -118,7 +118,7 @@ def _flags_region(mask: fx.Node, symbols: frozenset):
         if n in seen:
             continue
         seen[n] = True
-        if n is not mask and _is_flags(n, symbols) and _reads_input(n):
+        if n is not mask and is_flags(n, symbols) and _reads_input(n):
             flags.add(n)
             continue
         if n.op == "placeholder":
@@ -190,10 +190,10 @@ def _padded_attention(ctx, node):
     if dropout_p:
         raise ShardError(node, "attention dropout", "Set the attention dropout to 0 for sequence-parallel training")
     node.target = seq_ops.causal_attention_over_ranks
-    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, _gathered(ctx, keep))
+    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, gathered(ctx, keep))
 
 
-def _gathered(ctx, keep: fx.Node) -> fx.Node:
+def gathered(ctx, keep: fx.Node) -> fx.Node:
     """Every rank's flags [B, P*s], gathered once per forward for all the layers that read them."""
     gathered = keep.meta.get("lasp_fx_gathered")
     if gathered is None:
