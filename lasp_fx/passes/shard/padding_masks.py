@@ -61,9 +61,11 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
                 f"softmax attention whose mask (built at {source_line(mask)}) reads [B, T] flags (made at "
                 f"{'; '.join(source_line(f) for f in flags)}) but is not the causal mask AND the flags of the keys",
                 "lasp_fx shards causal attention with a boolean padding mask of the keys (the attention_mask a "
-                "tokenizer returns: 1 = token, 0 = padding); packed documents, sliding windows, masked queries, "
-                "additive float masks or bidirectional masks are not supported under sequence parallelism yet: "
-                "keep this model on one device",
+                "tokenizer returns: 1 = token, 0 = padding), or with causal & same document read from one [B, T] "
+                "integer input (position_ids restarting at 0 or stepping by 1 per document, as HF's masking_utils "
+                "reads them, or runs of document ids); sliding windows, masked queries, additive float padding "
+                "masks, bidirectional masks or masks of several inputs are not supported under sequence "
+                "parallelism yet: keep this model on one device",
             )
         flags = flags[0]
         if flags not in keeps:
