@@ -77,3 +77,10 @@ def packed_vs_alone(rank: int, world: int, cases: list[dict]) -> list[dict]:
             errors[name] = rel_rms(p.grad, p_ref.grad)
         results.append(errors)
     return results
+
+
+def train_losses(rank: int, world: int, argv: list[str]) -> list[float]:
+    """examples/train.py's losses, step by step, on this rank of a group made by spawn."""
+    from examples.train import parse_args, train
+
+    return train(parse_args(argv), torch.device("cpu"))
