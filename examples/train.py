@@ -24,6 +24,7 @@ transitions drives the loss from log(vocab) down to the chain's entropy, printed
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--pack", action="store_true", help="pack documents of random lengths into every row")
     p.add_argument("--doc-len", type=int, default=96, help="with --pack: documents of 1 to this many tokens")
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--json", metavar="PATH", help="rank 0 also writes the run (arguments, device, losses, time) here")
     return p.parse_args(argv)
 
 
@@ -156,9 +158,15 @@ def train(args, device: torch.device, parallel: bool = True) -> list[float]:
         if rank == 0 and (step % args.log_every == 0 or step in (1, args.steps)):
             end = "\n" if step % args.log_every == 0 or step == args.steps else ""
             print("\r" + _progress(step, args.steps, losses[-1], tokens_per_s, data.entropy), end=end, flush=True)
+    seconds = time.perf_counter() - start
     if rank == 0:
-        print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {args.steps} steps, {time.perf_counter() - start:.0f} s "
+        print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {args.steps} steps, {seconds:.0f} s "
               f"(the first step compiles)", flush=True)
+    if rank == 0 and args.json:
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "world_size": world, "device": device_name, "losses": losses,
+                       "floor": data.entropy, "seconds": seconds}, f, indent=1)
     return losses
 
 

@@ -1,5 +1,7 @@
 """examples/train.py: packed rows train sequence-parallel with the losses of the plain model in one process."""
 
+import json
+
 import pytest
 import torch
 
@@ -12,11 +14,12 @@ TINY = ["--seq-len", "48", "--batch-size", "2", "--steps", "3", "--dim", "16", "
 
 
 @pytest.mark.parametrize("model", ["hybrid", "gated"])
-def test_packed_training_on_2_ranks_equals_one_process(model):
+def test_packed_training_on_2_ranks_equals_one_process(model, tmp_path):
     """Every rank's loss at every step (AdamW after each) equals the model's without parallelize."""
     argv = [*TINY, "--model", model, "--pack"]
     torch.set_num_threads(1)
-    want = train(parse_args(argv), torch.device("cpu"), parallel=False)
+    want = train(parse_args([*argv, "--json", str(tmp_path / "run.json")]), torch.device("cpu"), parallel=False)
+    assert json.loads((tmp_path / "run.json").read_text())["losses"] == want
     got = run_spawned(workers_packed_models.train_losses, 2, argv, timeout=600)
     assert all(len(losses) == 3 for losses in got)
     for rank, losses in enumerate(got):

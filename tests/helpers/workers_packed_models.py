@@ -30,11 +30,28 @@ class HFLlamaPacked(nn.Module):
         return self.model(input_ids=ids, position_ids=position_ids, use_cache=False).logits
 
 
+class HFMiniMaxPacked(nn.Module):
+    """HF MiniMax (tests/third_party/hf.py: lightning attention, softmax attention, MoE) with position_ids:
+    its softmax layers take HF's packed mask, its lightning layers run over the whole row as HF's do."""
+
+    def __init__(self):
+        super().__init__()
+        from tests.third_party.hf import MiniMaxLM
+
+        self.lm = MiniMaxLM().lm
+
+    def forward(self, ids, position_ids=None):
+        return self.lm(ids, position_ids=position_ids).logits
+
+
 def build(name: str) -> nn.Module:
-    """"hf_llama", or an example model (examples.models.MODELS) of 2 layers, width 16, 2 heads, 32 tokens."""
+    """"hf_llama", "hf_minimax" (float32: torch's CPU grouped_mm has no float64 kernel) or an example model
+    (examples.models.MODELS) of 2 layers, width 16, 2 heads, 32 tokens (float64)."""
     torch.manual_seed(0)
     if name == "hf_llama":
         return HFLlamaPacked().double()
+    if name == "hf_minimax":
+        return HFMiniMaxPacked()
     from examples.models import MODELS, ModelConfig
 
     return MODELS[name](ModelConfig(vocab_size=32, dim=16, num_layers=2, num_heads=2)).double()
@@ -57,7 +74,9 @@ def _alone(model, ids, cu_rows, weights) -> torch.Tensor:
 
 def packed_vs_alone(rank: int, world: int, cases: list[dict]) -> list[dict]:
     """Per case ({"model": name, "cu": [cu_seqlens of each row], "options": parallelize's}): this rank's
-    relative-RMS errors of the packed logits (all ranks', gathered) and of every parameter gradient."""
+    relative-RMS errors of the packed logits (all ranks', gathered) and of every parameter gradient.
+    With "reference": "packed" the reference is the model on the packed rows in one process instead
+    (for models that do not compute each document alone, as HF MiniMax's lightning layers)."""
     import lasp_fx
 
     results = []
@@ -67,8 +86,13 @@ def packed_vs_alone(rank: int, world: int, cases: list[dict]) -> list[dict]:
         gen = torch.Generator().manual_seed(5)
         T = cu_rows[0][-1]
         ids = torch.randint(0, 32, (len(cu_rows), T), generator=gen)
-        weights = torch.randn(len(cu_rows), T, 32, generator=gen, dtype=torch.float64)
-        logits_ref = _alone(ref, ids, cu_rows, weights)
+        dtype = next(model.parameters()).dtype
+        weights = torch.randn(len(cu_rows), T, 32, generator=gen, dtype=torch.float64).to(dtype)
+        if case.get("reference") == "packed":
+            logits_ref = ref(ids, position_ids=positions(cu_rows))
+            (logits_ref * weights).sum().backward()
+        else:
+            logits_ref = _alone(ref, ids, cu_rows, weights)
         lasp_fx.parallelize(model, outputs="full", **case.get("options", {"compiler": "eager"}))
         logits = model(ids, position_ids=positions(cu_rows))
         (logits * weights).sum().backward()
