@@ -281,13 +281,16 @@ def test_cu_seqlens_needs_one_packed_row():
         lasp_fx.linear_attention(x, x, x, cu_seqlens=torch.tensor([0, 3, 8]))
 
 
-def test_packed_op_traces_as_one_node():
-    """Under torch.compile (fullgraph) the packed op stays one custom-op call and gives the eager result."""
+@pytest.mark.parametrize("form", ["cu_seqlens", "document_ids"])
+def test_packed_op_traces_as_one_node(form):
+    """Under torch.compile (fullgraph) the packed op stays one custom-op call and gives the eager result
+    (document ids: their runs are one custom op too, lasp_fx::document_runs, which parallelize shards)."""
     a = random_inputs(1, 70, 2, 4, 4, decay="gate", dtype=torch.float32, generator=torch.Generator().manual_seed(1))
     cu = torch.tensor([0, 9, 64, 70])
+    packing = {"cu_seqlens": cu} if form == "cu_seqlens" else {"document_ids": documents.ids_from_cu_seqlens(cu)}
 
     def f(q, k, v, g):
-        return lasp_fx.linear_attention(q, k, v, g, cu_seqlens=cu)
+        return lasp_fx.linear_attention(q, k, v, g, **packing)
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     assert rel_rms(compiled(a["q"], a["k"], a["v"], a["log_decay"]), f(a["q"], a["k"], a["v"], a["log_decay"])) < 1e-6
