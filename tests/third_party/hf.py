@@ -35,17 +35,18 @@ class MiniMaxLM(LMHead):
 
 class MiniMaxAuxLossLM(nn.Module):
     """MiniMax trained on HF's own loss with `output_router_logits=True`: the load-balancing loss
-    counts each expert's tokens and divides by the number of rows."""
+    counts each expert's tokens and divides by the number of rows. HF installs its router-logit
+    hooks on the first call, under a threading lock dynamo cannot trace (torch.compile fails there
+    too); `hooks=True` installs them here, as a model already called once has them."""
 
-    def __init__(self):
+    def __init__(self, hooks: bool = True):
         from transformers import AutoModelForCausalLM
         from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
         super().__init__()
         self.lm = AutoModelForCausalLM.from_config(_minimax_config(output_router_logits=True))
-        # HF installs its router-logit hooks on the first call, under a threading lock dynamo cannot
-        # trace (torch.compile fails there too); a model already called once has them
-        maybe_install_capturing_hooks(self.lm.model)
+        if hooks:
+            maybe_install_capturing_hooks(self.lm.model)
 
     def forward(self, ids, labels=None):
         out = self.lm(ids, labels=labels)
