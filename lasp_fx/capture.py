@@ -197,6 +197,10 @@ _HINTS = [
      "experts_implementation=\"grouped_mm\" or \"batched_mm\", not \"eager\")"),
     (("item()", ".item", "_local_scalar_dense"),
      "avoid .item() / float(tensor) in forward: keep the value as a tensor"),
+    (("Observed exception", "raised exception"),
+     "the model's own code raised this on the traced inputs; under parallelize() those are each rank's "
+     "slice of the sequence (the length over the ranks), so a rule on the length (a multiple of a window, "
+     "a chunk or a block) must hold for the slice: pick a length whose slices meet it"),
     (("graph break", "Unsupported", "fullgraph"),
      "the model must trace as one graph: remove the graph break at that line (print, Python side "
      "effects, locks, unsupported library calls), or wrap that call in a torch.library custom op; set-up "
@@ -218,8 +222,12 @@ def explain(e: Exception, dynamic: bool = False) -> CaptureError:
     msg = str(e).strip()
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     first = lines[0] if lines else type(e).__name__
-    # dynamo's graph breaks say what failed in one word and why on an "Explanation:" line
+    # dynamo's graph breaks say what failed in one word and why on an "Explanation:" line; an
+    # exception the model raised itself is named on a "raised exception" line
     why = next((ln.removeprefix("Explanation:").strip() for ln in lines if ln.startswith("Explanation:")), "")
+    raised = next((ln.split("raised exception ", 1)[1] for ln in lines if "raised exception " in ln), "")
+    if raised:
+        first, why = f"the model's code raised {raised}", ""
     source, code = _user_line(e)
     fixed = dynamic and any(k in msg or k in type(e).__name__ for k in ("Constraints violated", "specializ", "Guard"))
     hint = FIXED_LENGTH_HINT if fixed else next(

@@ -47,6 +47,13 @@ THIRD_PARTY = {
     "linear_attention_transformer_buckets": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={"blindspot_size": 4}, needs="linear_attention_transformer",
         matches=[], near=True, parallel=("refused", "linear_attention_transformer.py:240")),
+    # local attention heads assert that the length is a multiple of the window: 24 tokens are, each
+    # rank's 12 are not; the error is the model's own, at its line, said as the slice's
+    "linear_attention_transformer_local": dict(
+        model=f"{LR}:LinearAttentionTransformerLM", kwargs={"local_attn_window_size": 8, "n_local_attn_heads": 1},
+        needs="linear_attention_transformer", matches=[], near=True,
+        parallel=("refused", ("local_attention.py:132", "raised AssertionError('sequence length 12 must be divisible",
+                              "each rank's slice"))),
     # torchscale 0.3.0 (installed --no-deps: .ci/run), the retention layer as shipped: its decay mask
     # divided by the root of its row sums, the scores by their detached row sums' abs clamped at 1;
     # rewritten as c_i num / clamp(|c_i den|, 1) with c_i at global positions
@@ -79,6 +86,20 @@ THIRD_PARTY = {
                                 matches=["block-loop", "block-loop"], near=True, dtype="float32",
                                 parallel=("refused", ("modeling_minimax.py:770", "tokens_per_expert_sum / total_rows",
                                                       "uses the sequence length as a number"))),
+    # LFM2's gated short convolutions take halos, its softmax layer runs over ranks: no linear attention
+    "hf_lfm2": dict(model=f"{HF}:Lfm2LM", kwargs={}, needs="transformers", matches=[], near=False,
+                    parallel=("equal", 1e-10)),
+    # Kimi delta attention pads to a multiple of its chunk: refused there, inside chunk_kimi_delta_attention
+    "hf_kimi_linear": dict(model=f"{HF}:KimiLinearLM", kwargs={}, needs="transformers", matches=[], near=False,
+                           parallel=("refused", ("modeling_kimi_linear.py:554", "pads the sequence by an amount "
+                                                 "computed from its length"))),
+    # RWKV-4's WKV as a loop over tokens: range(seq_length) fixes the length, named
+    "hf_rwkv": dict(model=f"{HF}:RwkvLM", kwargs={}, needs="transformers", matches=[], near=False,
+                    parallel=("refused", ("modeling_rwkv.py:180", "for current_index in range(seq_length)"))),
+    # Mamba-2's chunked scan pads to a multiple of its chunk (mamba2_chunk_scan's decay is a near-miss)
+    "hf_bamba": dict(model=f"{HF}:BambaLM", kwargs={}, needs="transformers", matches=[], near=True,
+                     parallel=("refused", ("modeling_bamba.py:388", "pads the sequence by an amount computed from its "
+                                           "length", "modeling_bamba.py:545"))),
     # the cache's x[:, :, -T:] and tensor_split at T are no-ops, the causal conv takes halos: the
     # refusal is the delta rule's chunk padding, with the near-miss naming the function and why
     "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
