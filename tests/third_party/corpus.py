@@ -41,6 +41,12 @@ THIRD_PARTY = {
                               # chunk loop's near-misses (line 212, one a chunk) listed once
                               parallel=("refused", ("performer_pytorch.py:207", "performer_pytorch.py:113",
                                                     "performer_pytorch.py:212"))),
+    # non-causal FAVOR+: the keys' amax over the whole sequence (line 113) is the first op that mixes
+    # positions; the feature maps' einsums before it contract the head dim, not the sequence
+    "performer_pytorch_noncausal": dict(model=f"{LR}:PerformerLM", kwargs={"causal": False},
+                                        needs="performer_pytorch", matches=[], near=True,
+                                        parallel=("refused", ("aten.amax.default at performer_pytorch/"
+                                                              "performer_pytorch.py:113", "reduces over the sequence"))),
     "linear_attention_transformer": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={}, needs="linear_attention_transformer", matches=[],
         near=True, parallel=("refused", "linear_attention_transformer.py:244")),
