@@ -357,7 +357,13 @@ def rule_for(target, rules=RULES):
     if target in rules:
         return rules[target]
     if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
-        return _safe
+        return rules.get(aten.copy_.default, _safe) if _writes_first(target) else _safe  # x.add_(y): x.copy_(x + y)
     if getattr(target, "__module__", None) == "_operator":
         return _safe  # getitem on tuples, SymInt arithmetic
     return None
+
+
+def _writes_first(target) -> bool:
+    """The op writes into its first argument (add_, mul_, ...)."""
+    args = target._schema.arguments
+    return bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write
