@@ -107,8 +107,10 @@ def test_ring_link_in_one_launch(mismatch, has_decay, with_final, seal):
     ref_late = x + (d_final if with_final else 0)
     ref_end = own + (ref_late if a is None else torch.exp(a)[..., None, None] * ref_late)
     state = end[: x.numel()].view(x.shape) if seal else end
-    if seal:
-        assert torch.equal(end[x.numel():], mine)  # the next message carries this rank's header
+    if seal:  # the next message carries this rank's header, RELAYED after a mismatch
+        relayed = mine.clone()
+        relayed[header.STATUS_AT] = header.RELAYED if mismatch else header.OK
+        assert torch.equal(end[x.numel():], relayed)
     if mismatch:
         assert late.isnan().all() and state.isnan().all()
     else:
