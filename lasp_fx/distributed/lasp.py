@@ -243,7 +243,8 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
         group: ProcessGroup, DeviceMesh (1-D, or its "sp" dimension) or group name.
         method: "ring" (P2P chain), "allgather" (one collective) or "auto" (cost.estimate decides).
         check: all-gather the call's header first and raise on every rank if they differ (meta.py);
-            without it the header the states carry is still checked by each receiver (header.py).
+            without it the header the states carry is still checked by each receiver (header.py;
+            on CUDA raised at the latest at the next call's forward: watch.py).
         timeout: seconds a rank waits for a peer's state on a CPU group before ExchangeTimeoutError
             (on CUDA the process group's own timeout bounds NCCL's waits: link.py).
         cu_seqlens, document_ids: packed documents of the whole sequence (all ranks' tokens), the
