@@ -155,3 +155,17 @@ def test_on_the_cuda_path_a_mismatch_raises_on_every_rank_at_the_next_step(metho
         assert named[method][rank] in message, f"rank {rank}: {message}"
         assert rest[0]["seconds"] < BOUND_S
     assert not all(m["finite"] for _, m, _ in results)  # the mismatched step's results: NaN somewhere
+
+
+def test_parallelize_on_the_cuda_path_raises_at_the_step_after_a_mismatch(monkeypatch):
+    """The issue's case: after parallelize()'s first call only the headers check (NCCL); a later step
+    where a rank passes a shorter slice gives a NaN loss, and the next step raises on every rank."""
+    monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    results = run_spawned(workers_faults.parallelize_later_mismatch, 3, "ring", timeout=300, pg_timeout=60)
+    for rank, outcomes in enumerate(results):
+        assert outcomes[0]["error"] is None and outcomes[0]["finite"], f"rank {rank}: {outcomes}"
+        assert outcomes[1]["error"] is None and not outcomes[1]["finite"], f"rank {rank}: {outcomes}"
+        assert len(outcomes) == 3 and outcomes[2]["error"] == "RankMismatchError", f"rank {rank}: {outcomes}"
+        assert f"rank {rank}: q [1, {6 if rank == 2 else 8}," in outcomes[2]["message"], outcomes[2]["message"]
+        assert outcomes[2]["seconds"] < BOUND_S
