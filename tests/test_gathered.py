@@ -127,7 +127,7 @@ def _record(P):
 @pytest.mark.parametrize("mismatch", [None, 0, 2], ids=["same", "rank0_differs", "rank2_differs"])
 @pytest.mark.parametrize("forward", [True, False], ids=["forward", "backward"])
 def test_combination_records_each_differing_row_in_the_watch(forward, mismatch):
-    """Every row's header differing from this rank's is written with its flag, and this rank's own; nothing when none differs."""
+    """Each row whose header differs is written with its flag, and this rank's own header; nothing when none differs."""
     from lasp_fx.distributed import header
 
     P, rank = 3, 1
@@ -150,7 +150,7 @@ def test_combination_records_each_differing_row_in_the_watch(forward, mismatch):
 @pytest.mark.parametrize("seal", [False, True], ids=["last", "sends_on"])
 @pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
 def test_ring_link_records_a_differing_header_and_relays_it(mismatch, seal):
-    """checked_step writes the received header as rank `src`'s, and seals the next message RELAYED, so the next rank records it too."""
+    """checked_step writes a differing header as rank `src`'s and seals the next message RELAYED (recorded next)."""
     from lasp_fx.distributed import header
     from lasp_fx.distributed.kernels.gathered import checked_step
 

@@ -1,4 +1,4 @@
-"""The CUDA path's record of mismatched headers (distributed/watch.py): when it raises, what it names, and when it stays quiet.
+"""The CUDA path's record of mismatched headers (distributed/watch.py): when it raises, what it names, when it is quiet.
 
 On CPU the record is host memory (no event); the kernels that write it are tested in
 test_gathered.py and test_peer.py, the whole path on gloo ranks in test_faults.py, and the
