@@ -25,9 +25,9 @@ class PerformerLM(LMHead):
 
 
 class LinearAttentionTransformerLM(LMHead):
-    def __init__(self, blindspot_size: int = 1, depth: int = 1):
+    def __init__(self, blindspot_size: int = 1, depth: int = 1, **options):
         from linear_attention_transformer import LinearAttentionTransformerLM as _LAT
 
         lm = _LAT(num_tokens=VOCAB, dim=DIM, depth=depth, max_seq_len=64, heads=HEADS, dim_head=HEAD_DIM, causal=True,
-                  blindspot_size=blindspot_size, use_axial_pos_emb=False)
+                  blindspot_size=blindspot_size, use_axial_pos_emb=False, **options)
         super().__init__(lm)
