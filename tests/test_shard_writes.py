@@ -20,8 +20,8 @@ WHY = {
                          r"the sequence",
     "write_into_padded": r"aten.fill_.Tensor at .*write_models.py:\d+ \(p\[:, 1:, :4\] = 0.0\): writes into a "
                          r"tensor padded along the sequence",
-    "add_into_table": r"aten.add_.Tensor at .*write_models.py:\d+ \(buf\[:x.shape\[1\]\].add_\(self.proj\(x\)\[0\]\)\): "
-                      r"writes positions of the sequence into a tensor that does not carry it",
+    "add_into_table": r"aten.add_.Tensor at .*write_models.py:\d+ \(buf\[:x.shape\[1\]\].add_\(self.proj\(x\)"
+                      r"\[0\]\)\): writes positions of the sequence into a tensor that does not carry it",
 }
 
 

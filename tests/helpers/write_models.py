@@ -1,4 +1,4 @@
-"""Models that write into tensors in place (`x[..., idx] = y`), for the shard rule of writes (importable by spawned ranks).
+"""Models that write into tensors in place (`x[..., idx] = y`) for the shard rule of writes (spawned ranks import them).
 
 Each is ids -> embedding -> one block with the write -> a causal mixer (so positions matter) -> logits.
 """
@@ -14,7 +14,9 @@ import lasp_fx
 VOCAB, DIM, HEADS = 32, 12, 2
 
 
-class _WriteLM(nn.Module):
+class WriteLM(nn.Module):
+    """`kind` names the method that holds the write."""
+
     def __init__(self, kind: str):
         super().__init__()
         self.kind = kind
@@ -105,6 +107,3 @@ EQUAL = ["mrope_copy", "feature_index_put", "broadcast_write"]
 REFUSED = ["write_into_table", "write_at_positions", "index_from_tokens", "write_into_padded",
            "add_into_table"]
 
-
-def WriteLM(kind: str) -> _WriteLM:  # noqa: N802 - "module:Class" spelling of workers_parallel.build
-    return _WriteLM(kind)

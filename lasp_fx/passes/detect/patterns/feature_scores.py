@@ -1,4 +1,4 @@
-"""Near-misses for scores written as a product summed over the features: `(q[.., :, None, :] * k[.., None, :, :] * m).sum(-1)`.
+"""Near-misses for scores written as a product summed over the features: `(q[.., :, None] * k[.., None] * m).sum(-1)`.
 
 The quadratic family anchors on q @ k^T (a matmul or an einsum). Research code also writes the
 scores as a broadcast product summed over the feature dim (Kimi delta attention, per-channel gated
