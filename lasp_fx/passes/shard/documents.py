@@ -24,7 +24,7 @@ from torch import fx
 from lasp_fx.distributed import documents as sp_documents, seq_ops
 from lasp_fx.ops import documents
 from lasp_fx.passes.shard import padding_masks
-from lasp_fx.passes.shard.causal_masks import probe_lengths, replay
+from lasp_fx.passes.shard.causal_masks import mask_region, probe_lengths, replay
 from lasp_fx.passes.shard.rules import ShardError, _arg, _reduction, _val
 
 aten = torch.ops.aten
@@ -68,10 +68,10 @@ def document_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModul
 
 def _recognise(mask: fx.Node, symbols: frozenset):
     """(the input, its rule) when the mask is causal & same document under that rule at every replay, else None."""
-    found = _input_region(mask)
-    if found is None:
+    found = mask_region(mask)
+    if found is None or len(found[1]) != 1:
         return None
-    region, values = found
+    region, (values,) = found
     val = _val(values)
     if not padding_masks.is_flags(values, symbols) or val.dtype.is_floating_point or val.dtype == torch.bool:
         return None
@@ -80,28 +80,6 @@ def _recognise(mask: fx.Node, symbols: frozenset):
         return None
     rules = _matching_rules(region, mask, values, symbols, lengths, int(val.shape[0]))
     return (values, rules[0]) if rules else None
-
-
-def _input_region(mask: fx.Node):
-    """(the nodes computing `mask`, in graph order; the one tensor input they read), or None."""
-    seen, inputs, stack = {}, set(), [mask]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen[n] = True
-        if n.op == "placeholder":
-            if isinstance(_val(n), torch.Tensor):
-                inputs.add(n)
-            continue
-        if n.op != "call_function":
-            return None
-        if n.target is not aten.sym_size.int:
-            stack.extend(n.all_input_nodes)
-    if len(inputs) != 1:
-        return None
-    order = {n: i for i, n in enumerate(mask.graph.nodes)}
-    return sorted(seen, key=order.__getitem__), inputs.pop()
 
 
 def _value_patterns(batch: int, n: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -146,12 +124,7 @@ def _matching_rules(region, mask, values, symbols, lengths, batch: int) -> list[
 def _document_attention(ctx, node):
     """document_causal_attention on a slice -> causal attention over the ranks, the whole row's runs."""
     q, k, v, values, rule, dropout_p, scale, enable_gqa = node.args
-    dim = _val(q).dim() - 2
-    if any(ctx.seq_dims(x) != (dim,) for x in (q, k, v)) or ctx.seq_dims(values) != (1,):
-        raise ShardError(node, "softmax attention whose sequence is not the second-to-last dimension",
-                         "Compute it outside the parallelized model, or keep this model on one device")
-    if dropout_p:
-        raise ShardError(node, "attention dropout", "Set the attention dropout to 0 for sequence-parallel training")
+    padding_masks.check_sharded_attention(ctx, node, (q, k, v), values, dropout_p)
     node.target = seq_ops.causal_attention_over_ranks
     node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, None, _whole_runs(ctx, values, rule))
 

@@ -185,14 +185,20 @@ def _keep_of(graph: fx.Graph, flags: fx.Node) -> fx.Node:
 def _padded_attention(ctx, node):
     """padded_causal_attention on a slice -> causal attention over the ranks, keys' flags gathered."""
     q, k, v, keep, dropout_p, scale, enable_gqa = node.args
-    dim = _val(q).dim() - 2
-    if any(ctx.seq_dims(x) != (dim,) for x in (q, k, v)) or ctx.seq_dims(keep) != (1,):
+    check_sharded_attention(ctx, node, (q, k, v), keep, dropout_p)
+    node.target = seq_ops.causal_attention_over_ranks
+    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, gathered(ctx, keep))
+
+
+def check_sharded_attention(ctx, node: fx.Node, qkv, flags: fx.Node, dropout_p) -> None:
+    """Refuse what attention over the ranks cannot take: the sequence elsewhere than q/k/v's dim -2 and
+    the [B, s] input's dim 1, or dropout."""
+    dim = _val(qkv[0]).dim() - 2
+    if any(ctx.seq_dims(x) != (dim,) for x in qkv) or ctx.seq_dims(flags) != (1,):
         raise ShardError(node, "softmax attention whose sequence is not the second-to-last dimension",
                          "Compute it outside the parallelized model, or keep this model on one device")
     if dropout_p:
         raise ShardError(node, "attention dropout", "Set the attention dropout to 0 for sequence-parallel training")
-    node.target = seq_ops.causal_attention_over_ranks
-    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, gathered(ctx, keep))
 
 
 def gathered(ctx, keep: fx.Node) -> fx.Node:
