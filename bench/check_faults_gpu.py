@@ -1,6 +1,6 @@
 """GPU check of the failure-behaviour kernels: header checks inside the exchanges, and -inf gates.
 
-    PYTHONPATH=. python bench/check_faults_gpu.py --json $OUT/faults.json        # ~1 min on one GPU
+    PYTHONPATH=. python bench/check_faults_gpu.py --json $OUT/faults.json        # ~2 min on one GPU
 
 1. The ring's link kernel (distributed/kernels/gathered.checked_step) against PyTorch's step in float64:
    with and without decay, d_final and sealing; a mismatched header gives NaN, never a number.
@@ -10,6 +10,15 @@
    gives NaN on the ranks that combine its state, and no rank hangs.
 4. -inf gates (state resets) through the op on the GPU (Triton kernels, fp32 and bf16): finite,
    and the output equals the op run on the tokens before and after each reset.
+5. The watch (distributed/watch.py), P = 3 ranks simulated on one GPU with each exchange's kernels
+   (ring links, all-gather combination, peer kernel) and each rank's Watch (pinned copy + CUDA
+   event): a step where rank 2's slice is shorter gives NaN and raises nothing; the next step's
+   first forward raises RankMismatchError on every rank, naming the values; a step after it is
+   quiet again. The record's copy is queued behind a busy GPU without waiting (finish returns at
+   once), and the next forward waits only for it.
+6. Its cost: a call (the op's fwd+bwd on one GPU plus a forward and a backward ring link) with and
+   without the flag path (the kernels' record, the copy + event after the backward, the next
+   forward's read), medians of 20, at 8K and 32K tokens; and each part alone.
 Exits 1 on any failure; the JSON holds every check's numbers.
 """
 
@@ -17,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import torch
 
 import lasp_fx
-from lasp_fx.cli.timing import card
-from lasp_fx.distributed import header
+from lasp_fx.cli.timing import card, host_ms, inputs, median_ms
+from lasp_fx.distributed import header, watch
 from lasp_fx.distributed.combine import step
 from lasp_fx.distributed.kernels import peer as peer_kernel
 from lasp_fx.distributed.kernels.gathered import checked_step, combine_gathered
@@ -33,12 +44,13 @@ from check_peer_gpu import buffers, reference  # the simulated ranks' buffers, t
 
 DEV = torch.device("cuda")
 B, H, D, E = 1, 16, 128, 128
+T0 = time.monotonic()
 CHECKED = header.CHECKED.stop
 
 
-def _tail(T, rank=0):
+def _tail(T, rank=0, direction="forward"):
     q = torch.zeros(B, T, H, D)
-    return header.as_tensor(header.make(q, q, torch.zeros(B, T, H, E), None, 1.0, "ring", "forward", rank),
+    return header.as_tensor(header.make(q, q, torch.zeros(B, T, H, E), None, 1.0, "ring", direction, rank),
                             torch.empty(0, device=DEV))
 
 
@@ -63,8 +75,10 @@ def ring_link(results):
                     else:
                         err = max(rel_rms(late, ref_late), rel_rms(state, ref_end))
                         good = err < 1e-6
-                    if seal:
-                        good &= bool(torch.equal(end[x.numel():], _tail(8, 1)))
+                    if seal:  # this rank's header goes on, RELAYED after a mismatch (the next rank records it)
+                        sent = _tail(8, 1).clone()
+                        sent[header.STATUS_AT] = header.RELAYED if mismatch else header.OK
+                        good &= bool(torch.equal(end[x.numel():], sent))
                     ok &= good
                     results.append(dict(check="ring link", decay=has_decay, d_final=with_final, seal=seal,
                                         mismatch=mismatch, err=err, ok=good))
@@ -153,6 +167,202 @@ def resets(results):
     return ok
 
 
+P_SIM, CULPRIT = 3, 2  # simulated ranks; the one whose slice is shorter in the mismatched step
+BUSY_CYCLES = int(1e8)  # a sleep kernel of ~50 ms ahead of the mismatched step's exchanges
+
+
+class _Rank:
+    """What a Watch's error names of a group: its name and this simulated rank."""
+
+    group_name = "simulated"
+
+    def __init__(self, rank):
+        self._rank = rank
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return P_SIM
+
+
+def _sim_ring(watches, lengths, forward, gen):
+    """One direction of the ring: checked_step per link, every rank recording in its Watch; {rank: late}."""
+    d = "forward" if forward else "backward"
+    x = torch.randn(P_SIM, B, H, D, E, device=DEV, generator=gen)
+    order = list(range(P_SIM)) if forward else list(reversed(range(P_SIM)))
+    msg, lates = torch.cat([x[order[0]].reshape(-1), _tail(lengths[order[0]], order[0], d)]), {}
+    for prev, r in zip(order, order[1:]):
+        lates[r], msg = checked_step(msg, _tail(lengths[r], r, d), x[r], None, None, seal=r != order[-1],
+                                     checked=CHECKED, watch=watches[r].rows, src=prev)
+    return lates
+
+
+def _sim_gathered(watches, lengths, forward, gen):
+    """The all-gather's combination on every rank that runs it, on the same gathered rows; {rank: late}."""
+    d = "forward" if forward else "backward"
+    x = torch.randn(P_SIM, B * H * D * E, device=DEV, generator=gen)
+    a = -torch.rand(P_SIM, B * H, device=DEV, generator=gen)
+    rows = torch.cat([x, a, torch.stack([_tail(lengths[j], j, d) for j in range(P_SIM)])], 1)
+    return {r: combine_gathered(rows, (B, H, D, E), r, forward, True, None, _tail(lengths[r], r, d), CHECKED,
+                                watches[r].rows)[0]
+            for r in range(P_SIM) if (r > 0 if forward else r < P_SIM - 1)}
+
+
+def _sim_peer(watches, lengths, forward, gen, bufs, streams):
+    """The peer kernel, every simulated rank on its own stream (they wait on each other's flags); {rank: late}."""
+    d = "forward" if forward else "backward"
+    x = torch.randn(P_SIM, B, H, D, E, device=DEV, generator=gen)
+    a = -torch.rand(P_SIM, B, H, device=DEV, generator=gen)
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    lates = {}
+    for r in reversed(range(P_SIM)):
+        with torch.cuda.stream(streams[r]):
+            lates[r] = peer_kernel.exchange(x[r], a[r], None, r, P_SIM, forward, bufs[r],
+                                            own_tail=_tail(lengths[r], r, d), checked=CHECKED,
+                                            watch=watches[r].rows)[0]
+    for s in streams:
+        torch.cuda.current_stream().wait_stream(s)
+    return {r: t for r, t in lates.items() if (r > 0 if forward else r < P_SIM - 1)}
+
+
+def _sim_step(exchange, watches, lengths, gen, busy=False):
+    """One training step on every simulated rank: the first forward's start (which raises what the
+    record holds), a forward and a backward exchange, the backward's finish (the copy + event).
+    Returns ({rank: error}, {rank: finite}, whether the copy was still queued when finish returned)."""
+    errors = {}
+    for r, w in enumerate(watches):
+        try:
+            w.start(True, _Rank(r))
+        except Exception as e:  # noqa: BLE001 - what was raised is the result
+            errors[r] = e
+    if errors:
+        return errors, {}, None
+    if busy and DEV.type == "cuda":
+        torch.cuda._sleep(BUSY_CYCLES)  # the GPU behind the host, as in training
+    lates = [exchange(watches, lengths, forward, gen) for forward in (True, False)]
+    for w in watches:
+        w.finish(False)
+    queued = None if watches[0].event is None else not watches[0].event.query()
+    finite = {r: all(bool(torch.isfinite(d[r]).all()) for d in lates if r in d) for r in range(P_SIM)}
+    return {}, finite, queued
+
+
+def next_call(results):
+    """Check 5 of the module docstring, for each exchange."""
+    ok = True
+    exchanges = {"ring": _sim_ring, "all-gather": _sim_gathered}
+    if DEV.type == "cuda":
+        bufs, streams = buffers(P_SIM, DEV), [torch.cuda.Stream() for _ in range(P_SIM)]
+        exchanges["peer"] = lambda w, lengths, fwd, gen: _sim_peer(w, lengths, fwd, gen, bufs, streams)
+    same, short = [8] * P_SIM, [6 if r == CULPRIT else 8 for r in range(P_SIM)]
+    for T, r, d in ((T, r, d) for T in (6, 8) for r in range(P_SIM) for d in ("forward", "backward")):
+        _tail(T, r, d)  # each header's first copy to the GPU waits for the stream: made before the busy step
+    for name, exchange in exchanges.items():
+        gen = torch.Generator(device=DEV).manual_seed(4)
+        watches = [watch.Watch(P_SIM, DEV) for _ in range(P_SIM)]
+        e1, finite1, _ = _sim_step(exchange, watches, same, gen)
+        e2, finite2, queued = _sim_step(exchange, watches, short, gen, busy=True)
+        t0 = time.perf_counter()
+        e3, _, _ = _sim_step(exchange, watches, same, gen)
+        waited_ms = (time.perf_counter() - t0) * 1e3
+        e4, finite4, _ = _sim_step(exchange, watches, same, gen)
+        named = {}
+        for r, e in e3.items():
+            text = str(e)
+            own = f"rank {r}: q [{B}, {short[r]}, {H}, {D}]"
+            other = f"q [{B}, 6, {H}, {D}]" in text if r != CULPRIT else f"q [{B}, 8, {H}, {D}]" in text
+            named[r] = type(e).__name__ == "RankMismatchError" and own in text and (
+                other or "passed on a state from a rank whose inputs differ" in text)
+        good = (not e1 and all(finite1.values()) and not e2 and not all(finite2.values())
+                and len(e3) == P_SIM and all(named.values()) and not e4 and all(finite4.values())
+                and queued is not False)
+        ok &= good
+        results.append(dict(check="next call raises", exchange=name, first_step_finite=finite1,
+                            mismatched_step_finite=finite2, mismatched_step_errors=len(e2),
+                            copy_queued_behind_busy_gpu=queued, next_forward_waited_ms=round(waited_ms, 2),
+                            errors={r: f"{type(e).__name__}: {e}" for r, e in e3.items()}, names_ok=named,
+                            step_after_is_quiet=not e4 and all(finite4.values()), ok=good))
+        print(f"  {name}: mismatched step NaN on ranks {[r for r, f in finite2.items() if not f]}, next forward "
+              f"raised on {sorted(e3)} (waited {waited_ms:.1f} ms for the record; copy queued: {queued})", flush=True)
+    return ok
+
+
+def _host_us(fn, before=None, reps=20):
+    """Median host us of fn(), each started on an idle GPU after `before`."""
+    times = []
+    for _ in range(reps + 3):
+        if before is not None:
+            before()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    return statistics.median(times[3:])
+
+
+def cost(results, ts=(8192, 32768), budget_s=110.0):
+    """Check 6 of the module docstring: medians of 20 (us), a call with and without the flag path
+    (a length is skipped once the script has run `budget_s`, to end within its 150 s)."""
+    g = _Rank(1)
+    record = watch.Watch(P_SIM, DEV)
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    x, own = (torch.randn(B, H, D, E, device=DEV, generator=gen) for _ in range(2))
+    a = -torch.rand(B, H, device=DEV, generator=gen)
+    mine, msg = _tail(8, 1), torch.cat([x.reshape(-1), _tail(8, 0)])
+    rows = torch.cat([torch.randn(P_SIM, x.numel() + B * H, device=DEV, generator=gen),
+                      torch.stack([_tail(8, j) for j in range(P_SIM)])], 1)
+
+    def link(flag):
+        return checked_step(msg, mine, own, a, None, seal=True, checked=CHECKED, watch=record.rows if flag else None,
+                            src=0)
+
+    def combine(flag):
+        return combine_gathered(rows, (B, H, D, E), 1, True, True, None, mine, CHECKED, record.rows if flag else None)
+
+    def per_launch(fn, n=50):
+        return median_ms(lambda: [fn() for _ in range(n)], DEV, 3, 20) * 1e3 / n
+
+    parts = dict(
+        ring_link_us=per_launch(lambda: link(False)), ring_link_flag_us=per_launch(lambda: link(True)),
+        combine_us=per_launch(lambda: combine(False)), combine_flag_us=per_launch(lambda: combine(True)),
+        finish_host_us=host_ms(lambda: record.finish(False), DEV, 20) * 1e3,  # while the GPU is busy
+        finish_device_us=per_launch(lambda: record.finish(False)),  # the copy and the event on the stream
+        start_host_us=_host_us(lambda: record.start(True, g), before=lambda: record.finish(False)),
+    )
+    results.append(dict(check="flag path parts", **{k: round(v, 2) for k, v in parts.items()}, ok=True))
+    print("  parts (us, median of 20): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()), flush=True)
+    for T in ts:
+        if time.monotonic() - T0 > budget_s:
+            results.append(dict(check="flag path call", T=T, skipped=f"over the {budget_s:g} s budget", ok=True))
+            continue
+        xin = inputs(T, H, D, "gate", torch.bfloat16, DEV)
+        q, k, v = (xin[n].detach().requires_grad_() for n in "qkv")
+
+        def call(flag):  # one layer's step: op fwd, forward link, op bwd, backward link (+ the watch)
+            if flag:
+                record.start(True, g)
+            o = lasp_fx.linear_attention(q, k, v, xin["g"])
+            link(flag)
+            o.backward(xin["do"])
+            link(flag)
+            if flag:
+                record.finish(False)
+
+        without = median_ms(lambda: call(False), DEV, 3, 20) * 1e3
+        with_flag = median_ms(lambda: call(True), DEV, 3, 20) * 1e3
+        # the flag path's own device work per call: two links' difference and the record's copy
+        added = 2 * (parts["ring_link_flag_us"] - parts["ring_link_us"]) + parts["finish_device_us"]
+        row = dict(check="flag path call", T=T, call_us=round(without, 1), call_flag_us=round(with_flag, 1),
+                   measured_percent=round(100 * (with_flag - without) / without, 3),
+                   parts_percent=round(100 * added / without, 3), ok=True)
+        results.append(row)
+        print(f"  T={T}: call {without:.1f} us without the flag path, {with_flag:.1f} us with it "
+              f"({row['measured_percent']:+.3f} %; its parts: {row['parts_percent']:.3f} %)", flush=True)
+    return True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="")
@@ -161,7 +371,9 @@ def main() -> int:
     global DEV
     DEV = torch.device(args.device)
     results, ok = [], True
-    for check in (ring_link, gathered, peer, resets) if DEV.type == "cuda" else (ring_link, gathered, resets):
+    checks = (ring_link, gathered, peer, resets, next_call, cost) if DEV.type == "cuda" else (
+        ring_link, gathered, resets, next_call)
+    for check in checks:
         try:
             passed = check(results)
         except Exception as e:  # noqa: BLE001 - recorded, the other checks still run

@@ -16,9 +16,10 @@
 #   tests  the whole pytest suite: every device-taking test on CPU and on CUDA (multi-rank ones over NCCL, one
 #          rank per GPU), 8 xdist workers (the tests of one test_distributed_sp spawn on one worker), junit XML
 #          in $OUT/tests.xml; at most 540 s, SIGINT first so that the XML and the summary are still written
-#   faults bench/check_faults_gpu.py: the exchange kernels with their header checks, -inf gates through the op (~60 s)
+#   faults bench/check_faults_gpu.py: the exchange kernels with their header checks, -inf gates through the op,
+#          a mismatch raised at the next step (distributed/watch.py) and that path's cost (~120 s)
 #   models bench/check_models_gpu.py: every example model through parallelize() and backend="lasp", one
-#          process per model side by side (MODELS=...; ~150 s)
+#          process per model side by side (MODELS=...; 5 at once take ~400 s: each compiles on the CPU)
 #   cuda   the pytest cases that run on the GPU only (device "cuda" and the kernel files), 14 workers (~150 s)
 #   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
 #          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240;
@@ -31,6 +32,7 @@
 #   packed bench/check_packed_gpu.py --quick (packed kernels against float64), then bench/packed.py (128K tokens,
 #          documents of 4K, against the unpacked op) (~200 s)
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
+#   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
 #          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
 #   smoke-ranks  the same for check_peer_gpu.py, the torchrun scripts (sp.py, host.py's LASP cases, exchange.py:
@@ -65,7 +67,7 @@ smoke() {  # the single-process scripts once each, small, on GPU 0
   _run check_decay_grad_gpu.py 75 python3 bench/check_decay_grad_gpu.py --ts 2048 --heads 2 --json "$S/decay.json"
   _run check_length_gpu.py 75 python3 bench/check_length_gpu.py --ts 2048 --heads 2 --dim 32 --large 0 \
     --json "$S/length.json"
-  _run check_faults_gpu.py 100 python3 bench/check_faults_gpu.py --json "$S/faults.json"
+  _run check_faults_gpu.py 150 python3 bench/check_faults_gpu.py --json "$S/faults.json"
   _run check_op_gpu.py--help 30 python3 bench/check_op_gpu.py --help  # its run: part check
   _run check_models_gpu.py--help 30 python3 bench/check_models_gpu.py --help  # its run: part models
 }
@@ -110,12 +112,12 @@ for part in $PARTS; do
             --json "$OUT/exchange.json" ;;
     tests) timeout -s INT -k 30 540 python3 -m pytest -q -n 8 -p xdist --dist loadgroup -p no:cacheprovider --durations=25 \
              --junitxml="$OUT/tests.xml" tests ;;
-    faults) CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/check_faults_gpu.py --json "$OUT/faults.json" ;;
+    faults) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_faults_gpu.py --json "$OUT/faults.json" ;;
     models) # one process per model, side by side: each compiles for ~100 s on the CPU, the GPU work is small
             port=29600
             for m in ${MODELS:-lightning retnet linear gated hybrid}; do
               port=$((port + 1))
-              CUDA_VISIBLE_DEVICES=0 timeout 300 torchrun --nnodes=1 --nproc-per-node=1 --master-port=$port \
+              CUDA_VISIBLE_DEVICES=0 timeout 420 torchrun --nnodes=1 --nproc-per-node=1 --master-port=$port \
                 bench/check_models_gpu.py --models "$m" --tokens 2048 --json "$OUT/models_$m.json" &
             done
             wait ;;
@@ -134,6 +136,7 @@ for part in $PARTS; do
     packed) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_packed_gpu.py --quick --json "$OUT/check_packed.json"
             CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/packed.py --json "$OUT/packed.json" ;;
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
+    padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
     smoke) smoke ;;
     smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -68,8 +70,12 @@ _RECOMPILE_LIMIT = 64
 
 
 def _surface_errors(compiled, args, kwargs):
-    """Run the compiled forward; lasp_fx's own errors come out as themselves, not wrapped by dynamo."""
-    from torch._dynamo.exc import BackendCompilerFailed
+    """Run the compiled forward; lasp_fx's own errors come out as themselves, not wrapped by dynamo,
+    and dynamo's failures to trace the forward as one graph (graph breaks, control flow on tensor
+    values) as a CaptureError naming the model's line and what to do."""
+    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported, UserError
+
+    from lasp_fx.capture import explain
 
     try:
         # Under DDP, dynamo would cut the graph into buckets for overlap (DDPOptimizer); the
@@ -80,9 +86,24 @@ def _surface_errors(compiled, args, kwargs):
             return compiled(*args, **kwargs)
     except BackendCompilerFailed as e:
         inner = getattr(e, "inner_exception", None)
-        if isinstance(inner, (ValueError, TypeError, RuntimeError)) and type(inner).__module__.startswith("lasp_fx"):
+        if _is_verdict(inner):
             raise inner.with_traceback(None) from None
         raise
+    except (Unsupported, UserError, TorchRuntimeError) as e:
+        raise explain(e) from e
+
+
+def _is_verdict(e) -> bool:
+    """Whether lasp_fx raised `e` on purpose: an error class of its own, or a plain ValueError /
+    RuntimeError raised in its code. An internal crash (KeyError, a TypeError from a library call)
+    stays wrapped by dynamo, and reads as one."""
+    if not isinstance(e, (ValueError, TypeError, RuntimeError)):
+        return False
+    if type(e).__module__.startswith("lasp_fx"):
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    return type(e) in (ValueError, RuntimeError) and bool(frames) and frames[-1].filename.startswith(package)
 
 
 def _check_initialized() -> None:

@@ -59,10 +59,11 @@ def linear_attention(
             state message still carries the same header and its receiver checks it: on CPU groups
             the receiving ranks raise (in the ring only those after the first rank that differs;
             the others fail at their next wait, within `timeout`); on CUDA the check runs on the
-            device, without a host sync, and a mismatch turns the received states, hence this
-            call's outputs and gradients, into NaN instead of raising. check=True costs one small
-            all-gather per call, and on an NCCL-only group a host sync: `parallelize` checks its
-            first call and relies on the headers after.
+            device, without a host sync: a mismatch turns the received states, hence this call's
+            outputs and gradients, into NaN, and the first forward after the next backward raises
+            RankMismatchError on every rank (docs/design.md §4; with forward calls only, nothing
+            raises). check=True costs one small all-gather per call, and on an NCCL-only group a
+            host sync: `parallelize` checks its first call and relies on the headers after.
         timeout: with a group, seconds a rank waits for a peer's state on a CPU (gloo) group
             before it raises ExchangeTimeoutError naming the peer; a rank that fails inside the
             exchange tells its peers at once (RankFailedError "rank r failed: ..."). On CUDA the
@@ -79,7 +80,9 @@ def linear_attention(
             caller's promise, as log_decay's.
         document_ids: the same as integer labels per token [B, T] (all ranks' tokens with a group,
             the same tensor on every rank): each maximal run of one label is one document (0 for
-            padding by convention: a run of its own). Not with cu_seqlens.
+            padding by convention: a run of its own). Not with cu_seqlens. In a model under
+            parallelize() they are cut into slices like the other inputs: each rank reads the label
+            of the token before its slice.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with

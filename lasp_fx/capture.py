@@ -8,7 +8,6 @@ the user's source line and a hint.
 
 from __future__ import annotations
 
-import os
 import traceback
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from lasp_fx.passes.canonical import drop_dead_mutations, drop_noop_slices, functionalize_inplace
-from lasp_fx.passes.graph import SOURCE_NAME, is_library_path
+from lasp_fx.passes.graph import SOURCE_NAME, is_library_path, short_path
 from lasp_fx.passes.no_trace import caches_restored
 from lasp_fx.passes.stack_frames import full_stack_traces
 
@@ -93,7 +92,7 @@ def _capture_export(model, args, kwargs, seq_dim: int | None = None) -> Captured
             ep = torch.export.export(model, tuple(args), kwargs or None, dynamic_shapes=dynamic, strict=False)
         ep = ep.run_decompositions({})  # functional, keeps matmul / einsum / tril whole
     except Exception as e:  # noqa: BLE001 - re-raised as CaptureError with the cause attached
-        raise _explain(e, dynamic=seq_dim is not None) from e
+        raise explain(e, dynamic=seq_dim is not None) from e
     gm = ep.module()
     if seq_dim is not None:  # whole-length slices stay in a symbolic graph, between a cumsum and its mask
         drop_noop_slices(gm)
@@ -112,7 +111,7 @@ def _capture_dynamo(model, args, kwargs) -> Captured:
     try:
         compiled(*args, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise _explain(e) from e
+        raise explain(e) from e
     if len(graphs) != 1:
         raise CaptureError(f"dynamo produced {len(graphs)} graphs", None, "", "call the model once with fullgraph=True")
     return graphs[0]
@@ -192,13 +191,22 @@ def inline_checkpoints(gm: GraphModule) -> GraphModule:
 
 _HINTS = [
     (("data-dependent", "data dependent", "GuardOnDataDependent", "Could not guard"),
-     "Python control flow on tensor values cannot be captured: use torch.where / torch.cond, "
-     "or move the decision outside the model"),
+     "Python control flow on tensor values (a loop over a tensor, a branch on a value, a size set by "
+     "nonzero()) cannot be captured: use torch.where / torch.cond / masks over every item, move the decision "
+     "outside the model, or pick the library's vectorised variant of the layer (HF's MoE experts: "
+     "experts_implementation=\"grouped_mm\" or \"batched_mm\", not \"eager\")"),
     (("item()", ".item", "_local_scalar_dense"),
      "avoid .item() / float(tensor) in forward: keep the value as a tensor"),
+    (("Observed exception", "raised exception"),
+     "the model's own code raised this on the traced inputs; under parallelize() those are each rank's "
+     "slice of the sequence (the length over the ranks), so a rule on the length (a multiple of a window, "
+     "a chunk or a block) must hold for the slice: pick a length whose slices meet it"),
     (("graph break", "Unsupported", "fullgraph"),
-     "the model must trace as one graph: remove the graph break shown above (print, Python side "
-     "effects, unsupported library calls), or wrap that call in a torch.library custom op"),
+     "the model must trace as one graph: remove the graph break at that line (print, Python side "
+     "effects, locks, unsupported library calls), or wrap that call in a torch.library custom op; set-up "
+     "that runs on a first call can run before parallelize() (HF installs its output-capturing hooks under a "
+     "lock on the first call asking for router logits or attentions: output_router_logits=False / "
+     "output_attentions=False, or call the model once first)"),
     (("dynamic", "Constraints violated"),
      "pass example inputs with the shapes you will use; the graph is specialised to them"),
 ]
@@ -208,15 +216,24 @@ FIXED_LENGTH_HINT = ("the model's code needs a fixed sequence length (a Python l
                      "chunks, a branch on it, int() of a size): write it with tensor ops on symbolic sizes")
 
 
-def _explain(e: Exception, dynamic: bool = False) -> CaptureError:
+def explain(e: Exception, dynamic: bool = False) -> CaptureError:
+    """A tracing failure (torch.export's, or dynamo's under fullgraph) as a CaptureError naming the
+    deepest line of the user's (or third-party) code, the reason and what to do."""
     msg = str(e).strip()
-    first = next((ln for ln in msg.splitlines() if ln.strip()), type(e).__name__)
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    # dynamo's graph breaks say what failed in one word and why on an "Explanation:" line; an
+    # exception the model raised itself is named on a "raised exception" line
+    why = next((ln.removeprefix("Explanation:").strip() for ln in lines if ln.startswith("Explanation:")), "")
+    raised = next((ln.split("raised exception ", 1)[1] for ln in lines if "raised exception " in ln), "")
+    if raised:
+        first, why = f"the model's code raised {raised}", ""
     source, code = _user_line(e)
     fixed = dynamic and any(k in msg or k in type(e).__name__ for k in ("Constraints violated", "specializ", "Guard"))
     hint = FIXED_LENGTH_HINT if fixed else next(
         (h for keys, h in _HINTS if any(k in msg or k in type(e).__name__ for k in keys)),
         "run torch.export.export(model, args, strict=False) to see the full error")
-    return CaptureError(f"{type(e).__name__}: {first[:300]}", source, code, hint)
+    return CaptureError(f"{type(e).__name__}: {first[:300]}" + (f" ({why[:300]})" if why else ""), source, code, hint)
 
 
 def _user_line(e: BaseException) -> tuple[str | None, str]:
@@ -230,20 +247,15 @@ def _user_line(e: BaseException) -> tuple[str | None, str]:
         cur = cur.__cause__ or cur.__context__
     frames = [f for f in frames if _is_user(f.filename)]
     if frames:
-        return f"{_short(frames[-1].filename)}:{frames[-1].lineno}", (frames[-1].line or "").strip()
+        return f"{short_path(frames[-1].filename)}:{frames[-1].lineno}", (frames[-1].line or "").strip()
     for ln in str(e).splitlines():
         s = ln.strip()
         if s.startswith('File "') and ", line " in s:
             path = s[6:s.index('"', 6)]
             if _is_user(path):
-                return f"{_short(path)}:{s.split(', line ')[1].split(',')[0]}", ""
+                return f"{short_path(path)}:{s.split(', line ')[1].split(',')[0]}", ""
     return None, ""
 
 
 def _is_user(path: str) -> bool:
     return not is_library_path(path)
-
-
-def _short(path: str) -> str:
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel

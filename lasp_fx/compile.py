@@ -70,8 +70,8 @@ def _short_inputs(example_inputs, fakes, seq_dim_of):
 
 def _not_rewritten(graph: fx.GraphModule) -> str:
     report = graph.meta.get("lasp_fx_report")
-    near = report.near_misses[:3] if report is not None else []
-    return "".join(f"\n  attention not rewritten at {n.source}: {n.reason}" for n in near)
+    lines = report.near_miss_lines() if report is not None else []
+    return "".join(f"\n  {line}" for line in lines)
 
 
 def make_backend(spec: ShardSpec | None, *, seq_dim: int = 1, compiler: Compiler = "auto", rewrite=None,

@@ -107,6 +107,18 @@ SPAWNED = {
     "parallelize-dtensor-replicated": ("ValueError",
                                        r"DTensor inputs must be sharded as \[Shard\(1\)\], got \[Replicate\(\)\]"),
     "op-timeout-negative": ("ValueError", r"timeout must be a positive number of seconds, got -1"),
+    # a model dynamo cannot trace as one graph: a lasp_fx error naming the model's line, why, what to do
+    "parallelize-trace-loop-on-values": ("CaptureError", r"data-dependent(.|\n)*workers_bad_inputs.py:\d+: for i in "
+                                         r"ids.flatten\(\).unique\(\)(.|\n)*hint: Python control flow on tensor"),
+    "parallelize-trace-lock": ("CaptureError", r"`lock` context manager(.|\n)*workers_bad_inputs.py:\d+: with _LOCK:"
+                               r"(.|\n)*hint: the model must trace as one graph"),
+    "parallelize-trace-asserts": ("CaptureError", r"raised AssertionError\('length 3 is not a multiple of 4'\)"
+                                  r"(.|\n)*workers_bad_inputs.py:\d+: assert(.|\n)*each rank's slice"),
+    # lasp_fx's own ValueError, not dynamo's BackendCompilerFailed around it
+    # the guard's line with its path as the user reads it (torch's own cut gave "ork/wt/...")
+    "parallelize-trace-fixed-length": ("ValueError", r"^no input carries a dynamic sequence dimension 1(.|\n)*"
+                                       r" at tests/helpers/workers_bad_inputs.py:\d+: return torch.stack(.|\n)*"
+                                       r"for t in range\(ids.shape\[1\]\)"),
 }
 
 

@@ -2,6 +2,8 @@
 
 import pytest
 
+from lasp_fx.passes.detect.report import InspectReport
+from lasp_fx.passes.match import NearMiss
 from tests.corpus import CORPUS
 from tests.corpus.harness import SEQ, converted
 
@@ -36,6 +38,8 @@ def test_expected_near_misses(name, device):
         ("softmax_manual", "softmax"),
         ("detached_eps_row_norm", "not the same gradients"),
         ("where_row_norm", "not the same function"),
+        ("feature_sum_scores", "write them as a matmul or an einsum"),
+        ("per_channel_decay_scores", "a decay per feature channel"),
     ],
 )
 def test_near_miss_reason_says_why(name, words, device):
@@ -69,3 +73,19 @@ def test_report_prints_a_table(device):
     text = str(report)
     assert "match" in text and "near-miss" in text and "tests/corpus/decay_masks.py:" in text
     assert "1 match(es), 1 near-miss(es)" in text
+
+
+def test_near_miss_lines_group_repeats_and_say_how_to_see_the_rest():
+    def near(line, reason="why"):
+        return NearMiss("quadratic", f"model.py:{line}", "code", "layer", reason)
+
+    # a loop unrolled 5 times repeats line 7; 9 more distinct lines pass the limit of 8
+    report = InspectReport(near_misses=[near(3, "not causal"), *(near(7) for _ in range(5)),
+                                        *(near(20 + i) for i in range(9))])
+    lines = report.near_miss_lines(limit=8)
+    assert lines[0] == "attention not rewritten at model.py:3: not causal"
+    assert lines[1] == "attention not rewritten at model.py:7: why (x5)"
+    assert lines[2:8] == [f"attention not rewritten at model.py:{20 + i}: why" for i in range(6)]
+    assert lines[8].startswith("and 3 more near-miss line(s)") and "lasp-fx inspect" in lines[8]
+    assert len(lines) == 9
+    assert len(report.near_miss_lines(limit=20)) == 11  # under the limit: every line, no "more"

@@ -131,3 +131,41 @@ def test_on_the_cuda_path_a_mismatch_is_nan_not_a_wrong_number(method, monkeypat
     for rank, flags in enumerate(results):
         assert not flags["grads finite"], f"rank {rank}: finite gradients from mismatched ranks: {flags}"
     assert not results[1]["o finite"] and not results[2]["o finite"]  # after the first rank that differs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_on_the_cuda_path_a_mismatch_raises_on_every_rank_at_the_next_step(method, monkeypatch):
+    """Step 2's mismatch (the last rank's slice is shorter) gives NaN and is recorded by the exchange
+    kernels; step 3's first lasp_fx call raises RankMismatchError on every rank, before its exchange,
+    naming the values (a ring rank that only got a NaN state names the rank that passed it on)."""
+    monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    results = run_spawned(workers_faults.later_mismatch, 3, method, timeout=300)
+    for rank, (first, mismatched, *rest) in enumerate(results):
+        assert first["error"] is None and first["finite"], f"rank {rank}: {first}"
+        assert mismatched["error"] is None, f"rank {rank} raised in the mismatched step itself: {mismatched}"
+        assert len(rest) == 1 and rest[0]["error"] == "RankMismatchError", f"rank {rank}: {rest}"
+        message = rest[0]["message"]
+        assert f"rank {rank}: q [1, {6 if rank == 2 else 8}, 2, 4]" in message, f"rank {rank}: {message}"
+        # the sender it names: the ring's neighbours (rank 0 hears of rank 2 only through rank 1), or every other rank
+        named = {"ring": {0: "rank 1: q [1, 8, 2, 4], k/v heads 2, E 4, torch.float64, decay per-token [B, T, H], "
+                             "method ring, scale 0.5; passed on a state from a rank whose inputs differ",
+                          1: "rank 2: q [1, 6, 2, 4]", 2: "rank 1: q [1, 8, 2, 4]"},
+                 "allgather": {0: "rank 2: q [1, 6, 2, 4]", 1: "rank 2: q [1, 6, 2, 4]", 2: "rank 0: q [1, 8, 2, 4]"}}
+        assert named[method][rank] in message, f"rank {rank}: {message}"
+        assert rest[0]["seconds"] < BOUND_S
+    assert not all(m["finite"] for _, m, _ in results)  # the mismatched step's results: NaN somewhere
+
+
+def test_parallelize_on_the_cuda_path_raises_at_the_step_after_a_mismatch(monkeypatch):
+    """The issue's case: after parallelize()'s first call only the headers check (NCCL); a later step
+    where a rank passes a shorter slice gives a NaN loss, and the next step raises on every rank."""
+    monkeypatch.setenv("LASP_FX_DEVICE_CHECKS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    results = run_spawned(workers_faults.parallelize_later_mismatch, 3, "ring", timeout=300, pg_timeout=60)
+    for rank, outcomes in enumerate(results):
+        assert outcomes[0]["error"] is None and outcomes[0]["finite"], f"rank {rank}: {outcomes}"
+        assert outcomes[1]["error"] is None and not outcomes[1]["finite"], f"rank {rank}: {outcomes}"
+        assert len(outcomes) == 3 and outcomes[2]["error"] == "RankMismatchError", f"rank {rank}: {outcomes}"
+        assert f"rank {rank}: q [1, {6 if rank == 2 else 8}," in outcomes[2]["message"], outcomes[2]["message"]
+        assert outcomes[2]["seconds"] < BOUND_S

@@ -107,10 +107,70 @@ def test_ring_link_in_one_launch(mismatch, has_decay, with_final, seal):
     ref_late = x + (d_final if with_final else 0)
     ref_end = own + (ref_late if a is None else torch.exp(a)[..., None, None] * ref_late)
     state = end[: x.numel()].view(x.shape) if seal else end
-    if seal:
-        assert torch.equal(end[x.numel():], mine)  # the next message carries this rank's header
+    if seal:  # the next message carries this rank's header, RELAYED after a mismatch
+        relayed = mine.clone()
+        relayed[header.STATUS_AT] = header.RELAYED if mismatch else header.OK
+        assert torch.equal(end[x.numel():], relayed)
     if mismatch:
         assert late.isnan().all() and state.isnan().all()
     else:
         assert_close_rms(late, ref_late.double(), 1e-6, "late")
         assert_close_rms(state, ref_end.double(), 1e-6, "end")
+
+
+def _record(P):
+    from lasp_fx.distributed import watch
+
+    return torch.zeros(P + 1, watch.ROW, device=DEVICE)
+
+
+@pytest.mark.parametrize("mismatch", [None, 0, 2], ids=["same", "rank0_differs", "rank2_differs"])
+@pytest.mark.parametrize("forward", [True, False], ids=["forward", "backward"])
+def test_combination_records_each_differing_row_in_the_watch(forward, mismatch):
+    """Each row whose header differs is written with its flag, and this rank's own header; nothing when none differs."""
+    from lasp_fx.distributed import header
+
+    P, rank = 3, 1
+    rows = _rows(P, True, torch.float32, seed=5)[0].to(DEVICE)
+    heads = [_header(6 if j == mismatch else 8, j) for j in range(P)]
+    tails = torch.stack([header.as_tensor(h, rows) for h in heads])
+    own = header.as_tensor(_header(8, rank), rows)
+    record = _record(P)
+    late, end = combine_gathered(torch.cat([rows, tails], 1), (B, H, D, E), rank, forward, True, None,
+                                 own_tail=own, checked=header.CHECKED.stop, watch=record)
+    if mismatch is None:
+        assert not record.any() and torch.isfinite(end).all()
+        return
+    assert late.isnan().all() and end.isnan().all()
+    assert record[:, 0].tolist() == [float(j in (mismatch, P)) for j in range(P + 1)]
+    assert header.Header.decode(record[mismatch, 1:].tolist()) == heads[mismatch]
+    assert torch.equal(record[P, 1:].cpu(), own.cpu())
+
+
+@pytest.mark.parametrize("seal", [False, True], ids=["last", "sends_on"])
+@pytest.mark.parametrize("mismatch", [False, True], ids=["same", "other_length"])
+def test_ring_link_records_a_differing_header_and_relays_it(mismatch, seal):
+    """checked_step writes a differing header as rank `src`'s and seals the next message RELAYED (recorded next)."""
+    from lasp_fx.distributed import header
+    from lasp_fx.distributed.kernels.gathered import checked_step
+
+    P = 3
+    x, own = (torch.randn(B, H, D, E, generator=torch.Generator().manual_seed(s)).to(DEVICE) for s in (2, 3))
+    mine = header.as_tensor(_header(8, 1), x)
+    theirs = _header(9 if mismatch else 8, 0)
+    msg = torch.cat([x.reshape(-1), header.as_tensor(theirs, x)])
+    record = _record(P)
+    _, end = checked_step(msg, mine, own, None, None, seal=seal, checked=header.CHECKED.stop, watch=record, src=0)
+    if not mismatch:
+        assert not record.any()
+    else:
+        assert record[:, 0].tolist() == [1.0, 0.0, 0.0, 1.0]
+        assert header.Header.decode(record[0, 1:].tolist()) == theirs
+        assert torch.equal(record[P, 1:].cpu(), mine.cpu())
+    if seal:
+        sent = header.Header.decode(end[x.numel():].tolist())
+        assert sent.status == (header.RELAYED if mismatch else header.OK)
+        assert sent.key() == _header(8, 1).key() and sent.rank == 1
+        record = _record(P)  # the next rank (2): a relayed header differs from its own in its status
+        checked_step(end, header.as_tensor(_header(8, 2), x), own, checked=header.CHECKED.stop, watch=record, src=1)
+        assert record[1, 0].item() == float(mismatch)

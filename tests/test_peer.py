@@ -8,6 +8,7 @@ pushes, flags raised and lowered, several calls reusing the same buffers in both
 import pytest
 import torch
 
+from lasp_fx.distributed import header
 from tests.helpers import workers_peer
 from lasp_fx.numerics import assert_close_rms
 from lasp_fx.distributed.spawn import run_spawned
@@ -77,14 +78,21 @@ def test_headers_ride_in_the_slots_and_a_mismatch_gives_nan(culprit, tmp_path):
     f32 = [(fwd, x.float(), a.float(), None) for fwd, x, a, _ in calls]
     lengths = [7 if r == culprit else 8 for r in range(P)]
     results = run_spawned(workers_peer.exchanges, P, str(tmp_path), f32, 1 << 20, lengths, timeout=300)
-    for rank, (outs, flags) in enumerate(results):
+    for rank, (outs, flags, record) in enumerate(results):
         late, end = (torch.as_tensor(t) for t in outs[0])
+        record = torch.as_tensor(record)
         assert not flags.any()
         if culprit is not None and rank > culprit:  # these combine rank 0's state: its header differs
             assert late.isnan().all() and end.isnan().all(), f"rank {rank}"
+            # the watch (distributed/watch.py): rank 0's checked values and its rank, and this rank's header
+            assert record[:, 0].tolist() == [float(j in (culprit, P)) for j in range(P + 1)], f"rank {rank}"
+            got = header.Header.decode(record[culprit, 1:].tolist())
+            assert got.dims[1] == 7 and got.rank == culprit and got.status == header.OK, got
+            assert header.Header.decode(record[P, 1:].tolist()).rank == rank
         else:
             assert torch.isfinite(end).all(), f"rank {rank}"
+            assert not record.any(), f"rank {rank} recorded a mismatch it did not see"
     if culprit is None:  # same as without headers
         plain = run_spawned(workers_peer.exchanges, P, str(tmp_path), f32, timeout=300)
-        for (outs, _), (ref, _) in zip(results, plain):
+        for (outs, _, _), (ref, _) in zip(results, plain):
             assert all((torch.as_tensor(a) == torch.as_tensor(b)).all() for a, b in zip(outs[0], ref[0]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional
 
 import torch
 import typer
@@ -20,7 +19,7 @@ from torch.utils import _pytree as pytree
 from lasp_fx.capture import FIXED_LENGTH_HINT, CaptureError
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
 from lasp_fx.cli.help import examples
-from lasp_fx.cli.inspect import DEVICE_OPT, DTYPE_OPT, INPUTS_OPT, SEED_OPT, SHAPE_OPT, TARGET_ARG, VOCAB_OPT, load
+from lasp_fx.cli.options import TARGET_ARG, ModelOptions, model_options
 
 EPILOG = examples(
     "lasp-fx convert examples.models:RetNetLM --out retnet.pt2",
@@ -32,17 +31,13 @@ CLASS_NAME = "Converted"
 
 
 @friendly
+@model_options
 def convert(
     ctx: typer.Context,
     target: str = TARGET_ARG,
     out: str = typer.Option(..., "--out", metavar="PATH", show_default=False,
                             help="FILE.pt2 (torch.export program) or a folder (readable Python)."),
-    input_shape: Optional[List[str]] = SHAPE_OPT,
-    dtype: str = DTYPE_OPT,
-    vocab: Optional[int] = VOCAB_OPT,
-    inputs: Optional[str] = INPUTS_OPT,
-    seed: int = SEED_OPT,
-    device: str = DEVICE_OPT,
+    model: ModelOptions = None,
     seq_dim: int = typer.Option(1, "--seq-dim", metavar="DIM",
                                 help="The sequence dimension of every input that has one; its length stays free."),
     fixed_length: bool = typer.Option(False, "--fixed-length", metavar="",
@@ -53,7 +48,7 @@ def convert(
 
     if not out.endswith(".pt2") and os.path.isdir(out) and os.listdir(out):
         raise CliError(f"--out {out} is a folder that is not empty", "name a new folder, or remove this one first")
-    ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
+    ex = model.load(target)
     dynamic = None if fixed_length else seq_dim
     if dynamic is not None and not any(t.dim() > dynamic for t in _tensors(ex)):
         raise CliError(f"--seq-dim {seq_dim}: no input has a dimension {seq_dim} (inputs {ex.describe()})",
@@ -74,7 +69,7 @@ def convert(
         if out.endswith(".pt2"):
             written = _save_program(gm, ex, str(report), out, dynamic)
         else:
-            written = _save_folder(gm, str(report), out, target, device)
+            written = _save_folder(gm, str(report), out, target, model.device)
     typer.echo(f"\nwrote {', '.join(written)}")
 
 

@@ -6,16 +6,12 @@ import contextlib
 import functools
 import io
 import logging
-import os
 import traceback
 import warnings
 
-import torch
 import typer
 
 EXIT_CODE = 2
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_LASP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class CliError(Exception):
@@ -66,13 +62,13 @@ def describe(e: Exception) -> tuple[str, str]:
 
 def where_raised(e: BaseException) -> str:
     """" (at file.py:LINE: code)" of the deepest frame outside torch and lasp_fx, or ""."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not os.path.abspath(f.filename).startswith((_TORCH_DIR, _LASP_DIR))]
+    from lasp_fx.passes.graph import is_library_path, short_path
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not is_library_path(f.filename)]
     if not frames:
         return ""
     f = frames[-1]
-    rel = os.path.relpath(f.filename)
-    return f" (at {f.filename if rel.startswith('..') else rel}:{f.lineno}: {(f.line or '').strip()})"
+    return f" (at {short_path(f.filename)}:{f.lineno}: {(f.line or '').strip()})"
 
 
 def one_line(text: str, limit: int = 400) -> str:

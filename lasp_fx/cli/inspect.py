@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from lasp_fx.cli.errors import CliError, friendly, quiet_torch
 from lasp_fx.cli.help import examples
-from lasp_fx.cli.target import DEVICES, DTYPES, Example, build_model, check_device, example
+from lasp_fx.cli.options import TARGET_ARG, ModelOptions, model_options
 
 EPILOG = examples(
     "lasp-fx inspect examples.models:LightningLM",
@@ -19,42 +19,13 @@ EPILOG = examples(
     "lasp-fx inspect examples.models:GatedLM --device cuda",
 )
 
-# The options every command that builds a model takes (inspect, convert).
-TARGET_ARG = typer.Argument(..., metavar="TARGET", show_default=False,
-                            help="path/to/file.py:factory or package.module:factory; called with no arguments.")
-SHAPE_OPT = typer.Option(None, "--input-shape", metavar="SIZES", help="Shape of one input, e.g. 2,64; repeat for "
-                         "several inputs. Token ids if the model starts with nn.Embedding, else random floats. "
-                         "Default: guessed from the first layer (2,64 tokens).")
-DTYPE_OPT = typer.Option("float32", "--dtype", metavar="DTYPE",
-                         help=f"Model and float-input dtype: {', '.join(DTYPES)}.")
-VOCAB_OPT = typer.Option(None, "--vocab", metavar="N", help="Token ids are drawn below this (default: the "
-                         "embedding's size).")
-INPUTS_OPT = typer.Option(None, "--inputs", metavar="MODULE:FACTORY", help="A function returning the example "
-                          "inputs (a tensor, a tuple, or a dict of keyword inputs) instead of --input-shape.")
-SEED_OPT = typer.Option(0, "--seed", metavar="N", help="Seed for the model's initialisation and the random inputs.")
-DEVICE_OPT = typer.Option("cpu", "--device", metavar="DEVICE",
-                          help=f"Where the model and its example inputs live: {', '.join(DEVICES)}.")
-
-
-def load(target, input_shape, dtype, vocab, inputs, seed, device="cpu") -> Example:
-    """The model TARGET builds and its example inputs (the options of inspect and convert)."""
-    if dtype not in DTYPES:
-        raise CliError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
-    check_device(device)
-    model = build_model(target, dtype, seed, device)
-    return example(model, target, list(input_shape or []), dtype, vocab, inputs, seed, device)
-
 
 @friendly
+@model_options
 def inspect(
     ctx: typer.Context,
     target: str = TARGET_ARG,
-    input_shape: Optional[List[str]] = SHAPE_OPT,
-    dtype: str = DTYPE_OPT,
-    vocab: Optional[int] = VOCAB_OPT,
-    inputs: Optional[str] = INPUTS_OPT,
-    seed: int = SEED_OPT,
-    device: str = DEVICE_OPT,
+    model: ModelOptions = None,
     graph: Optional[str] = typer.Option(None, "--graph", metavar="FILE", help="Draw the captured graph, "
                                         "matches highlighted: FILE.svg or FILE.png."),
     method: str = typer.Option("export", "--method", metavar="METHOD",
@@ -69,7 +40,7 @@ def inspect(
         raise CliError(f"--graph {graph!r}: unknown picture format", "name a .svg or .png file")
     if method not in ("export", "dynamo"):
         raise CliError(f"--method {method!r} is not a capture method", "use export or dynamo")
-    ex = load(target, input_shape, dtype, vocab, inputs, seed, device)
+    ex = model.load(target)
     with quiet_torch(ctx):
         captured = capture(ex.model, *ex.args, method=method, **ex.kwargs)
         cands, report = find(captured.gm, captured.example_inputs)

@@ -62,8 +62,9 @@ def _gather(link: Link, x: Tensor, log_decay) -> Callable[[], Tensor]:
 
 
 def _checks(link: Link) -> tuple:
-    """(own header, how many of its values must agree): what combine_gathered checks every row's header against."""
-    return link.tail(), header.CHECKED.stop
+    """(own header, how many of its values must agree, where a mismatch is recorded): what combine_gathered
+    checks every row's header against (distributed/watch.py)."""
+    return link.tail(), header.CHECKED.stop, link.record
 
 
 def abandon(link: Link, failed) -> None:

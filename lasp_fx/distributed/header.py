@@ -1,9 +1,11 @@
 """The header every state message carries: what the exchange relies on, so ranks never disagree silently.
 
 64 values below 2^16 (exact in any float dtype): the call's shapes, dtype, decay form, method and
-scale, the direction, the sender's rank and a status, or FAILED with the start of the sender's
-error. Checked on the host on CPU groups (a mismatch raises), on the device on CUDA (a mismatch
-gives NaN): docs/design.md §4.
+scale, the direction, the sender's rank and a status (OK; FAILED with the start of the sender's
+error; RELAYED: the sender's own state came from a mismatched message). Checked on the host on
+CPU groups (a mismatch raises at once); on CUDA on the device, where a mismatch gives NaN and is
+recorded (watch.py), so RankMismatchError is raised at the latest at the next call's forward
+(the first lasp_fx forward after a backward): docs/design.md §4.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ _DIMS = ("B", "T", "H", "H_kv", "D", "E")
 _TEXT = SIZE - 24  # characters of a failure's reason that fit
 # the encoded values that must agree: magic, status, direction, shapes, dtype, decay form, method, scale
 CHECKED = slice(0, 22)
-OK, FAILED = 0, 1
+STATUS_AT, RANK_AT = 1, 22  # where the status and the sender's rank sit
+OK, FAILED, RELAYED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,21 @@ def encoded(header: Header, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(header.encode(), dtype=dtype, device=device)
 
 
-def mismatch_message(headers: dict, group) -> str:
-    """The error text for ranks that disagree: each rank's values, one line per rank."""
-    lines = "\n".join(f"  rank {r}: {h.describe() if h else 'no lasp_fx header'}" for r, h in sorted(headers.items()))
+def mismatch_message(headers: dict, group, when: str = "") -> str:
+    """The error text for ranks that disagree: each rank's values, one line per rank (`when`: the
+    call it happened in, where that is not this one)."""
+    lines = "\n".join(f"  rank {r}: {_line(h)}" for r, h in sorted(headers.items()))
     return (
         f"lasp_fx sequence-parallel linear_attention: the ranks of group {group.group_name!r} passed "
-        f"different inputs:\n{lines}\nEvery rank must pass its equal-length slice of one sequence (same "
+        f"different inputs{when}:\n{lines}\nEvery rank must pass its equal-length slice of one sequence (same "
         "batch, heads, head dims, dtype, decay form, scale and method) on every call; shard the sequence "
         "evenly over the group."
     )
+
+
+def _line(h: "Header | None") -> str:
+    if h is None:
+        return "no lasp_fx header"
+    if h.status == RELAYED:
+        return f"{h.describe()}; passed on a state from a rank whose inputs differ"
+    return h.describe()

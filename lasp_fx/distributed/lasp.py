@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lasp_fx.distributed import allgather, header, peer, ring
+from lasp_fx.distributed import allgather, header, peer, ring, watch
 from lasp_fx.config import DEFAULT_TIMEOUT, Method, choose
 from lasp_fx.distributed.cost import resolve_method
 from lasp_fx.distributed.group import resolve_group
@@ -66,8 +66,10 @@ def _slice_decay(log_decay: Optional[Tensor], q: Tensor, runs: Optional[Tensor] 
 def _link(q, k, v, log_decay, scale, group, method, timeout, direction, peers: bool = False, runs=None) -> Link:
     B, _, H, D = q.shape
     head = header.make(q, k, v, log_decay, scale, method, direction, group.rank(), documents=runs is not None)
+    host = checks_on_host(q.device)
     return Link(group, head, timeout, (B, H, D, v.shape[-1]), chunked.acc_dtype(q.dtype), q.device,
-                log_decay is not None or runs is not None, checks_on_host(q.device), peers=peers)
+                log_decay is not None or runs is not None, host, peers=peers,
+                watch=None if host else watch.of(group, q.device))
 
 
 def _guarded(link: Link, method: str, run):
@@ -88,6 +90,8 @@ def _forward(q, k, v, log_decay, initial_state, scale, group, method, check, tim
     """(o, X_r, X_{r-1}, saved states) on this rank; X_{r-1} is None on rank 0 when there is no initial state."""
     method, peers = _method(method, group, q, v)
     link = _link(q, k, v, log_decay, scale, group, method, timeout, "forward", peers, runs)
+    if link.watch is not None:  # a mismatch an earlier call's kernels found raises here, on every rank alike
+        link.watch.start(True, group)
     if check:
         check_same_inputs(link)
     kern, rank, A = kernels_for(q), group.rank(), _slice_decay(log_decay, q, runs)
@@ -138,6 +142,8 @@ def _gradients(
         runs=runs,
     ))
     wait_all(sends, link)
+    if link.watch is not None:  # queue the copy of what this call's kernels found, for the next step
+        link.watch.finish(False)
     # contiguous: the fake promises empty_like(log_decay), and a per-token gradient scanned along T may not be
     dlog_decay = q.new_empty(0) if dG is None else kern.log_decay_grad(dG, log_decay).contiguous()
     return dq, dk, dv, dlog_decay, ds_in
@@ -237,7 +243,8 @@ def sequence_parallel_attention(q, k, v, log_decay, initial_state, scale: float,
         group: ProcessGroup, DeviceMesh (1-D, or its "sp" dimension) or group name.
         method: "ring" (P2P chain), "allgather" (one collective) or "auto" (cost.estimate decides).
         check: all-gather the call's header first and raise on every rank if they differ (meta.py);
-            without it the header the states carry is still checked by each receiver (header.py).
+            without it the header the states carry is still checked by each receiver (header.py;
+            on CUDA raised at the latest at the next call's forward: watch.py).
         timeout: seconds a rank waits for a peer's state on a CPU group before ExchangeTimeoutError
             (on CUDA the process group's own timeout bounds NCCL's waits: link.py).
         cu_seqlens, document_ids: packed documents of the whole sequence (all ranks' tokens), the

@@ -44,6 +44,13 @@ class Link:
     """Whether this rank's message of this direction has left (then there is nothing to abandon)."""
     peers: bool = False
     """Whether the all-gather goes through peer memory (peer.usable, asked once per call)."""
+    watch: object = None
+    """The CUDA path's record of mismatched headers (distributed/watch.py: the group's Watch), else None."""
+
+    @property
+    def record(self):
+        """Where the exchange kernels write a mismatched header (Watch.rows), or None."""
+        return None if self.watch is None else self.watch.rows
 
     @property
     def on_host(self) -> bool:
@@ -70,16 +77,19 @@ class Link:
         """rows [m, n + SIZE] from ranks `sources`: the payloads [m, n], once the headers check out.
 
         On the host a FAILED header raises RankFailedError and a different one RankMismatchError;
-        on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring). The
-        exchanges' CUDA paths check inside their combination kernels instead (distributed/kernels/gathered.py).
+        on CUDA a mismatch of any row makes every payload NaN (no host sync: module docstring) and
+        is written into the watch (raised at the next step: distributed/watch.py). The exchanges'
+        CUDA paths check inside their combination kernels instead (distributed/kernels/gathered.py).
         """
         payload, tails = rows[:, : -hdr.SIZE], rows[:, -hdr.SIZE:]
         if not sources:
             return payload
         if not self.on_host:
             # status included: a FAILED sender never matches; a slice, so no index tensor to copy over
-            bad = (tails[:, hdr.CHECKED] != self.tail()[hdr.CHECKED]).any()
-            return torch.where(bad, torch.nan, payload)
+            differs = (tails[:, hdr.CHECKED] != self.tail()[hdr.CHECKED]).any(1)
+            if self.watch is not None:
+                self.watch.note(differs, tails, sources, self.tail())
+            return torch.where(differs.any(), torch.nan, payload)
         got = {src: hdr.Header.decode(t) for src, t in zip(sources, tails.tolist())}
         for src, h in got.items():
             if h is None:

@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from lasp_fx.config import DEFAULT_TIMEOUT, ShardSpec
 from lasp_fx.distributed.errors import ExchangeTimeoutError, RankMismatchError
 from lasp_fx.distributed.group import SP_DIM, resolve_group
+from lasp_fx.distributed.link import checks_on_host
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,11 @@ class SequenceMesh:
 
         On the first call always. After it only where the group has a CPU backend (gloo), where
         the check is one all-gather of 8 bytes on the host: on an NCCL group it would wait for the
-        GPU, so there the state messages' headers check each call instead (distributed/header.py).
+        GPU, so there the state messages' headers check each call instead (distributed/header.py,
+        distributed/watch.py); LASP_FX_DEVICE_CHECKS=1 does the same on gloo (link.checks_on_host).
         """
-        on_host = torch.device("cpu") in getattr(self.group, "_device_types", [torch.device("cpu")])
+        cpu = torch.device("cpu")
+        on_host = cpu in getattr(self.group, "_device_types", [cpu]) and checks_on_host(cpu)
         if not first and not on_host:
             return
         flat, _ = tree_flatten((args, kwargs))

@@ -1,8 +1,9 @@
 """check=True: every rank's header gathered before any state moves, so a mismatch raises on every rank alike.
 
 The headers the states carry are checked one-sidedly by their receivers, and on CUDA a mismatch
-turns into NaN; this one all-gather of 64 values makes every rank raise the same
-RankMismatchError and leaves the group usable (on an NCCL-only group at the cost of a host sync).
+turns into NaN, raised only at the next step (watch.py); this one all-gather of 64 values makes
+every rank raise the same RankMismatchError in the call itself and leaves the group usable (on an
+NCCL-only group at the cost of a host sync).
 """
 
 from __future__ import annotations

@@ -98,12 +98,12 @@ def _build(group, tiles: int, device: torch.device) -> PeerBuffers:
     )
 
 
-def exchange(x: Tensor, log_decay, d_final, group, forward: bool, own_tail=None, checked: int = 0):
+def exchange(x: Tensor, log_decay, d_final, group, forward: bool, own_tail=None, checked: int = 0, watch=None):
     """(late, end) of distributed/kernels/gathered.py through peer memory; see distributed/kernels/peer.exchange
-    (with `own_tail`, the senders' headers are checked in the kernel)."""
+    (with `own_tail`, the senders' headers are checked in the kernel, a mismatch recorded in `watch`)."""
     bufs = buffers(group, x.shape, x.device)
     return kernel.exchange(x, log_decay, d_final, group.rank(), group.size(), forward, bufs, own_tail=own_tail,
-                           checked=checked)
+                           checked=checked, watch=watch)
 
 
 def release() -> None:

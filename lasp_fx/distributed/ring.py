@@ -32,12 +32,14 @@ def _recv(link: Link, src: int) -> Tensor:
 def _carry(link: Link, msg: Tensor, src: int, own: Tensor, log_decay, d_final, seal: bool):
     """(late, end, the next message or None): late = the state in `msg` once its header checks out
     (+ d_final), end = exp(A) late + own. On CUDA one kernel, which also writes end into the next
-    message with this rank's header (`seal`); on the host the header is read and a mismatch raises."""
+    message with this rank's header (`seal`) and records a mismatch in the watch (distributed/watch.py);
+    on the host the header is read and a mismatch raises."""
     if link.on_host:
         late = link.open(msg[None], [src])[0].view(link.state_shape)
         late = late if d_final is None else late + d_final
         return late, step(late, log_decay, own), None
-    late, end = checked_step(msg, link.tail(), own, log_decay, d_final, seal=seal, checked=header.CHECKED.stop)
+    late, end = checked_step(msg, link.tail(), own, log_decay, d_final, seal=seal, checked=header.CHECKED.stop,
+                             watch=link.record, src=src)
     if not seal:
         return late, end, None
     return late, end[: own.numel()].view(own.shape), end

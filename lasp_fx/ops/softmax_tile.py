@@ -103,8 +103,13 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
     H, Hk = q.shape[1], k.shape[1]
     ke, ve = _expand_heads(k, H), _expand_heads(v, H)
     kernel = kernel_for(q, ke, ve, mask is not None)
-    # exp(score - inf) = 0: a row that saw nothing gives nothing, instead of exp(score + inf)
-    lse = lse.masked_fill(torch.isneginf(lse), float("inf"))
+    if mask is not None:
+        # A row that saw no key anywhere (lse -inf) is masked in every tile, so with any finite lse its
+        # probabilities are exp(-inf) = 0; a zero `do` makes its dP and rowsum(dO * O) zero too. No
+        # infinity enters a kernel (the memory-efficient kernel gave inf dq / dk in bf16 with lse = +inf).
+        empty = torch.isneginf(lse)
+        lse = lse.masked_fill(empty, 0.0)
+        do = do.masked_fill(empty[..., None], 0.0)
     if kernel == "flash":
         L, S = q.shape[2], k.shape[2]
         unused = torch.empty((), dtype=torch.long)  # the dropout RNG state: dropout is 0

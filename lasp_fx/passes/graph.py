@@ -177,7 +177,7 @@ def source_of(node: Node) -> tuple[str, str]:
     if not (user or frames):
         return "<unknown>", ""
     path, lineno, code, _ = (user or frames)[-1]
-    return f"{_short_path(path)}:{lineno}", code
+    return f"{short_path(path)}:{lineno}", code
 
 
 def source_function(node: Node) -> str | None:
@@ -187,12 +187,20 @@ def source_function(node: Node) -> str | None:
     return (user or frames)[-1][3] if (user or frames) else None
 
 
-def _short_path(path: str) -> str:
+def short_path(path: str) -> str:
+    """`path` as a user reads it: relative to the working directory when under it, from the
+    package's folder for an installed package (`transformers/models/...`), else whole."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
         return path
-    return path if rel.startswith("..") else rel
+    if not rel.startswith(".."):
+        return rel
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in ("site-packages", "dist-packages"):
+            return os.sep.join(parts[i + 1:])
+    return path
 
 
 def module_path(node: Node) -> str:

@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
+
+
+class _Models:
+    """Models dynamo cannot trace as one graph, each in its own way (rows "parallelize-trace-*")."""
+
+    class LoopOnValues(torch.nn.Module):
+        def forward(self, ids):
+            out = torch.zeros(ids.shape, dtype=torch.float64)
+            for i in ids.flatten().unique():  # one step per distinct value: a count set by the data
+                out = out + (ids == i)
+            return out
+
+    class Lock(torch.nn.Module):
+        def forward(self, ids):
+            with _LOCK:
+                return ids * 2.0
+
+    class Asserts(torch.nn.Module):
+        def forward(self, ids):
+            assert ids.shape[1] % 4 == 0, f"length {ids.shape[1]} is not a multiple of 4"
+            return ids * 2.0
+
+    class FixedLength(torch.nn.Module):
+        def forward(self, ids):
+            return torch.stack([ids[:, t] * 2.0 for t in range(ids.shape[1])], 1)
+
+
+_LOCK = threading.Lock()
 
 
 def _call(row: str):
@@ -17,6 +47,10 @@ def _call(row: str):
         return lasp_fx.shard_batch(torch.zeros(2, 2, dtype=torch.long))
     if row == "shard_batch-no-seq-dim":
         return lasp_fx.shard_batch(torch.zeros(5))
+    if row.startswith("parallelize-trace-"):
+        kind = {"loop-on-values": "LoopOnValues", "lock": "Lock", "asserts": "Asserts", "fixed-length": "FixedLength"}
+        model = lasp_fx.parallelize(getattr(_Models, kind[row.removeprefix("parallelize-trace-")])(), compiler="eager")
+        return model(torch.arange(12).view(2, 6) % 3)  # 3 tokens a rank
     model = lasp_fx.parallelize(torch.nn.Embedding(8, 4).double(), compiler="eager")
     if row == "parallelize-dtensor-replicated":
         mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("sp",))

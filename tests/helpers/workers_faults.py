@@ -110,3 +110,48 @@ def device_mismatch(rank: int, world: int, method: str) -> dict:
     o.sum().backward()
     return {"o finite": bool(torch.isfinite(o).all()),
             "grads finite": all(bool(torch.isfinite(t.grad).all()) for t in x.values())}
+
+
+def later_mismatch(rank: int, world: int, method: str) -> list:
+    """The CUDA path (LASP_FX_DEVICE_CHECKS=1): three steps of forward + backward with check=False, rank
+    world - 1 passing a shorter slice in the second. Per step: its error, and whether o and the gradients
+    were finite; a step that raised ends the run (the next would be the user's to decide)."""
+    outcomes = []
+    for step in range(3):
+        x = _inputs(6 if step == 1 and rank == world - 1 else 8, decay=True, seed=step)
+        start, error, finite = time.monotonic(), None, None
+        try:
+            o = lasp_fx.linear_attention(**x, group=dist.group.WORLD, method=method, check=False, timeout=30.0)
+            o.sum().backward()
+            finite = bool(torch.isfinite(o).all()) and all(bool(torch.isfinite(t.grad).all()) for t in x.values())
+        except Exception as e:  # noqa: BLE001 - what was raised is the result
+            error = e
+        outcomes.append(dict(_outcome(start, error), finite=finite))
+        if error is not None:
+            break
+    return outcomes
+
+
+def parallelize_later_mismatch(rank: int, world: int, method: str) -> list:
+    """parallelize() on the CUDA path (LASP_FX_DEVICE_CHECKS=1: after the first call only the state
+    headers check): three steps, rank world - 1 passing a shorter slice in the second. Per step: its
+    error, and whether the loss was finite."""
+    from tests.helpers.workers_parallel import build
+
+    model = lasp_fx.parallelize(build("examples.models:LightningLM"), compiler="eager", inputs="local",
+                                method=method, timeout=60.0)
+    outcomes = []
+    for step in range(3):
+        ids = torch.arange(6 if step == 1 and rank == world - 1 else 8).remainder(32)[None]
+        dist.barrier()  # the first call compiles for seconds, unevenly: start each step together
+        start, error, finite = time.monotonic(), None, None
+        try:
+            loss = model(ids, labels=ids)
+            loss.backward()
+            finite = bool(torch.isfinite(loss))
+        except Exception as e:  # noqa: BLE001
+            error = e
+        outcomes.append(dict(_outcome(start, error), finite=finite))
+        if error is not None:
+            break
+    return outcomes

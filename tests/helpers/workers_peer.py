@@ -35,16 +35,18 @@ def exchanges(rank: int, P: int, tmp: str, calls: list, spin: int = 1 << 20, len
     """Run `calls` [(forward, x [P, B, H, D, E], a [P, B, H] or None, d_final or None), ...] in order,
     this rank passing its own x and a; returns [(late, end), ...] and the flags left behind, as numpy
     arrays (a tensor sent back would be shared memory that dies with this process). With `lengths`,
-    each rank's header says its slice is lengths[rank] tokens long, and the kernel checks them."""
+    each rank's header says its slice is lengths[rank] tokens long, and the kernel checks them and
+    records a mismatch in a watch (distributed/watch.py), returned third."""
     bufs = _buffers(rank, P, tmp, calls[0][1].shape[1:])
     tail = {}
     if lengths is not None:
-        from lasp_fx.distributed import header
+        from lasp_fx.distributed import header, watch
 
         B, H, D, E = calls[0][1].shape[1:]
         q = torch.zeros(B, lengths[rank], H, D)
         head = header.make(q, q, torch.zeros(B, lengths[rank], H, E), None, 1.0, "allgather", "forward", rank)
-        tail = dict(own_tail=header.as_tensor(head, q), checked=header.CHECKED.stop)
+        tail = dict(own_tail=header.as_tensor(head, q), checked=header.CHECKED.stop,
+                    watch=torch.zeros(P + 1, watch.ROW))
     dist.barrier()
     out = []
     for forward, x, a, d_final in calls:
@@ -52,7 +54,7 @@ def exchanges(rank: int, P: int, tmp: str, calls: list, spin: int = 1 << 20, len
                                     **tail)
         out.append((late.numpy(), end.numpy()))
     dist.barrier()  # every rank done: the flags must all be down again
-    return [out, bufs.flags.numpy().copy()]
+    return [out, bufs.flags.numpy().copy()] + ([tail["watch"].numpy()] if tail else [])
 
 
 def lone_receiver(rank: int, P: int, tmp: str, shape, spin: int) -> str:

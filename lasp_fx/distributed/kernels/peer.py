@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import INTERPRET
-from lasp_fx.distributed.kernels.gathered import _add_crossed, _differs, _store_ends
+from lasp_fx.distributed import header
+from lasp_fx.distributed.kernels.gathered import _add_crossed, _differs, _note, _store_ends
 from lasp_fx.ops.triton.launch import launch
 
 BLOCK = 1024  # values of the state per tile (and per flag): 4 KiB per store into a peer
@@ -40,9 +41,10 @@ def _await(flag, want, status, spin, TRAP: tl.constexpr):
 
 @triton.jit
 def _peer_kernel(
-    x, a, d_final, late, end, slots, peer_slots, flags, peer_flags, status, own_tail, rank, P, DE, NT, spin,
+    x, a, d_final, late, end, slots, peer_slots, flags, peer_flags, status, own_tail, watch, rank, P, DE, NT, spin,
     FORWARD: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_FINAL: tl.constexpr, BLOCK: tl.constexpr,
-    SLOT: tl.constexpr, TRAP: tl.constexpr, CHECKED: tl.constexpr,
+    SLOT: tl.constexpr, TRAP: tl.constexpr, CHECKED: tl.constexpr, WATCH: tl.constexpr, HEAD: tl.constexpr,
+    RANK_AT: tl.constexpr,
 ):  # fmt: skip
     i_e, i_bh = tl.program_id(0), tl.program_id(1)
     tile = i_bh * tl.num_programs(0) + i_e
@@ -79,7 +81,12 @@ def _peer_kernel(
         xj = tl.load(src + k, mask=mask, other=0.0)
         aj = tl.load(src + BLOCK) if HAS_DECAY else log_w
         if CHECKED > 0:
-            bad = tl.maximum(bad, _differs(src + BLOCK + 1, own_tail, CHECKED))
+            differs = _differs(src + BLOCK + 1, own_tail, CHECKED)
+            bad = tl.maximum(bad, differs)
+            if WATCH:  # the slot holds the checked values only: the sender's rank is j
+                noted = (differs > 0) & (tile == 0)
+                _note(watch, j, P, src + BLOCK + 1, own_tail, noted, CHECKED, HEAD)
+                tl.store(watch + j * (HEAD + 1) + 1 + RANK_AT, j.to(tl.float32), mask=noted)
         acc, log_w = _add_crossed(acc, log_w, xj, aj, HAS_DECAY)
         tl.debug_barrier()  # every thread has read the slot
         tl.atomic_xchg(flag, 0, sem="release", scope="sys")
@@ -95,7 +102,7 @@ def tiles(B: int, H: int, D: int, E: int) -> int:
 
 
 def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 1 << 30, own_tail=None,
-             checked: int = 0):
+             checked: int = 0, watch=None):
     """(late, end) of gathered.py's docstring, the states coming straight from the other ranks' pushes.
 
     Args:
@@ -110,6 +117,7 @@ def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 
             checkpoint save) is waited for, and a dead one still ends in an error.
         own_tail, checked: this rank's header (float32) and how many of its first values every
             sender's must equal (at most 30: they ride in the slot's padding), or the results are NaN.
+        watch: Watch.rows (distributed/watch.py), where a differing header is also written.
     """
     B, H, D, E = x.shape
     x = x.contiguous()
@@ -118,9 +126,10 @@ def exchange(x, a, d_final, rank: int, P: int, forward: bool, bufs, spin: int = 
         _peer_kernel, (triton.cdiv(D * E, BLOCK), B * H),
         x, x if a is None else a.contiguous(), late if d_final is None else d_final.contiguous(), late, end,
         bufs.slots, bufs.peer_slots, bufs.flags, bufs.peer_flags, bufs.status, x if own_tail is None else own_tail,
-        rank, P, D * E, tiles(B, H, D, E), spin, FORWARD=forward, HAS_DECAY=a is not None,
-        HAS_FINAL=d_final is not None, BLOCK=BLOCK, SLOT=SLOT, TRAP=not INTERPRET,
-        CHECKED=0 if own_tail is None else checked, num_warps=4,
+        x if watch is None else watch, rank, P, D * E, tiles(B, H, D, E), spin, FORWARD=forward,
+        HAS_DECAY=a is not None, HAS_FINAL=d_final is not None, BLOCK=BLOCK, SLOT=SLOT, TRAP=not INTERPRET,
+        CHECKED=0 if own_tail is None else checked, WATCH=watch is not None and own_tail is not None,
+        HEAD=header.SIZE, RANK_AT=header.RANK_AT, num_warps=4,
     )  # fmt: skip
     if INTERPRET and bool(bufs.status.item()):  # the interpreter runs synchronously: say it at once
         raise RuntimeError(f"peer exchange: rank {rank} of {P} waited too long for another rank's state")

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_runs, config,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode,
-    head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, segment_chunks,
+    head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
@@ -37,14 +37,8 @@ def _dq_kernel(
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
-    i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    rk = i_k * BK + tl.arange(0, BK)
-    re = tl.arange(0, BE)
-    rc = tl.arange(0, C)
-    hk = i_h // (H // HK)
-    q_base = head_base(q, i_b, T, H, i_h, D)
-    k_base = head_base(k, i_b, T, HK, hk, D)
+    i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
+    i_k = tl.program_id(0)
     v_base = head_base(v, i_b, T, HK, hk, E)
     do_base = head_base(do, i_b, T, H, i_h, E)
     dq_base = head_base(dq, i_b, T, H, i_h, D)
@@ -54,9 +48,7 @@ def _dq_kernel(
                     G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
 
     for c in range(0, NSUB):
-        t = (i_s * NSUB + c) * C + rc
-        valid = t < T
-        r, r_in, r_out = chunk_runs(runs, i_b, (i_s * NSUB + c) * C, t, valid, T, C, HAS_RUNS)
+        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + c) * C, T, C, HAS_RUNS)
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
@@ -104,14 +96,8 @@ def _dk_kernel(
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
-    i_k, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    rk = i_k * BK + tl.arange(0, BK)
-    re = tl.arange(0, BE)
-    rc = tl.arange(0, C)
-    hk = i_h // (H // HK)
-    q_base = head_base(q, i_b, T, H, i_h, D)
-    k_base = head_base(k, i_b, T, HK, hk, D)
+    i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
+    i_k = tl.program_id(0)
     v_base = head_base(v, i_b, T, HK, hk, E)
     do_base = head_base(do, i_b, T, H, i_h, E)
     dk_base = head_base(dk, i_b, T, H, i_h, D)  # per query head (H == HK without GQA)
@@ -120,10 +106,7 @@ def _dk_kernel(
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t0 = (i_s * NSUB + NSUB - 1 - ci) * C
-        t = t0 + rc
-        valid = t < T
-        r, r_in, r_out = chunk_runs(runs, i_b, t0, t, valid, T, C, HAS_RUNS)
+        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
@@ -162,13 +145,7 @@ def _dv_kernel(
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
-    i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    rd = tl.arange(0, BD)
-    re = i_v * BV + tl.arange(0, BV)
-    rc = tl.arange(0, C)
-    q_base = head_base(q, i_b, T, H, i_h, D)
-    k_base = head_base(k, i_b, T, HK, i_h // (H // HK), D)
+    i_s, i_bh, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
     do_base = head_base(do, i_b, T, H, i_h, E)
     dv_base = head_base(dv, i_b, T, H, i_h, E)  # per query head (H == HK without GQA)
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
@@ -176,10 +153,7 @@ def _dv_kernel(
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t0 = (i_s * NSUB + NSUB - 1 - ci) * C
-        t = t0 + rc
-        valid = t < T
-        r, r_in, r_out = chunk_runs(runs, i_b, t0, t, valid, T, C, HAS_RUNS)
+        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
         kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
         qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]

@@ -8,7 +8,7 @@ transposes a dot result (docs/design.md §2).
 Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
 ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
 the tokens a chunk's entering state reaches, the tokens that reach its leaving state, and
-whether the chunk passes its entering state on at all (`chunk_runs`); a late state reaches only
+whether the chunk passes its entering state on at all (`chunk_tokens`); a late state reaches only
 the segments before the slice's first document start (`late_tile`). The decays stay the tokens'
 own: no -inf enters any sum. Without documents the masks are compiled out.
 """
@@ -161,6 +161,21 @@ def head_base(x, i_b, T, heads, head, F):
 
 
 @triton.jit
+def program_tiles(q, k, T, H, HK, D, C: tl.constexpr, B_TILED: tl.constexpr, B_WHOLE: tl.constexpr):
+    """Where a program of the output and gradient kernels works, on their grid (feature tile,
+    segment, batch row x query head): (segment, batch x head, batch row, query head, the key head
+    it reads (H // HK query heads share one), the feature range of its tile, the whole other
+    feature range, a chunk's positions, and the bases of its heads in q and k)."""
+    i_s, i_bh = tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    hk = i_h // (H // HK)
+    r_tiled = tl.program_id(0) * B_TILED + tl.arange(0, B_TILED)
+    r_whole = tl.arange(0, B_WHOLE)
+    q_base, k_base = head_base(q, i_b, T, H, i_h, D), head_base(k, i_b, T, HK, hk, D)
+    return i_s, i_bh, i_b, i_h, hk, r_tiled, r_whole, tl.arange(0, C), q_base, k_base
+
+
+@triton.jit
 def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
     """log2-decays of a chunk's tokens (0 past the end of the sequence): their running sum b [C]
     from the chunk's start, and the chunk's total a."""
@@ -172,10 +187,13 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
 
 
 @triton.jit
-def chunk_runs(runs, i_b, t0, t, valid, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """Packed documents of the chunk starting at t0: each token's run [C] (-1 past T), the run of
-    the state entering the chunk and of the state leaving it (its last real token's). Without
-    HAS_RUNS, placeholders that no kernel reads."""
+def chunk_tokens(runs, i_b, t0, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
+    """The chunk starting at t0: its tokens t [C], which of them are before T, and their packed
+    documents: each token's run [C] (-1 past T), the run of the state entering the chunk and of
+    the state leaving it (its last real token's). Without HAS_RUNS, runs are placeholders that no
+    kernel reads."""
+    t = t0 + tl.arange(0, C)
+    valid = t < T
     r = t
     r_in = t0
     r_out = t0
@@ -184,7 +202,7 @@ def chunk_runs(runs, i_b, t0, t, valid, T, C: tl.constexpr, HAS_RUNS: tl.constex
         r = tl.load(base + 1 + t, mask=valid, other=-1)
         r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
         r_out = tl.load(base + tl.minimum(t0 + C, T))
-    return r, r_in, r_out
+    return t, valid, r, r_in, r_out
 
 
 @triton.jit

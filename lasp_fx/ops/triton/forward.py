@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_runs, config, decay_mode,
-    head_base, dot_precision, late_state, load_cols, load_rows, saved_shape, segment_chunks,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode,
+    head_base, dot_precision, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
@@ -27,14 +27,8 @@ def _out_kernel(
     G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr,
     PREC: tl.constexpr, C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
-    i_v, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    rd = tl.arange(0, BD)
-    re = i_v * BV + tl.arange(0, BV)
-    rc = tl.arange(0, C)
-    q_base = head_base(q, i_b, T, H, i_h, D)
-    k_base = head_base(k, i_b, T, HK, i_h // (H // HK), D)
-    v_base = head_base(v, i_b, T, HK, i_h // (H // HK), E)
+    i_s, i_bh, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
+    v_base = head_base(v, i_b, T, HK, hk, E)
     o_base = head_base(o, i_b, T, H, i_h, E)
     s_ptr = S + ((i_b.to(tl.int64) * HS + i_h // (H // HS)) * (NSEG - 1) + i_s - 1) * D * E  # none for segment 0
     # [BD, BV] float32, plus a state that entered the slice after the state pass (HAS_LATE)
@@ -45,9 +39,7 @@ def _out_kernel(
     )  # fmt: skip
 
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t = t_first + c * C + rc
-        valid = t < T
-        r, r_in, r_out = chunk_runs(runs, i_b, t_first + c * C, t, valid, T, C, HAS_RUNS)
+        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_first + c * C, T, C, HAS_RUNS)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]

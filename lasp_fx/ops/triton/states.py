@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, chunk_runs, config, head_base, dot_precision, load_cols, load_rows,
+    CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, head_base, dot_precision, load_cols, load_rows,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
@@ -36,7 +36,6 @@ def _local_kernel(
     n_y = tl.cdiv(DY, BY)
     rx = (i_tile // n_y) * BX + tl.arange(0, BX)
     ry = (i_tile % n_y) * BY + tl.arange(0, BY)
-    rc = tl.arange(0, C)
     x_base = head_base(x, i_b, T, HX, i_h // (HS // HX), DX)
     y_base = head_base(y, i_b, T, HY, i_h // (HS // HY), DY)
 
@@ -47,11 +46,9 @@ def _local_kernel(
     if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t = t_seg + c * C + rc
-        valid = t < T
+        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_seg + c * C, T, C, HAS_RUNS)
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        r, r_in, r_out = chunk_runs(runs, i_b, t_seg + c * C, t, valid, T, C, HAS_RUNS)
         if HAS_RUNS:  # which tokens get there (TO_END: the chunk's end; else: the segment's start)
             reach = (r == r_out) if TO_END else (r == r_seg)
         if G_MODE == 0:

@@ -34,3 +34,18 @@ class InspectReport:
         softmax = f", {len(self.softmax)} softmax attention layer(s) left as they are" if self.softmax else ""
         lines.append(f"{len(self.matches)} match(es), {len(self.near_misses)} near-miss(es){softmax}")
         return "\n".join(lines)
+
+    def near_miss_lines(self, limit: int = 8) -> list[str]:
+        """One line per distinct (source line, reason) of the near-misses, in graph order, with how
+        many near-misses share it; past `limit` lines, one saying how many more and where to see them.
+        A loop unrolled in the graph repeats one near-miss per iteration: grouped, the one that
+        matters is not hidden behind copies of another."""
+        groups: dict[tuple[str, str], int] = {}
+        for n in self.near_misses:
+            groups[(n.source, n.reason)] = groups.get((n.source, n.reason), 0) + 1
+        lines = [f"attention not rewritten at {source}: {reason}" + (f" (x{count})" if count > 1 else "")
+                 for (source, reason), count in groups.items()]
+        if len(lines) > limit:
+            lines[limit:] = [f"and {len(lines) - limit} more near-miss line(s): lasp_fx.inspect(model, *inputs) or "
+                             "`lasp-fx inspect MODULE:FACTORY` lists every one"]
+        return lines
