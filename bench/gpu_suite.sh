@@ -32,6 +32,7 @@
 #   packed bench/check_packed_gpu.py --quick (packed kernels against float64), then bench/packed.py (128K tokens,
 #          documents of 4K, against the unpacked op) (~200 s)
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
+#   trainpack bench/check_train_pack_gpu.py: examples/train.py --pack under parallelize() against the plain model (~120 s)
 #   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
 #          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
@@ -137,6 +138,7 @@ for part in $PARTS; do
             CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/packed.py --json "$OUT/packed.json" ;;
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
+    trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;
     smoke) smoke ;;
     smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;
