@@ -136,6 +136,35 @@ class CheckpointedLM(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
+@torch.compiler.nested_compile_region
+def _mlp_region(block, x):
+    return block.mlp(block.norm2(x))
+
+
+class CompiledRegionLM(nn.Module):
+    """The lightning example with each block's MLP in a nested compile region (compiled once, called
+    per block and tile) on 3 checkpointed tiles of the sequence."""
+
+    def __init__(self):
+        super().__init__()
+        from examples.models import LightningLM
+
+        self.lm = LightningLM()
+
+    def forward(self, ids, labels=None):
+        from examples.models.common import in_tiles
+
+        lm = self.lm
+        x = lm.embed(ids)
+        for block in lm.blocks:
+            x = x + block.mixer(block.norm1(x))
+            x = x + in_tiles(lambda t, block=block: _mlp_region(block, t), 3, x)
+        logits = lm.head(lm.norm(x))
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 class ChunkedLossLM(nn.Module):
     """An embedding, residual position-wise blocks (checkpoint them with lasp_fx.memory.checkpoint_blocks)
     and the examples' vocabulary-chunked loss: a model whose step memory is mostly the loss's backward."""
