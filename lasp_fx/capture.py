@@ -125,7 +125,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
         gm: the torch-level graph a torch.compile backend receives.
         example_inputs: its example inputs (real or fake tensors; parameters included).
     """
-    inline_checkpoints(gm)
+    inline_regions(gm)
     fake_mode = torch._guards.detect_fake_mode(example_inputs) or torch._subclasses.FakeTensorMode()
     with fake_mode, torch.fx.traceback.preserve_node_meta():
         fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
@@ -136,7 +136,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     return drop_dead_mutations(drop_noop_slices(functionalize_inplace(out)))
 
 
-def inline_checkpoints(gm: GraphModule) -> GraphModule:
+def inline_regions(gm: GraphModule) -> GraphModule:
     """Inline activation-checkpoint regions (dynamo's tag_activation_checkpoint) and nested compile
     regions (torch.compiler.nested_compile_region's invoke_subgraph) into the graph.
 

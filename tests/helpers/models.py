@@ -112,6 +112,14 @@ class HFLlama(nn.Module):
         return out.logits if labels is None else out.loss
 
 
+def _head_and_loss(lm, x, labels):
+    """The example LM's final norm and head on hidden states x; the mean cross-entropy with labels."""
+    logits = lm.head(lm.norm(x))
+    if labels is None:
+        return logits
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 class CheckpointedLM(nn.Module):
     """The lightning example with activation checkpointing on every block (non-reentrant, or the
     reentrant form with use_reentrant=True)."""
@@ -130,10 +138,7 @@ class CheckpointedLM(nn.Module):
         x = lm.embed(ids)
         for block in lm.blocks:
             x = checkpoint(block, x, use_reentrant=self.use_reentrant)
-        logits = lm.head(lm.norm(x))
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return _head_and_loss(lm, x, labels)
 
 
 @torch.compiler.nested_compile_region
@@ -159,10 +164,7 @@ class CompiledRegionLM(nn.Module):
         for block in lm.blocks:
             x = x + block.mixer(block.norm1(x))
             x = x + in_tiles(lambda t, block=block: _mlp_region(block, t), 3, x)
-        logits = lm.head(lm.norm(x))
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return _head_and_loss(lm, x, labels)
 
 
 class ChunkedLossLM(nn.Module):
