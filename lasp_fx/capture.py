@@ -193,9 +193,24 @@ def inline_regions(gm: GraphModule) -> GraphModule:
             gm.graph.erase_node(call)
             if not body_attr.users:  # the last call of a nested compile region's body
                 gm.graph.erase_node(body_attr)
+    _save_region_outputs(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _save_region_outputs(gm: GraphModule) -> None:
+    """Tag MUST_SAVE each checkpointed value that code outside every region reads (the last block's
+    output, read by the final norm), as eager checkpointing keeps it: the partitioner saves what
+    feeds a later region, but otherwise recomputes the whole region before that code's backward,
+    holding all of the region's recomputed activations (every tile's) at once."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    for node in gm.graph.nodes:
+        if node.meta.get("recompute") is CheckpointPolicy.PREFER_RECOMPUTE and any(
+            user.op != "output" and "ac_graph_id" not in user.meta for user in node.users
+        ):
+            node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
 
 
 _HINTS = [
