@@ -35,6 +35,8 @@
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
 #   trainpack bench/check_train_pack_gpu.py: examples/train.py --pack under parallelize() against the plain model (~120 s)
 #   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
+#   memory bench/memory_breakdown.py: the ~1B LM's live tensors at a step's peak (or at its out-of-memory failure),
+#          with every lever, MEM_TOKENS tokens (default 1048576) and MEM_TILES tiles (default 4) ($OUT/mem.json; ~5 min)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
 #          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
 #   smoke-ranks  the same for check_peer_gpu.py, the torchrun scripts (sp.py, host.py's LASP cases, exchange.py:
@@ -90,7 +92,7 @@ smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, a
 }
 { echo "command: PARTS=\"$PARTS\"${SP_IMPLS:+ SP_IMPLS=$SP_IMPLS}${E2E_BUDGET:+ E2E_BUDGET=$E2E_BUDGET}\
 ${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${E2E_LEVERS:+ E2E_LEVERS=$E2E_LEVERS}\
-${E2E_VARIANTS:+ E2E_VARIANTS=$E2E_VARIANTS}${E2E_TILES:+ E2E_TILES=$E2E_TILES}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}\
+${E2E_VARIANTS:+ E2E_VARIANTS=$E2E_VARIANTS}${E2E_TILES:+ E2E_TILES=$E2E_TILES}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}${MEM_TOKENS:+ MEM_TOKENS=$MEM_TOKENS}${MEM_TILES:+ MEM_TILES=$MEM_TILES}\
  bash bench/gpu_suite.sh"
   date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
 for part in $PARTS; do
@@ -140,6 +142,8 @@ for part in $PARTS; do
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
     trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;
+    memory) CUDA_VISIBLE_DEVICES=0 timeout 560 torchrun --standalone --nproc-per-node=1 bench/memory_breakdown.py --device cuda \
+              --big --tokens "${MEM_TOKENS:-1048576}" --warm-tokens 16384 --tiles "${MEM_TILES:-4}" --top 40 --json "$OUT/mem.json" ;;
     smoke) smoke ;;
     smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;
