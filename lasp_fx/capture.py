@@ -206,9 +206,13 @@ def _save_region_outputs(gm: GraphModule) -> None:
     holding all of the region's recomputed activations (every tile's) at once."""
     from torch.utils.checkpoint import CheckpointPolicy
 
+    def reads_values(user):  # not a size query (x.size(1) outside needs no saved x)
+        return user.op != "output" and any(
+            isinstance(v, torch.Tensor) for v in pytree.tree_leaves(user.meta.get("example_value")))
+
     for node in gm.graph.nodes:
         if node.meta.get("recompute") is CheckpointPolicy.PREFER_RECOMPUTE and any(
-            user.op != "output" and "ac_graph_id" not in user.meta for user in node.users
+            "ac_graph_id" not in user.meta and reads_values(user) for user in node.users
         ):
             node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
 
