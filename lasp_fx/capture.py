@@ -142,7 +142,8 @@ def inline_regions(gm: GraphModule) -> GraphModule:
 
     The detector and the sharding pass see one flat graph; the inlined nodes of a checkpoint keep
     meta["recompute"] and meta["ac_graph_id"], which the re-trace carries onto the ATen nodes and
-    AOTAutograd's min-cut partitioner reads: those activations are still recomputed in backward.
+    AOTAutograd's min-cut partitioner reads: those activations are still recomputed in backward,
+    and a value that code outside every region reads is saved, as eager keeps it.
     A nested compile region only asks for its body to be compiled once: inlined, it computes the
     same (each call is compiled on its own, as without the decorator).
     """
