@@ -5,8 +5,9 @@ of the model's largest nn.ModuleList run under non-reentrant `torch.utils.checkp
 turns each call into a checkpoint region, the capture keeps its nodes tagged (capture.py
 `inline_regions`), and AOTAutograd's partitioner then saves only each block's inputs (and the
 last block's output, which the final norm reads) and recomputes the rest in backward.
-`inductor_options` keeps Inductor from undoing that order in the compiled backward. `offload` (ParallelConfig(offload=True)) then moves those saved values to
-host memory between forward and backward. The function computed, and every gradient, stay the same.
+`inductor_options` keeps Inductor from undoing that order in the compiled backward. `offload`
+(ParallelConfig(offload=True)) then moves those saved values to host memory between forward and
+backward. The function computed, and every gradient, stay the same.
 """
 
 from __future__ import annotations
