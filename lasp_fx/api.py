@@ -77,14 +77,16 @@ def _surface_errors(compiled, args, kwargs):
         BackendCompilerFailed, InternalTorchDynamoError, TorchRuntimeError, Unsupported, UserError,
     )  # fmt: skip
 
-    from lasp_fx.capture import explain, in_nested_region
+    from lasp_fx.capture import CHECKPOINT_SIDE_EFFECTS, explain, in_nested_region
 
     try:
         # Under DDP, dynamo would cut the graph into buckets for overlap (DDPOptimizer); the
         # sharding pass needs the whole graph, and DDP's hooks still reduce over "dp" after it.
         # Models of one class share the forward's code object, and dynamo's cache with it: each
         # parallelized instance (and each call signature) is a graph of its own, so allow more.
-        with torch._dynamo.config.patch(optimize_ddp=False, recompile_limit=_RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(
+            optimize_ddp=False, recompile_limit=_RECOMPILE_LIMIT, **CHECKPOINT_SIDE_EFFECTS
+        ):
             return compiled(*args, **kwargs)
     except BackendCompilerFailed as e:
         inner = getattr(e, "inner_exception", None)

@@ -101,6 +101,16 @@ def _capture_export(model, args, kwargs, seq_dim: int | None = None) -> Captured
     return Captured(gm, flat, "export")
 
 
+# A Python side effect inside a checkpointed block (HF's kernels hub sets a context variable around its
+# kernel functions, in every decoder layer) stops dynamo unless it may skip replaying it in backward.
+# The compiled backward recomputes the traced ops, never the Python: every tensor is the same either
+# way, and the side effect happens once, in forward, where eager checkpointing would repeat it.
+CHECKPOINT_SIDE_EFFECTS = (
+    {"skip_fwd_side_effects_in_bwd_under_checkpoint": True}
+    if hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint") else {}
+)
+
+
 def _capture_dynamo(model, args, kwargs) -> Captured:
     graphs: list[Captured] = []
 
@@ -110,7 +120,8 @@ def _capture_dynamo(model, args, kwargs) -> Captured:
 
     compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
     try:
-        compiled(*args, **kwargs)
+        with torch._dynamo.config.patch(**CHECKPOINT_SIDE_EFFECTS):
+            compiled(*args, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise explain(e) from e
     if len(graphs) != 1:
@@ -230,6 +241,10 @@ _HINTS = [
      "the model's own code raised this on the traced inputs; under parallelize() those are each rank's "
      "slice of the sequence (the length over the ranks), so a rule on the length (a multiple of a window, "
      "a chunk or a block) must hold for the slice: pick a length whose slices meet it"),
+    (("Unsafe side effect",),
+     "a Python side effect inside a checkpointed region (HF's kernels hub sets a context variable in every "
+     "decoder layer), which this torch's dynamo cannot be told to leave out of backward (torch's dynamo config "
+     "skip_fwd_side_effects_in_bwd_under_checkpoint): upgrade torch, or train without checkpointing those blocks"),
     (("graph break", "Unsupported", "fullgraph"),
      "the model must trace as one graph: remove the graph break at that line (print, Python side "
      "effects, locks, unsupported library calls), or wrap that call in a torch.library custom op; set-up "

@@ -98,7 +98,7 @@ class HFLlama(nn.Module):
     """A tiny HF transformers Llama (softmax attention, GQA, rotary, its own causal mask and loss
     shift), called as people call it: input ids, labels and the tokenizer's attention_mask, no cache."""
 
-    def __init__(self, vocab=32):
+    def __init__(self, vocab=32, gradient_checkpointing=False):
         super().__init__()
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -106,6 +106,8 @@ class HFLlama(nn.Module):
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                           attn_implementation="sdpa", use_cache=False)
         self.model = LlamaForCausalLM(cfg)
+        if gradient_checkpointing:  # as HF training scripts turn it on (active in train mode)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def forward(self, ids, labels=None, attention_mask=None):
         out = self.model(input_ids=ids, labels=labels, attention_mask=attention_mask, use_cache=False)
