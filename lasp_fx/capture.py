@@ -245,6 +245,9 @@ _HINTS = [
      "a Python side effect inside a checkpointed region (HF's kernels hub sets a context variable in every "
      "decoder layer), which this torch's dynamo cannot be told to leave out of backward (torch's dynamo config "
      "skip_fwd_side_effects_in_bwd_under_checkpoint): upgrade torch, or train without checkpointing those blocks"),
+    (("logging.Logger method",),
+     "a log call in the model's code stops the graph (HF warns once that use_cache=True is incompatible with "
+     "gradient checkpointing: call the model with use_cache=False, or set config.use_cache = False)"),
     (("graph break", "Unsupported", "fullgraph"),
      "the model must trace as one graph: remove the graph break at that line (print, Python side "
      "effects, locks, unsupported library calls), or wrap that call in a torch.library custom op; set-up "

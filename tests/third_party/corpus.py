@@ -71,6 +71,15 @@ THIRD_PARTY = {
     # no float64 kernel (the traced graph takes HF's fallback op)
     "hf_minimax": dict(model=f"{HF}:MiniMaxLM", kwargs={}, needs="transformers", matches=["block-loop", "block-loop"],
                        near=True, parallel=("equal", 1e-5), dtype="float32"),
+    # with HF's gradient checkpointing: each decoder layer a checkpoint region (kernels hub side effects in it);
+    # with use_cache left True, HF logs a warning in forward, which no one graph holds: the error says what to do
+    "hf_minimax_checkpointing": dict(model=f"{HF}:MiniMaxLM", kwargs={"checkpointing": True, "use_cache": False},
+                                     needs="transformers", matches=["block-loop", "block-loop"], near=True,
+                                     parallel=("equal", 1e-5), dtype="float32"),
+    "hf_minimax_checkpointing_use_cache": dict(
+        model=f"{HF}:MiniMaxLM", kwargs={"checkpointing": True}, needs="transformers", dtype="float32",
+        matches=["block-loop", "block-loop"], near=True,
+        parallel=("refused", ("generic.py:1189", "logger.warning_once", "use_cache=False"))),
     "hf_minimax_batched_mm": dict(model=f"{HF}:MiniMaxLM", kwargs={"experts": "batched_mm"}, needs="transformers",
                                   matches=["block-loop", "block-loop"], near=True, parallel=("equal", 1e-5),
                                   dtype="float32"),

@@ -28,9 +28,13 @@ class MiniMaxLM(LMHead):
     token: transformers' default `grouped_mm` experts sort the (token, expert) pairs by expert and
     put them back; `experts="batched_mm"` gathers each pair's expert weights instead."""
 
-    def __init__(self, block_size: int = 8, experts: str | None = None):
+    def __init__(self, block_size: int = 8, experts: str | None = None, checkpointing: bool = False,
+                 use_cache: bool = True):
         kwargs = {"experts_implementation": experts} if experts else {}
-        super().__init__(_from_config(_minimax_config(block_size), **kwargs).lm, logits=lambda out: out.logits)
+        config = _minimax_config(block_size, use_cache=use_cache)
+        super().__init__(_from_config(config, **kwargs).lm, logits=lambda out: out.logits)
+        if checkpointing:  # HF's gradient checkpointing, as training scripts turn it on
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 class MiniMaxAuxLossLM(nn.Module):
