@@ -21,6 +21,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode,
     head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, program_tiles, segment_chunks,
+    doc_starts, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
@@ -28,6 +29,35 @@ from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
+
+
+@triton.jit
+def _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, r, r_in, scale, H, HK, D,
+             G_MODE: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
+    """A chunk's dq [C, BK] and (DG) its share of q . dq - k . dk [C] (this D tile's). MASKED (a
+    document starts in the chunk): pairs of two documents drop out and S reaches the first only."""
+    dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
+    inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
+    if MASKED:
+        m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+        inter = tl.where((r == r_in)[:, None], inter, 0.0)
+    else:
+        m = chunk_mask(bc, rc, G_MODE, False, rc, False)
+    dq_inter = inter if G_MODE == 0 else inter * tl.exp2(bc)[:, None]
+    dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
+    dg = tl.sum(dqt, 1)  # a placeholder without DG (unused there: compiled out)
+    if DG:
+        # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
+        # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
+        # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
+        # Both sums are taken here: the dk kernel adds only its part through dS.
+        qt = load_rows(q_base, t, valid, H * D, rk, D)
+        # through S: with exp(b) q rounded as in dS's increments (module docstring)
+        qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
+        s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+        w = dp * m * s
+        dg = (tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qw * inter, 1)) * scale
+    return dqt, dg
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -46,47 +76,70 @@ def _dq_kernel(
     # S^T, plus an incoming state (s_in: the saved states hold the tokens' own states alone)
     st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
+    n_k = tl.cdiv(D, BK)
 
     for c in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + c) * C, T, C, HAS_RUNS)
+        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + c) * C, T, C, HAS_RUNS)
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
-        dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
-        inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
-        if HAS_RUNS:  # the state reaches the chunk's first document only
-            inter = tl.where((r == r_in)[:, None], inter, 0.0)
         if G_MODE == 0:
-            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
-            dq_inter = inter
+            bc = rc
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
-            dq_inter = inter * tl.exp2(bc)[:, None]
-        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
-        tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
+            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+        # Packed documents (as forward.py): the unpacked code stores the rows of the chunk's first
+        # document; the branch below does the others, and all of dG
+        rows = valid
+        if HAS_RUNS:
+            if r_in != r_out:
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_in)
+                if G_MODE != 0:  # only the chunk's last document reaches the state leaving it
+                    w_out = tl.where(r == r_out, w_out, 0.0)
+        dqt, dg = _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, rc, r_in, scale, H, HK, D,
+                           G_MODE, DG, SPLIT, False, PREC)
+        dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+        tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
+        dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         if DG:
-            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
-            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
-            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
-            # Both sums are taken here: the dk kernel adds only its part through dS.
-            qt = load_rows(q_base, t, valid, H * D, rk, D)
-            # through S: with exp(b) q rounded as in dS's increments (module docstring)
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
-            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-            w = dp * m * s
-            dg = tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qw * inter, 1)
-            n_k = tl.cdiv(D, BK)
-            tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
+            tl.store(dg_ptr, dg, mask=valid & (r_in == r_out) if HAS_RUNS else valid)
+        if HAS_RUNS:
+            if r_in != r_out:
+                r = token_runs(runs, i_b, t, valid, T)
+                dqt, dg = _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, r, r_in, scale, H, HK, D,
+                                   G_MODE, DG, SPLIT, True, PREC)
+                tl.store(dq_ptr, dqt, mask=(valid & (r != r_in))[:, None] & (rk[None, :] < D))
+                if DG:
+                    tl.store(dg_ptr, dg, mask=valid)
         if G_MODE != 0:
-            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype)
-            st = st * tl.exp2(a)
+            kw = (kt * w_out[:, None]).to(kt.dtype)
+            st = st * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
+            st += tl.dot(vt, kw, input_precision=PREC)
+        elif HAS_RUNS:
+            if r_in != r_out:  # k read again, masked to the last document: kt stays in shared memory
+                last = token_runs(runs, i_b, t, valid, T) == r_out
+                st = tl.dot(vt, load_rows(k_base, t, valid & last, HK * D, rk, D), input_precision=PREC)
+            else:
+                st += tl.dot(vt, kt, input_precision=PREC)
         else:
-            kw = kt
-        if HAS_RUNS:  # only the chunk's last document goes on, and the state before it stops here
-            kw = tl.where((r == r_out)[:, None], kw, 0.0).to(kt.dtype)
-            st = tl.where(r_out == r_in, st, 0.0)
-        st += tl.dot(vt, kw, input_precision=PREC)
+            st += tl.dot(vt, kt, input_precision=PREC)
+
+
+@triton.jit
+def _dk_rows(vt, dot_, qt, dst, bc, a, rc, r, r_out, scale, G_MODE: tl.constexpr, SPLIT: tl.constexpr,
+             MASKED: tl.constexpr, PREC: tl.constexpr):
+    """A chunk's dk [C, BK] and its part through dS^T [C, BK] (dG's). MASKED: pairs of two documents
+    drop out and only the last document reaches dS."""
+    dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
+    inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
+    if MASKED:
+        mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
+        inter = tl.where((r == r_out)[:, None], inter, 0.0)
+    else:
+        mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+    dk_inter = inter if G_MODE == 0 else inter * tl.exp2(a - bc)[:, None]
+    return tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter, inter
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -104,38 +157,72 @@ def _dk_kernel(
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
+    n_k = tl.cdiv(D, BK)
 
     for ci in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
-        dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
-        inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
-        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
-            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = qt
-            dk_inter = inter
+            bc = rc
+            a = 0.0
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
-            dk_inter = inter * tl.exp2(a - bc)[:, None]
-        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
-        tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
+            w_in = tl.exp2(bc)  # from the chunk's start to each token
+        # Packed documents (as forward.py): the unpacked code stores the rows of the chunk's last
+        # document, the branch below the others
+        rows = valid
+        if HAS_RUNS:
+            if r_in != r_out:
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_out)
+                if G_MODE != 0:  # only the chunk's first document reaches the state entering it
+                    w_in = tl.where(r == r_in, w_in, 0.0)
+        dkt, inter = _dk_rows(vt, dot_, qt, dst, bc, a, rc, rc, r_out, scale, G_MODE, SPLIT, False, PREC)
+        dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+        tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
+        dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
             kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
-            n_k = tl.cdiv(D, BK)
-            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kw * inter, 1), mask=valid)
+            tl.store(dg_ptr, tl.sum(kw * inter, 1), mask=rows)
+        if HAS_RUNS:
+            if r_in != r_out:  # the other rows: no state gradient reaches them
+                r = token_runs(runs, i_b, t, valid, T)
+                dkt, inter = _dk_rows(vt, dot_, qt, dst, bc, a, rc, r, r_out, scale, G_MODE, SPLIT, True, PREC)
+                others = valid & (r != r_out)
+                tl.store(dk_ptr, dkt, mask=others[:, None] & (rk[None, :] < D))
+                if DG:
+                    tl.store(dg_ptr, tl.zeros([C], dtype=tl.float32), mask=others)
         if G_MODE != 0:
-            dst = dst * tl.exp2(a)
-        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
-            qw = tl.where((r == r_in)[:, None], qw, 0.0).to(qt.dtype)
-            dst = tl.where(r_out == r_in, dst, 0.0)
-        dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+            qw = (qt * w_in[:, None]).to(qt.dtype)
+            dst = dst * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
+            dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+        elif HAS_RUNS:
+            if r_in != r_out:  # q read again, masked to the first document: qt stays in shared memory
+                first = token_runs(runs, i_b, t, valid, T) == r_in
+                dst = tl.dot(dot_, load_rows(q_base, t, valid & first, H * D, rk, D), input_precision=PREC) * scale
+            else:
+                dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+        else:
+            dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+
+
+@triton.jit
+def _dv_rows(kt, qt, dot_, ds, bc, a, rc, r, r_out, scale, G_MODE: tl.constexpr, MASKED: tl.constexpr,
+             PREC: tl.constexpr):
+    """A chunk's dv [C, BV]. MASKED: pairs of two documents drop out and only the last document reaches dS."""
+    pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
+    inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
+    if MASKED:
+        mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
+        inter = tl.where((r == r_out)[:, None], inter, 0.0)
+    else:
+        mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+    if G_MODE != 0:
+        inter = inter * tl.exp2(a - bc)[:, None]
+    return tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -153,31 +240,43 @@ def _dv_kernel(
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
         kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
         qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
-        pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
-        inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
-        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
-            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = qt
+            bc = rc
+            a = 0.0
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
-            inter = inter * tl.exp2(a - bc)[:, None]
-            qw = (qt * tl.exp2(bc)[None, :]).to(qt.dtype)
-        dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
-        tl.store(dv_base + t[:, None].to(tl.int64) * H * E + re[None, :], dvt, mask=valid[:, None] & (re[None, :] < E))
+            w_in = tl.exp2(bc)  # from the chunk's start to each token
+        rows = valid  # as the dk kernel: the unpacked code stores the last document's rows
+        if HAS_RUNS:
+            if r_in != r_out:
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_out)
+                if G_MODE != 0:
+                    w_in = tl.where(r == r_in, w_in, 0.0)
+        dvt = _dv_rows(kt, qt, dot_, ds, bc, a, rc, rc, r_out, scale, G_MODE, False, PREC)
+        dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+        tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
+        if HAS_RUNS:
+            if r_in != r_out:
+                r = token_runs(runs, i_b, t, valid, T)
+                dvt = _dv_rows(kt, qt, dot_, ds, bc, a, rc, r, r_out, scale, G_MODE, True, PREC)
+                tl.store(dv_ptr, dvt, mask=(valid & (r != r_out))[:, None] & (re[None, :] < E))
         if G_MODE != 0:
-            ds = ds * tl.exp2(a)
-        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
-            qw = tl.where((r == r_in)[None, :], qw, 0.0).to(qt.dtype)
-            ds = tl.where(r_out == r_in, ds, 0.0)
-        ds += tl.dot(qw, dot_, input_precision=PREC) * scale
-
+            qw = (qt * w_in[None, :]).to(qt.dtype)
+            ds = ds * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
+            ds += tl.dot(qw, dot_, input_precision=PREC) * scale
+        elif HAS_RUNS:
+            if r_in != r_out:  # q read again, masked to the first document: qt stays in shared memory
+                first = token_runs(runs, i_b, t, valid, T) == r_in
+                ds = tl.dot(load_cols(q_base, t, valid & first, H * D, rd, D), dot_, input_precision=PREC) * scale
+            else:
+                ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+        else:
+            ds += tl.dot(qt, dot_, input_precision=PREC) * scale
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,

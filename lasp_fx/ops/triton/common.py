@@ -6,11 +6,14 @@ registers inside a segment. Tiles are loaded as rows or straight as their transp
 transposes a dot result (docs/design.md §2).
 
 Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
-ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
-the tokens a chunk's entering state reaches, the tokens that reach its leaving state, and
-whether the chunk passes its entering state on at all (`chunk_tokens`); a late state reaches only
-the segments before the slice's first document start (`late_tile`). The decays stay the tokens'
-own: no -inf enters any sum. Without documents the masks are compiled out.
+ops/documents.py. Per chunk it loads the runs of the states entering and leaving it
+(`chunk_tokens`); only where they differ (a document starts in the chunk: one chunk in 64 for
+documents of 4K) does it load its tokens' runs (`token_runs`) and mask by their equality: pairs
+of tokens, the tokens the entering state reaches, those that reach the leaving state, and the
+state passed on. A chunk without a start is one run, where every mask is all ones: it runs the
+unpacked code. A late state reaches only the segments before the slice's first document start
+(`late_tile`). The decays stay the tokens' own: no -inf enters any sum. Without documents the
+runs are compiled out.
 """
 
 from __future__ import annotations
@@ -188,43 +191,56 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
 
 @triton.jit
 def chunk_tokens(runs, i_b, t0, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """The chunk starting at t0: its tokens t [C], which of them are before T, and their packed
-    documents: each token's run [C] (-1 past T), the run of the state entering the chunk and of
-    the state leaving it (its last real token's). Without HAS_RUNS, runs are placeholders that no
-    kernel reads."""
+    """The chunk starting at t0: its tokens t [C], which of them are before T, and with packed
+    documents the run of the state entering the chunk and of the state leaving it (its last real
+    token's). Runs never decrease, so where the two are equal every token is of that run. Without
+    HAS_RUNS they are placeholders that no kernel reads."""
     t = t0 + tl.arange(0, C)
     valid = t < T
-    r = t
     r_in = t0
     r_out = t0
     if HAS_RUNS:
         base = runs + i_b.to(tl.int64) * (T + 1)
-        r = tl.load(base + 1 + t, mask=valid, other=-1)
         r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
         r_out = tl.load(base + tl.minimum(t0 + C, T))
-    return t, valid, r, r_in, r_out
+    return t, valid, r_in, r_out
 
 
 @triton.jit
-def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, r, HAS_RUNS: tl.constexpr):
+def token_runs(runs, i_b, t, valid, T):
+    """Each token's run [C] (-1 past T): read only in a chunk where a document starts."""
+    return tl.load(runs + i_b.to(tl.int64) * (T + 1) + 1 + t, mask=valid, other=-1)
+
+
+@triton.jit
+def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, lo, HAS_RUNS: tl.constexpr):
     """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay),
-    and with HAS_RUNS 0 unless tokens i and j are of one document (runs r).
+    and with HAS_RUNS 0 unless j >= lo_i, the first token of i's document in the chunk (`doc_starts`).
 
     TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
     """
     if TRANSPOSED:
         causal = rc[None, :] >= rc[:, None]
         diff = bc[None, :] - bc[:, None]
+        if HAS_RUNS:
+            causal = causal & (rc[:, None] >= lo[None, :])
     else:
         causal = rc[:, None] >= rc[None, :]
         diff = bc[:, None] - bc[None, :]
-    if HAS_RUNS:  # symmetric: the same for M and M^T
-        causal = causal & (r[:, None] == r[None, :])
+        if HAS_RUNS:
+            causal = causal & (rc[None, :] >= lo[:, None])
     if G_MODE == 0:
         m = tl.where(causal, 1.0, 0.0)
     else:
         m = tl.exp2(tl.where(causal, diff, float("-inf")))
     return m
+
+
+@triton.jit
+def doc_starts(r, rc):
+    """lo [C]: the position in the chunk of the first token of each token's document (0 if it
+    started before the chunk): the tokens before it of other runs r, which come first."""
+    return tl.sum(((rc[None, :] < rc[:, None]) & (r[None, :] != r[:, None])).to(tl.int32), 1)
 
 
 def backward_split(g_mode: int, decay_grad: bool, dtype: torch.dtype) -> bool:
@@ -293,3 +309,9 @@ def late_tile(
             hit = tl.load(base + i_s * L) == tl.load(base)
         extra = tl.where(hit, extra, 0.0)
     return extra
+
+
+@triton.jit
+def same_run(m, r):
+    """A chunk's M (or M^T: the test is symmetric) with the pairs of tokens of two runs r zeroed."""
+    return tl.where(r[:, None] == r[None, :], m, 0.0)

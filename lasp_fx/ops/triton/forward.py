@@ -14,6 +14,7 @@ import triton.language as tl
 from lasp_fx.ops.triton.common import (
     CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode,
     head_base, dot_precision, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
+    doc_starts, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
@@ -39,32 +40,55 @@ def _out_kernel(
     )  # fmt: skip
 
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_first + c * C, T, C, HAS_RUNS)
+        t, valid, r_in, r_out = chunk_tokens(runs, i_b, t_first + c * C, T, C, HAS_RUNS)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
-        scores = tl.dot(qt, kt, input_precision=PREC)  # [C, C]
-        inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
         if G_MODE == 0:
-            kw = kt
-            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
+            bc = rc
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+        # Packed documents: the unpacked code stores the rows of the chunk's first document (every
+        # row where no document starts); the branch below does the others (common.py)
+        rows = valid
+        if HAS_RUNS:
+            if r_in != r_out:  # vectors only, so the tiles keep the unpacked code's layouts
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_in)
+                if G_MODE != 0:  # the last document's tokens reach the leaving state
+                    w_out = tl.where(r == r_out, w_out, 0.0)
+        scores = tl.dot(qt, kt, input_precision=PREC)  # [C, C]
+        inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
+        if G_MODE != 0:
             inter = inter * tl.exp2(bc)[:, None]
-            kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
-            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
-        if HAS_RUNS:  # the entering state reaches the first document's tokens; the last one's reach the leaving state
-            inter = tl.where((r == r_in)[:, None], inter, 0.0)
-            kw = tl.where((r == r_out)[None, :], kw, 0.0).to(kt.dtype)
+        m = chunk_mask(bc, rc, G_MODE, False, rc, False)
         p = (scores * m).to(vt.dtype)
         out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
-        tl.store(o_base + t[:, None].to(tl.int64) * H * E + re[None, :], out, mask=valid[:, None] & (re[None, :] < E))
+        o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+        tl.store(o_ptr, out, mask=rows[:, None] & (re[None, :] < E))
+        if HAS_RUNS:
+            if r_in != r_out:  # the rows after a document start: no entering state, pairs in one document
+                r = token_runs(runs, i_b, t, valid, T)
+                m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+                p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
+                out = tl.dot(p, vt, input_precision=PREC) * scale
+                tl.store(o_ptr, out, mask=(valid & (r != r_in))[:, None] & (re[None, :] < E))
         if G_MODE != 0:
-            state = state * tl.exp2(a)
-        if HAS_RUNS:  # a document starts in this chunk: the state before it goes no further
-            state = tl.where(r_out == r_in, state, 0.0)
-        state += tl.dot(kw, vt, input_precision=PREC)
-
+            kw = (kt * w_out[None, :]).to(kt.dtype)
+            if HAS_RUNS:  # no state passes a document start
+                state = state * tl.where(r_in == r_out, tl.exp2(a), 0.0)
+            else:
+                state = state * tl.exp2(a)
+            state += tl.dot(kw, vt, input_precision=PREC)
+        elif HAS_RUNS:
+            if r_in != r_out:  # k read again, masked to the last document: kt stays in shared memory
+                last = token_runs(runs, i_b, t, valid, T) == r_out
+                state = tl.dot(load_cols(k_base, t, valid & last, HK * D, rd, D), vt, input_precision=PREC)
+            else:
+                state += tl.dot(kt, vt, input_precision=PREC)
+        else:
+            state += tl.dot(kt, vt, input_precision=PREC)
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, save: bool = False, runs=None,

@@ -17,6 +17,7 @@ import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, head_base, dot_precision, load_cols, load_rows,
+    token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
@@ -46,37 +47,45 @@ def _local_kernel(
     if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_seg + c * C, T, C, HAS_RUNS)
+        t, valid, r_in, r_out = chunk_tokens(runs, i_b, t_seg + c * C, T, C, HAS_RUNS)
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        if HAS_RUNS:  # which tokens get there (TO_END: the chunk's end; else: the segment's start)
-            reach = (r == r_out) if TO_END else (r == r_seg)
+        # Packed documents: which tokens get there (TO_END: the chunk's end, from its last document;
+        # else: the segment's start, from its first), read only where that is not all of them
+        cut = r_in != r_out
+        r_keep = r_out
+        if not TO_END:
+            cut = r_out != r_seg
+            r_keep = r_seg
         if G_MODE == 0:
             if HAS_RUNS:
-                if TO_END:
-                    acc = tl.where(r_out == r_in, acc, 0.0)
-                acc += tl.dot(tl.where(reach[None, :], xt, 0.0).to(xt.dtype), yt, input_precision=PREC)
+                if cut:  # x read again, masked: xt stays in shared memory on the common path
+                    keep = token_runs(runs, i_b, t, valid, T) == r_keep
+                    part = tl.dot(load_cols(x_base, t, valid & keep, HX * DX, rx, DX), yt, input_precision=PREC)
+                    if TO_END:  # and nothing from before the chunk's last document
+                        acc = part
+                    else:
+                        acc += part
+                else:
+                    acc += tl.dot(xt, yt, input_precision=PREC)
             else:
                 acc += tl.dot(xt, yt, input_precision=PREC)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
                 w = tl.exp2(a - bc)
-                acc = acc * tl.exp2(a)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                    acc = tl.where(r_out == r_in, acc, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+                acc = acc * (tl.where(cut, 0.0, tl.exp2(a)) if HAS_RUNS else tl.exp2(a))
             elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
                 w = tl.exp2(bc)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC) * tl.exp2(total)
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+            if HAS_RUNS:
+                if cut:
+                    w = tl.where(token_runs(runs, i_b, t, valid, T) == r_keep, w, 0.0)
+            part = tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+            if CHUNKWISE and not TO_END:
+                part = part * tl.exp2(total)
+            acc += part
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
