@@ -18,10 +18,9 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
-    decay_mode,
-    head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, program_tiles, segment_chunks,
-    doc_starts, token_runs,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask,
+    chunk_tokens, config, decay_mode, doc_starts, dot_f32b, dot_precision, head_base, is_cut, late_state, load_cols,
+    load_rows, program_tiles, segment_chunks, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
@@ -32,32 +31,31 @@ _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untu
 
 
 @triton.jit
-def _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, r, r_in, scale, H, HK, D,
-             G_MODE: tl.constexpr, DG: tl.constexpr, SPLIT: tl.constexpr, MASKED: tl.constexpr, PREC: tl.constexpr):
-    """A chunk's dq [C, BK] and (DG) its share of q . dq - k . dk [C] (this D tile's). MASKED (a
-    document starts in the chunk): pairs of two documents drop out and S reaches the first only."""
-    dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
-    inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
-    if MASKED:
-        m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
-        inter = tl.where((r == r_in)[:, None], inter, 0.0)
-    else:
-        m = chunk_mask(bc, rc, G_MODE, False, rc, False)
-    dq_inter = inter if G_MODE == 0 else inter * tl.exp2(bc)[:, None]
-    dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
-    dg = tl.sum(dqt, 1)  # a placeholder without DG (unused there: compiled out)
-    if DG:
-        # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
-        # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
-        # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
-        # Both sums are taken here: the dk kernel adds only its part through dS.
+def _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k, t0, rc, rk, re,
+            T, H, HK, D, E, G_MODE: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
+    """dq of a chunk's tokens after a document start in it (the main loop stored the first
+    document's) and, with DG, the pairs' share of dG of all its tokens, added to the share through
+    S that the main loop stored. No state reaches these rows; pairs stay within a document."""
+    t, valid = chunk_tokens(t0, T, C)
+    r_in, _ = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    dot_ = load_rows(do_base, t, valid, H * E, re, E)
+    vt = load_cols(v_base, t, valid, HK * E, re, E)
+    kt = load_rows(k_base, t, valid, HK * D, rk, D)
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    dp = tl.dot(dot_, vt, input_precision=PREC)
+    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+    dqt = tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) * scale
+    tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt,
+             mask=(valid & (r != r_in))[:, None] & (rk[None, :] < D))
+    if DG:  # as the main loop, with the pairs of one document only
         qt = load_rows(q_base, t, valid, H * D, rk, D)
-        # through S: with exp(b) q rounded as in dS's increments (module docstring)
-        qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
-        s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-        w = dp * m * s
-        dg = (tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qw * inter, 1)) * scale
-    return dqt, dg
+        w = dp * m * tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+        dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+        dg = tl.load(dg_ptr, mask=valid, other=0.0) + (tl.sum(w, 1) - tl.sum(w, 0)) * scale
+        tl.store(dg_ptr, dg, mask=valid)
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -77,69 +75,101 @@ def _dq_kernel(
     st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
+    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for c in range(0, NSUB):
-        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + c) * C, T, C, HAS_RUNS)
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
+        dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
+        inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
         if G_MODE == 0:
-            bc = rc
+            m = chunk_mask(rc, rc, G_MODE, False, rc, False)
+            dq_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            m = chunk_mask(bc, rc, G_MODE, False, rc, False)
+            dq_inter = inter * tl.exp2(bc)[:, None]
             w_out = tl.exp2(a - bc)  # from each token to the chunk's end
-        # Packed documents (as forward.py): the unpacked code stores the rows of the chunk's first
-        # document; the branch below does the others, and all of dG
+            carry = tl.exp2(a)
+        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
+        dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+        if DG:
+            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
+            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
+            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
+            # Both sums are taken here: the dk kernel adds only its part through dS.
+            qt = load_rows(q_base, t, valid, H * D, rk, D)
+            # through S: with exp(b) q rounded as in dS's increments (module docstring)
+            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
+            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+            w = dp * m * s
+            pairs = tl.sum(w, 1) - tl.sum(w, 0)
+            through = tl.sum(qw * inter, 1)
+            dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         rows = valid
         if HAS_RUNS:
-            if r_in != r_out:
+            if is_cut(cuts, c):  # a document starts here (common.py): the first document's rows and their
+                # share of dG through S (the pairs' after the loop); the last document's tokens go on
+                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_in)
-                if G_MODE != 0:  # only the chunk's last document reaches the state leaving it
-                    w_out = tl.where(r == r_out, w_out, 0.0)
-        dqt, dg = _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, rc, r_in, scale, H, HK, D,
-                           G_MODE, DG, SPLIT, False, PREC)
-        dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
-        dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
-        if DG:
-            tl.store(dg_ptr, dg, mask=valid & (r_in == r_out) if HAS_RUNS else valid)
-        if HAS_RUNS:
-            if r_in != r_out:
-                r = token_runs(runs, i_b, t, valid, T)
-                dqt, dg = _dq_rows(dot_, vt, kt, st, q_base, k_base, t, valid, rk, bc, rc, r, r_in, scale, H, HK, D,
-                                   G_MODE, DG, SPLIT, True, PREC)
-                tl.store(dq_ptr, dqt, mask=(valid & (r != r_in))[:, None] & (rk[None, :] < D))
                 if DG:
-                    tl.store(dg_ptr, dg, mask=valid)
+                    pairs = tl.zeros_like(pairs)
+                    through = tl.where(r == r_in, through, 0.0)
+                if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
+                    kw = load_rows(k_base, t, valid & (r == r_out), HK * D, rk, D)
+                    st = tl.where(r_in == r_out, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                else:
+                    w_out = tl.where(r == r_out, w_out, 0.0)
+                    carry = tl.where(r_in == r_out, carry, 0.0)
+            elif G_MODE == 0:
+                st += tl.dot(vt, kt, input_precision=PREC)
+        elif G_MODE == 0:
+            st += tl.dot(vt, kt, input_precision=PREC)
+        tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
+        if DG:
+            tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
         if G_MODE != 0:
             kw = (kt * w_out[:, None]).to(kt.dtype)
-            st = st * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
-            st += tl.dot(vt, kw, input_precision=PREC)
-        elif HAS_RUNS:
-            if r_in != r_out:  # k read again, masked to the last document: kt stays in shared memory
-                last = token_runs(runs, i_b, t, valid, T) == r_out
-                st = tl.dot(vt, load_rows(k_base, t, valid & last, HK * D, rk, D), input_precision=PREC)
-            else:
-                st += tl.dot(vt, kt, input_precision=PREC)
-        else:
-            st += tl.dot(vt, kt, input_precision=PREC)
+            st = st * carry + tl.dot(vt, kw, input_precision=PREC)
+
+    if HAS_RUNS:
+        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+            tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
+                            (i_s * NSUB + c) * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
 
 
 @triton.jit
-def _dk_rows(vt, dot_, qt, dst, bc, a, rc, r, r_out, scale, G_MODE: tl.constexpr, SPLIT: tl.constexpr,
-             MASKED: tl.constexpr, PREC: tl.constexpr):
-    """A chunk's dk [C, BK] and its part through dS^T [C, BK] (dG's). MASKED: pairs of two documents
-    drop out and only the last document reaches dS."""
-    dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
-    inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
-    if MASKED:
-        mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
-        inter = tl.where((r == r_out)[:, None], inter, 0.0)
+def _dkv_fix(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc, ra, rb, T, H, STRIDE_A, STRIDE_B,
+             STRIDE_D, A_DIM, B_DIM, D_DIM, G_MODE: tl.constexpr, SCALE_AFTER: tl.constexpr, PREC: tl.constexpr,
+             C: tl.constexpr):
+    """dk (a = v, b = do, d = q, SCALE_AFTER) or dv (a = k, b = q, d = do) of a chunk's tokens before
+    its last document (the main loop stored the last one's): sum over the later tokens i of their
+    document of (a_j . b_i) M^T[j, i] d_i, rounded as the main loop does. No state gradient reaches
+    them. Tiles read again."""
+    t, valid = chunk_tokens(t0, T, C)
+    _, r_out = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    at = load_rows(a_base, t, valid, STRIDE_A, ra, A_DIM)  # [C, BA]
+    bt = load_cols(b_base, t, valid, STRIDE_B, ra, B_DIM)  # [BA, C]: b shares a's feature range
+    dt = load_rows(d_base, t, valid, STRIDE_D, rb, D_DIM)  # [C, BD]
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
+    pt = tl.dot(at, bt, input_precision=PREC) * mt
+    if SCALE_AFTER:
+        out = tl.dot(pt.to(dt.dtype), dt, input_precision=PREC) * scale
     else:
-        mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
-    dk_inter = inter if G_MODE == 0 else inter * tl.exp2(a - bc)[:, None]
-    return tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter, inter
+        out = tl.dot((pt * scale).to(dt.dtype), dt, input_precision=PREC)
+    tl.store(out_base + t[:, None].to(tl.int64) * H * D_DIM + rb[None, :], out,
+             mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -158,71 +188,65 @@ def _dk_kernel(
     dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
+    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        c = NSUB - 1 - ci
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
+        dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
+        inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
         if G_MODE == 0:
-            bc = rc
-            a = 0.0
+            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
+            dk_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+            dk_inter = inter * tl.exp2(a - bc)[:, None]
             w_in = tl.exp2(bc)  # from the chunk's start to each token
-        # Packed documents (as forward.py): the unpacked code stores the rows of the chunk's last
-        # document, the branch below the others
-        rows = valid
-        if HAS_RUNS:
-            if r_in != r_out:
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_out)
-                if G_MODE != 0:  # only the chunk's first document reaches the state entering it
-                    w_in = tl.where(r == r_in, w_in, 0.0)
-        dkt, inter = _dk_rows(vt, dot_, qt, dst, bc, a, rc, rc, r_out, scale, G_MODE, SPLIT, False, PREC)
+            carry = tl.exp2(a)
+        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
         dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
-        dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
             kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
-            tl.store(dg_ptr, tl.sum(kw * inter, 1), mask=rows)
+            through = tl.sum(kw * inter, 1)
+            dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+        rows = valid
         if HAS_RUNS:
-            if r_in != r_out:  # the other rows: no state gradient reaches them
+            if is_cut(cuts, c):  # a document starts here (common.py): the last document's rows (the others
+                # after the loop, where no state gradient reaches), and only the first one reaches dS before
+                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
-                dkt, inter = _dk_rows(vt, dot_, qt, dst, bc, a, rc, r, r_out, scale, G_MODE, SPLIT, True, PREC)
-                others = valid & (r != r_out)
-                tl.store(dk_ptr, dkt, mask=others[:, None] & (rk[None, :] < D))
+                rows = valid & (r == r_out)
                 if DG:
-                    tl.store(dg_ptr, tl.zeros([C], dtype=tl.float32), mask=others)
+                    through = tl.where(r == r_out, through, 0.0)
+                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                    qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
+                    dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+                else:
+                    w_in = tl.where(r == r_in, w_in, 0.0)
+                    carry = tl.where(r_in == r_out, carry, 0.0)
+            elif G_MODE == 0:
+                dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+        elif G_MODE == 0:
+            dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+        tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
+        if DG:
+            tl.store(dg_ptr, through, mask=valid)
         if G_MODE != 0:
             qw = (qt * w_in[:, None]).to(qt.dtype)
-            dst = dst * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
-            dst += tl.dot(dot_, qw, input_precision=PREC) * scale
-        elif HAS_RUNS:
-            if r_in != r_out:  # q read again, masked to the first document: qt stays in shared memory
-                first = token_runs(runs, i_b, t, valid, T) == r_in
-                dst = tl.dot(dot_, load_rows(q_base, t, valid & first, H * D, rk, D), input_precision=PREC) * scale
-            else:
-                dst += tl.dot(dot_, qt, input_precision=PREC) * scale
-        else:
-            dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+            dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
 
-
-@triton.jit
-def _dv_rows(kt, qt, dot_, ds, bc, a, rc, r, r_out, scale, G_MODE: tl.constexpr, MASKED: tl.constexpr,
-             PREC: tl.constexpr):
-    """A chunk's dv [C, BV]. MASKED: pairs of two documents drop out and only the last document reaches dS."""
-    pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
-    inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
-    if MASKED:
-        mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
-        inter = tl.where((r == r_out)[:, None], inter, 0.0)
-    else:
-        mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
-    if G_MODE != 0:
-        inter = inter * tl.exp2(a - bc)[:, None]
-    return tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
+    if HAS_RUNS:
+        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    _dkv_fix(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
+                             rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -238,45 +262,54 @@ def _dv_kernel(
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
+    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t, valid, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        c = NSUB - 1 - ci
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
         qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
+        pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
+        inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
         if G_MODE == 0:
-            bc = rc
-            a = 0.0
+            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+            inter = inter * tl.exp2(a - bc)[:, None]
             w_in = tl.exp2(bc)  # from the chunk's start to each token
-        rows = valid  # as the dk kernel: the unpacked code stores the last document's rows
+            carry = tl.exp2(a)
+        dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
+        dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+        rows = valid
         if HAS_RUNS:
-            if r_in != r_out:
+            if is_cut(cuts, c):  # as the dk kernel
+                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_out)
-                if G_MODE != 0:
+                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                    qw = load_cols(q_base, t, valid & (r == r_in), H * D, rd, D)
+                    ds = tl.where(r_in == r_out, ds, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+                else:
                     w_in = tl.where(r == r_in, w_in, 0.0)
-        dvt = _dv_rows(kt, qt, dot_, ds, bc, a, rc, rc, r_out, scale, G_MODE, False, PREC)
-        dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+                    carry = tl.where(r_in == r_out, carry, 0.0)
+            elif G_MODE == 0:
+                ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+        elif G_MODE == 0:
+            ds += tl.dot(qt, dot_, input_precision=PREC) * scale
         tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
-        if HAS_RUNS:
-            if r_in != r_out:
-                r = token_runs(runs, i_b, t, valid, T)
-                dvt = _dv_rows(kt, qt, dot_, ds, bc, a, rc, r, r_out, scale, G_MODE, True, PREC)
-                tl.store(dv_ptr, dvt, mask=(valid & (r != r_out))[:, None] & (re[None, :] < E))
         if G_MODE != 0:
             qw = (qt * w_in[None, :]).to(qt.dtype)
-            ds = ds * (tl.where(r_in == r_out, tl.exp2(a), 0.0) if HAS_RUNS else tl.exp2(a))
-            ds += tl.dot(qw, dot_, input_precision=PREC) * scale
-        elif HAS_RUNS:
-            if r_in != r_out:  # q read again, masked to the first document: qt stays in shared memory
-                first = token_runs(runs, i_b, t, valid, T) == r_in
-                ds = tl.dot(load_cols(q_base, t, valid & first, H * D, rd, D), dot_, input_precision=PREC) * scale
-            else:
-                ds += tl.dot(qt, dot_, input_precision=PREC) * scale
-        else:
-            ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+            ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
+
+    if HAS_RUNS:
+        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    _dkv_fix(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
+                             re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,

@@ -6,14 +6,16 @@ registers inside a segment. Tiles are loaded as rows or straight as their transp
 transposes a dot result (docs/design.md §2).
 
 Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
-ops/documents.py. Per chunk it loads the runs of the states entering and leaving it
-(`chunk_tokens`); only where they differ (a document starts in the chunk: one chunk in 64 for
-documents of 4K) does it load its tokens' runs (`token_runs`) and mask by their equality: pairs
-of tokens, the tokens the entering state reaches, those that reach the leaving state, and the
-state passed on. A chunk without a start is one run, where every mask is all ones: it runs the
-unpacked code. A late state reaches only the segments before the slice's first document start
-(`late_tile`). The decays stay the tokens' own: no -inf enters any sum. Without documents the
-runs are compiled out.
+ops/documents.py. A program first reads which chunks of its segment hold a document start (the
+runs of the states entering and leaving them differ: `chunk_cuts`, one load); a chunk without one
+is a single run, where every mask is all ones, and runs the unpacked code with the unpacked
+tiles and layouts. Where a document starts, the main loop stores only the rows the state reaches
+(the chunk's first document forward in time, its last backward), masks the state passed on, and
+a second loop after it computes the other rows with the pairs of tokens kept within a document
+(`chunk_mask` with `doc_starts`): the work for documents stays out of the main loop's registers.
+A late state reaches only the segments before the slice's first document start (`late_tile`).
+The decays stay the tokens' own: no -inf enters any sum. Without documents the runs are
+compiled out.
 """
 
 from __future__ import annotations
@@ -190,20 +192,48 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
 
 
 @triton.jit
-def chunk_tokens(runs, i_b, t0, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """The chunk starting at t0: its tokens t [C], which of them are before T, and with packed
-    documents the run of the state entering the chunk and of the state leaving it (its last real
-    token's). Runs never decrease, so where the two are equal every token is of that run. Without
-    HAS_RUNS they are placeholders that no kernel reads."""
+def chunk_tokens(t0, T, C: tl.constexpr):
+    """The chunk starting at t0: its tokens t [C] and which of them are before T."""
     t = t0 + tl.arange(0, C)
-    valid = t < T
-    r_in = t0
-    r_out = t0
+    return t, t < T
+
+
+MAX_CUTS = tl.constexpr(64)  # chunks per segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
+
+
+@triton.jit
+def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.constexpr):
+    """int64 whose bit c is set where a document starts in chunk c of the segment starting at
+    t_first (the runs of the states entering and leaving the chunk differ; runs never decrease, so
+    elsewhere every token of the chunk is of one run). 0 without HAS_RUNS."""
+    cuts = tl.sum(tl.zeros([1], dtype=tl.int64), 0)
     if HAS_RUNS:
+        c = tl.arange(0, MAX_CUTS)
         base = runs + i_b.to(tl.int64) * (T + 1)
-        r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
-        r_out = tl.load(base + tl.minimum(t0 + C, T))
-    return t, valid, r_in, r_out
+        here = c < NSUB
+        r_in = tl.load(base + tl.minimum(t_first + c * C, T), mask=here, other=0)
+        r_out = tl.load(base + tl.minimum(t_first + (c + 1) * C, T), mask=here, other=0)
+        cuts = tl.sum(tl.where(r_in != r_out, tl.full([MAX_CUTS], 1, tl.int64) << c.to(tl.int64), 0), 0)
+    return cuts
+
+
+@triton.jit
+def is_cut(cuts, c):
+    """Whether chunk c holds a document start (past MAX_CUTS chunks: taken as so, always exact)."""
+    return (((cuts >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
+
+
+@triton.jit
+def cut_by(cuts, c):
+    """Whether a document starts in chunks 0..c of the segment (past MAX_CUTS: taken as so)."""
+    return ((cuts << (MAX_CUTS - 1 - tl.minimum(c, MAX_CUTS - 1))) != 0) | (c >= MAX_CUTS)
+
+
+@triton.jit
+def chunk_ends(runs, i_b, t0, T, C: tl.constexpr):
+    """The runs of the states entering and leaving the chunk at t0 (its last real token's)."""
+    base = runs + i_b.to(tl.int64) * (T + 1)
+    return tl.load(base + tl.minimum(t0, T)), tl.load(base + tl.minimum(t0 + C, T))
 
 
 @triton.jit
@@ -310,8 +340,3 @@ def late_tile(
         extra = tl.where(hit, extra, 0.0)
     return extra
 
-
-@triton.jit
-def same_run(m, r):
-    """A chunk's M (or M^T: the test is symmetric) with the pairs of tokens of two runs r zeroed."""
-    return tl.where(r[:, None] == r[None, :], m, 0.0)

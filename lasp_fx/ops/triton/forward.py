@@ -12,13 +12,34 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode,
-    head_base, dot_precision, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
-    doc_starts, token_runs,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask, chunk_tokens, config,
+    decay_mode, doc_starts, dot_precision, head_base, is_cut, late_state, load_cols, load_rows, program_tiles,
+    saved_shape, segment_chunks, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
+
+
+@triton.jit
+def _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D, E,
+               G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
+    """The outputs of a chunk's tokens after a document start in it (the main loop stored the first
+    document's): no state reaches them, and pairs of tokens stay within a document. Tiles read again."""
+    t, valid = chunk_tokens(t0, T, C)
+    r_in, _ = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    qt = load_rows(q_base, t, valid, H * D, rd, D)
+    kt = load_cols(k_base, t, valid, HK * D, rd, D)
+    vt = load_rows(v_base, t, valid, HK * E, re, E)
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+    p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
+    out = tl.dot(p, vt, input_precision=PREC) * scale
+    o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+    tl.store(o_ptr, out, mask=(valid & (r != r_in))[:, None] & (re[None, :] < E))
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -38,57 +59,55 @@ def _out_kernel(
         s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
         G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS,
     )  # fmt: skip
+    cuts = chunk_cuts(runs, i_b, t_first, T, NSUB, C, HAS_RUNS)
 
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r_in, r_out = chunk_tokens(runs, i_b, t_first + c * C, T, C, HAS_RUNS)
+        t0 = t_first + c * C
+        t, valid = chunk_tokens(t0, T, C)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
-        if G_MODE == 0:
-            bc = rc
-        else:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
-        # Packed documents: the unpacked code stores the rows of the chunk's first document (every
-        # row where no document starts); the branch below does the others (common.py)
-        rows = valid
-        if HAS_RUNS:
-            if r_in != r_out:  # vectors only, so the tiles keep the unpacked code's layouts
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_in)
-                if G_MODE != 0:  # the last document's tokens reach the leaving state
-                    w_out = tl.where(r == r_out, w_out, 0.0)
         scores = tl.dot(qt, kt, input_precision=PREC)  # [C, C]
         inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
-        if G_MODE != 0:
+        if G_MODE == 0:
+            m = chunk_mask(rc, rc, G_MODE, False, rc, False)
+        else:
+            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(bc)[:, None]
-        m = chunk_mask(bc, rc, G_MODE, False, rc, False)
+            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+            carry = tl.exp2(a)
+            m = chunk_mask(bc, rc, G_MODE, False, rc, False)
         p = (scores * m).to(vt.dtype)
         out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
         o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
-        tl.store(o_ptr, out, mask=rows[:, None] & (re[None, :] < E))
+        rows = valid
         if HAS_RUNS:
-            if r_in != r_out:  # the rows after a document start: no entering state, pairs in one document
+            if is_cut(cuts, c):  # a document starts here: its first document's rows (the others after
+                # the loop), and only its last document's tokens reach the state leaving it
+                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
-                m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
-                p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
-                out = tl.dot(p, vt, input_precision=PREC) * scale
-                tl.store(o_ptr, out, mask=(valid & (r != r_in))[:, None] & (re[None, :] < E))
+                rows = valid & (r == r_in)
+                if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
+                    kw = load_cols(k_base, t, valid & (r == r_out), HK * D, rd, D)
+                    state = tl.where(r_in == r_out, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)
+                else:
+                    w_out = tl.where(r == r_out, w_out, 0.0)
+                    carry = tl.where(r_in == r_out, carry, 0.0)
+            elif G_MODE == 0:
+                state += tl.dot(kt, vt, input_precision=PREC)
+        elif G_MODE == 0:
+            state += tl.dot(kt, vt, input_precision=PREC)
+        tl.store(o_ptr, out, mask=rows[:, None] & (re[None, :] < E))
         if G_MODE != 0:
             kw = (kt * w_out[None, :]).to(kt.dtype)
-            if HAS_RUNS:  # no state passes a document start
-                state = state * tl.where(r_in == r_out, tl.exp2(a), 0.0)
-            else:
-                state = state * tl.exp2(a)
-            state += tl.dot(kw, vt, input_precision=PREC)
-        elif HAS_RUNS:
-            if r_in != r_out:  # k read again, masked to the last document: kt stays in shared memory
-                last = token_runs(runs, i_b, t, valid, T) == r_out
-                state = tl.dot(load_cols(k_base, t, valid & last, HK * D, rd, D), vt, input_precision=PREC)
-            else:
-                state += tl.dot(kt, vt, input_precision=PREC)
-        else:
-            state += tl.dot(kt, vt, input_precision=PREC)
+            state = state * carry + tl.dot(kw, vt, input_precision=PREC)
+
+    if HAS_RUNS:
+        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
+                               re, T, H, HK, D, E, G_MODE, PREC, C)
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, save: bool = False, runs=None,

@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, head_base, dot_precision, load_cols, load_rows,
-    token_runs,
+    CHUNK, INTERPRET, autotune, chunk_cuts, chunk_decay, chunk_ends, chunk_tokens, config, cut_by, dot_precision,
+    head_base, is_cut, load_cols, load_rows, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
@@ -46,46 +46,59 @@ def _local_kernel(
     r_seg = t_seg
     if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
+    cuts = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r_in, r_out = chunk_tokens(runs, i_b, t_seg + c * C, T, C, HAS_RUNS)
+        t0 = t_seg + c * C
+        t, valid = chunk_tokens(t0, T, C)
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        # Packed documents: which tokens get there (TO_END: the chunk's end, from its last document;
-        # else: the segment's start, from its first), read only where that is not all of them
-        cut = r_in != r_out
-        r_keep = r_out
-        if not TO_END:
-            cut = r_out != r_seg
-            r_keep = r_seg
+        # Packed documents (common.py): which tokens get there, read only where not all of them do.
+        # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
+        # to the segment's start, from its first, once one has started since the segment's start.
+        if TO_END:
+            cut = is_cut(cuts, c)
+        else:
+            cut = cut_by(cuts, c)
         if G_MODE == 0:
             if HAS_RUNS:
                 if cut:  # x read again, masked: xt stays in shared memory on the common path
-                    keep = token_runs(runs, i_b, t, valid, T) == r_keep
-                    part = tl.dot(load_cols(x_base, t, valid & keep, HX * DX, rx, DX), yt, input_precision=PREC)
+                    r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r = token_runs(runs, i_b, t, valid, T)
                     if TO_END:  # and nothing from before the chunk's last document
-                        acc = part
+                        xw = load_cols(x_base, t, valid & (r == r_out), HX * DX, rx, DX)
+                        acc = tl.where(r_in == r_out, acc, 0.0) + tl.dot(xw, yt, input_precision=PREC)
                     else:
-                        acc += part
+                        xw = load_cols(x_base, t, valid & (r == r_seg), HX * DX, rx, DX)
+                        acc += tl.dot(xw, yt, input_precision=PREC)
                 else:
                     acc += tl.dot(xt, yt, input_precision=PREC)
             else:
                 acc += tl.dot(xt, yt, input_precision=PREC)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            carry = tl.exp2(a)
             if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
                 w = tl.exp2(a - bc)
-                acc = acc * (tl.where(cut, 0.0, tl.exp2(a)) if HAS_RUNS else tl.exp2(a))
             elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
                 w = tl.exp2(bc)
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
             if HAS_RUNS:
                 if cut:
-                    w = tl.where(token_runs(runs, i_b, t, valid, T) == r_keep, w, 0.0)
+                    r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r = token_runs(runs, i_b, t, valid, T)
+                    if TO_END:
+                        w = tl.where(r == r_out, w, 0.0)
+                        carry = tl.where(r_in == r_out, carry, 0.0)
+                    else:
+                        w = tl.where(r == r_seg, w, 0.0)
             part = tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
-            if CHUNKWISE and not TO_END:
-                part = part * tl.exp2(total)
-            acc += part
+            if TO_END:
+                acc = acc * carry + part
+            elif CHUNKWISE:
+                acc += part * tl.exp2(total)
+            else:
+                acc += part
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
