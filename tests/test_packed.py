@@ -196,11 +196,10 @@ def test_triton_segments_of_chunks_with_and_without_starts(decay):
 
 
 def test_triton_segments_longer_than_the_chunks_told_apart():
-    """Segments of 66 chunks: past common.MAX_CUTS (64) a chunk is taken to hold a start, which must
-    change nothing (chunks 64 and 65: one with a start, one without)."""
+    """Segments of 67 chunks: past common.MAX_CUTS (64) a chunk is taken to hold a start, which must
+    change nothing; here only chunks past it do (64 mid-chunk, 65 at its first token, not 66)."""
     _triton()
-    T = 66 * 64
-    _triton_vs_alone([0, 100, 64 * 64 + 7, T], "gate", 66, initial_state=True, heads=1)
+    _triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
 
 
 SLICES = [  # rank 1 of 2 of a 300-token row: its first document continues, or starts at its first token

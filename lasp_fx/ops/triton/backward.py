@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask,
-    chunk_tokens, config, decay_mode, doc_starts, dot_f32b, dot_precision, head_base, is_cut, late_state, load_cols,
-    load_rows, program_tiles, segment_chunks, token_runs,
+    CHUNK, MAX_CUTS, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_cuts, chunk_decay,
+    chunk_ends, chunk_mask, chunk_tokens, config, decay_mode, doc_starts, dot_f32b, dot_precision, head_base, is_cut,
+    late_state, load_cols, load_rows, program_tiles, segment_chunks, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
@@ -37,7 +37,7 @@ def _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, 
     document's) and, with DG, the pairs' share of dG of all its tokens, added to the share through
     S that the main loop stored. No state reaches these rows; pairs stay within a document."""
     t, valid = chunk_tokens(t0, T, C)
-    r_in, _ = chunk_ends(runs, i_b, t0, T, C)
+    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
     r = token_runs(runs, i_b, t, valid, T)
     dot_ = load_rows(do_base, t, valid, H * E, re, E)
     vt = load_cols(v_base, t, valid, HK * E, re, E)
@@ -49,7 +49,7 @@ def _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, 
     m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
     dqt = tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) * scale
     tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt,
-             mask=(valid & (r != r_in))[:, None] & (rk[None, :] < D))
+             mask=(valid & (r != r_first))[:, None] & (rk[None, :] < D))
     if DG:  # as the main loop, with the pairs of one document only
         qt = load_rows(q_base, t, valid, H * D, rk, D)
         w = dp * m * tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
@@ -75,7 +75,10 @@ def _dq_kernel(
     st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
-    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
+    if HAS_RUNS:
+        if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
+            st = tl.zeros_like(st)
 
     for c in range(0, NSUB):
         t0 = (i_s * NSUB + c) * C
@@ -111,20 +114,24 @@ def _dq_kernel(
             dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c):  # a document starts here (common.py): the first document's rows and their
-                # share of dG through S (the pairs' after the loop); the last document's tokens go on
-                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+            if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the first document's rows and
+                # (with a start after the first token) their share of dG through S, the pairs' after the loop
+                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_in)
+                rows = valid & (r == r_first)
                 if DG:
-                    pairs = tl.zeros_like(pairs)
-                    through = tl.where(r == r_in, through, 0.0)
+                    if is_cut(cuts, c):  # the chunks of the loop after this one, which adds the pairs
+                        pairs = tl.zeros_like(pairs)
+                        through = tl.where(r == r_first, through, 0.0)
+                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
+                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
-                    kw = load_rows(k_base, t, valid & (r == r_out), HK * D, rk, D)
-                    st = tl.where(r_in == r_out, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                    kw = load_rows(k_base, t, reach, HK * D, rk, D)
+                    st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
                 else:
-                    w_out = tl.where(r == r_out, w_out, 0.0)
-                    carry = tl.where(r_in == r_out, carry, 0.0)
+                    w_out = tl.where(reach, w_out, 0.0)
+                    carry = tl.where(keep, carry, 0.0)
             elif G_MODE == 0:
                 st += tl.dot(vt, kt, input_precision=PREC)
         elif G_MODE == 0:
@@ -137,7 +144,7 @@ def _dq_kernel(
             st = st * carry + tl.dot(vt, kw, input_precision=PREC)
 
     if HAS_RUNS:
-        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
@@ -154,7 +161,7 @@ def _dkv_fix(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc,
     document of (a_j . b_i) M^T[j, i] d_i, rounded as the main loop does. No state gradient reaches
     them. Tiles read again."""
     t, valid = chunk_tokens(t0, T, C)
-    _, r_out = chunk_ends(runs, i_b, t0, T, C)
+    _, _, r_out = chunk_ends(runs, i_b, t0, T, C)
     r = token_runs(runs, i_b, t, valid, T)
     at = load_rows(a_base, t, valid, STRIDE_A, ra, A_DIM)  # [C, BA]
     bt = load_cols(b_base, t, valid, STRIDE_B, ra, B_DIM)  # [BA, C]: b shares a's feature range
@@ -188,7 +195,7 @@ def _dk_kernel(
     dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
-    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
         c = NSUB - 1 - ci
@@ -217,9 +224,10 @@ def _dk_kernel(
             dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c):  # a document starts here (common.py): the last document's rows (the others
-                # after the loop, where no state gradient reaches), and only the first one reaches dS before
-                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+            if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (common.py): the last
+                # document's rows (the others after the loop, where no state gradient reaches), and only the
+                # first one reaches dS before the chunk
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_out)
                 if DG:
@@ -242,7 +250,7 @@ def _dk_kernel(
             dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
 
     if HAS_RUNS:
-        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
                     _dkv_fix(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
@@ -262,7 +270,7 @@ def _dv_kernel(
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
-    cuts = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
         c = NSUB - 1 - ci
@@ -285,8 +293,8 @@ def _dv_kernel(
         dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c):  # as the dk kernel
-                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+            if is_cut(cuts, c) | is_cut(edges, c):  # as the dk kernel
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_out)
                 if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
@@ -305,7 +313,7 @@ def _dv_kernel(
             ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
 
     if HAS_RUNS:
-        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
                     _dkv_fix(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,

@@ -6,16 +6,16 @@ registers inside a segment. Tiles are loaded as rows or straight as their transp
 transposes a dot result (docs/design.md §2).
 
 Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
-ops/documents.py. A program first reads which chunks of its segment hold a document start (the
-runs of the states entering and leaving them differ: `chunk_cuts`, one load); a chunk without one
-is a single run, where every mask is all ones, and runs the unpacked code with the unpacked
-tiles and layouts. Where a document starts, the main loop stores only the rows the state reaches
-(the chunk's first document forward in time, its last backward), masks the state passed on, and
-a second loop after it computes the other rows with the pairs of tokens kept within a document
-(`chunk_mask` with `doc_starts`): the work for documents stays out of the main loop's registers.
-A late state reaches only the segments before the slice's first document start (`late_tile`).
-The decays stay the tokens' own: no -inf enters any sum. Without documents the runs are
-compiled out.
+ops/documents.py. A program first reads where documents start in its segment's chunks
+(`chunk_cuts`, two bit masks from one load each): a chunk without a start is one run, where every
+mask is all ones, and runs the unpacked code with its tiles and layouts. A start at a chunk's first
+token (an edge) only stops the state at it. Where one starts after a chunk's first token, the main
+loop stores the rows of its first document forward in time (its last backward) and masks the
+state passed on, in a branch off the common path, and a second loop after the main one computes
+the other rows with the pairs of tokens kept within a document (`chunk_mask` with `doc_starts`):
+that work stays out of the main loop's registers. A late state reaches only the segments before
+the slice's first document start (`late_tile`). The decays stay the tokens' own: no -inf enters
+any sum. Without documents the runs are compiled out.
 """
 
 from __future__ import annotations
@@ -198,42 +198,50 @@ def chunk_tokens(t0, T, C: tl.constexpr):
     return t, t < T
 
 
-MAX_CUTS = tl.constexpr(64)  # chunks per segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
+MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
 
 
 @triton.jit
 def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """int64 whose bit c is set where a document starts in chunk c of the segment starting at
-    t_first (the runs of the states entering and leaving the chunk differ; runs never decrease, so
-    elsewhere every token of the chunk is of one run). 0 without HAS_RUNS."""
+    """(cuts, edges): int64 bit masks over the chunks c of the segment starting at t_first. cuts: a
+    document starts after the chunk's first token; edges: one starts at its first token (the state
+    entering it reaches none of it). Runs never decrease, so a chunk with neither is one run: that
+    of the state entering it. Both 0 without HAS_RUNS."""
     cuts = tl.sum(tl.zeros([1], dtype=tl.int64), 0)
+    edges = cuts
     if HAS_RUNS:
         c = tl.arange(0, MAX_CUTS)
         base = runs + i_b.to(tl.int64) * (T + 1)
         here = c < NSUB
-        r_in = tl.load(base + tl.minimum(t_first + c * C, T), mask=here, other=0)
-        r_out = tl.load(base + tl.minimum(t_first + (c + 1) * C, T), mask=here, other=0)
-        cuts = tl.sum(tl.where(r_in != r_out, tl.full([MAX_CUTS], 1, tl.int64) << c.to(tl.int64), 0), 0)
-    return cuts
+        t0 = t_first + c * C
+        r_in = tl.load(base + tl.minimum(t0, T), mask=here, other=0)
+        r_first = tl.load(base + tl.minimum(t0 + 1, T), mask=here, other=0)
+        r_out = tl.load(base + tl.minimum(t0 + C, T), mask=here, other=0)
+        bit = tl.full([MAX_CUTS], 1, tl.int64) << c.to(tl.int64)
+        cuts = tl.sum(tl.where(r_first != r_out, bit, 0), 0)
+        edges = tl.sum(tl.where(r_in != r_first, bit, 0), 0)
+    return cuts, edges
 
 
 @triton.jit
-def is_cut(cuts, c):
-    """Whether chunk c holds a document start (past MAX_CUTS chunks: taken as so, always exact)."""
-    return (((cuts >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
+def is_cut(mask, c):
+    """Bit c of a `chunk_cuts` mask (past MAX_CUTS chunks: taken as set, which is always exact)."""
+    return (((mask >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
 
 
 @triton.jit
-def cut_by(cuts, c):
-    """Whether a document starts in chunks 0..c of the segment (past MAX_CUTS: taken as so)."""
-    return ((cuts << (MAX_CUTS - 1 - tl.minimum(c, MAX_CUTS - 1))) != 0) | (c >= MAX_CUTS)
+def cut_by(mask, c):
+    """Whether any of bits 0..c of a `chunk_cuts` mask is set (past MAX_CUTS: taken as so)."""
+    return ((mask << (MAX_CUTS - 1 - tl.minimum(c, MAX_CUTS - 1))) != 0) | (c >= MAX_CUTS)
 
 
 @triton.jit
 def chunk_ends(runs, i_b, t0, T, C: tl.constexpr):
-    """The runs of the states entering and leaving the chunk at t0 (its last real token's)."""
+    """The runs of the state entering the chunk at t0, of its first token and of the state leaving
+    it (its last real token's)."""
     base = runs + i_b.to(tl.int64) * (T + 1)
-    return tl.load(base + tl.minimum(t0, T)), tl.load(base + tl.minimum(t0 + C, T))
+    r_in = tl.load(base + tl.minimum(t0, T))
+    return r_in, tl.load(base + tl.minimum(t0 + 1, T)), tl.load(base + tl.minimum(t0 + C, T))
 
 
 @triton.jit

@@ -12,9 +12,9 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask, chunk_tokens, config,
-    decay_mode, doc_starts, dot_precision, head_base, is_cut, late_state, load_cols, load_rows, program_tiles,
-    saved_shape, segment_chunks, token_runs,
+    CHUNK, MAX_CUTS, SAVED_CHUNKS, autotune, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask, chunk_tokens,
+    config, decay_mode, doc_starts, dot_precision, head_base, is_cut, late_state, load_cols, load_rows,
+    program_tiles, saved_shape, segment_chunks, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
@@ -27,7 +27,7 @@ def _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc,
     """The outputs of a chunk's tokens after a document start in it (the main loop stored the first
     document's): no state reaches them, and pairs of tokens stay within a document. Tiles read again."""
     t, valid = chunk_tokens(t0, T, C)
-    r_in, _ = chunk_ends(runs, i_b, t0, T, C)
+    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
     r = token_runs(runs, i_b, t, valid, T)
     qt = load_rows(q_base, t, valid, H * D, rd, D)
     kt = load_cols(k_base, t, valid, HK * D, rd, D)
@@ -39,7 +39,7 @@ def _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc,
     p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
     out = tl.dot(p, vt, input_precision=PREC) * scale
     o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
-    tl.store(o_ptr, out, mask=(valid & (r != r_in))[:, None] & (re[None, :] < E))
+    tl.store(o_ptr, out, mask=(valid & (r != r_first))[:, None] & (re[None, :] < E))
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -59,7 +59,10 @@ def _out_kernel(
         s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
         G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS,
     )  # fmt: skip
-    cuts = chunk_cuts(runs, i_b, t_first, T, NSUB, C, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, t_first, T, NSUB, C, HAS_RUNS)
+    if HAS_RUNS:
+        if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
+            state = tl.zeros_like(state)
 
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
         t0 = t_first + c * C
@@ -82,17 +85,20 @@ def _out_kernel(
         o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c):  # a document starts here: its first document's rows (the others after
-                # the loop), and only its last document's tokens reach the state leaving it
-                r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+            if is_cut(cuts, c) | is_cut(edges, c + 1):  # a document starts after the chunk's first token (its
+                # first document's rows here, the others after the loop), or at the next chunk's first token
+                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_in)
+                rows = valid & (r == r_first)
+                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
+                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
-                    kw = load_cols(k_base, t, valid & (r == r_out), HK * D, rd, D)
-                    state = tl.where(r_in == r_out, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)
+                    kw = load_cols(k_base, t, reach, HK * D, rd, D)
+                    state = tl.where(keep, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)
                 else:
-                    w_out = tl.where(r == r_out, w_out, 0.0)
-                    carry = tl.where(r_in == r_out, carry, 0.0)
+                    w_out = tl.where(reach, w_out, 0.0)
+                    carry = tl.where(keep, carry, 0.0)
             elif G_MODE == 0:
                 state += tl.dot(kt, vt, input_precision=PREC)
         elif G_MODE == 0:
@@ -103,11 +109,12 @@ def _out_kernel(
             state = state * carry + tl.dot(kw, vt, input_precision=PREC)
 
     if HAS_RUNS:
-        if cuts != 0:  # apart from the main loop, whose registers stay the unpacked kernel's
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
                     _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
                                re, T, H, HK, D, E, G_MODE, PREC, C)
+
 
 def fwd(
     q, k, v, g, scale: float, s_in=None, state_hook=None, nsub: int | None = None, save: bool = False, runs=None,

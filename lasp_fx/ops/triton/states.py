@@ -46,7 +46,8 @@ def _local_kernel(
     r_seg = t_seg
     if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
-    cuts = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
+    starts = cuts | edges
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
         t0 = t_seg + c * C
         t, valid = chunk_tokens(t0, T, C)
@@ -56,18 +57,18 @@ def _local_kernel(
         # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
         # to the segment's start, from its first, once one has started since the segment's start.
         if TO_END:
-            cut = is_cut(cuts, c)
+            cut = is_cut(cuts, c) | is_cut(edges, c)
         else:
-            cut = cut_by(cuts, c)
+            cut = cut_by(starts, c)
         if G_MODE == 0:
             if HAS_RUNS:
                 if cut:  # x read again, masked: xt stays in shared memory on the common path
-                    r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                     r = token_runs(runs, i_b, t, valid, T)
                     if TO_END:  # and nothing from before the chunk's last document
                         xw = load_cols(x_base, t, valid & (r == r_out), HX * DX, rx, DX)
                         acc = tl.where(r_in == r_out, acc, 0.0) + tl.dot(xw, yt, input_precision=PREC)
-                    else:
+                    elif r_in == r_seg:  # else the whole chunk is past the segment's first document
                         xw = load_cols(x_base, t, valid & (r == r_seg), HX * DX, rx, DX)
                         acc += tl.dot(xw, yt, input_precision=PREC)
                 else:
@@ -85,7 +86,7 @@ def _local_kernel(
                 w = tl.exp2(total + bc)
             if HAS_RUNS:
                 if cut:
-                    r_in, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                     r = token_runs(runs, i_b, t, valid, T)
                     if TO_END:
                         w = tl.where(r == r_out, w, 0.0)
