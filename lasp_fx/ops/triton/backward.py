@@ -6,9 +6,12 @@ take the float32 state split in two (common.dot_f32b), and the intra-chunk part 
 column sums of one fp32 matrix: dG is then as accurate as the other gradients at any T
 (docs/design.md §2). Transposed operands are loaded transposed or computed as their own product.
 
-Packed documents (HAS_RUNS, common.py): the terms through S reach only the tokens of the
+Packed documents (HAS_RUNS, packed.py): the terms through S reach only the tokens of the
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
-with a document start passes no state gradient back across it.
+with a document start passes no state gradient back across it. A chunk without one runs the
+unpacked code; in one with a start after its first token the main loop stores those rows and
+the loop after it the others (and dG's share of the pairs of tokens, added to the share through
+S stored before: one read back of dG per such chunk).
 """
 
 from __future__ import annotations
@@ -18,44 +21,16 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, MAX_CUTS, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_cuts, chunk_decay,
-    chunk_ends, chunk_mask, chunk_tokens, config, decay_mode, doc_starts, dot_f32b, dot_precision, head_base, is_cut,
-    late_state, load_cols, load_rows, program_tiles, segment_chunks, token_runs,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
+    decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, dkv_rows, dq_rows, is_cut, token_runs
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
-
-
-@triton.jit
-def _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k, t0, rc, rk, re,
-            T, H, HK, D, E, G_MODE: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
-    """dq of a chunk's tokens after a document start in it (the main loop stored the first
-    document's) and, with DG, the pairs' share of dG of all its tokens, added to the share through
-    S that the main loop stored. No state reaches these rows; pairs stay within a document."""
-    t, valid = chunk_tokens(t0, T, C)
-    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
-    r = token_runs(runs, i_b, t, valid, T)
-    dot_ = load_rows(do_base, t, valid, H * E, re, E)
-    vt = load_cols(v_base, t, valid, HK * E, re, E)
-    kt = load_rows(k_base, t, valid, HK * D, rk, D)
-    bc = rc
-    if G_MODE != 0:
-        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-    dp = tl.dot(dot_, vt, input_precision=PREC)
-    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
-    dqt = tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) * scale
-    tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt,
-             mask=(valid & (r != r_first))[:, None] & (rk[None, :] < D))
-    if DG:  # as the main loop, with the pairs of one document only
-        qt = load_rows(q_base, t, valid, H * D, rk, D)
-        w = dp * m * tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-        dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
-        dg = tl.load(dg_ptr, mask=valid, other=0.0) + (tl.sum(w, 1) - tl.sum(w, 0)) * scale
-        tl.store(dg_ptr, dg, mask=valid)
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -99,31 +74,13 @@ def _dq_kernel(
             carry = tl.exp2(a)
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
         dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        if DG:
-            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
-            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
-            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
-            # Both sums are taken here: the dk kernel adds only its part through dS.
-            qt = load_rows(q_base, t, valid, H * D, rk, D)
-            # through S: with exp(b) q rounded as in dS's increments (module docstring)
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
-            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-            w = dp * m * s
-            pairs = tl.sum(w, 1) - tl.sum(w, 0)
-            through = tl.sum(qw * inter, 1)
-            dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the first document's rows and
-                # (with a start after the first token) their share of dG through S, the pairs' after the loop
+            if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
                 r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
                 _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_first)
-                if DG:
-                    if is_cut(cuts, c):  # the chunks of the loop after this one, which adds the pairs
-                        pairs = tl.zeros_like(pairs)
-                        through = tl.where(r == r_first, through, 0.0)
                 reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
                 keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
@@ -138,6 +95,22 @@ def _dq_kernel(
             st += tl.dot(vt, kt, input_precision=PREC)
         tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
         if DG:
+            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
+            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
+            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
+            # Both sums are taken here: the dk kernel adds only its part through dS.
+            qt = load_rows(q_base, t, valid, H * D, rk, D)
+            # through S: with exp(b) q rounded as in dS's increments (module docstring)
+            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
+            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+            w = dp * m * s
+            pairs = tl.sum(w, 1) - tl.sum(w, 0)
+            through = tl.sum(qw * inter, 1)
+            if HAS_RUNS:  # a start after the first token: the share through S of the rows stored above,
+                # the pairs' after the loop (the chunks of packed.dq_rows)
+                through = tl.where(rows, through, 0.0)
+                pairs = tl.where(is_cut(cuts, c), 0.0, pairs)
+            dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
             tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
         if G_MODE != 0:
             kw = (kt * w_out[:, None]).to(kt.dtype)
@@ -148,35 +121,8 @@ def _dq_kernel(
             tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
-                    _dq_fix(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
+                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
                             (i_s * NSUB + c) * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
-
-
-@triton.jit
-def _dkv_fix(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc, ra, rb, T, H, STRIDE_A, STRIDE_B,
-             STRIDE_D, A_DIM, B_DIM, D_DIM, G_MODE: tl.constexpr, SCALE_AFTER: tl.constexpr, PREC: tl.constexpr,
-             C: tl.constexpr):
-    """dk (a = v, b = do, d = q, SCALE_AFTER) or dv (a = k, b = q, d = do) of a chunk's tokens before
-    its last document (the main loop stored the last one's): sum over the later tokens i of their
-    document of (a_j . b_i) M^T[j, i] d_i, rounded as the main loop does. No state gradient reaches
-    them. Tiles read again."""
-    t, valid = chunk_tokens(t0, T, C)
-    _, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-    r = token_runs(runs, i_b, t, valid, T)
-    at = load_rows(a_base, t, valid, STRIDE_A, ra, A_DIM)  # [C, BA]
-    bt = load_cols(b_base, t, valid, STRIDE_B, ra, B_DIM)  # [BA, C]: b shares a's feature range
-    dt = load_rows(d_base, t, valid, STRIDE_D, rb, D_DIM)  # [C, BD]
-    bc = rc
-    if G_MODE != 0:
-        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-    mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
-    pt = tl.dot(at, bt, input_precision=PREC) * mt
-    if SCALE_AFTER:
-        out = tl.dot(pt.to(dt.dtype), dt, input_precision=PREC) * scale
-    else:
-        out = tl.dot((pt * scale).to(dt.dtype), dt, input_precision=PREC)
-    tl.store(out_base + t[:, None].to(tl.int64) * H * D_DIM + rb[None, :], out,
-             mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -217,21 +163,14 @@ def _dk_kernel(
             carry = tl.exp2(a)
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
         dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
-            kt = load_rows(k_base, t, valid, HK * D, rk, D)
-            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
-            through = tl.sum(kw * inter, 1)
-            dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
         rows = valid
         if HAS_RUNS:
-            if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (common.py): the last
+            if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (packed.py): the last
                 # document's rows (the others after the loop, where no state gradient reaches), and only the
                 # first one reaches dS before the chunk
                 r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
                 rows = valid & (r == r_out)
-                if DG:
-                    through = tl.where(r == r_out, through, 0.0)
                 if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
                     qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
                     dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
@@ -243,7 +182,13 @@ def _dk_kernel(
         elif G_MODE == 0:
             dst += tl.dot(dot_, qt, input_precision=PREC) * scale
         tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
-        if DG:
+        if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
+            kt = load_rows(k_base, t, valid, HK * D, rk, D)
+            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
+            through = tl.sum(kw * inter, 1)
+            if HAS_RUNS:  # only the rows stored above get dS
+                through = tl.where(rows, through, 0.0)
+            dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
             tl.store(dg_ptr, through, mask=valid)
         if G_MODE != 0:
             qw = (qt * w_in[:, None]).to(qt.dtype)
@@ -253,7 +198,7 @@ def _dk_kernel(
         if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
-                    _dkv_fix(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
+                    dkv_rows(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
                              rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
 
 
@@ -316,7 +261,7 @@ def _dv_kernel(
         if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
-                    _dkv_fix(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
+                    dkv_rows(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
                              re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
 
 def bwd(
@@ -332,7 +277,7 @@ def bwd(
     `decay_grad=False` (a fixed decay) drops dG and the products only it needs.
     `saved` = (the states `fwd(save=True)` returned, its s_out) spares the
     forward-direction state pass when the segments are SAVED_CHUNKS long (`nsub` as fwd's).
-    `runs` [B, T + 1] int32: packed documents (common.py, chunked.bwd).
+    `runs` [B, T + 1] int32: packed documents (packed.py, chunked.bwd).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
     decay_grad, ds_in [B, H, D, E] float32).

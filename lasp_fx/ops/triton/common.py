@@ -5,17 +5,11 @@ Work is cut in chunks of C tokens (the quadratic part, tensor-core tiles) and se
 registers inside a segment. Tiles are loaded as rows or straight as their transpose: no kernel
 transposes a dot result (docs/design.md §2).
 
-Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
-ops/documents.py. A program first reads where documents start in its segment's chunks
-(`chunk_cuts`, two bit masks from one load each): a chunk without a start is one run, where every
-mask is all ones, and runs the unpacked code with its tiles and layouts. A start at a chunk's first
-token (an edge) only stops the state at it. Where one starts after a chunk's first token, the main
-loop stores the rows of its first document forward in time (its last backward) and masks the
-state passed on, in a branch off the common path, and a second loop after the main one computes
-the other rows with the pairs of tokens kept within a document (`chunk_mask` with `doc_starts`):
-that work stays out of the main loop's registers. A late state reaches only the segments before
-the slice's first document start (`late_tile`). The decays stay the tokens' own: no -inf enters
-any sum. Without documents the runs are compiled out.
+Packed documents (HAS_RUNS): the kernels read the runs index of ops/documents.py; where
+documents start and what is done about it are packed.py's. Here: `chunk_mask` keeps pairs of
+tokens within a document where asked, and a late state reaches only the segments before the
+slice's first document start (`late_tile`). The decays stay the tokens' own: no -inf enters any
+sum. Without documents the runs are compiled out.
 """
 
 from __future__ import annotations
@@ -198,62 +192,10 @@ def chunk_tokens(t0, T, C: tl.constexpr):
     return t, t < T
 
 
-MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
-
-
-@triton.jit
-def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """(cuts, edges): int64 bit masks over the chunks c of the segment starting at t_first. cuts: a
-    document starts after the chunk's first token; edges: one starts at its first token (the state
-    entering it reaches none of it). Runs never decrease, so a chunk with neither is one run: that
-    of the state entering it. Both 0 without HAS_RUNS."""
-    cuts = tl.sum(tl.zeros([1], dtype=tl.int64), 0)
-    edges = cuts
-    if HAS_RUNS:
-        c = tl.arange(0, MAX_CUTS)
-        base = runs + i_b.to(tl.int64) * (T + 1)
-        here = c < NSUB
-        t0 = t_first + c * C
-        r_in = tl.load(base + tl.minimum(t0, T), mask=here, other=0)
-        r_first = tl.load(base + tl.minimum(t0 + 1, T), mask=here, other=0)
-        r_out = tl.load(base + tl.minimum(t0 + C, T), mask=here, other=0)
-        bit = tl.full([MAX_CUTS], 1, tl.int64) << c.to(tl.int64)
-        cuts = tl.sum(tl.where(r_first != r_out, bit, 0), 0)
-        edges = tl.sum(tl.where(r_in != r_first, bit, 0), 0)
-    return cuts, edges
-
-
-@triton.jit
-def is_cut(mask, c):
-    """Bit c of a `chunk_cuts` mask (past MAX_CUTS chunks: taken as set, which is always exact)."""
-    return (((mask >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
-
-
-@triton.jit
-def cut_by(mask, c):
-    """Whether any of bits 0..c of a `chunk_cuts` mask is set (past MAX_CUTS: taken as so)."""
-    return ((mask << (MAX_CUTS - 1 - tl.minimum(c, MAX_CUTS - 1))) != 0) | (c >= MAX_CUTS)
-
-
-@triton.jit
-def chunk_ends(runs, i_b, t0, T, C: tl.constexpr):
-    """The runs of the state entering the chunk at t0, of its first token and of the state leaving
-    it (its last real token's)."""
-    base = runs + i_b.to(tl.int64) * (T + 1)
-    r_in = tl.load(base + tl.minimum(t0, T))
-    return r_in, tl.load(base + tl.minimum(t0 + 1, T)), tl.load(base + tl.minimum(t0 + C, T))
-
-
-@triton.jit
-def token_runs(runs, i_b, t, valid, T):
-    """Each token's run [C] (-1 past T): read only in a chunk where a document starts."""
-    return tl.load(runs + i_b.to(tl.int64) * (T + 1) + 1 + t, mask=valid, other=-1)
-
-
 @triton.jit
 def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, lo, HAS_RUNS: tl.constexpr):
     """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay),
-    and with HAS_RUNS 0 unless j >= lo_i, the first token of i's document in the chunk (`doc_starts`).
+    and with HAS_RUNS 0 unless j >= lo_i, the first token of i's document in the chunk (packed.doc_starts).
 
     TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
     """
@@ -272,13 +214,6 @@ def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, lo, HAS_R
     else:
         m = tl.exp2(tl.where(causal, diff, float("-inf")))
     return m
-
-
-@triton.jit
-def doc_starts(r, rc):
-    """lo [C]: the position in the chunk of the first token of each token's document (0 if it
-    started before the chunk): the tokens before it of other runs r, which come first."""
-    return tl.sum(((rc[None, :] < rc[:, None]) & (r[None, :] != r[:, None])).to(tl.int32), 1)
 
 
 def backward_split(g_mode: int, decay_grad: bool, dtype: torch.dtype) -> bool:

@@ -2,7 +2,9 @@
 
 Each program carries the state entering its segment in registers and walks the segment's chunks:
 o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
-state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes.
+state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes. Packed documents
+(packed.py): a chunk without a start runs this same code; where one starts after a chunk's first
+token, the main loop stores the first document's rows, packed.out_rows the others after it.
 """
 
 from __future__ import annotations
@@ -12,34 +14,13 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, MAX_CUTS, SAVED_CHUNKS, autotune, block, chunk_cuts, chunk_decay, chunk_ends, chunk_mask, chunk_tokens,
-    config, decay_mode, doc_starts, dot_precision, head_base, is_cut, late_state, load_cols, load_rows,
-    program_tiles, saved_shape, segment_chunks, token_runs,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode, dot_precision,
+    head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, is_cut, out_rows, token_runs
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
-
-
-@triton.jit
-def _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D, E,
-               G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
-    """The outputs of a chunk's tokens after a document start in it (the main loop stored the first
-    document's): no state reaches them, and pairs of tokens stay within a document. Tiles read again."""
-    t, valid = chunk_tokens(t0, T, C)
-    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
-    r = token_runs(runs, i_b, t, valid, T)
-    qt = load_rows(q_base, t, valid, H * D, rd, D)
-    kt = load_cols(k_base, t, valid, HK * D, rd, D)
-    vt = load_rows(v_base, t, valid, HK * E, re, E)
-    bc = rc
-    if G_MODE != 0:
-        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
-    p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
-    out = tl.dot(p, vt, input_precision=PREC) * scale
-    o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
-    tl.store(o_ptr, out, mask=(valid & (r != r_first))[:, None] & (re[None, :] < E))
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -112,7 +93,7 @@ def _out_kernel(
         if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
             for c in range(0, NSUB):
                 if is_cut(cuts, c):
-                    _fix_chunk(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
+                    out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
                                re, T, H, HK, D, E, G_MODE, PREC, C)
 
 
@@ -127,7 +108,7 @@ def fwd(
 
     `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
     (empty unless the segments are SAVED_CHUNKS long), the same whether or not the backward
-    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (common.py, chunked.fwd).
+    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (packed.py, chunked.fwd).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """

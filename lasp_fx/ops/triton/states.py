@@ -4,9 +4,10 @@ Forward (k, v) and backward (q, do) alike: U_s = the segment's own state, then S
 exp(A_s) S[s] + U_s, into a [B, heads, n_segments, D, E] float32 buffer of the states at the
 segment boundaries and the state at the far end (docs/design.md §2).
 
-Packed documents (runs, common.py): a token enters U_s only if it reaches the segment's far
+Packed documents (runs, packed.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
-scan passes no state across a segment in which a document starts.
+scan passes no state across a segment in which a document starts. The masks are read and applied
+only in the chunks where not every token gets there.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_cuts, chunk_decay, chunk_ends, chunk_tokens, config, cut_by, dot_precision,
-    head_base, is_cut, load_cols, load_rows, token_runs,
+    CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, dot_precision, head_base, load_cols, load_rows,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import chunk_cuts, chunk_ends, cut_by, is_cut, token_runs
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
@@ -53,7 +54,7 @@ def _local_kernel(
         t, valid = chunk_tokens(t0, T, C)
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        # Packed documents (common.py): which tokens get there, read only where not all of them do.
+        # Packed documents (packed.py): which tokens get there, read only where not all of them do.
         # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
         # to the segment's start, from its first, once one has started since the segment's start.
         if TO_END:
