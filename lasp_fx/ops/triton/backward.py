@@ -87,10 +87,12 @@ def _dq_kernel(
                     kw = load_rows(k_base, t, reach, HK * D, rk, D)
                     st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
                 else:
-                    w_out = tl.where(reach, w_out, 0.0)
-                    carry = tl.where(keep, carry, 0.0)
+                    kw = (kt * tl.where(reach, w_out, 0.0)[:, None]).to(kt.dtype)
+                    st = st * tl.where(keep, carry, 0.0) + tl.dot(vt, kw, input_precision=PREC)
             elif G_MODE == 0:
                 st += tl.dot(vt, kt, input_precision=PREC)
+            else:
+                st = st * carry + tl.dot(vt, (kt * w_out[:, None]).to(kt.dtype), input_precision=PREC)
         elif G_MODE == 0:
             st += tl.dot(vt, kt, input_precision=PREC)
         tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
@@ -112,7 +114,7 @@ def _dq_kernel(
                 pairs = tl.where(is_cut(cuts, c), 0.0, pairs)
             dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
             tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
-        if G_MODE != 0:
+        if G_MODE != 0 and not HAS_RUNS:
             kw = (kt * w_out[:, None]).to(kt.dtype)
             st = st * carry + tl.dot(vt, kw, input_precision=PREC)
 
@@ -175,10 +177,12 @@ def _dk_kernel(
                     qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
                     dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
                 else:
-                    w_in = tl.where(r == r_in, w_in, 0.0)
-                    carry = tl.where(r_in == r_out, carry, 0.0)
+                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[:, None]).to(qt.dtype)
+                    dst = dst * tl.where(r_in == r_out, carry, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
             elif G_MODE == 0:
                 dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+            else:
+                dst = dst * carry + tl.dot(dot_, (qt * w_in[:, None]).to(qt.dtype), input_precision=PREC) * scale
         elif G_MODE == 0:
             dst += tl.dot(dot_, qt, input_precision=PREC) * scale
         tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
@@ -190,7 +194,7 @@ def _dk_kernel(
                 through = tl.where(rows, through, 0.0)
             dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
             tl.store(dg_ptr, through, mask=valid)
-        if G_MODE != 0:
+        if G_MODE != 0 and not HAS_RUNS:
             qw = (qt * w_in[:, None]).to(qt.dtype)
             dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
 
@@ -246,14 +250,16 @@ def _dv_kernel(
                     qw = load_cols(q_base, t, valid & (r == r_in), H * D, rd, D)
                     ds = tl.where(r_in == r_out, ds, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
                 else:
-                    w_in = tl.where(r == r_in, w_in, 0.0)
-                    carry = tl.where(r_in == r_out, carry, 0.0)
+                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[None, :]).to(qt.dtype)
+                    ds = ds * tl.where(r_in == r_out, carry, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
             elif G_MODE == 0:
                 ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+            else:
+                ds = ds * carry + tl.dot((qt * w_in[None, :]).to(qt.dtype), dot_, input_precision=PREC) * scale
         elif G_MODE == 0:
             ds += tl.dot(qt, dot_, input_precision=PREC) * scale
         tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
-        if G_MODE != 0:
+        if G_MODE != 0 and not HAS_RUNS:
             qw = (qt * w_in[None, :]).to(qt.dtype)
             ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
 

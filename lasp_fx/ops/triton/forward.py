@@ -78,14 +78,16 @@ def _out_kernel(
                     kw = load_cols(k_base, t, reach, HK * D, rd, D)
                     state = tl.where(keep, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)
                 else:
-                    w_out = tl.where(reach, w_out, 0.0)
-                    carry = tl.where(keep, carry, 0.0)
+                    kw = (kt * tl.where(reach, w_out, 0.0)[None, :]).to(kt.dtype)
+                    state = state * tl.where(keep, carry, 0.0) + tl.dot(kw, vt, input_precision=PREC)
             elif G_MODE == 0:
                 state += tl.dot(kt, vt, input_precision=PREC)
+            else:
+                state = state * carry + tl.dot((kt * w_out[None, :]).to(kt.dtype), vt, input_precision=PREC)
         elif G_MODE == 0:
             state += tl.dot(kt, vt, input_precision=PREC)
         tl.store(o_ptr, out, mask=rows[:, None] & (re[None, :] < E))
-        if G_MODE != 0:
+        if G_MODE != 0 and not HAS_RUNS:
             kw = (kt * w_out[None, :]).to(kt.dtype)
             state = state * carry + tl.dot(kw, vt, input_precision=PREC)
 

@@ -25,6 +25,17 @@ from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
 
 
+@triton.jit
+def _add_chunk(acc, xt, yt, w, carry, total, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
+    """The segment's state so far with a decayed chunk's tokens added (x weighted by w)."""
+    part = tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+    if TO_END:
+        return acc * carry + part
+    if CHUNKWISE:
+        return acc + part * tl.exp2(total)
+    return acc + part
+
+
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
           key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
@@ -86,7 +97,7 @@ def _local_kernel(
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
             if HAS_RUNS:
-                if cut:
+                if cut:  # the product in each branch: a real branch, off the common path
                     r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                     r = token_runs(runs, i_b, t, valid, T)
                     if TO_END:
@@ -94,13 +105,11 @@ def _local_kernel(
                         carry = tl.where(r_in == r_out, carry, 0.0)
                     else:
                         w = tl.where(r == r_seg, w, 0.0)
-            part = tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
-            if TO_END:
-                acc = acc * carry + part
-            elif CHUNKWISE:
-                acc += part * tl.exp2(total)
+                    acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
+                else:
+                    acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
             else:
-                acc += part
+                acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
