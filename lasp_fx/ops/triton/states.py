@@ -26,9 +26,12 @@ from lasp_fx.ops.triton.launch import launch
 
 
 @triton.jit
-def _add_chunk(acc, xt, yt, w, carry, total, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
-    """The segment's state so far with a decayed chunk's tokens added (x weighted by w)."""
-    part = tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+def _add_chunk(acc, xw, yt, carry, total, G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr,
+               PREC: tl.constexpr):
+    """The segment's state so far with a chunk's tokens (x already weighted) added."""
+    part = tl.dot(xw, yt, input_precision=PREC)
+    if G_MODE == 0:
+        return acc + part
     if TO_END:
         return acc * carry + part
     if CHUNKWISE:
@@ -73,20 +76,7 @@ def _local_kernel(
         else:
             cut = cut_by(starts, c)
         if G_MODE == 0:
-            if HAS_RUNS:
-                if cut:  # x read again, masked: xt stays in shared memory on the common path
-                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                    r = token_runs(runs, i_b, t, valid, T)
-                    if TO_END:  # and nothing from before the chunk's last document
-                        xw = load_cols(x_base, t, valid & (r == r_out), HX * DX, rx, DX)
-                        acc = tl.where(r_in == r_out, acc, 0.0) + tl.dot(xw, yt, input_precision=PREC)
-                    elif r_in == r_seg:  # else the whole chunk is past the segment's first document
-                        xw = load_cols(x_base, t, valid & (r == r_seg), HX * DX, rx, DX)
-                        acc += tl.dot(xw, yt, input_precision=PREC)
-                else:
-                    acc += tl.dot(xt, yt, input_precision=PREC)
-            else:
-                acc += tl.dot(xt, yt, input_precision=PREC)
+            xw = xt
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             carry = tl.exp2(a)
@@ -96,20 +86,25 @@ def _local_kernel(
                 w = tl.exp2(bc)
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
-            if HAS_RUNS:
-                if cut:  # the product in each branch: a real branch, off the common path
-                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                    r = token_runs(runs, i_b, t, valid, T)
-                    if TO_END:
-                        w = tl.where(r == r_out, w, 0.0)
-                        carry = tl.where(r_in == r_out, carry, 0.0)
-                    else:
-                        w = tl.where(r == r_seg, w, 0.0)
-                    acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
+            xw = (xt * w[None, :]).to(xt.dtype)
+        carry = 1.0 if G_MODE == 0 else carry
+        new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)  # the loads stay pipelined
+        if HAS_RUNS:
+            if cut:  # again from the tokens that get there only (a real branch, off the common path)
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                r = token_runs(runs, i_b, t, valid, T)
+                gets_there = valid & (r == r_out) if TO_END else valid & (r == r_seg)
+                if G_MODE == 0:  # masked here only: xt stays in shared memory on the common path
+                    xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
                 else:
-                    acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
-            else:
-                acc = _add_chunk(acc, xt, yt, w, carry, total, TO_END, CHUNKWISE, PREC)
+                    xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
+                if TO_END:  # and nothing from before the chunk's last document
+                    new = _add_chunk(tl.where(r_in == r_out, acc, 0.0), xw, yt, carry, total, G_MODE, TO_END,
+                                     CHUNKWISE, PREC)
+                else:
+                    new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
+        acc = new
+        if G_MODE != 0:
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
