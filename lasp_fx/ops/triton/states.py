@@ -39,6 +39,17 @@ def _add_chunk(acc, xw, yt, carry, total, G_MODE: tl.constexpr, TO_END: tl.const
     return acc + part
 
 
+@triton.jit
+def _add_masked(acc, xt, yt, w, carry, total, gets_there, G_MODE: tl.constexpr, TO_END: tl.constexpr,
+                CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
+    """`_add_chunk` from the tokens that get there only (x masked here: xt stays in shared memory)."""
+    if G_MODE == 0:
+        xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
+    else:
+        xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
+    return _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
+
+
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
           key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
@@ -75,6 +86,7 @@ def _local_kernel(
             cut = is_cut(cuts, c) | is_cut(edges, c)
         else:
             cut = cut_by(starts, c)
+        w = valid  # per-token weights (with decay only: a placeholder without)
         if G_MODE == 0:
             xw = xt
         else:
@@ -92,17 +104,14 @@ def _local_kernel(
         if HAS_RUNS:
             if cut:  # again from the tokens that get there only (a real branch, off the common path)
                 r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                r = token_runs(runs, i_b, t, valid, T)
-                gets_there = valid & (r == r_out) if TO_END else valid & (r == r_seg)
-                if G_MODE == 0:  # masked here only: xt stays in shared memory on the common path
-                    xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
-                else:
-                    xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
-                if TO_END:  # and nothing from before the chunk's last document
-                    new = _add_chunk(tl.where(r_in == r_out, acc, 0.0), xw, yt, carry, total, G_MODE, TO_END,
-                                     CHUNKWISE, PREC)
-                else:
-                    new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
+                if TO_END:  # the chunk's last document, and nothing from before it
+                    new = _add_masked(tl.where(r_in == r_out, acc, 0.0), xt, yt, w, carry, total,
+                                      token_runs(runs, i_b, t, valid, T) == r_out, G_MODE, TO_END, CHUNKWISE, PREC)
+                elif r_in == r_seg:  # its tokens before the start, of the segment's first document
+                    new = _add_masked(acc, xt, yt, w, carry, total, token_runs(runs, i_b, t, valid, T) == r_seg,
+                                      G_MODE, TO_END, CHUNKWISE, PREC)
+                else:  # the whole chunk is past the segment's first document: none of it gets there
+                    new = acc
         acc = new
         if G_MODE != 0:
             total += a
