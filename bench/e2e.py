@@ -10,6 +10,8 @@ parameters in the blocks), bf16 parameters, fused AdamW, batch 1; every variant 
 weights and takes the same tokens. Variants (--variants):
     parallelize  lasp_fx.parallelize(model) (Inductor on CUDA), the model as written
     hand         the attention rewritten by hand around lasp_fx.linear_attention, torch.compile
+    hand_blocks  the same, each block compiled on its own (with ckpt: checkpointed around its compiled
+                 forward), the rest eager: the issue's by-hand reference for memory
     fla          the same with fla's chunk_simple_gla (fla-core), torch.compile
     compile      the model as written (a T x T decay mask: small T only) under torch.compile
 Levers (--levers, joined by "+"): ckpt (non-reentrant checkpointing of every block: parallelize's
@@ -17,9 +19,12 @@ checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss
 --loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's norm + MLP
 on --mlp-tiles sequence tiles, each recomputed in backward: ModelConfig.mlp_tiles), offload (saved
 activations in host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile
-path without its rewrite), none. fla's kernel runs outside the compiled graphs (see _fla_kernel).
+path without its rewrite), nolean (parallelize with Inductor's own fusion options, not
+lasp_fx.memory.inductor_options: the A/B of that fix), none. fla's kernel runs outside the compiled
+graphs (see _fla_kernel).
 Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory (of the steps after
-the first, and of the first on its own), the first step's seconds (compile and autotuning; later
+the first, and of the first on its own), the bytes autograd saved for backward in one step (the
+step after the first; parameters not counted), the first step's seconds (compile and autotuning; later
 lengths of one variant reuse its graph: the length is dynamic), the first step's loss (the same
 weights and tokens for every variant: a cross-check).
 An out-of-memory row is recorded as such and ends that variant's longer lengths. The JSON is
@@ -29,6 +34,7 @@ rewritten after every row, so a run cut short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -100,18 +106,47 @@ def _build(variant, levers, cfg, state, dev, dtype, a):
     ckpt, offload = "ckpt" in levers, "offload" in levers
     if variant == "parallelize":
         return lasp_fx.parallelize(model, checkpoint="blocks" if ckpt else "none", offload=offload), model
+    if variant == "hand_blocks":
+        return _compiled_blocks(_by_hand(model, _lasp_kernel), ckpt, a.backend or _default_backend(dev)), model
     if variant == "fla":
         import fla  # noqa: F401 - ImportError: the row says fla is missing
     if variant in ("hand", "fla"):
         _by_hand(model, _lasp_kernel if variant == "hand" else _fla_in_graph if a.fla_in_graph else _fla_kernel)
     if ckpt:
         checkpoint_blocks(model)
-    backend = a.backend or ("inductor" if dev.type == "cuda" else "aot_eager")
+    backend = a.backend or _default_backend(dev)
     if offload:  # lasp_fx's compile path without its rewrite: the same offload as parallelize's
         from lasp_fx.compile import make_backend
 
         backend = make_backend(None, compiler=backend, rewrite=lambda gm, _: gm, offload=True)
     return torch.compile(model, backend=backend), model
+
+
+def _compiled_blocks(model, ckpt, backend):
+    """Each block's forward compiled on its own (one graph serves every block: the parameters are
+    its inputs), under non-reentrant checkpointing with ckpt; the embedding and the loss eager."""
+    from torch.utils.checkpoint import checkpoint
+
+    compiled = torch.compile(_block_forward, backend=backend)
+
+    def run(block, x):
+        torch._dynamo.maybe_mark_dynamic(x, 1)  # the length: one graph for every length, as the others
+        return compiled(block, x)
+
+    for block in model.blocks:
+        if ckpt:
+            block.forward = lambda x, block=block: checkpoint(run, block, x, use_reentrant=False)
+        else:
+            block.forward = lambda x, block=block: run(block, x)
+    return model
+
+
+def _block_forward(block, x):
+    return type(block).forward(block, x)
+
+
+def _default_backend(dev):
+    return "inductor" if dev.type == "cuda" else "aot_eager"  # as parallelize's "auto"
 
 
 def _flops_per_step(model, cfg, T):
@@ -143,12 +178,17 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
         torch._dynamo.maybe_mark_dynamic(labels, 1)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times, first_loss = [], None
+    times, first_loss, saved = [], None, None
     for i in range(1 + warmup + steps):
         sync(dev)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = run(ids, labels=labels)
+        if i == min(1, warmup + steps):  # a step after the first (a warm-up one if any): compiled already
+            saved = _SavedBytes(model)
+            with saved:
+                loss = run(ids, labels=labels)
+        else:
+            loss = run(ids, labels=labels)
         loss.backward()
         opt.step()
         sync(dev)
@@ -164,12 +204,31 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
     world = dist.get_world_size()
     out = {"first_step_s": round(times[0], 2), "step_ms": ms and round(ms, 2), "loss": first_loss,
            "tokens_per_s": ms and round(T / ms * 1e3), "params_N": n}
+    if saved is not None:
+        out["saved_gib"] = round(saved.bytes / 2**30, 3)
+        out["saved_kib_per_token_layer"] = round(saved.bytes / 2**10 / T / cfg["num_layers"], 2)
     if ms and dev.type == "cuda":
         out["mfu"] = round(flops / (ms * 1e-3) / (world * _ARGS.peak_tflops * 1e12), 4)
     if dev.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if steps + warmup else None
         out["first_step_peak_gib"] = round(first_peak / 2**30, 2)
     return out
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Bytes of the distinct storages autograd saves for backward inside the block, parameters aside
+    (a checkpoint's own hooks hide what it recomputes: what it keeps, its inputs, is counted)."""
+
+    def __init__(self, model):
+        self.bytes, self._seen = 0, {p.untyped_storage().data_ptr() for p in model.parameters()}
+        super().__init__(self._pack, lambda t: t)
+
+    def _pack(self, t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return t
 
 
 def _free(dev):
@@ -187,10 +246,11 @@ class _Variant:
 
     def step(self, T, steps, warmup):
         variant, levers, cfg, state, dev, dtype, a = self.args
-        if self.run is None:
-            self.run, self.model = _build(variant, levers, cfg, state, dev, dtype, a)
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=dev.type == "cuda")
-        return _row(self.run, self.model, self.opt, T, cfg, dev, steps, warmup, variant)
+        with _lean_off() if "nolean" in levers else contextlib.nullcontext():  # compiles happen in calls
+            if self.run is None:
+                self.run, self.model = _build(variant, levers, cfg, state, dev, dtype, a)
+                self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=dev.type == "cuda")
+            return _row(self.run, self.model, self.opt, T, cfg, dev, steps, warmup, variant)
 
     def after_oom(self):
         if self.opt is not None:
@@ -200,6 +260,19 @@ class _Variant:
         self.run = self.model = self.opt = None
         torch._dynamo.reset()
         _free(self.args[4])
+
+
+def _lean_off():
+    """parallelize() compiled with Inductor's own fusion, buffer reuse and sums (lasp_fx.memory's
+    lean-backward options off; offload, if asked for, stays)."""
+    from unittest import mock
+
+    import lasp_fx.memory
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(lasp_fx.memory, "_LEAN_BACKWARD", {}))
+    stack.enter_context(mock.patch.object(lasp_fx.memory, "sum_in_order", lambda graph: 0))
+    return stack
 
 
 def _attempt(v, T, steps, warmup, dev):
@@ -287,6 +360,8 @@ def _variants(a, cfg, state, dev, dtype, rows):
 def _skip(variant, levers, dev, a) -> str | None:
     if variant != "parallelize" and dist.get_world_size() > 1:
         return "one GPU only (the by-hand variants do not split the sequence)"
+    if "nolean" in levers and variant != "parallelize":
+        return "nolean turns off an option of parallelize()'s compile only"
     if "offload" in levers:
         from lasp_fx.memory import offload_available
 
@@ -338,7 +413,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="8192,32768,131072", help="global tokens per step, comma-separated")
     ap.add_argument("--levers", default="none,ckpt+chunkloss", help='lever sets, comma-separated; "+" joins levers')
-    ap.add_argument("--variants", default=None, help="default: parallelize,hand,fla,compile (--longest: parallelize)")
+    ap.add_argument("--variants", default=None, help="default: parallelize,hand,hand_blocks,fla,compile (--longest: parallelize)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per row (median)")
     ap.add_argument("--warmup", type=int, default=1, help="steps after the first before timing")
     ap.add_argument("--loss-chunks", type=int, default=32, help="vocabulary slices of the chunked loss")
@@ -360,7 +435,7 @@ def main():
     ap.add_argument("--png", default=None)
     a = _ARGS = ap.parse_args()
     _DEADLINE = time.monotonic() + a.budget
-    a.variants = a.variants or ("parallelize" if a.longest else "parallelize,hand,fla,compile")
+    a.variants = a.variants or ("parallelize" if a.longest else "parallelize,hand,hand_blocks,fla,compile")
     if a.fla_in_graph and a.variants != "fla":
         ap.error("--fla-in-graph needs --variants fla: lasp_fx's backend would trace fla's kernel as its own op")
     cuda = torch.cuda.is_available() and not a.tiny

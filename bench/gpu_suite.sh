@@ -22,7 +22,8 @@
 #          process per model side by side (MODELS=...; 5 at once take ~400 s: each compiles on the CPU)
 #   cuda   the pytest cases that run on the GPU only (device "cuda" and the kernel files), 14 workers (~150 s)
 #   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
-#          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240)
+#          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240;
+#          E2E_LENGTHS, E2E_LEVERS, E2E_VARIANTS override the lengths, lever sets and variants)
 #   header bench/header.py on GPU 0: what the rank check's headers cost beside the op (~60 s)
 #   length bench/check_length_gpu.py on GPU 0: bf16 against float64 up to 1M tokens, and >2^31 elements (~4 min)
 #   decay  bench/check_decay_grad_gpu.py on GPU 0: the decay gradient's precision as T grows (~60 s)
@@ -31,6 +32,7 @@
 #   packed bench/check_packed_gpu.py --quick (packed kernels against float64), then bench/packed.py (128K tokens,
 #          documents of 4K, against the unpacked op) (~200 s)
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
+#   trainpack bench/check_train_pack_gpu.py: examples/train.py --pack under parallelize() against the plain model (~120 s)
 #   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
 #          "smoke <script> rc=<exit status>" each, JSON under $OUT/smoke/ (at most 550 s)
@@ -86,7 +88,8 @@ smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, a
     --json "$S/e2e.json"
 }
 { echo "command: PARTS=\"$PARTS\"${SP_IMPLS:+ SP_IMPLS=$SP_IMPLS}${E2E_BUDGET:+ E2E_BUDGET=$E2E_BUDGET}\
-${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}\
+${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${E2E_LEVERS:+ E2E_LEVERS=$E2E_LEVERS}\
+${E2E_VARIANTS:+ E2E_VARIANTS=$E2E_VARIANTS}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}\
  bash bench/gpu_suite.sh"
   date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
 for part in $PARTS; do
@@ -123,7 +126,8 @@ for part in $PARTS; do
             --dist loadgroup -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" \
             -k "cuda or triton or kernel or saved or gathered or decay_grad or op_split or forget or launch" tests ;;
     e2e) CUDA_VISIBLE_DEVICES=0 timeout $(( ${E2E_BUDGET:-240} + 90 )) torchrun --standalone --nproc-per-node=1 \
-           bench/e2e.py --lengths ${E2E_LENGTHS:-32768,131072} --levers ckpt+chunkloss --variants parallelize,hand,fla \
+           bench/e2e.py --lengths ${E2E_LENGTHS:-32768,131072} --levers ${E2E_LEVERS:-ckpt+chunkloss} \
+           --variants ${E2E_VARIANTS:-parallelize,hand,fla} \
            --budget ${E2E_BUDGET:-240} --json "$OUT/e2e.json" --png "$OUT/e2e.png" ;;
     header) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/header.py --device cuda --json "$OUT/header.json" ;;
     length) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/check_length_gpu.py --json "$OUT/check_length.json" ;;
@@ -134,6 +138,7 @@ for part in $PARTS; do
             CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/packed.py --json "$OUT/packed.json" ;;
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
+    trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;
     smoke) smoke ;;
     smoke-ranks) smoke_ranks ;;
     *) echo "unknown part $part" ;;

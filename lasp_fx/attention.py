@@ -80,7 +80,9 @@ def linear_attention(
             caller's promise, as log_decay's.
         document_ids: the same as integer labels per token [B, T] (all ranks' tokens with a group,
             the same tensor on every rank): each maximal run of one label is one document (0 for
-            padding by convention: a run of its own). Not with cu_seqlens.
+            padding by convention: a run of its own). Not with cu_seqlens. In a model under
+            parallelize() they are cut into slices like the other inputs: each rank reads the label
+            of the token before its slice.
 
     Returns:
         o [B, T, H, E] in q's dtype, or (o, final_state [B, H, D, E]) with

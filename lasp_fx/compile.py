@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import fx, nn
 
@@ -32,10 +34,8 @@ def _compile(gm: fx.GraphModule, example_inputs, compiler: Compiler, offload: bo
     if compiler == "inductor":
         from torch._inductor.compile_fx import compile_fx
 
-        if offload:
-            with memory.offloading():
-                return compile_fx(gm, example_inputs, config_patches={"joint_custom_pre_pass": memory.mark_offload})
-        return compile_fx(gm, example_inputs)
+        with memory.offloading() if offload else contextlib.nullcontext():
+            return compile_fx(gm, example_inputs, config_patches=memory.inductor_options(gm, offload) or None)
     from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo.backends.common import aot_autograd
     from torch._inductor.compile_fx import select_decomp_table

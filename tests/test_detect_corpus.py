@@ -38,6 +38,8 @@ def test_expected_near_misses(name, device):
         ("softmax_manual", "softmax"),
         ("detached_eps_row_norm", "not the same gradients"),
         ("where_row_norm", "not the same function"),
+        ("feature_sum_scores", "write them as a matmul or an einsum"),
+        ("per_channel_decay_scores", "a decay per feature channel"),
     ],
 )
 def test_near_miss_reason_says_why(name, words, device):

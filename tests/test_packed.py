@@ -303,13 +303,16 @@ def test_cu_seqlens_needs_one_packed_row():
         lasp_fx.linear_attention(x, x, x, cu_seqlens=torch.tensor([0, 3, 8]))
 
 
-def test_packed_op_traces_as_one_node():
-    """Under torch.compile (fullgraph) the packed op stays one custom-op call and gives the eager result."""
+@pytest.mark.parametrize("form", ["cu_seqlens", "document_ids"])
+def test_packed_op_traces_as_one_node(form):
+    """Under torch.compile (fullgraph) the packed op stays one custom-op call and gives the eager result
+    (document ids: their runs are one custom op too, lasp_fx::document_runs, which parallelize shards)."""
     a = random_inputs(1, 70, 2, 4, 4, decay="gate", dtype=torch.float32, generator=torch.Generator().manual_seed(1))
     cu = torch.tensor([0, 9, 64, 70])
+    packing = {"cu_seqlens": cu} if form == "cu_seqlens" else {"document_ids": documents.ids_from_cu_seqlens(cu)}
 
     def f(q, k, v, g):
-        return lasp_fx.linear_attention(q, k, v, g, cu_seqlens=cu)
+        return lasp_fx.linear_attention(q, k, v, g, **packing)
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     assert rel_rms(compiled(a["q"], a["k"], a["v"], a["log_decay"]), f(a["q"], a["k"], a["v"], a["log_decay"])) < 1e-6
@@ -334,8 +337,24 @@ def test_parallelize_model_taking_cu_seqlens(world_size, cu, kernel):
     assert not any(bad.values()), bad
 
 
-def test_parallelize_refuses_document_ids_of_a_slice():
-    """document_ids sharded with the batch cannot tell whether a slice's first document continues:
-    refused at its source line, never a silently different function (cu_seqlens works)."""
-    messages = run_spawned(workers_packed.parallel_ids_refused, 2, 16, timeout=600.0)
-    assert all(m.startswith("ShardError") and "workers_packed.py" in m for m in messages), messages
+def _labels(cu: list, labels: list) -> list:
+    """Per-token labels of the documents between the offsets `cu`, document i labelled labels[i]."""
+    return [label for a, z, label in zip(cu[:-1], cu[1:], labels) for _ in range(z - a)]
+
+
+IDS = [  # (world size, cu_seqlens of a 24-token row, each document's label: reused, 0 for padding)
+    pytest.param(1, [0, 5, 13, 24], [1, 2, 1], id="P1"),
+    pytest.param(2, [0, 5, 12, 13, 24], [1, 2, 1, 0], id="P2-start_at_rank_edge-padding_run"),
+    pytest.param(3, [0, 1, 3, 8, 20, 24], [7, 3, 7, 3, 7], id="P3-start_at_rank_edge-document_over_2_ranks"),
+]
+
+
+@pytest.mark.parametrize("world_size, cu, labels", IDS)
+def test_parallelize_model_taking_document_ids(world_size, cu, labels):
+    """document_ids sharded with the batch: each rank's runs take the label before its slice (a tiny
+    all-gather), so a document crossing a rank edge continues and one starting there does not; labels
+    reused by documents that do not touch each other are other documents, as on one device."""
+    case = dict(T=24, cu=cu, kernel="ids", ids=_labels(cu, labels))
+    results = run_spawned(workers_packed.parallel_model, world_size, case, timeout=600.0)
+    bad = {rank: {n: e for n, e in r.items() if not e < 1e-10} for rank, r in enumerate(results)}
+    assert not any(bad.values()), bad

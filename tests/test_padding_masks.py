@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lasp_fx.passes.shard import padding_masks
 from lasp_fx.passes.shard.rules import ShardError
 from tests.helpers import workers_parallel
+from tests.helpers.traced import traced
 from lasp_fx.numerics import rel_rms
 from lasp_fx.distributed.spawn import run_spawned
 
@@ -136,28 +137,6 @@ def _attention(x, flags, spell):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=spell(flags, x.shape[1]))
 
 
-def _traced(fn, *inputs):
-    """(graph, sequence symbols, its inputs) as parallelize's backend sees them: dim 1 of every input dynamic."""
-    from lasp_fx.capture import capture_dynamo_graph
-    from lasp_fx.passes.shard.seq_dims import sequence_symbols
-
-    box = {}
-
-    def backend(gm, example_inputs):
-        graph = capture_dynamo_graph(gm, example_inputs)
-        fakes = [ph.meta.get("val") for ph in graph.graph.find_nodes(op="placeholder")]
-        box["graph"], box["inputs"] = graph, example_inputs
-        box["symbols"] = sequence_symbols(fakes, lambda i, v: 1 if isinstance(v, torch.Tensor) and v.dim() > 1
-                                          else None)
-        return gm.forward
-
-    for t in inputs:
-        torch._dynamo.mark_dynamic(t, 1)
-    torch._dynamo.reset()
-    torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)(*inputs)
-    return box["graph"], box["symbols"], box["inputs"]
-
-
 @pytest.mark.parametrize("spelling", list(MASKS))
 def test_mask_spellings(spelling):
     spell, recognised = MASKS[spelling]
@@ -167,7 +146,7 @@ def test_mask_spellings(spelling):
     x = torch.randn(3, 10, 12, dtype=torch.float64, generator=gen)
     flags = torch.ones(3, 10, dtype=torch.long)
     flags[0, :4], flags[1, 7:], flags[2, 2], flags[2, 5] = 0, 0, 0, 2  # a 2 is what the model makes of it
-    graph, symbols, inputs = _traced(lambda x, f: _attention(x, f, spell), x, flags)
+    graph, symbols, inputs = traced(lambda x, f: _attention(x, f, spell), x, flags)
     if not recognised:
         with pytest.raises(ShardError, match=r"scaled_dot_product_attention.* at .*test_padding_masks.py:\d+.*"
                                              r"mask \(built at .*test_padding_masks.py:\d+"):
@@ -199,7 +178,7 @@ def test_length_only_windows_are_refused(window):
     from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 
     x = torch.randn(2, 10, 12, dtype=torch.float64)
-    graph, symbols, _ = _traced(lambda x: _attention(x, None, lambda f, n: _causal(n, x.device).triu(1 - window)), x)
+    graph, symbols, _ = traced(lambda x: _attention(x, None, lambda f, n: _causal(n, x.device).triu(1 - window)), x)
     with pytest.raises(ShardError, match=r"mask \(built at .*test_padding_masks.py:\d+.*\) is causal on short "
                                          r"sequences but not at \d+ tokens: a sliding window"):
         causal_masks_pass(graph, symbols)

@@ -1,6 +1,8 @@
 """Small language models in plain PyTorch, one per linear-attention family, written as people write them.
 
-None of them imports lasp_fx: `lasp_fx.parallelize` has to find their linear attention itself.
+On ordinary rows none of them calls lasp_fx: `lasp_fx.parallelize` has to find their linear attention
+itself. Rows of packed documents (`position_ids` restarting per document) call lasp_fx's op with
+document ids, as a packed model calls a varlen kernel (FlashAttention's, fla's).
 """
 
 from examples.models.common import ModelConfig

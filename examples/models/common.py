@@ -46,7 +46,7 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block around any token mixer."""
+    """Pre-norm residual block around any token mixer (which takes the packed row's positions and documents)."""
 
     def __init__(self, cfg: ModelConfig, mixer: nn.Module):
         super().__init__()
@@ -56,8 +56,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.mlp_ratio * cfg.dim)
         self.mlp_tiles = cfg.mlp_tiles
 
-    def forward(self, x):
-        x = x + self.mixer(self.norm1(x))
+    def forward(self, x, position_ids=None, document_ids=None):
+        x = x + self.mixer(self.norm1(x), position_ids, document_ids)
         if self.mlp_tiles:  # position by position: the tiles' results are the whole one's
             tiles = x.tensor_split(self.mlp_tiles, dim=1)
             return x + torch.cat([checkpoint(self._mlp, t, use_reentrant=False) for t in tiles], dim=1)
@@ -68,7 +68,11 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """Embedding, blocks, norm, tied-free LM head; returns the mean next-token loss if labels are given."""
+    """Embedding, blocks, norm, tied-free LM head; returns the mean next-token loss if labels are given.
+
+    position_ids [B, T], restarting at 0 per document (HF's DataCollatorWithFlattening), make a row
+    of packed documents: each is computed as if alone (its positions, its attention).
+    """
 
     def __init__(self, cfg: ModelConfig, mixers: list[nn.Module]):
         super().__init__()
@@ -78,10 +82,11 @@ class LanguageModel(nn.Module):
         self.norm = RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def forward(self, input_ids, labels=None):
+    def forward(self, input_ids, labels=None, position_ids=None):
         x = self.embed(input_ids)
+        document_ids = None if position_ids is None else documents_of(position_ids)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, position_ids, document_ids)
         if labels is not None and self.cfg.loss_chunks:
             return chunked_cross_entropy(self.norm(x), self.head.weight, labels, self.cfg.loss_chunks)
         logits = self.head(self.norm(x))
@@ -89,6 +94,23 @@ class LanguageModel(nn.Module):
             return logits
         # labels are already the next tokens (shifted by the data pipeline); -100 is ignored
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def documents_of(position_ids):
+    """Document numbers [B, T] of packed rows whose positions restart at 0 at each document."""
+    return torch.cumsum(position_ids == 0, dim=1)
+
+
+def packed_linear_attention(q, k, v, log_decay, scale, document_ids):
+    """Causal linear attention over q, k, v [b, n, h, d] that starts afresh at every document.
+
+    Models trained on packed rows call a varlen kernel (FlashAttention's, fla's chunk kernels with
+    cu_seqlens); this is lasp_fx's, an ordinary op on one device that parallelize() also shards.
+    log_decay: None, [h] (a constant per head) or [b, n, h] (a gate), <= 0.
+    """
+    import lasp_fx
+
+    return lasp_fx.linear_attention(q, k, v, log_decay, scale=scale, document_ids=document_ids)
 
 
 def chunked_cross_entropy(hidden, weight, labels, chunks: int, ignore_index: int = -100):

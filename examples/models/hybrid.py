@@ -16,12 +16,17 @@ class SoftmaxAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x):
+    def forward(self, x, position_ids=None, document_ids=None):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.h, c // self.h).unbind(2)
-        pos = torch.arange(n, device=x.device)
-        q, k = rotate(q, pos), rotate(k, pos)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        pos = torch.arange(n, device=x.device) if position_ids is None else position_ids
+        q, k, v = (t.transpose(1, 2) for t in (rotate(q, pos), rotate(k, pos), v))
+        if document_ids is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a packed row: each query sees the earlier keys of its own document
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            same = document_ids[:, None, :, None] == document_ids[:, None, None, :]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=causal & same)
         return self.out(o.transpose(1, 2).reshape(b, n, c))
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples.models.common import LanguageModel, ModelConfig
+from examples.models.common import LanguageModel, ModelConfig, packed_linear_attention
 
 
 def _slopes(num_heads):
@@ -23,18 +23,25 @@ class LightningAttention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.register_buffer("slopes", _slopes(cfg.num_heads), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, position_ids=None, document_ids=None):
         b, n, _ = x.shape
         q, k, v, u = self.qkvu(x).chunk(4, dim=-1)
-        q, k, v = (t.view(b, n, self.h, -1).transpose(1, 2) for t in (q, k, v))  # [b, h, n, d]
+        q, k, v = (t.view(b, n, self.h, -1) for t in (q, k, v))  # [b, n, h, d]
         q, k = F.silu(q), F.silu(k)
-        i = torch.arange(n, device=x.device)
-        dist = (i[:, None] - i[None, :]).to(x.dtype)  # i - j
-        decay = torch.exp(-self.slopes[:, None, None] * dist).masked_fill(dist < 0, 0.0)
-        o = ((q @ k.transpose(-1, -2)) * decay) @ v  # no 1/sqrt(d): TransNormer normalises after
-        o = o.transpose(1, 2).reshape(b, n, -1)
+        if document_ids is not None:  # a packed row: decay exp(-slope) per step, within each document
+            o = packed_linear_attention(q, k, v, -self.slopes, 1.0, document_ids).reshape(b, n, -1)
+        else:
+            o = self._quadratic(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)  # SRMSNorm
         return self.out(o * torch.sigmoid(u))
+
+    def _quadratic(self, q, k, v):  # [b, h, n, d]
+        n = q.shape[2]
+        i = torch.arange(n, device=q.device)
+        dist = (i[:, None] - i[None, :]).to(q.dtype)  # i - j
+        decay = torch.exp(-self.slopes[:, None, None] * dist).masked_fill(dist < 0, 0.0)
+        o = ((q @ k.transpose(-1, -2)) * decay) @ v  # no 1/sqrt(d): TransNormer normalises after
+        return o.transpose(1, 2).flatten(2)
 
 
 class LightningLM(LanguageModel):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples.models.common import LanguageModel, ModelConfig
+from examples.models.common import LanguageModel, ModelConfig, packed_linear_attention
 
 
 class LinearAttention(nn.Module):
@@ -15,8 +15,13 @@ class LinearAttention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.out = nn.Linear(cfg.dim, cfg.dim)
 
-    def forward(self, x):
+    def forward(self, x, position_ids=None, document_ids=None):
         b, n, c = x.shape
+        if document_ids is not None:  # a packed row: numerator and normaliser in one call, v with a column of ones
+            q, k, v = self.qkv(x).view(b, n, 3, self.h, c // self.h).unbind(2)  # [b, n, h, d]
+            q, k = F.elu(q) + 1, F.elu(k) + 1
+            o = packed_linear_attention(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), None, 1.0, document_ids)
+            return self.out((o[..., :-1] / (o[..., -1:] + self.eps)).reshape(b, n, c))
         q, k, v = self.qkv(x).view(b, n, 3, self.h, c // self.h).permute(2, 0, 3, 1, 4)  # [b, h, n, d]
         q, k = F.elu(q) + 1, F.elu(k) + 1
         kv = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=2)  # running sum of k v^T

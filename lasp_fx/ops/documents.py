@@ -131,6 +131,20 @@ def runs_from_ids(ids: Tensor, start: int, length: int) -> Tensor:
     return torch.cat([before, runs[:, start : start + length]], dim=1).contiguous()
 
 
+@torch.library.custom_op("lasp_fx::document_runs", mutates_args=())
+def document_runs(ids: Tensor) -> Tensor:
+    """The runs [B, T + 1] of whole rows of labels [B, T]: `runs_from_ids(ids, 0, T)` as one node of a
+    traced graph, which the sharding pass gives the label before each rank's slice
+    (distributed/documents.py): a slice's labels alone cannot say whether its first document
+    continues from the rank before."""
+    return runs_from_ids(ids, 0, ids.shape[1])
+
+
+@document_runs.register_fake
+def _document_runs_fake(ids):
+    return ids.new_empty(ids.shape[0], ids.shape[1] + 1, dtype=torch.int32)
+
+
 def slice_runs(cu_seqlens, document_ids, batch: int, length: int, rank: int = 0, world: int = 1,
                device: torch.device | None = None) -> Tensor | None:
     """Check the op's `cu_seqlens` / `document_ids` and give rank `rank`'s runs [B, length + 1] on `device`.
@@ -145,9 +159,34 @@ def slice_runs(cu_seqlens, document_ids, batch: int, length: int, rank: int = 0,
     total, start = world * length, rank * length
     if cu_seqlens is not None:
         runs = runs_from_cu_seqlens(check_cu_seqlens(cu_seqlens, total, batch), start, length)
+    elif world == 1:
+        runs = document_runs(check_document_ids(document_ids, batch, total))
     else:
         runs = runs_from_ids(check_document_ids(document_ids, batch, total), start, length)
     return runs if device is None else runs.to(device, non_blocking=True)
+
+
+RULES = ("restart", "consecutive", "labels")
+
+
+def runs_of(values: Tensor, rule: str) -> Tensor:
+    """The run index [B, T] (int64, nondecreasing: equal within a document) of rows of per-token values.
+
+    rule: how the values mark documents.
+        "restart": position_ids that restart at 0 per document (HF's DataCollatorWithFlattening): a
+            document starts where the position is 0.
+        "consecutive": positions that step by 1 inside a document (HF masking_utils'
+            find_packed_sequence_indices): a document starts where the step is not 1.
+        "labels": document ids: each maximal run of one label is a document.
+    """
+    if rule == "restart":
+        starts = values == 0
+    elif rule in ("consecutive", "labels"):
+        step = 1 if rule == "consecutive" else 0
+        starts = torch.cat([torch.zeros_like(values[:, :1], dtype=torch.bool), values[:, 1:] != values[:, :-1] + step], 1)
+    else:
+        raise ValueError(f"unknown document rule {rule!r}: one of {', '.join(RULES)}")
+    return torch.cumsum(starts, dim=1)
 
 
 def survives(runs: Tensor) -> Tensor:

@@ -35,6 +35,9 @@ CORPUS = {
     "bidirectional_linear": (negatives.Bidirectional, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
     "anti_causal_triu": (negatives.AntiCausal, [], ["causality", "quadratic"]),  # the whole-graph probe says it first
     "learnable_temperature": (negatives.LearnableTemperature, [], ["quadratic"]),
+    # scores as a product summed over the features (Kimi delta attention's spelling): said why
+    "feature_sum_scores": (negatives.FeatureSumScores, [], ["quadratic"]),
+    "per_channel_decay_scores": (negatives.PerChannelDecayScores, [], ["quadratic"]),
     # row normalisers detached, abs, clamped (RetNet's): the replacement does the same to its normaliser
     "detached_row_norm": (negatives.DetachedRowNorm, [("normalised", "const", True)], []),
     "abs_row_norm": (negatives.AbsRowNorm, [("normalised", "const", True)], []),

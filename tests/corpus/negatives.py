@@ -156,3 +156,31 @@ class WhereRowNorm(DecayRowNormalised):
 class DetachedEpsRowNorm(DecayRowNormalised):
     def __init__(self):
         super().__init__("detach_eps")
+
+
+class FeatureSumScores(nn.Module):
+    """Causal linear attention with its scores written as a product summed over the features,
+    `(q[..., :, None, :] * k[..., None, :, :]).sum(-1)`, not as q @ k^T: not matched, said why;
+    with `per_channel`, a decay per feature channel inside the sum (gated linear attention, Kimi
+    delta attention's scores), which is not one mask for every feature."""
+
+    def __init__(self, per_channel=False, dim=32, heads=4):
+        super().__init__()
+        self.p, self.per_channel = Projections(dim, heads), per_channel
+        self.gate = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        q, k, v = (t.transpose(1, 2) for t in self.p.split(x))
+        t = x.shape[1]
+        prod = elu1(q).unsqueeze(-2) * elu1(k).unsqueeze(-3)  # [B, H, T, T, D]
+        if self.per_channel:
+            g = F.logsigmoid(self.gate(x)).view(*q.transpose(1, 2).shape).transpose(1, 2).cumsum(2)
+            later = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
+            prod = prod * (g.unsqueeze(-2) - g.unsqueeze(-3)).masked_fill(later[..., None], float("-inf")).exp()
+        s = prod.sum(-1).tril()
+        return self.p.merge((s @ v).transpose(1, 2))
+
+
+class PerChannelDecayScores(FeatureSumScores):
+    def __init__(self):
+        super().__init__(per_channel=True)

@@ -136,6 +136,37 @@ class CheckpointedLM(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
+class ChunkedLossLM(nn.Module):
+    """An embedding, residual position-wise blocks (checkpoint them with lasp_fx.memory.checkpoint_blocks)
+    and the examples' vocabulary-chunked loss: a model whose step memory is mostly the loss's backward."""
+
+    def __init__(self, vocab=2048, dim=64, layers=2, chunks=32):
+        super().__init__()
+        from examples.models import ModelConfig
+
+        self.cfg = ModelConfig(vocab_size=vocab, dim=dim, num_layers=layers, loss_chunks=chunks)
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(_Residual(dim) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids, labels):
+        from examples.models.common import chunked_cross_entropy
+
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return chunked_cross_entropy(x, self.head.weight, labels, self.cfg.loss_chunks)
+
+
+class _Residual(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + F.silu(self.proj(x))
+
+
 class _Tiles(nn.Module):
     """An embedding and a projection; `tiles(x)` is what each refused spelling does to the sequence."""
 

@@ -175,29 +175,20 @@ class PackedLM(torch.nn.Module):
 
 def parallel_model(rank: int, world: int, case: dict) -> dict:
     """PackedLM(kernel=case["kernel"]) under parallelize() against PackedLM(kernel="op") on one process
-    (this rank computes both): max relative RMS of the logits and of every parameter's gradient."""
+    (this rank computes both): max relative RMS of the logits and of every parameter's gradient.
+    kernel "ids" takes case["ids"] (labels [1, T], sharded with the batch) where the others take cu."""
     T, cu = case["T"], torch.tensor(case["cu"], dtype=torch.int32)
     ids = torch.randint(0, 32, (1, T), generator=torch.Generator().manual_seed(3))
+    docs = torch.tensor([case["ids"]]) if case["kernel"] == "ids" else cu
     torch.manual_seed(0)
     ref = PackedLM().double()
     model = PackedLM(kernel=case["kernel"]).double()
     model.load_state_dict(ref.state_dict())
     ref(ids, cu).pow(2).mean().backward()
     lasp_fx.parallelize(model, outputs="full", compiler="aot_eager", method=case.get("method", "auto"))
-    out = model(ids, cu)
+    out = model(ids, docs)
     out.pow(2).mean().backward()
     errors = {"logits": rel_rms(out, ref(ids, cu))}
     for (name, p), (_, p_ref) in zip(model.named_parameters(), ref.named_parameters()):
         errors[name] = rel_rms(p.grad, p_ref.grad)
     return errors
-
-
-def parallel_ids_refused(rank: int, world: int, T: int) -> str:
-    """The error parallelize() gives a model that takes per-token document ids: "Type: message"."""
-    ids = torch.randint(0, 32, (1, T), generator=torch.Generator().manual_seed(3))
-    model = lasp_fx.parallelize(PackedLM(kernel="ids").double(), compiler="aot_eager")
-    try:
-        model(ids, ids_from_cu_seqlens(torch.tensor([0, 3, T // 2, T])))
-    except Exception as error:  # noqa: BLE001 - reported to the parent, which checks it
-        return f"{type(error).__name__}: {error}"
-    return "no error"

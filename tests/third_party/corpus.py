@@ -41,6 +41,12 @@ THIRD_PARTY = {
                               # chunk loop's near-misses (line 212, one a chunk) listed once
                               parallel=("refused", ("performer_pytorch.py:207", "performer_pytorch.py:113",
                                                     "performer_pytorch.py:212"))),
+    # non-causal FAVOR+: the keys' amax over the whole sequence (line 113) is the first op that mixes
+    # positions; the feature maps' einsums before it contract the head dim, not the sequence
+    "performer_pytorch_noncausal": dict(model=f"{LR}:PerformerLM", kwargs={"causal": False},
+                                        needs="performer_pytorch", matches=[], near=True,
+                                        parallel=("refused", ("aten.amax.default at performer_pytorch/"
+                                                              "performer_pytorch.py:113", "reduces over the sequence"))),
     "linear_attention_transformer": dict(
         model=f"{LR}:LinearAttentionTransformerLM", kwargs={}, needs="linear_attention_transformer", matches=[],
         near=True, parallel=("refused", "linear_attention_transformer.py:244")),
@@ -89,10 +95,12 @@ THIRD_PARTY = {
     # LFM2's gated short convolutions take halos, its softmax layer runs over ranks: no linear attention
     "hf_lfm2": dict(model=f"{HF}:Lfm2LM", kwargs={}, needs="transformers", matches=[], near=False,
                     parallel=("equal", 1e-10)),
-    # Kimi delta attention pads to a multiple of its chunk: refused there, inside chunk_kimi_delta_attention
-    "hf_kimi_linear": dict(model=f"{HF}:KimiLinearLM", kwargs={}, needs="transformers", matches=[], near=False,
+    # Kimi delta attention pads to a multiple of its chunk: refused there, inside chunk_kimi_delta_attention;
+    # its scores, a product summed over the features with a per-channel decay inside, are the near-miss
+    "hf_kimi_linear": dict(model=f"{HF}:KimiLinearLM", kwargs={}, needs="transformers", matches=[], near=True,
                            parallel=("refused", ("modeling_kimi_linear.py:554", "pads the sequence by an amount "
-                                                 "computed from its length"))),
+                                                 "computed from its length", "modeling_kimi_linear.py:601",
+                                                 "a decay per feature channel"))),
     # RWKV-4's WKV as a loop over tokens: range(seq_length) fixes the length, named
     "hf_rwkv": dict(model=f"{HF}:RwkvLM", kwargs={}, needs="transformers", matches=[], near=False,
                     parallel=("refused", ("modeling_rwkv.py:180", "for current_index in range(seq_length)"))),
@@ -105,4 +113,10 @@ THIRD_PARTY = {
     "hf_qwen3_next": dict(model=f"{HF}:Qwen3NextLM", kwargs={}, needs="transformers", matches=[], near=True,
                           parallel=("refused", ("modeling_qwen3_next.py:481", "torch_chunk_gated_delta_rule",
                                                 "transition is a matrix, not a scalar decay"))),
+    # Qwen3.5: M-RoPE's in-place copy of the H and W frequencies into the T table runs along the
+    # features (passes/shard/writes.py); the refusal is then the delta rule's chunk padding, as Qwen3-Next's
+    "hf_qwen3_5": dict(model=f"{HF}:Qwen35LM", kwargs={}, needs="transformers", matches=[], near=True,
+                       parallel=("refused", ("modeling_qwen3_5.py:392", "pads the sequence by an amount",
+                                             "torch_chunk_gated_delta_rule",
+                                             "transition is a matrix, not a scalar decay"))),
 }

@@ -120,3 +120,20 @@ class BambaLM(LMHead):
                              mamba_d_state=8, mamba_chunk_size=8, mamba_n_groups=1, attn_layer_indices=[1],
                              max_position_embeddings=128)
         super().__init__(_from_config(config).lm, logits=lambda out: out.logits)
+
+
+class Qwen35LM(LMHead):
+    """Qwen3.5 (text): gated delta rule layers and gated softmax attention with M-RoPE, whose
+    rotary table copies the H and W frequencies into interleaved features of the T table in place."""
+
+    def __init__(self):
+        from transformers import Qwen3_5TextConfig
+
+        config = Qwen3_5TextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, linear_conv_kernel_dim=2,
+                                   linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                                   linear_num_value_heads=2, max_position_embeddings=128,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                    "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+                                   layer_types=["linear_attention", "full_attention"])
+        super().__init__(_from_config(config).lm, logits=lambda out: out.logits)

@@ -1,7 +1,8 @@
 """Phil Wang's (lucidrains) linear-attention packages, pinned in the `thirdparty` test extra.
 
 performer-pytorch 1.1.4: causal FAVOR+ without its CUDA kernel, a `t.chunk(128)` loop of
-carried cumsums and a key feature map that subtracts an amax over the whole sequence.
+carried cumsums and a key feature map that subtracts an amax over the whole sequence;
+with causal=False, sums of keys (and of k v^T) over the whole sequence instead of the loop.
 linear-attention-transformer 0.19.1: causal linear attention over buckets of `blindspot_size`
 tokens (1: token-causal; larger: queries do not see their own bucket).
 """
@@ -12,7 +13,7 @@ from tests.third_party.lm import DIM, HEAD_DIM, HEADS, VOCAB, LMHead
 
 
 class PerformerLM(LMHead):
-    def __init__(self, depth: int = 1):
+    def __init__(self, depth: int = 1, causal: bool = True):
         import contextlib
         import io
 
@@ -20,7 +21,7 @@ class PerformerLM(LMHead):
 
         with contextlib.redirect_stdout(io.StringIO()):  # it prints that the CUDA kernel is missing
             lm = _Performer(num_tokens=VOCAB, max_seq_len=64, dim=DIM, depth=depth, heads=HEADS, dim_head=HEAD_DIM,
-                            causal=True, nb_features=16, feature_redraw_interval=None)
+                            causal=causal, nb_features=16, feature_redraw_interval=None)
         super().__init__(lm)
 
 

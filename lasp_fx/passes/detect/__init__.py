@@ -13,11 +13,11 @@ from lasp_fx.passes.detect import causality
 from lasp_fx.passes.detect.context import Context
 from lasp_fx.passes.detect.einsums import split_einsums
 from lasp_fx.passes.match import Candidate, NearMiss
-from lasp_fx.passes.detect.patterns import blocks, cumsum, quadratic
+from lasp_fx.passes.detect.patterns import blocks, cumsum, feature_scores, quadratic
 from lasp_fx.passes.detect.probe import region
 from lasp_fx.passes.detect.values import check_replay_size
 
-FAMILIES = [quadratic, cumsum, blocks]
+FAMILIES = [quadratic, cumsum, blocks, feature_scores]  # feature_scores: near-misses only
 
 
 def detect(gm: GraphModule, example_inputs: list) -> tuple[list[Candidate], list[NearMiss]]:

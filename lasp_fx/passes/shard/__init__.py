@@ -2,7 +2,8 @@
 
 Every shape is already local (the slice length is symbolic); what stays wrong are the ops that
 mix positions, each made sequence-parallel by a rule (rules.py, halo.py, attention.py, tiles.py,
-causal_masks.py, padding_masks.py) or refused with its source line: the table is docs/design.md §5.
+causal_masks.py, padding_masks.py, documents.py, writes.py) or refused with its source line: the
+table is docs/design.md §5.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from torch import fx
 
 from lasp_fx.config import ShardSpec
 from lasp_fx.distributed import seq_ops
-from lasp_fx.passes.shard import attention as shard_attention, halo as shard_halo
+from lasp_fx.passes.shard import attention as shard_attention, documents as shard_documents, halo as shard_halo
 from lasp_fx.passes.shard import padding_masks, permutations as shard_permutations, rules as shard_rules
-from lasp_fx.passes.shard import tiles as shard_tiles
+from lasp_fx.passes.shard import tiles as shard_tiles, writes as shard_writes
 from lasp_fx.passes.shard.causal_masks import causal_masks_pass
 from lasp_fx.passes.shard.rules import ShardError
 from lasp_fx.passes.shard.seq_dims import seq_dims_of, size_has, touches_sequence
@@ -133,9 +134,11 @@ def shard_pass(gm: fx.GraphModule, spec: ShardSpec, symbols: frozenset) -> fx.Gr
     """
     gm.graph.eliminate_dead_code()  # dead position-mixing code (a mask nobody reads) needs no rule
     causal_masks_pass(gm, symbols)  # library-built causal masks -> is_causal=True
+    shard_documents.document_masks_pass(gm, symbols)  # causal & same-document masks -> one op with the documents
     padding_masks.padding_masks_pass(gm, symbols)  # causal & padding masks -> one op with the keys' flags
     ctx = ShardContext(gm, spec, symbols)
-    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES}
+    rules = {**shard_rules.RULES, **shard_attention.RULES, **shard_halo.RULES, **padding_masks.RULES,
+             **shard_documents.RULES, **shard_writes.RULES}
     rules.update(shard_tiles.rules(rules))  # splits of the sequence into position-wise tiles
     permuted = shard_permutations.claim(ctx, rules)  # tokens sorted within the rank and put back (MoE)
     for node in list(gm.graph.nodes):

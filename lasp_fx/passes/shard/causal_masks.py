@@ -50,9 +50,10 @@ def causal_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule:
         mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
         if not isinstance(mask, fx.Node) or (len(node.args) > 5 and node.args[5]) or node.kwargs.get("is_causal"):
             continue
-        region = _length_only_region(mask)
-        if region is None:
+        found = mask_region(mask)
+        if found is None or found[1]:  # a mask that reads a tensor's values is padding_masks' or documents'
             continue
+        region = found[0]
         lengths = probe_lengths(region)
         if lengths is None:
             continue
@@ -77,12 +78,13 @@ def causal_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule:
     return gm
 
 
-def _length_only_region(mask: fx.Node) -> list[fx.Node] | None:
-    """The nodes computing `mask` in graph order, or None if a tensor input's values reach it.
+def mask_region(mask: fx.Node) -> tuple[list[fx.Node], set[fx.Node]] | None:
+    """(the nodes computing `mask` in graph order, the tensor inputs whose values they read), or None
+    if a module or method call is among them.
 
     Reading a tensor's size (sym_size) does not count: only its values would.
     """
-    seen, stack = {}, [mask]
+    seen, inputs, stack = {}, set(), [mask]
     while stack:
         n = stack.pop()
         if n in seen:
@@ -90,15 +92,14 @@ def _length_only_region(mask: fx.Node) -> list[fx.Node] | None:
         seen[n] = True
         if n.op == "placeholder":
             if isinstance(n.meta.get("val"), torch.Tensor):
-                return None
+                inputs.add(n)
             continue
         if n.op != "call_function":
             return None
-        if n.target is aten.sym_size.int:
-            continue
-        stack.extend(n.all_input_nodes)
+        if n.target is not aten.sym_size.int:
+            stack.extend(n.all_input_nodes)
     order = {n: i for i, n in enumerate(mask.graph.nodes)}
-    return sorted(seen, key=order.__getitem__)
+    return sorted(seen, key=order.__getitem__), inputs
 
 
 def replay(region: list[fx.Node], mask: fx.Node, symbols: frozenset, length: int, env: dict | None = None):

@@ -47,7 +47,7 @@ CONTRACTIONS = {
 }
 REDUCTIONS_REFUSED = {
     aten.softmax.int, aten._softmax.default, aten.log_softmax.int, aten._log_softmax.default,
-    aten.cumsum.default, aten.cumprod.default, aten.logcumsumexp.default, aten.cummax.default,
+    aten.cumprod.default, aten.logcumsumexp.default, aten.cummax.default,
     aten.amax.default, aten.amin.default, aten.max.dim, aten.min.dim, aten.argmax.default,
     aten.argmin.default, aten.logsumexp.default, aten.var.correction, aten.std.correction,
     aten.var_mean.correction, aten.std_mean.correction, aten.prod.dim_int, aten.any.dim, aten.all.dim,

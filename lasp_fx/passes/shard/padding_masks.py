@@ -47,7 +47,7 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
     keeps = {}
     for node in list(gm.graph.find_nodes(op="call_function", target=_SDPA)):
         mask = _arg(node, 3, "attn_mask")
-        if not isinstance(mask, fx.Node) or _arg(node, 5, "is_causal", False) or not _carries_sequence(node, symbols):
+        if not isinstance(mask, fx.Node) or _arg(node, 5, "is_causal", False) or not carries_sequence(node, symbols):
             continue
         found = _flags_region(mask, symbols)
         if found is None:
@@ -61,9 +61,11 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
                 f"softmax attention whose mask (built at {source_line(mask)}) reads [B, T] flags (made at "
                 f"{'; '.join(source_line(f) for f in flags)}) but is not the causal mask AND the flags of the keys",
                 "lasp_fx shards causal attention with a boolean padding mask of the keys (the attention_mask a "
-                "tokenizer returns: 1 = token, 0 = padding); packed documents, sliding windows, masked queries, "
-                "additive float masks or bidirectional masks are not supported under sequence parallelism yet: "
-                "keep this model on one device",
+                "tokenizer returns: 1 = token, 0 = padding), or with causal & same document read from one [B, T] "
+                "integer input (position_ids restarting at 0 or stepping by 1 per document, as HF's masking_utils "
+                "reads them, or runs of document ids); sliding windows, masked queries, additive float padding "
+                "masks, bidirectional masks or masks of several inputs are not supported under sequence "
+                "parallelism yet: keep this model on one device",
             )
         flags = flags[0]
         if flags not in keeps:
@@ -78,11 +80,11 @@ def padding_masks_pass(gm: fx.GraphModule, symbols: frozenset) -> fx.GraphModule
     return gm
 
 
-def _carries_sequence(node: fx.Node, symbols: frozenset) -> bool:
+def carries_sequence(node: fx.Node, symbols: frozenset) -> bool:
     return any(seq_dims_of(_val(x), symbols) for x in node.args[:3])
 
 
-def _is_flags(node: fx.Node, symbols: frozenset) -> bool:
+def is_flags(node: fx.Node, symbols: frozenset) -> bool:
     """A [B, s] tensor: static batch, the local sequence length exactly."""
     v = _val(node)
     if not isinstance(v, torch.Tensor) or v.dim() != 2 or isinstance(v.shape[0], torch.SymInt):
@@ -118,7 +120,7 @@ def _flags_region(mask: fx.Node, symbols: frozenset):
         if n in seen:
             continue
         seen[n] = True
-        if n is not mask and _is_flags(n, symbols) and _reads_input(n):
+        if n is not mask and is_flags(n, symbols) and _reads_input(n):
             flags.add(n)
             continue
         if n.op == "placeholder":
@@ -183,17 +185,23 @@ def _keep_of(graph: fx.Graph, flags: fx.Node) -> fx.Node:
 def _padded_attention(ctx, node):
     """padded_causal_attention on a slice -> causal attention over the ranks, keys' flags gathered."""
     q, k, v, keep, dropout_p, scale, enable_gqa = node.args
-    dim = _val(q).dim() - 2
-    if any(ctx.seq_dims(x) != (dim,) for x in (q, k, v)) or ctx.seq_dims(keep) != (1,):
+    check_sharded_attention(ctx, node, (q, k, v), keep, dropout_p)
+    node.target = seq_ops.causal_attention_over_ranks
+    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, gathered(ctx, keep))
+
+
+def check_sharded_attention(ctx, node: fx.Node, qkv, flags: fx.Node, dropout_p) -> None:
+    """Refuse what attention over the ranks cannot take: the sequence elsewhere than q/k/v's dim -2 and
+    the [B, s] input's dim 1, or dropout."""
+    dim = _val(qkv[0]).dim() - 2
+    if any(ctx.seq_dims(x) != (dim,) for x in qkv) or ctx.seq_dims(flags) != (1,):
         raise ShardError(node, "softmax attention whose sequence is not the second-to-last dimension",
                          "Compute it outside the parallelized model, or keep this model on one device")
     if dropout_p:
         raise ShardError(node, "attention dropout", "Set the attention dropout to 0 for sequence-parallel training")
-    node.target = seq_ops.causal_attention_over_ranks
-    node.args = (q, k, v, scale, bool(enable_gqa), ctx.spec.rank, ctx.spec.group_name, _gathered(ctx, keep))
 
 
-def _gathered(ctx, keep: fx.Node) -> fx.Node:
+def gathered(ctx, keep: fx.Node) -> fx.Node:
     """Every rank's flags [B, P*s], gathered once per forward for all the layers that read them."""
     gathered = keep.meta.get("lasp_fx_gathered")
     if gathered is None:

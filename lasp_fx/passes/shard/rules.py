@@ -10,6 +10,7 @@ import torch
 from torch import fx
 
 from lasp_fx.distributed import seq_ops
+from lasp_fx.passes.detect.labels import contraction
 from lasp_fx.passes.graph import sizes_as_numbers, source_of
 from lasp_fx.passes.shard import op_sets
 from lasp_fx.passes.shard.seq_dims import (normalize_dims, position_stride, record_position_stride,
@@ -186,16 +187,19 @@ def _contracted(node) -> list[tuple[fx.Node, int]]:
     if t in (aten.addmm.default, aten.baddbmm.default):
         return [(node.args[1], -1), (node.args[2], -2)]
     if t is aten.einsum.default:
-        eq, operands = node.args[0].replace(" ", ""), node.args[1]
-        lhs, _, out = eq.partition("->")
-        terms = lhs.split(",")
-        pairs = []
-        for term, op in zip(terms, operands):
-            if "..." in term:
-                return [(op, d) for op in operands for d in range(_val(op).dim())]  # be conservative
-            pairs += [(op, i) for i, letter in enumerate(term) if letter not in out]
-        return pairs
+        return _einsum_contracted(node)
     return []
+
+
+def _einsum_contracted(node) -> list[tuple[fx.Node, int]]:
+    """The dims an einsum sums over: labels missing from the output, `...` expanded (dims it keeps),
+    and a label repeated within one term (a diagonal). Unreadable equations: every dim."""
+    c = contraction(node)
+    eq = node.args[0]
+    if c is None or ("..." in eq and any(ch.isupper() for ch in eq)):  # its ellipsis letters are upper case
+        return [(op, d) for op in node.args[1] for d in range(_val(op).dim())]
+    return [(op, i) for op, term in zip(c.operands, c.inputs) for i, ch in enumerate(term)
+            if ch not in c.output or term.count(ch) > 1]
 
 
 def _contraction(ctx, node):
@@ -353,7 +357,13 @@ def rule_for(target, rules=RULES):
     if target in rules:
         return rules[target]
     if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
-        return _safe
+        return rules.get(aten.copy_.default, _safe) if _writes_first(target) else _safe  # x.add_(y): x.copy_(x + y)
     if getattr(target, "__module__", None) == "_operator":
         return _safe  # getitem on tuples, SymInt arithmetic
     return None
+
+
+def _writes_first(target) -> bool:
+    """The op writes into its first argument (add_, mul_, ...)."""
+    args = target._schema.arguments
+    return bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write

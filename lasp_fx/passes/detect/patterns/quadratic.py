@@ -74,7 +74,7 @@ def _like_ops(node: Node) -> set[Node]:
     return {n for n in ancestors([node]) if n.op == "call_function" and n.target in _LIKE}
 
 
-def _second_product(P: Node) -> tuple[Node, Contraction, Node, list[Node]] | None:
+def second_product(P: Node) -> tuple[Node, Contraction, Node, list[Node]] | None:
     """The first product downstream of P that takes a P-derived operand (breadth first)."""
     level = [(P, [])]
     for _ in range(6):
@@ -111,7 +111,7 @@ def _analyse(ctx: Context, c1: Contraction, row: str, col: str, d: str) -> Candi
     S = c1.node
     chain = mask_chain(S)
     P = chain[-1]
-    second = _second_product(P)
+    second = second_product(P)
     if second is None:
         return None  # scores that never meet a value product (e.g. a similarity output)
     m2, c2, operand, path = second
