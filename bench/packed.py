@@ -101,7 +101,10 @@ def _print_profiles(decay, profiles):
     impls = list(profiles)
     base = profiles.get("unpacked", {})
     names = set().union(*profiles.values())
-    gap = lambda n: max(p.get(n, {}).get("us", 0.0) for p in profiles.values()) - base.get(n, {}).get("us", 0.0)  # noqa: E731
+
+    def gap(n):
+        return max(p.get(n, {}).get("us", 0.0) for p in profiles.values()) - base.get(n, {}).get("us", 0.0)
+
     print(f"--- {decay}: device µs per fwd+bwd step [launches]", flush=True)
     print(f"{'kernel':44} " + " ".join(f"{i:>16}" for i in impls), flush=True)
     for n in sorted(names, key=lambda n: (-gap(n), n))[:30]:
