@@ -102,8 +102,11 @@ def _is_verdict(e) -> bool:
     if type(e).__module__.startswith("lasp_fx"):
         return True
     frames = traceback.extract_tb(e.__traceback__)
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    return type(e) in (ValueError, RuntimeError) and bool(frames) and frames[-1].filename.startswith(package)
+    # real paths on both sides: a module found through a relative or linked sys.path entry has
+    # another spelling of the same file
+    package = os.path.dirname(os.path.realpath(__file__)) + os.sep
+    return (type(e) in (ValueError, RuntimeError) and bool(frames)
+            and os.path.realpath(frames[-1].filename).startswith(package))
 
 
 def _check_initialized() -> None:
