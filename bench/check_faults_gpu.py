@@ -122,7 +122,10 @@ def peer(results):
         for s in streams:
             s.wait_stream(torch.cuda.current_stream())
         outs = [None] * P
-        for r in reversed(range(P)):
+        # rank 0 first: in one process a rank's first call compiles and loads its kernel, which waits for the
+        # GPU to be idle, and a rank launched earlier spins there until its senders run (three calls ran past
+        # the part's limit in reversed order, the likely cause)
+        for r in range(P):
             with torch.cuda.stream(streams[r]):
                 outs[r] = peer_kernel.exchange(x[r].float(), a[r].float(), None, r, P, True, bufs[r],
                                                own_tail=_tail(7 if r == culprit else 8, r), checked=CHECKED)

@@ -45,7 +45,9 @@ def buffers(P, dev):
 
 def _run(P, bufs, streams, forward, x, a, d_final):
     outs = [None] * P
-    order = range(P) if forward else reversed(range(P))  # launch order must not matter: try the unhelpful one too
+    # the ranks that depend on none first: in one process a first call's kernel load waits for the GPU to
+    # be idle, which a rank spinning on senders not yet launched never is (across processes order is free)
+    order = range(P) if forward else reversed(range(P))
     for r in order:
         with torch.cuda.stream(streams[r]):
             outs[r] = kernel.exchange(x[r], a[r], d_final, r, P, forward, bufs[r])

@@ -16,8 +16,9 @@ weights and takes the same tokens. Variants (--variants):
     compile      the model as written (a T x T decay mask: small T only) under torch.compile
 Levers (--levers, joined by "+"): ckpt (non-reentrant checkpointing of every block: parallelize's
 checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss (the loss over
---loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's norm + MLP
-on --mlp-tiles sequence tiles, each recomputed in backward: ModelConfig.mlp_tiles), offload (saved
+--loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's position-wise
+layers on --tiles sequence tiles, each recomputed in backward: the norm + MLP, ModelConfig.mlp_tiles,
+and the attention's projections and output gate, ModelConfig.proj_tiles), offload (saved
 activations in host memory: parallelize's offload=True; the by-hand model through lasp_fx's compile
 path without its rewrite), nolean (parallelize with Inductor's own fusion options, not
 lasp_fx.memory.inductor_options: the A/B of that fix), none. fla's kernel runs outside the compiled
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -43,10 +45,10 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import lasp_fx
 from examples.models import LightningLM, ModelConfig
+from examples.models.common import in_tiles
 from lasp_fx.cli.timing import environment, sync
 from lasp_fx.memory import checkpoint_blocks
 
@@ -68,13 +70,10 @@ def _by_hand(model, kernel):
     for block in model.blocks:
         attn = block.mixer
 
-        def forward(x, attn=attn):
-            b, n, _ = x.shape
-            q, k, v, u = attn.qkvu(x).chunk(4, dim=-1)
-            q, k, v = (t.view(b, n, attn.h, -1) for t in (q, k, v))  # [b, n, h, d]
-            o = kernel(F.silu(q), F.silu(k), v, -attn.slopes).reshape(b, n, -1)
-            o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)
-            return attn.out(o * torch.sigmoid(u))
+        def forward(x, position_ids=None, document_ids=None, attn=attn):
+            q, k, v, u = in_tiles(attn._project, attn.tiles, x)  # [b, n, h, d] each
+            o = kernel(q, k, v, -attn.slopes).flatten(2)
+            return in_tiles(attn._output, attn.tiles, o, u)
 
         attn.forward = forward
     return model
@@ -99,7 +98,7 @@ _fla_kernel = torch.compiler.disable(_fla_in_graph)
 def _build(variant, levers, cfg, state, dev, dtype, a):
     """(model to call, module whose parameters train) for one variant and lever set."""
     mcfg = ModelConfig(**cfg, loss_chunks=a.loss_chunks if "chunkloss" in levers else 0,
-                       mlp_tiles=a.mlp_tiles if "tiles" in levers else 0)
+                       mlp_tiles=a.tiles if "tiles" in levers else 0, proj_tiles=a.tiles if "tiles" in levers else 0)
     with dev:  # initialised on the device (fast), then overwritten: every variant starts from `state`
         model = LightningLM(mcfg).to(dtype)
     model.load_state_dict(state)
@@ -133,11 +132,11 @@ def _compiled_blocks(model, ckpt, backend):
         torch._dynamo.maybe_mark_dynamic(x, 1)  # the length: one graph for every length, as the others
         return compiled(block, x)
 
+    def forward(x, position_ids=None, document_ids=None, block=None):  # unpacked rows: no positions, no documents
+        return checkpoint(run, block, x, use_reentrant=False) if ckpt else run(block, x)
+
     for block in model.blocks:
-        if ckpt:
-            block.forward = lambda x, block=block: checkpoint(run, block, x, use_reentrant=False)
-        else:
-            block.forward = lambda x, block=block: run(block, x)
+        block.forward = functools.partial(forward, block=block)
     return model
 
 
@@ -417,7 +416,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps per row (median)")
     ap.add_argument("--warmup", type=int, default=1, help="steps after the first before timing")
     ap.add_argument("--loss-chunks", type=int, default=32, help="vocabulary slices of the chunked loss")
-    ap.add_argument("--mlp-tiles", type=int, default=8, help="sequence tiles of each block's MLP (lever tiles)")
+    ap.add_argument("--tiles", type=int, default=8, help="sequence tiles of each block's position-wise layers (lever tiles)")
     ap.add_argument("--compile-max", type=int, default=4096, help="longest T for the T x T model as written")
     ap.add_argument("--backend", default=None, help="torch.compile backend of the by-hand variants "
                     "(default: inductor on CUDA, aot_eager on CPU, as parallelize)")
@@ -447,7 +446,7 @@ def main():
     if a.tiny:
         a.lengths = "64,128" if a.lengths == ap.get_default("lengths") else a.lengths
         a.loss_chunks = 4 if a.loss_chunks == ap.get_default("loss_chunks") else a.loss_chunks
-        a.mlp_tiles = 2 if a.mlp_tiles == ap.get_default("mlp_tiles") else a.mlp_tiles
+        a.tiles = 2 if a.tiles == ap.get_default("tiles") else a.tiles
         a.start, a.max_tokens, a.granularity = 64, min(a.max_tokens, 256), 32
         a.compile_max = max(a.compile_max, 128)
     dtype = getattr(torch, a.dtype)

@@ -1,5 +1,5 @@
 """Memory levers under parallelize(): activation checkpointing (both forms, or checkpoint="blocks"), host
-offload of saved activations, sequence tiles of the MLP and the vocabulary-chunked loss compute the
+offload of saved activations, sequence tiles of the MLP and of the projections, and the vocabulary-chunked loss compute the
 single-process function on every rank; checkpointing keeps only the blocks' inputs, offload moves them to
 the host and back, and tiles that mix positions are refused."""
 
@@ -34,14 +34,14 @@ CASES = {
                                   cfg=ModelConfig(loss_chunks=2)),
     "hybrid_blocks_chunked": _case("examples.models:HybridLM", {"checkpoint": "blocks"}, compiler="eager",
                                    cfg=ModelConfig(num_layers=4, loss_chunks=5)),  # a softmax layer too
-    "mlp_tiles_blocks": _case("examples.models:LightningLM", {"checkpoint": "blocks"},  # nested checkpoints
-                              cfg=ModelConfig(mlp_tiles=3, loss_chunks=2)),
+    "tiles_blocks": _case("examples.models:LightningLM", {"checkpoint": "blocks"},  # nested checkpoints
+                          cfg=ModelConfig(mlp_tiles=3, proj_tiles=3, loss_chunks=2)),
     "mlp_tiles": _case("examples.models:RetNetLM", compiler="eager", cfg=ModelConfig(mlp_tiles=3)),  # 3+3+2 at P3
 }
 # each case on one or two group sizes, every size on checkpointing: CPU time stays small
 BY_WORLD = {
     1: ["user_ckpt_reentrant", "blocks_offload"],
-    2: ["user_ckpt", "chunked_loss", "gated_blocks_chunked", "mlp_tiles_blocks"],
+    2: ["user_ckpt", "chunked_loss", "gated_blocks_chunked", "tiles_blocks"],
     3: ["user_ckpt_reentrant", "blocks_offload", "hybrid_blocks_chunked", "mlp_tiles"],
 }
 
@@ -65,12 +65,14 @@ def test_levers_match_one_process(world_size, references):
                 assert err <= 1e-10, f"{where}: gradient of {p} off by {err:.2e}"
 
 
-def test_chunked_loss_is_the_cross_entropy():
+@pytest.mark.parametrize("cfg", [dict(loss_chunks=3), dict(mlp_tiles=3, proj_tiles=4)], ids=["chunked_loss", "tiles"])
+def test_levers_leave_the_function(cfg):
+    """Each lever computes the model as written: loss and every gradient, in float64."""
     ids, labels = _batch()
     grads, losses = [], []
-    for chunks in (0, 3):
+    for levers in ({}, cfg):
         torch.manual_seed(0)
-        model = LightningLM(ModelConfig(loss_chunks=chunks)).double()
+        model = LightningLM(ModelConfig(**levers)).double()
         loss = model(ids, labels=labels)
         loss.backward()
         losses.append(loss.detach())
@@ -309,6 +311,7 @@ TILE_REFUSALS = {
     "TileCumsum": r"aten.cumsum.default at .*models.py:\d+ .*mixes positions inside a tile",
     "TileReversed": r"aten.cat.default at .*models.py:\d+ .*does not put the tiles of the sequence back in their order",
     "TileDropped": r"aten.tensor_split.sections at .*models.py:\d+ .*leaves pieces out",
+    "TileShifted": r"at .*models.py:\d+ .*mixes two tiles of the sequence",
 }
 
 

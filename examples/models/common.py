@@ -18,6 +18,10 @@ class ModelConfig:
     mlp_tiles: int = 0
     """> 0: each block's norm + MLP runs on this many tiles of the sequence, each recomputed in
     backward, so only one tile's MLP activations are alive at once (0: the whole sequence)."""
+    proj_tiles: int = 0
+    """> 0: the token mixers' projections and output gates (everything position by position around
+    the attention itself) run on this many tiles of the sequence, each recomputed in backward
+    (lightning only; 0: the whole sequence)."""
     loss_chunks: int = 0
     """> 0: the loss takes the log-sum-exp over this many slices of the vocabulary, each recomputed
     in backward, so only [batch, tokens, vocab / loss_chunks] logits are alive at once (0: the
@@ -58,13 +62,21 @@ class Block(nn.Module):
 
     def forward(self, x, position_ids=None, document_ids=None):
         x = x + self.mixer(self.norm1(x), position_ids, document_ids)
-        if self.mlp_tiles:  # position by position: the tiles' results are the whole one's
-            tiles = x.tensor_split(self.mlp_tiles, dim=1)
-            return x + torch.cat([checkpoint(self._mlp, t, use_reentrant=False) for t in tiles], dim=1)
-        return x + self._mlp(x)
+        return x + in_tiles(self._mlp, self.mlp_tiles, x)
 
     def _mlp(self, x):
         return self.mlp(self.norm2(x))
+
+
+def in_tiles(fn, tiles: int, *xs):
+    """fn(*xs) for a position-by-position fn, on `tiles` tiles of the sequence (dim 1), each checkpointed:
+    the tiles' results are the whole one's, and only one tile's activations are alive in backward."""
+    if not tiles:
+        return fn(*xs)
+    parts = [checkpoint(fn, *t, use_reentrant=False) for t in zip(*(x.tensor_split(tiles, dim=1) for x in xs))]
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts, dim=1)
+    return tuple(torch.cat(p, dim=1) for p in zip(*parts))
 
 
 class LanguageModel(nn.Module):

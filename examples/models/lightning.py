@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from examples.models.common import LanguageModel, ModelConfig, packed_linear_attention
+from examples.models.common import LanguageModel, ModelConfig, in_tiles, packed_linear_attention
 
 
 def _slopes(num_heads):
@@ -22,18 +22,24 @@ class LightningAttention(nn.Module):
         self.qkvu = nn.Linear(cfg.dim, 4 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.register_buffer("slopes", _slopes(cfg.num_heads), persistent=False)
+        self.tiles = cfg.proj_tiles
 
     def forward(self, x, position_ids=None, document_ids=None):
         b, n, _ = x.shape
-        q, k, v, u = self.qkvu(x).chunk(4, dim=-1)
-        q, k, v = (t.view(b, n, self.h, -1) for t in (q, k, v))  # [b, n, h, d]
-        q, k = F.silu(q), F.silu(k)
+        q, k, v, u = in_tiles(self._project, self.tiles, x)  # [b, n, h, d] each
         if document_ids is not None:  # a packed row: decay exp(-slope) per step, within each document
             o = packed_linear_attention(q, k, v, -self.slopes, 1.0, document_ids).reshape(b, n, -1)
         else:
             o = self._quadratic(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return in_tiles(self._output, self.tiles, o, u)
+
+    def _project(self, x):
+        q, k, v, u = self.qkvu(x).view(*x.shape[:2], 4 * self.h, -1).chunk(4, dim=2)
+        return F.silu(q), F.silu(k), v, u
+
+    def _output(self, o, u):
         o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6)  # SRMSNorm
-        return self.out(o * torch.sigmoid(u))
+        return self.out(o * torch.sigmoid(u.flatten(2)))
 
     def _quadratic(self, q, k, v):  # [b, h, n, d]
         n = q.shape[2]

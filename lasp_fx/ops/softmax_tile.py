@@ -104,10 +104,13 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
     ke, ve = _expand_heads(k, H), _expand_heads(v, H)
     kernel = kernel_for(q, ke, ve, mask is not None)
     if mask is not None:
-        # A row that saw no key anywhere (lse -inf) is masked in every tile, so with any finite lse its
-        # probabilities are exp(-inf) = 0; a zero `do` makes its dP and rowsum(dO * O) zero too. No
-        # infinity enters a kernel (the memory-efficient kernel gave inf dq / dk in bf16 with lse = +inf).
-        empty = torch.isneginf(lse)
+        # A row that saw no key (padding) gets no gradient and gives none. It goes into the kernel as a row
+        # that sees every key with q = 0, lse = 0 and dO = 0: P = 1, dP = 0, rowsum(dO * O) = 0, so dS = 0
+        # and its dq and its shares of dk and dv are exactly 0. Fully masked rows (lse = -inf, a row of -inf
+        # bias) gave inf dq / dk in the H100's memory-efficient kernel in bf16; now none reaches a kernel.
+        empty = ~mask.any(-1)  # [N, 1, L]
+        mask = mask | empty[..., None]
+        q = q.masked_fill(empty[..., None], 0.0)
         lse = lse.masked_fill(empty, 0.0)
         do = do.masked_fill(empty[..., None], 0.0)
     if kernel == "flash":

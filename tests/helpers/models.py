@@ -198,3 +198,13 @@ class TileDropped(_Tiles):
 
     def tiles(self, x):
         return torch.cat([self.proj(t) for t in x.tensor_split(3, dim=1)[:2]], dim=1)
+
+
+class TileShifted(_Tiles):
+    """Tile i of x with tile i + 1 of a second tensor (a shift by a tile): must be refused."""
+
+    def tiles(self, x):
+        y = self.proj(x)
+        xs, ys = x.tensor_split(2, dim=1), y.tensor_split(2, dim=1)
+        return torch.cat([a * b for a, b in zip(xs, ys[1:] + ys[:1])], dim=1)
+
