@@ -220,7 +220,9 @@ def _sim_peer(watches, lengths, forward, gen, bufs, streams):
     for s in streams:
         s.wait_stream(torch.cuda.current_stream())
     lates = {}
-    for r in reversed(range(P_SIM)):
+    # senders first (forward: rank 0 up; backward: the last rank down): a rank's first launch loads its
+    # kernel, which waits for the GPU to idle, while a rank launched before its senders spins there
+    for r in range(P_SIM) if forward else reversed(range(P_SIM)):
         with torch.cuda.stream(streams[r]):
             lates[r] = peer_kernel.exchange(x[r], a[r], None, r, P_SIM, forward, bufs[r],
                                             own_tail=_tail(lengths[r], r, d), checked=CHECKED,
@@ -374,7 +376,8 @@ def main() -> int:
     global DEV
     DEV = torch.device(args.device)
     results, ok = [], True
-    checks = (ring_link, gathered, peer, resets, next_call, cost) if DEV.type == "cuda" else (
+    # the peer-kernel check last: its simulated ranks spin on each other, the one check that can hang
+    checks = (ring_link, gathered, resets, next_call, cost, peer) if DEV.type == "cuda" else (
         ring_link, gathered, resets, next_call)
     for check in checks:
         try:

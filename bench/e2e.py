@@ -299,6 +299,10 @@ def _table(a, cfg, state, dev, dtype, record, save):
             elif variant == "compile" and T > a.compile_max:
                 row["skipped"] = f"the T x T model above --compile-max {a.compile_max}"
             else:
+                # in the JSON while it runs: a run killed from outside (a call's time limit) still says where
+                record["rows"].append({**row, "running": f"since {time.strftime('%H:%M:%S')}"})
+                save()
+                record["rows"].pop()
                 row.update(_attempt(v, T, a.steps, a.warmup, dev))
                 if row.get("oom"):
                     stop = f"out of memory at {T} tokens"

@@ -73,9 +73,11 @@ def _surface_errors(compiled, args, kwargs):
     """Run the compiled forward; lasp_fx's own errors come out as themselves, not wrapped by dynamo,
     and dynamo's failures to trace the forward as one graph (graph breaks, control flow on tensor
     values) as a CaptureError naming the model's line and what to do."""
-    from torch._dynamo.exc import BackendCompilerFailed, TorchRuntimeError, Unsupported, UserError
+    from torch._dynamo.exc import (
+        BackendCompilerFailed, InternalTorchDynamoError, TorchRuntimeError, Unsupported, UserError,
+    )  # fmt: skip
 
-    from lasp_fx.capture import explain
+    from lasp_fx.capture import explain, in_nested_region
 
     try:
         # Under DDP, dynamo would cut the graph into buckets for overlap (DDPOptimizer); the
@@ -91,6 +93,10 @@ def _surface_errors(compiled, args, kwargs):
         raise
     except (Unsupported, UserError, TorchRuntimeError) as e:
         raise explain(e) from e
+    except InternalTorchDynamoError as e:
+        if in_nested_region(e):  # a dynamo bug with a known way round: say which
+            raise explain(e) from e
+        raise
 
 
 def _is_verdict(e) -> bool:

@@ -8,6 +8,7 @@ the user's source line and a hint.
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass, field
 
@@ -124,7 +125,7 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
         gm: the torch-level graph a torch.compile backend receives.
         example_inputs: its example inputs (real or fake tensors; parameters included).
     """
-    inline_checkpoints(gm)
+    inline_regions(gm)
     fake_mode = torch._guards.detect_fake_mode(example_inputs) or torch._subclasses.FakeTensorMode()
     with fake_mode, torch.fx.traceback.preserve_node_meta():
         fake = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
@@ -135,31 +136,38 @@ def capture_dynamo_graph(gm: GraphModule, example_inputs: list) -> GraphModule:
     return drop_dead_mutations(drop_noop_slices(functionalize_inplace(out)))
 
 
-def inline_checkpoints(gm: GraphModule) -> GraphModule:
-    """Inline activation-checkpoint regions (dynamo's tag_activation_checkpoint) into the graph.
+def inline_regions(gm: GraphModule) -> GraphModule:
+    """Inline activation-checkpoint regions (dynamo's tag_activation_checkpoint) and nested compile
+    regions (torch.compiler.nested_compile_region's invoke_subgraph) into the graph.
 
-    The detector and the sharding pass see one flat graph; the inlined nodes keep
+    The detector and the sharding pass see one flat graph; the inlined nodes of a checkpoint keep
     meta["recompute"] and meta["ac_graph_id"], which the re-trace carries onto the ATen nodes and
     AOTAutograd's min-cut partitioner reads: those activations are still recomputed in backward.
+    A nested compile region only asks for its body to be compiled once: inlined, it computes the
+    same (each call is compiled on its own, as without the decorator).
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
-    hop = torch.ops.higher_order.tag_activation_checkpoint
+    checkpoint = torch.ops.higher_order.tag_activation_checkpoint
+    subgraph = torch.ops.higher_order.invoke_subgraph
     region = 0
     while True:
-        calls = list(gm.graph.find_nodes(op="call_function", target=hop))
+        calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (checkpoint, subgraph)]
         if not calls:
             break
         for call in calls:
-            # A region nested in another (tiles inside a checkpointed block) joins its region: with an id
-            # of its own, the partitioner would save every value the outer region passes into it.
-            if "ac_graph_id" in call.meta:
+            operands = call.args[1:] if call.target is checkpoint else call.args[2:]  # (body, identifier, *args)
+            if call.target is subgraph:  # inside a checkpoint region (inlined already): its nodes join it
+                rid = call.meta.get("ac_graph_id")
+            elif "ac_graph_id" in call.meta:
+                # A region nested in another (tiles inside a checkpointed block) joins its region: with an id
+                # of its own, the partitioner would save every value the outer region passes into it.
                 rid = call.meta["ac_graph_id"]
             else:
                 region += 1
                 rid = region
             body = getattr(gm, call.args[0].target)
-            env = dict(zip(body.graph.find_nodes(op="placeholder"), call.args[1:]))
+            env = dict(zip(body.graph.find_nodes(op="placeholder"), operands))
             result = None
             with gm.graph.inserting_before(call):
                 for node in body.graph.nodes:
@@ -174,15 +182,16 @@ def inline_checkpoints(gm: GraphModule) -> GraphModule:
                         env[node] = gm.graph.get_attr(name)
                         continue
                     new = gm.graph.node_copy(node, env.__getitem__)
-                    new.meta["recompute"] = CheckpointPolicy.PREFER_RECOMPUTE
-                    new.meta["ac_graph_id"] = rid
+                    if rid is not None:
+                        new.meta["recompute"] = CheckpointPolicy.PREFER_RECOMPUTE
+                        new.meta["ac_graph_id"] = rid
                     env[node] = new
             for user in list(call.users):  # getitem(call, i) -> the body's i-th output
                 user.replace_all_uses_with(result[user.args[1]])
                 gm.graph.erase_node(user)
             body_attr = call.args[0]
             gm.graph.erase_node(call)
-            if not body_attr.users:
+            if not body_attr.users:  # the last call of a nested compile region's body
                 gm.graph.erase_node(body_attr)
     gm.graph.lint()
     gm.recompile()
@@ -212,6 +221,12 @@ _HINTS = [
 ]
 
 
+NESTED_REGION_HINT = ("torch's dynamo cannot yet trace a torch.compiler.nested_compile_region whose inputs have a "
+                      "dynamic sequence length (parallelize's graphs have one): remove the decorator; lasp_fx "
+                      "inlines each call of a region anyway (torch.compile(model, backend=\"lasp\") with static "
+                      "shapes keeps it)")
+
+
 FIXED_LENGTH_HINT = ("the model's code needs a fixed sequence length (a Python loop over the length or its "
                      "chunks, a branch on it, int() of a size): write it with tensor ops on symbolic sizes")
 
@@ -230,10 +245,22 @@ def explain(e: Exception, dynamic: bool = False) -> CaptureError:
         first, why = f"the model's code raised {raised}", ""
     source, code = _user_line(e)
     fixed = dynamic and any(k in msg or k in type(e).__name__ for k in ("Constraints violated", "specializ", "Guard"))
+    if in_nested_region(e):
+        return CaptureError(f"{type(e).__name__} inside a nested compile region: {first[:300]}", source, code,
+                            NESTED_REGION_HINT)
     hint = FIXED_LENGTH_HINT if fixed else next(
         (h for keys, h in _HINTS if any(k in msg or k in type(e).__name__ for k in keys)),
         "run torch.export.export(model, args, strict=False) to see the full error")
     return CaptureError(f"{type(e).__name__}: {first[:300]}" + (f" ({why[:300]})" if why else ""), source, code, hint)
+
+
+def in_nested_region(e: BaseException) -> bool:
+    """Whether dynamo failed while tracing a torch.compiler.nested_compile_region (invoke_subgraph)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    cause = e.__cause__ or e.__context__
+    if cause is not None:
+        frames += traceback.extract_tb(cause.__traceback__)
+    return any(f.filename.endswith(os.path.join("variables", "invoke_subgraph.py")) for f in frames)
 
 
 def _user_line(e: BaseException) -> tuple[str | None, str]:

@@ -3,7 +3,7 @@
 `checkpoint_blocks(model)` (what `ParallelConfig(checkpoint="blocks")` applies) makes every child
 of the model's largest nn.ModuleList run under non-reentrant `torch.utils.checkpoint`: dynamo
 turns each call into a checkpoint region, the capture keeps its nodes tagged (capture.py
-`inline_checkpoints`), and AOTAutograd's partitioner then saves only each block's inputs and
+`inline_regions`), and AOTAutograd's partitioner then saves only each block's inputs and
 recomputes the rest in backward. `inductor_options` keeps Inductor from undoing that order in
 the compiled backward. `offload` (ParallelConfig(offload=True)) then moves those saved values to
 host memory between forward and backward. The function computed, and every gradient, stay the same.

@@ -114,6 +114,8 @@ SPAWNED = {
                                r"(.|\n)*hint: the model must trace as one graph"),
     "parallelize-trace-asserts": ("CaptureError", r"raised AssertionError\('length 3 is not a multiple of 4'\)"
                                   r"(.|\n)*workers_bad_inputs.py:\d+: assert(.|\n)*each rank's slice"),
+    "parallelize-trace-nested-region": ("CaptureError", r"inside a nested compile region(.|\n)*models.py:\d+: "
+                                        r"(.|\n)*hint: torch's dynamo cannot yet trace a torch.compiler.nested_compile_region"),
     # lasp_fx's own ValueError, not dynamo's BackendCompilerFailed around it
     # the guard's line with its path as the user reads it (torch's own cut gave "ork/wt/...")
     "parallelize-trace-fixed-length": ("ValueError", r"^no input carries a dynamic sequence dimension 1(.|\n)*"

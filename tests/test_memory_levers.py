@@ -82,6 +82,30 @@ def test_levers_leave_the_function(cfg):
         assert rel_rms(b, a) <= 1e-12
 
 
+def test_nested_compile_regions_are_inlined():
+    """A torch.compiler.nested_compile_region called per checkpointed tile: the lasp backend (static
+    shapes) inlines its calls and computes the model as written, loss and every gradient in float64.
+    (With a dynamic length dynamo itself fails there: tests/test_bad_inputs.py's nested-region row.)"""
+    from lasp_fx.compile import make_backend
+    from tests.helpers.models import CompiledRegionLM
+
+    ids, labels = _batch(vocab=32)
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = CompiledRegionLM().double()
+        torch._dynamo.reset()
+        run = torch.compile(model, backend=make_backend(None, compiler="aot_eager"), dynamic=False) if compiled \
+            else model
+        loss = run(ids, labels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss0, grads0), (loss1, grads1) = results
+    assert rel_rms(loss1, loss0) <= 1e-13
+    for a, b in zip(grads0, grads1):
+        assert rel_rms(b, a) <= 1e-12
+
+
 def _saved_per_token(model) -> float:
     """Tensor elements autograd keeps per extra token, for the model under the lasp backend."""
     from lasp_fx.compile import make_backend

@@ -75,6 +75,26 @@ def test_tail_op_matches_dense(K, docs, keep, max_tiles):
         assert rel_rms(g, r) <= TOL, f"d{name}"
 
 
+@pytest.mark.parametrize("docs, keep, max_tiles", MODES)
+def test_bf16_tiles_on_every_device(device, docs, keep, max_tiles):
+    """bf16 through each kernel a device picks (CUDA: flash, and the memory-efficient one for masked tiles),
+    rank 3 of 4 at head size 64, against float64 on the same rounded inputs: to bf16's rounding, no inf."""
+    N, H, Hk, s, D = 2, 4, 2, 77, 64
+    q, k, v = (t.detach() for t in _inputs(N, H, Hk, s, 4 * s, D, D, seed=3))
+    gen = torch.Generator().manual_seed(3)
+    ids, flags = workers_softmax.doc_ids(docs, N, 4 * s, 9, gen), workers_softmax.key_flags(keep, N, 4 * s, gen)
+    low = [t.to(device, torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    to_dev = (lambda x: None if x is None else x.to(device))
+    out = tail_softmax_attention(*low, None, to_dev(ids), to_dev(flags), max_tiles)
+    w = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * w.to(device)).sum(), low)
+    ref_in = [t.detach().cpu().double().requires_grad_() for t in low]
+    ref = tail_softmax_reference(*ref_in, D ** -0.5, ids, flags)
+    ref_grads = torch.autograd.grad((ref * w).sum(), ref_in)
+    errs = {"o": rel_rms(out.cpu(), ref), **{f"d{n}": rel_rms(g.cpu(), r) for n, g, r in zip("qkv", grads, ref_grads)}}
+    assert all(e <= 2e-2 for e in errs.values()), errs
+
+
 def test_rows_that_see_nothing_get_zeros_and_no_gradient():
     q, k, v = _inputs(1, 2, 2, 4, 8, 4, 4, seed=0)
     keep = torch.tensor([[True, True, True, False, False, False, True, True]])

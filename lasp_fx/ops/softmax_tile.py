@@ -106,8 +106,7 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
     if mask is not None:
         # A row that saw no key (padding) gets no gradient and gives none. It goes into the kernel as a row
         # that sees every key with q = 0, lse = 0 and dO = 0: P = 1, dP = 0, rowsum(dO * O) = 0, so dS = 0
-        # and its dq and its shares of dk and dv are exactly 0. Fully masked rows (lse = -inf, a row of -inf
-        # bias) gave inf dq / dk in the H100's memory-efficient kernel in bf16; now none reaches a kernel.
+        # and its dq and its shares of dk and dv are exactly 0 (no row of -inf bias with lse = -inf reaches a kernel).
         empty = ~mask.any(-1)  # [N, 1, L]
         mask = mask | empty[..., None]
         q = q.masked_fill(empty[..., None], 0.0)
@@ -119,6 +118,12 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
         dq, dk, dv = aten._scaled_dot_product_flash_attention_backward(
             do, q, ke, ve, out, lse.float().contiguous(), None, None, L, S, 0.0, causal, unused, unused, scale=scale)
     elif kernel == "efficient":
+        low = q.dtype
+        if mask is not None and low != torch.float32:
+            # With a bias, the H100's memory-efficient backward in bf16 gives inf dq / dk on rows that are not
+            # empty, where float32 on the same tiles and bias is right: masked half-precision tiles (the
+            # fallback for rows of many short documents) take their backward in float32.
+            do, q, ke, ve, out = (t.float() for t in (do, q, ke, ve, out))
         L = q.shape[2]
         padded = lse.new_zeros(*lse.shape[:2], -(-L // 32) * 32, dtype=torch.float32)
         padded[..., :L] = lse
@@ -126,6 +131,7 @@ def backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tens
         unused = torch.empty((), dtype=torch.long, device=q.device)
         dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
             do, q, ke, ve, bias, out, padded, unused, unused, 0.0, [True, True, True, False], causal, scale=scale)
+        dq, dk, dv = dq.to(low), dk.to(low), dv.to(low)
     elif kernel == "cpu":
         bias = None if mask is None else _bias(mask, q.dtype, 1, aligned=False)
         dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(

@@ -112,6 +112,14 @@ class HFLlama(nn.Module):
         return out.logits if labels is None else out.loss
 
 
+def _head_and_loss(lm, x, labels):
+    """The example LM's final norm and head on hidden states x; the mean cross-entropy with labels."""
+    logits = lm.head(lm.norm(x))
+    if labels is None:
+        return logits
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 class CheckpointedLM(nn.Module):
     """The lightning example with activation checkpointing on every block (non-reentrant, or the
     reentrant form with use_reentrant=True)."""
@@ -130,10 +138,33 @@ class CheckpointedLM(nn.Module):
         x = lm.embed(ids)
         for block in lm.blocks:
             x = checkpoint(block, x, use_reentrant=self.use_reentrant)
-        logits = lm.head(lm.norm(x))
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return _head_and_loss(lm, x, labels)
+
+
+@torch.compiler.nested_compile_region
+def _mlp_region(block, x):
+    return block.mlp(block.norm2(x))
+
+
+class CompiledRegionLM(nn.Module):
+    """The lightning example with each block's MLP in a nested compile region (compiled once, called
+    per block and tile) on 3 checkpointed tiles of the sequence."""
+
+    def __init__(self):
+        super().__init__()
+        from examples.models import LightningLM
+
+        self.lm = LightningLM()
+
+    def forward(self, ids, labels=None):
+        from examples.models.common import in_tiles
+
+        lm = self.lm
+        x = lm.embed(ids)
+        for block in lm.blocks:
+            x = x + block.mixer(block.norm1(x))
+            x = x + in_tiles(lambda t, block=block: _mlp_region(block, t), 3, x)
+        return _head_and_loss(lm, x, labels)
 
 
 class ChunkedLossLM(nn.Module):

@@ -47,6 +47,10 @@ def _call(row: str):
         return lasp_fx.shard_batch(torch.zeros(2, 2, dtype=torch.long))
     if row == "shard_batch-no-seq-dim":
         return lasp_fx.shard_batch(torch.zeros(5))
+    if row == "parallelize-trace-nested-region":  # dynamo's bug: invoke_subgraph inside a checkpoint, dynamic length
+        from tests.helpers.models import CompiledRegionLM
+
+        return lasp_fx.parallelize(CompiledRegionLM(), compiler="eager")(torch.arange(24).view(2, 12) % 32)
     if row.startswith("parallelize-trace-"):
         kind = {"loop-on-values": "LoopOnValues", "lock": "Lock", "asserts": "Asserts", "fixed-length": "FixedLength"}
         model = lasp_fx.parallelize(getattr(_Models, kind[row.removeprefix("parallelize-trace-")])(), compiler="eager")

@@ -81,7 +81,7 @@ class ShardContext:
         return new
 
 
-# Activation checkpointing (capture.inline_checkpoints): nodes a rule adds inside a checkpointed
+# Activation checkpointing (capture.inline_regions): nodes a rule adds inside a checkpointed
 # region are recomputed in backward with it, instead of pinning their inputs in memory.
 _CHECKPOINT_TAGS = ("recompute", "ac_graph_id")
 

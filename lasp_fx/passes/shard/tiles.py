@@ -63,13 +63,11 @@ def _tiles_cats(ctx, split, pieces, dim, rules) -> list[fx.Node]:
         """The tile of a tensor that one in the split's cone takes: a piece of a split alike (the same
         dim and piece sizes), or position by position from such pieces; None for anything else."""
         if node not in owner:
-            owner[node] = None  # a cycle cannot occur in a graph; this stops a repeated walk
-            owner[node] = _aligned(node, dim, sizes)
-            if owner[node] is None and _tile_sized(node, dim, sizes):
-                owner[node] = _check(node, tile_of)
+            i = _aligned(node, dim, sizes)
+            owner[node] = _check(node) if i is None and _tile_sized(node, dim, sizes) else i
         return owner[node]
 
-    def _check(node, tile_of) -> int:
+    def _check(node) -> int:
         """node's tile: its sequence-carrying inputs all in one tile, itself position by position."""
         sources = set()
         for a in node.all_input_nodes:
@@ -96,7 +94,7 @@ def _tiles_cats(ctx, split, pieces, dim, rules) -> list[fx.Node]:
         if node.target is aten.cat.default:
             cats.add(node)
         elif owner.get(node) is None:
-            owner[node] = _check(node, tile_of)
+            owner[node] = _check(node)
     if not cats:
         raise ShardError(split, "splits the sequence without concatenating the tiles back", _HINT)
     for cat in cats:
