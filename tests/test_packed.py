@@ -202,6 +202,18 @@ def test_triton_segments_longer_than_the_chunks_told_apart():
     _triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
 
 
+@pytest.mark.parametrize("has_runs", [False, True], ids=["unpacked", "packed"])
+def test_packed_kernels_tune_over_four_warps_only(has_runs, monkeypatch):
+    """The packed kernels at 8 warps computed wrong outputs on the H100 (record 2026-12-07_sixth): the
+    autotuner's prune keeps their 4-warp configs only, and every config of the unpacked ones."""
+    from lasp_fx.ops.triton import common
+
+    monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
+    configs = [common.config(8, BV=64), common.config(4, BV=64), common.config(8, BV=128)]
+    kept = common._prune(configs, {}, HAS_RUNS=has_runs)
+    assert kept == (configs if not has_runs else [configs[1]])
+
+
 SLICES = [  # rank 1 of 2 of a 300-token row: its first document continues, or starts at its first token
     pytest.param([0, 40, 190, 300], id="continues"),
     pytest.param([0, 40, 150, 230, 300], id="starts_at_edge"),
