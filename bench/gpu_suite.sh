@@ -139,7 +139,7 @@ for part in $PARTS; do
     cost) timeout 60 python3 bench/cost_model.py $(ls "$OUT"/sp*.json 2>/dev/null) ;;
     cli) timeout 300 python3 -m lasp_fx bench --out "$OUT/cli" --device cuda --ranks $(( NGPU < 2 ? 0 : NGPU )) ;;
     packed) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_packed_gpu.py --quick --json "$OUT/check_packed.json"
-            CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/packed.py --json "$OUT/packed.json" ;;
+            CUDA_VISIBLE_DEVICES=0 timeout 240 python3 bench/packed.py --profile --json "$OUT/packed.json" ;;
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
     trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;

@@ -1,7 +1,7 @@
 """Packed documents on one GPU: the op with cu_seqlens against the same tokens unpacked, fwd and fwd+bwd.
 
 Run on one GPU from the repository root:
-    python bench/packed.py [--t 131072] [--doc 4096] [--json out.json] [--fla]
+    python bench/packed.py [--t 131072] [--doc 4096] [--json out.json] [--fla] [--profile]
     python bench/packed.py --device cpu --t 1024 --doc 256 --heads 2 --dim 16    # a dry run
 
 Shape as bench/op.py: B = 1, H = 16, D = E = 128, bf16; decay none / const (per head, a fixed
@@ -16,7 +16,9 @@ with L2 flushed and grads reset on a GPU, warm runs on the CPU):
     fla_varlen    with --fla: fla's chunk_simple_gla with the same cu_seqlens (its first call at
                   128K autotunes for minutes)
 Also the packed output and gradients against the batched run (each document alone, the same
-kernels): relative RMS.
+kernels): relative RMS. With --profile, each row's fwd+bwd under torch.profiler too: device time
+per step of every kernel (µs, and launches per step), printed side by side against `unpacked`
+(where packing costs) and stored in the JSON (rows with "profile").
 """
 
 import argparse
@@ -73,6 +75,48 @@ def _time(fn, grads, device):
     return timing.median_ms(fn, device, warmup=1, reps=3)
 
 
+def _profile(fn, device, steps=3):
+    """{kernel: {"calls", "us"}} per step of `fn` (one fwd+bwd) after one warm call: device time
+    from torch.profiler (CPU op time on the CPU dry run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = timing.is_cuda(device)
+    fn()
+    timing.sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        timing.sync(device)
+    kernels = {}
+    for e in prof.key_averages():
+        names = ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
+        us = next((getattr(e, n) for n in names if hasattr(e, n)), 0.0)
+        if us > 0:
+            kernels[e.key] = {"calls": e.count / steps, "us": us / steps}
+    return dict(sorted(kernels.items(), key=lambda kv: -kv[1]["us"]))
+
+
+def _print_profiles(decay, profiles):
+    """Kernels side by side, µs per fwd+bwd step (launches in brackets), the worst gaps to unpacked first."""
+    impls = list(profiles)
+    base = profiles.get("unpacked", {})
+    names = set().union(*profiles.values())
+
+    def gap(n):
+        return max(p.get(n, {}).get("us", 0.0) for p in profiles.values()) - base.get(n, {}).get("us", 0.0)
+
+    print(f"--- {decay}: device µs per fwd+bwd step [launches]", flush=True)
+    print(f"{'kernel':44} " + " ".join(f"{i:>16}" for i in impls), flush=True)
+    for n in sorted(names, key=lambda n: (-gap(n), n))[:30]:
+        cells = []
+        for i in impls:
+            k = profiles[i].get(n)
+            cells.append(f"{k['us']:10.1f} [{k['calls']:3.0f}]" if k else f"{'-':>16}")
+        print(f"{n[:44]:44} " + " ".join(cells), flush=True)
+    totals = [sum(k["us"] for k in profiles[i].values()) for i in impls]
+    print(f"{'total':44} " + " ".join(f"{t:16.1f}" for t in totals), flush=True)
+
+
 def _agreement(x, T, doc):
     """Relative RMS of the packed output and gradients against the batched (each document alone) run."""
     outs, n = [], T // doc
@@ -104,12 +148,18 @@ def bench(args):
         if decay == "gate":  # learnable, as in training
             x["g"].requires_grad_()
         grads = [x["q"], x["k"], x["v"]] + ([x["g"]] if decay == "gate" else [])
-        base = None
+        base, profiles = None, {}
+        impls = args.impls.split(",")
         for name, (f, do) in _callables(x, args.t, args.doc, decay, args.fla).items():
+            if name not in impls and not (name == "fla_varlen" and args.fla):
+                continue
             row = {"T": args.t, "doc": args.doc, "decay": decay, "impl": name}
             try:
                 row["fwd_ms"] = _time(f, None, device)
                 row["fwdbwd_ms"] = _time(timing.step(f, grads, do), grads, device)
+                if args.profile:
+                    profiles[name] = row["profile"] = _profile(timing.step(f, grads, do), device)
+                    row["profile_total_us"] = sum(k["us"] for k in row["profile"].values())
             except Exception as ex:  # fla's varlen path, say: reported, not fatal
                 row["error"] = f"{type(ex).__name__}: {str(ex)[:200]}"
             if name == "unpacked":
@@ -122,6 +172,8 @@ def bench(args):
             else:
                 ratio = row.get("x_unpacked", 1.0)
                 print(f"{decay:6} {name:12} {row['fwd_ms']:8.3f} {row['fwdbwd_ms']:8.3f} {ratio:10.3f}", flush=True)
+        if profiles:
+            _print_profiles(decay, profiles)
         rows.append({"decay": decay, "check": "packed vs batched (each document alone)",
                      **_agreement(x, args.t, args.doc)})
         print(f"{decay:6} packed vs batched, rel. RMS: {rows[-1]}", flush=True)
@@ -148,6 +200,10 @@ def main():
     parser.add_argument("--decays", default="none,const,gate")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--fla", action="store_true", help="also fla's chunk_simple_gla with cu_seqlens")
+    parser.add_argument("--impls", default="unpacked,packed,packed_runs,batched,mixed",
+                        help="comma-separated rows to run (unpacked first: the others are compared with it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also each row's per-kernel device time per fwd+bwd (torch.profiler), into the JSON")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "packed.json"))
     args = parser.parse_args()
     if args.t % args.doc:

@@ -172,12 +172,46 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("layout, decay, nsub", TRITON_CASES)
 def test_triton_packed_equals_documents_alone(layout, decay, nsub, initial_state):
     _triton()
-    cu = LAYOUTS[layout]
-    a = random_inputs(1, cu[-1], 2, 16, 16, kv_heads=1, decay=decay, initial_state=initial_state,
+    _triton_vs_alone(LAYOUTS[layout], decay, nsub, initial_state)
+
+
+def _triton_vs_alone(cu, decay, nsub, initial_state, heads=2, dim=16):
+    a = random_inputs(1, cu[-1], heads, dim, dim, kv_heads=1, decay=decay, initial_state=initial_state,
                       generator=torch.Generator().manual_seed(11))
     runs = documents.runs_from_cu_seqlens(torch.tensor(cu), 0, cu[-1])
     errors = _packed_vs_alone(a, cu, _triton_run(nsub, runs), dtype=torch.float32, device=DEVICE)
     assert max(errors.values()) < 2e-5, errors  # float32 kernels against float64
+
+
+# Segments of 4 chunks over 300 tokens (the second one's last 3 chunks past T): chunks with no
+# start between chunks with one, several starts in a chunk, a start at a chunk and a segment edge,
+# and the kernels' second loop over a segment's chunks with starts (common.py).
+SEGMENTS = [0, 10, 11, 70, 130, 200, 256, 290, 300]
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_triton_segments_of_chunks_with_and_without_starts(decay):
+    _triton()
+    _triton_vs_alone(SEGMENTS, decay, 4, initial_state=True)
+
+
+def test_triton_segments_longer_than_the_chunks_told_apart():
+    """Segments of 67 chunks: past common.MAX_CUTS (64) a chunk is taken to hold a start, which must
+    change nothing; here only chunks past it do (64 mid-chunk, 65 at its first token, not 66)."""
+    _triton()
+    _triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
+
+
+@pytest.mark.parametrize("has_runs", [False, True], ids=["unpacked", "packed"])
+def test_packed_kernels_tune_over_four_warps_only(has_runs, monkeypatch):
+    """The packed kernels at 8 warps computed wrong outputs on the H100 (record 2026-12-07_sixth): the
+    autotuner's prune keeps their 4-warp configs only, and every config of the unpacked ones."""
+    from lasp_fx.ops.triton import common
+
+    monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
+    configs = [common.config(8, BV=64), common.config(4, BV=64), common.config(8, BV=128)]
+    kept = common._prune(configs, {}, HAS_RUNS=has_runs)
+    assert kept == (configs if not has_runs else [configs[1]])
 
 
 SLICES = [  # rank 1 of 2 of a 300-token row: its first document continues, or starts at its first token

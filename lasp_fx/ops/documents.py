@@ -117,9 +117,10 @@ def cu_seqlens_from_position_ids(position_ids: Tensor) -> Tensor:
 
 def runs_from_cu_seqlens(cu_seqlens: Tensor, start: int, length: int) -> Tensor:
     """The runs [1, length + 1] (module docstring) of tokens [start, start + length) of the packed row."""
-    cu = cu_seqlens.to(torch.int64)
-    positions = torch.arange(start - 1, start + length, device=cu.device).clamp_(min=0)  # entry 0: the token before
-    return torch.searchsorted(cu, positions, right=True).to(torch.int32)[None]
+    cu = cu_seqlens if cu_seqlens.dtype in (torch.int32, torch.int64) else cu_seqlens.to(torch.int64)
+    # entry 0: the token before; in cu's dtype and straight to int32: three launches per call, no casts
+    positions = torch.arange(start - 1, start + length, device=cu.device, dtype=cu.dtype).clamp_(min=0)
+    return torch.searchsorted(cu, positions, right=True, out_int32=True)[None]
 
 
 def runs_from_ids(ids: Tensor, start: int, length: int) -> Tensor:

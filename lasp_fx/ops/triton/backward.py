@@ -6,9 +6,12 @@ take the float32 state split in two (common.dot_f32b), and the intra-chunk part 
 column sums of one fp32 matrix: dG is then as accurate as the other gradients at any T
 (docs/design.md §2). Transposed operands are loaded transposed or computed as their own product.
 
-Packed documents (HAS_RUNS, common.py): the terms through S reach only the tokens of the
+Packed documents (HAS_RUNS, packed.py): the terms through S reach only the tokens of the
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
-with a document start passes no state gradient back across it.
+with a document start passes no state gradient back across it. A chunk without one runs the
+unpacked code; in one with a start after its first token the main loop stores those rows and
+the loop after it the others (and dG's share of the pairs of tokens, added to the share through
+S stored before: one read back of dG per such chunk).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
     CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
-    decay_mode,
-    head_base, dot_f32b, dot_precision, load_cols, late_state, load_rows, program_tiles, segment_chunks,
+    decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, dkv_rows, dq_rows, is_cut, token_runs
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
@@ -46,25 +49,53 @@ def _dq_kernel(
     # S^T, plus an incoming state (s_in: the saved states hold the tokens' own states alone)
     st = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS)
+    n_k = tl.cdiv(D, BK)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
+    if HAS_RUNS:
+        if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
+            st = tl.zeros_like(st)
 
     for c in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + c) * C, T, C, HAS_RUNS)
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
         vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
         kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
         dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
         inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
-        if HAS_RUNS:  # the state reaches the chunk's first document only
-            inter = tl.where((r == r_in)[:, None], inter, 0.0)
         if G_MODE == 0:
-            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
+            m = chunk_mask(rc, rc, G_MODE, False, rc, False)
             dq_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
+            m = chunk_mask(bc, rc, G_MODE, False, rc, False)
             dq_inter = inter * tl.exp2(bc)[:, None]
+            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+            carry = tl.exp2(a)
         dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
-        tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt, mask=valid[:, None] & (rk[None, :] < D))
+        dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+        rows = valid
+        if HAS_RUNS:
+            if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
+                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_first)
+                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
+                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
+                if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
+                    kw = load_rows(k_base, t, reach, HK * D, rk, D)
+                    st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                else:
+                    kw = (kt * tl.where(reach, w_out, 0.0)[:, None]).to(kt.dtype)
+                    st = st * tl.where(keep, carry, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+            elif G_MODE == 0:
+                st += tl.dot(vt, kt, input_precision=PREC)
+            else:
+                st = st * carry + tl.dot(vt, (kt * w_out[:, None]).to(kt.dtype), input_precision=PREC)
+        elif G_MODE == 0:
+            st += tl.dot(vt, kt, input_precision=PREC)
+        tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
         if DG:
             # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
             # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
@@ -75,18 +106,25 @@ def _dq_kernel(
             qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
             s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
             w = dp * m * s
-            dg = tl.sum(w, 1) - tl.sum(w, 0) + tl.sum(qw * inter, 1)
-            n_k = tl.cdiv(D, BK)
-            tl.store(dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, dg * scale, mask=valid)
-        if G_MODE != 0:
-            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype)
-            st = st * tl.exp2(a)
-        else:
-            kw = kt
-        if HAS_RUNS:  # only the chunk's last document goes on, and the state before it stops here
-            kw = tl.where((r == r_out)[:, None], kw, 0.0).to(kt.dtype)
-            st = tl.where(r_out == r_in, st, 0.0)
-        st += tl.dot(vt, kw, input_precision=PREC)
+            pairs = tl.sum(w, 1) - tl.sum(w, 0)
+            through = tl.sum(qw * inter, 1)
+            if HAS_RUNS:  # a start after the first token: the share through S of the rows stored above,
+                # the pairs' after the loop (the chunks of packed.dq_rows)
+                through = tl.where(rows, through, 0.0)
+                pairs = tl.where(is_cut(cuts, c), 0.0, pairs)
+            dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+            tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
+        if G_MODE != 0 and not HAS_RUNS:
+            kw = (kt * w_out[:, None]).to(kt.dtype)
+            st = st * carry + tl.dot(vt, kw, input_precision=PREC)
+
+    if HAS_RUNS:
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
+            tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
+                            (i_s * NSUB + c) * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -104,38 +142,68 @@ def _dk_kernel(
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     dst = late_state(s_ptr, late, A, i_bh, i_s, rk[None, :], re[:, None], D, E, NSEG, runs, i_b, T, NSUB * C,
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
+    n_k = tl.cdiv(D, BK)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        c = NSUB - 1 - ci
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
         dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
         qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
         dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
         inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
-        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
-            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = qt
+            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
             dk_inter = inter
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype)
+            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
             dk_inter = inter * tl.exp2(a - bc)[:, None]
+            w_in = tl.exp2(bc)  # from the chunk's start to each token
+            carry = tl.exp2(a)
         dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
-        tl.store(dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dkt, mask=valid[:, None] & (rk[None, :] < D))
+        dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+        rows = valid
+        if HAS_RUNS:
+            if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (packed.py): the last
+                # document's rows (the others after the loop, where no state gradient reaches), and only the
+                # first one reaches dS before the chunk
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_out)
+                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                    qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
+                    dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+                else:
+                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[:, None]).to(qt.dtype)
+                    dst = dst * tl.where(r_in == r_out, carry, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+            elif G_MODE == 0:
+                dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+            else:
+                dst = dst * carry + tl.dot(dot_, (qt * w_in[:, None]).to(qt.dtype), input_precision=PREC) * scale
+        elif G_MODE == 0:
+            dst += tl.dot(dot_, qt, input_precision=PREC) * scale
+        tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
         if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
             kt = load_rows(k_base, t, valid, HK * D, rk, D)
             kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
-            n_k = tl.cdiv(D, BK)
-            tl.store(dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k, tl.sum(kw * inter, 1), mask=valid)
-        if G_MODE != 0:
-            dst = dst * tl.exp2(a)
-        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
-            qw = tl.where((r == r_in)[:, None], qw, 0.0).to(qt.dtype)
-            dst = tl.where(r_out == r_in, dst, 0.0)
-        dst += tl.dot(dot_, qw, input_precision=PREC) * scale
+            through = tl.sum(kw * inter, 1)
+            if HAS_RUNS:  # only the rows stored above get dS
+                through = tl.where(rows, through, 0.0)
+            dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+            tl.store(dg_ptr, through, mask=valid)
+        if G_MODE != 0 and not HAS_RUNS:
+            qw = (qt * w_in[:, None]).to(qt.dtype)
+            dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
+
+    if HAS_RUNS:
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    dkv_rows(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
+                             rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
 
 
 @autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -151,33 +219,56 @@ def _dv_kernel(
     s_ptr = dS + ((i_b.to(tl.int64) * H + i_h) * NSEG + i_s) * D * E
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
+    cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
 
     for ci in range(0, NSUB):
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, (i_s * NSUB + NSUB - 1 - ci) * C, T, C, HAS_RUNS)
+        c = NSUB - 1 - ci
+        t0 = (i_s * NSUB + c) * C
+        t, valid = chunk_tokens(t0, T, C)
         kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
         qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
         dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
         pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
         inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
-        if HAS_RUNS:  # the chunk's last document reaches the state leaving it
-            inter = tl.where((r == r_out)[:, None], inter, 0.0)
         if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, r, HAS_RUNS)
-            qw = qt
+            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, r, HAS_RUNS)
+            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
             inter = inter * tl.exp2(a - bc)[:, None]
-            qw = (qt * tl.exp2(bc)[None, :]).to(qt.dtype)
+            w_in = tl.exp2(bc)  # from the chunk's start to each token
+            carry = tl.exp2(a)
         dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
-        tl.store(dv_base + t[:, None].to(tl.int64) * H * E + re[None, :], dvt, mask=valid[:, None] & (re[None, :] < E))
-        if G_MODE != 0:
-            ds = ds * tl.exp2(a)
-        if HAS_RUNS:  # the state entering the chunk reaches its first document only, and no further back
-            qw = tl.where((r == r_in)[None, :], qw, 0.0).to(qt.dtype)
-            ds = tl.where(r_out == r_in, ds, 0.0)
-        ds += tl.dot(qw, dot_, input_precision=PREC) * scale
+        dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+        rows = valid
+        if HAS_RUNS:
+            if is_cut(cuts, c) | is_cut(edges, c):  # as the dk kernel
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_out)
+                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                    qw = load_cols(q_base, t, valid & (r == r_in), H * D, rd, D)
+                    ds = tl.where(r_in == r_out, ds, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+                else:
+                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[None, :]).to(qt.dtype)
+                    ds = ds * tl.where(r_in == r_out, carry, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+            elif G_MODE == 0:
+                ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+            else:
+                ds = ds * carry + tl.dot((qt * w_in[None, :]).to(qt.dtype), dot_, input_precision=PREC) * scale
+        elif G_MODE == 0:
+            ds += tl.dot(qt, dot_, input_precision=PREC) * scale
+        tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
+        if G_MODE != 0 and not HAS_RUNS:
+            qw = (qt * w_in[None, :]).to(qt.dtype)
+            ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
 
+    if HAS_RUNS:
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    dkv_rows(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
+                             re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
@@ -192,7 +283,7 @@ def bwd(
     `decay_grad=False` (a fixed decay) drops dG and the products only it needs.
     `saved` = (the states `fwd(save=True)` returned, its s_out) spares the
     forward-direction state pass when the segments are SAVED_CHUNKS long (`nsub` as fwd's).
-    `runs` [B, T + 1] int32: packed documents (common.py, chunked.bwd).
+    `runs` [B, T + 1] int32: packed documents (packed.py, chunked.bwd).
 
     Returns (dq, dk, dv in the input dtypes, dG [B, T, H] float32 or None when g is None or not
     decay_grad, ds_in [B, H, D, E] float32).

@@ -5,12 +5,11 @@ Work is cut in chunks of C tokens (the quadratic part, tensor-core tiles) and se
 registers inside a segment. Tiles are loaded as rows or straight as their transpose: no kernel
 transposes a dot result (docs/design.md §2).
 
-Packed documents (HAS_RUNS): every kernel also reads the runs index [B, T + 1] int32 of
-ops/documents.py and masks by equality of runs: pairs of tokens inside a chunk (`chunk_mask`),
-the tokens a chunk's entering state reaches, the tokens that reach its leaving state, and
-whether the chunk passes its entering state on at all (`chunk_tokens`); a late state reaches only
-the segments before the slice's first document start (`late_tile`). The decays stay the tokens'
-own: no -inf enters any sum. Without documents the masks are compiled out.
+Packed documents (HAS_RUNS): the kernels read the runs index of ops/documents.py; where
+documents start and what is done about it are packed.py's. Here: `chunk_mask` keeps pairs of
+tokens within a document where asked, and a late state reaches only the segments before the
+slice's first document start (`late_tile`). The decays stay the tokens' own: no -inf enters any
+sum. Without documents the runs are compiled out.
 """
 
 from __future__ import annotations
@@ -62,6 +61,11 @@ if INTERPRET:
 
 
 def _prune(configs, named_args, **kwargs):
+    if kwargs.get("HAS_RUNS", named_args.get("HAS_RUNS")):
+        # Compiled with documents at 8 warps, the output and dv kernels computed wrong o and dv on the H100 (and
+        # one config faulted) while 4 warps or one pipeline stage were right, with or without a document start
+        # in the segment (record 2026-12-07_sixth): the packed kernels take 4-warp configs only.
+        configs = [c for c in configs if c.num_warps == 4] or configs
     # LASP_FX_AUTOTUNE=0 takes the first config: no tuning runs, one compile per kernel.
     return configs[:1] if os.environ.get("LASP_FX_AUTOTUNE", "1") == "0" else configs
 
@@ -187,39 +191,29 @@ def chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE: tl.constexpr):
 
 
 @triton.jit
-def chunk_tokens(runs, i_b, t0, T, C: tl.constexpr, HAS_RUNS: tl.constexpr):
-    """The chunk starting at t0: its tokens t [C], which of them are before T, and their packed
-    documents: each token's run [C] (-1 past T), the run of the state entering the chunk and of
-    the state leaving it (its last real token's). Without HAS_RUNS, runs are placeholders that no
-    kernel reads."""
+def chunk_tokens(t0, T, C: tl.constexpr):
+    """The chunk starting at t0: its tokens t [C] and which of them are before T."""
     t = t0 + tl.arange(0, C)
-    valid = t < T
-    r = t
-    r_in = t0
-    r_out = t0
-    if HAS_RUNS:
-        base = runs + i_b.to(tl.int64) * (T + 1)
-        r = tl.load(base + 1 + t, mask=valid, other=-1)
-        r_in = tl.load(base + tl.minimum(t0, T))  # a chunk wholly past T (a segment's tail) passes its state on
-        r_out = tl.load(base + tl.minimum(t0 + C, T))
-    return t, valid, r, r_in, r_out
+    return t, t < T
 
 
 @triton.jit
-def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, r, HAS_RUNS: tl.constexpr):
+def chunk_mask(bc, rc, G_MODE: tl.constexpr, TRANSPOSED: tl.constexpr, lo, HAS_RUNS: tl.constexpr):
     """M[i, j] = exp(b_i - b_j) for i >= j, else 0 (b: in-chunk log2 cumsum; 0/1 without decay),
-    and with HAS_RUNS 0 unless tokens i and j are of one document (runs r).
+    and with HAS_RUNS 0 unless j >= lo_i, the first token of i's document in the chunk (packed.doc_starts).
 
     TRANSPOSED gives M^T (rows j, columns i), built directly rather than by tl.trans.
     """
     if TRANSPOSED:
         causal = rc[None, :] >= rc[:, None]
         diff = bc[None, :] - bc[:, None]
+        if HAS_RUNS:
+            causal = causal & (rc[:, None] >= lo[None, :])
     else:
         causal = rc[:, None] >= rc[None, :]
         diff = bc[:, None] - bc[None, :]
-    if HAS_RUNS:  # symmetric: the same for M and M^T
-        causal = causal & (r[:, None] == r[None, :])
+        if HAS_RUNS:
+            causal = causal & (rc[None, :] >= lo[:, None])
     if G_MODE == 0:
         m = tl.where(causal, 1.0, 0.0)
     else:
@@ -293,3 +287,4 @@ def late_tile(
             hit = tl.load(base + i_s * L) == tl.load(base)
         extra = tl.where(hit, extra, 0.0)
     return extra
+

@@ -2,7 +2,9 @@
 
 Each program carries the state entering its segment in registers and walks the segment's chunks:
 o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
-state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes.
+state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes. Packed documents
+(packed.py): a chunk without a start runs this same code; where one starts after a chunk's first
+token, the main loop stores the first document's rows, packed.out_rows the others after it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode,
-    head_base, dot_precision, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
+    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode, dot_precision,
+    head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, is_cut, out_rows, token_runs
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
@@ -37,33 +40,63 @@ def _out_kernel(
         s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
         G_MODE, HAS_LATE, False, NSEG_P2, HAS_RUNS,
     )  # fmt: skip
+    cuts, edges = chunk_cuts(runs, i_b, t_first, T, NSUB, C, HAS_RUNS)
+    if HAS_RUNS:
+        if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
+            state = tl.zeros_like(state)
 
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_first + c * C, T, C, HAS_RUNS)
+        t0 = t_first + c * C
+        t, valid = chunk_tokens(t0, T, C)
         qt = load_rows(q_base, t, valid, H * D, rd, D)  # [C, BD]
         kt = load_cols(k_base, t, valid, HK * D, rd, D)  # [BD, C]
         vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BV]
         scores = tl.dot(qt, kt, input_precision=PREC)  # [C, C]
         inter = tl.dot(qt, state.to(qt.dtype), input_precision=PREC)  # [C, BV]
         if G_MODE == 0:
-            kw = kt
-            m = chunk_mask(rc, rc, G_MODE, False, r, HAS_RUNS)
+            m = chunk_mask(rc, rc, G_MODE, False, rc, False)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             inter = inter * tl.exp2(bc)[:, None]
-            kw = (kt * tl.exp2(a - bc)[None, :]).to(kt.dtype)
-            m = chunk_mask(bc, rc, G_MODE, False, r, HAS_RUNS)
-        if HAS_RUNS:  # the entering state reaches the first document's tokens; the last one's reach the leaving state
-            inter = tl.where((r == r_in)[:, None], inter, 0.0)
-            kw = tl.where((r == r_out)[None, :], kw, 0.0).to(kt.dtype)
+            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+            carry = tl.exp2(a)
+            m = chunk_mask(bc, rc, G_MODE, False, rc, False)
         p = (scores * m).to(vt.dtype)
         out = (tl.dot(p, vt, input_precision=PREC) + inter) * scale
-        tl.store(o_base + t[:, None].to(tl.int64) * H * E + re[None, :], out, mask=valid[:, None] & (re[None, :] < E))
-        if G_MODE != 0:
-            state = state * tl.exp2(a)
-        if HAS_RUNS:  # a document starts in this chunk: the state before it goes no further
-            state = tl.where(r_out == r_in, state, 0.0)
-        state += tl.dot(kw, vt, input_precision=PREC)
+        o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+        rows = valid
+        if HAS_RUNS:
+            if is_cut(cuts, c) | is_cut(edges, c + 1):  # a document starts after the chunk's first token (its
+                # first document's rows here, the others after the loop), or at the next chunk's first token
+                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
+                r = token_runs(runs, i_b, t, valid, T)
+                rows = valid & (r == r_first)
+                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
+                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
+                if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
+                    kw = load_cols(k_base, t, reach, HK * D, rd, D)
+                    state = tl.where(keep, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)
+                else:
+                    kw = (kt * tl.where(reach, w_out, 0.0)[None, :]).to(kt.dtype)
+                    state = state * tl.where(keep, carry, 0.0) + tl.dot(kw, vt, input_precision=PREC)
+            elif G_MODE == 0:
+                state += tl.dot(kt, vt, input_precision=PREC)
+            else:
+                state = state * carry + tl.dot((kt * w_out[None, :]).to(kt.dtype), vt, input_precision=PREC)
+        elif G_MODE == 0:
+            state += tl.dot(kt, vt, input_precision=PREC)
+        tl.store(o_ptr, out, mask=rows[:, None] & (re[None, :] < E))
+        if G_MODE != 0 and not HAS_RUNS:
+            kw = (kt * w_out[None, :]).to(kt.dtype)
+            state = state * carry + tl.dot(kw, vt, input_precision=PREC)
+
+    if HAS_RUNS:
+        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
+            for c in range(0, NSUB):
+                if is_cut(cuts, c):
+                    out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
+                               re, T, H, HK, D, E, G_MODE, PREC, C)
 
 
 def fwd(
@@ -77,7 +110,7 @@ def fwd(
 
     `save=True` also returns the segment states for `bwd(saved=...)`, shaped `common.saved_shape`
     (empty unless the segments are SAVED_CHUNKS long), the same whether or not the backward
-    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (common.py, chunked.fwd).
+    computes the decay's gradient. `runs` [B, T + 1] int32: packed documents (packed.py, chunked.fwd).
 
     Returns (o [B, T, H, E] in q's dtype, s_out [B, H, D, E] float32), and the saved states with `save`.
     """

@@ -4,9 +4,10 @@ Forward (k, v) and backward (q, do) alike: U_s = the segment's own state, then S
 exp(A_s) S[s] + U_s, into a [B, heads, n_segments, D, E] float32 buffer of the states at the
 segment boundaries and the state at the far end (docs/design.md §2).
 
-Packed documents (runs, common.py): a token enters U_s only if it reaches the segment's far
+Packed documents (runs, packed.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
-scan passes no state across a segment in which a document starts.
+scan passes no state across a segment in which a document starts. The masks are read and applied
+only in the chunks where not every token gets there.
 """
 
 from __future__ import annotations
@@ -16,11 +17,37 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, head_base, dot_precision, load_cols, load_rows,
+    CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, dot_precision, head_base, load_cols, load_rows,
 )  # fmt: skip
+from lasp_fx.ops.triton.packed import chunk_cuts, chunk_ends, cut_by, is_cut, token_runs
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
+
+
+@triton.jit
+def _add_chunk(acc, xw, yt, carry, total, G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr,
+               PREC: tl.constexpr):
+    """The segment's state so far with a chunk's tokens (x already weighted) added."""
+    part = tl.dot(xw, yt, input_precision=PREC)
+    if G_MODE == 0:
+        return acc + part
+    if TO_END:
+        return acc * carry + part
+    if CHUNKWISE:
+        return acc + part * tl.exp2(total)
+    return acc + part
+
+
+@triton.jit
+def _add_masked(acc, xt, yt, w, carry, total, gets_there, G_MODE: tl.constexpr, TO_END: tl.constexpr,
+                CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
+    """`_add_chunk` from the tokens that get there only (x masked here: xt stays in shared memory)."""
+    if G_MODE == 0:
+        xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
+    else:
+        xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
+    return _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
 
 
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
@@ -45,38 +72,48 @@ def _local_kernel(
     r_seg = t_seg
     if HAS_RUNS:  # the run of the state entering the segment: a backward term reaches it from that run only
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
+    cuts, edges = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
+    starts = cuts | edges
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t, valid, r, r_in, r_out = chunk_tokens(runs, i_b, t_seg + c * C, T, C, HAS_RUNS)
+        t0 = t_seg + c * C
+        t, valid = chunk_tokens(t0, T, C)
         xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        if HAS_RUNS:  # which tokens get there (TO_END: the chunk's end; else: the segment's start)
-            reach = (r == r_out) if TO_END else (r == r_seg)
+        # Packed documents (packed.py): which tokens get there, read only where not all of them do.
+        # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
+        # to the segment's start, from its first, once one has started since the segment's start.
+        if TO_END:
+            cut = is_cut(cuts, c) | is_cut(edges, c)
+        else:
+            cut = cut_by(starts, c)
+        w = valid  # per-token weights (with decay only: a placeholder without)
         if G_MODE == 0:
-            if HAS_RUNS:
-                if TO_END:
-                    acc = tl.where(r_out == r_in, acc, 0.0)
-                acc += tl.dot(tl.where(reach[None, :], xt, 0.0).to(xt.dtype), yt, input_precision=PREC)
-            else:
-                acc += tl.dot(xt, yt, input_precision=PREC)
+            xw = xt
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+            carry = tl.exp2(a)
             if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
                 w = tl.exp2(a - bc)
-                acc = acc * tl.exp2(a)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                    acc = tl.where(r_out == r_in, acc, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
             elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
                 w = tl.exp2(bc)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC) * tl.exp2(total)
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
-                if HAS_RUNS:
-                    w = tl.where(reach, w, 0.0)
-                acc += tl.dot((xt * w[None, :]).to(xt.dtype), yt, input_precision=PREC)
+            xw = (xt * w[None, :]).to(xt.dtype)
+        carry = 1.0 if G_MODE == 0 else carry
+        new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)  # the loads stay pipelined
+        if HAS_RUNS:
+            if cut:  # again from the tokens that get there only (a real branch, off the common path)
+                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                if TO_END:  # the chunk's last document, and nothing from before it
+                    new = _add_masked(tl.where(r_in == r_out, acc, 0.0), xt, yt, w, carry, total,
+                                      token_runs(runs, i_b, t, valid, T) == r_out, G_MODE, TO_END, CHUNKWISE, PREC)
+                elif r_in == r_seg:  # its tokens before the start, of the segment's first document
+                    new = _add_masked(acc, xt, yt, w, carry, total, token_runs(runs, i_b, t, valid, T) == r_seg,
+                                      G_MODE, TO_END, CHUNKWISE, PREC)
+                else:  # the whole chunk is past the segment's first document: none of it gets there
+                    new = acc
+        acc = new
+        if G_MODE != 0:
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
     tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))

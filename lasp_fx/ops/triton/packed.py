@@ -1,0 +1,152 @@
+"""Packed documents in the kernels: where documents start in a segment's chunks, and the rows done apart.
+
+A program first reads where documents start in its segment's chunks (`chunk_cuts`: two bit masks
+from one load each). Runs never decrease, so a chunk with no start is one run, where every mask is
+all ones: it runs the unpacked code, with its tiles, layouts and registers. A start at a chunk's
+first token (an edge) only stops the state there. Where one starts after a chunk's first token,
+the main loop stores the rows of the chunk's first document forward in time (its last backward),
+which see the state and whose pairs of tokens are all of one document, and masks the state passed
+on, in a branch off the common path; a second loop after the main one (`out_rows`, `dq_rows`,
+`dkv_rows`) computes the other rows, which no state reaches, with the pairs kept within a document
+(common.chunk_mask with `doc_starts`). The tiles are read again there: that work stays out of the
+main loop's registers, for one chunk in 64 with documents of 4K tokens.
+"""
+
+import triton
+import triton.language as tl
+
+from lasp_fx.ops.triton.common import chunk_decay, chunk_mask, chunk_tokens, load_cols, load_rows
+
+MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
+
+
+@triton.jit
+def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.constexpr):
+    """(cuts, edges): int64 bit masks over the chunks c of the segment starting at t_first. cuts: a
+    document starts after the chunk's first token; edges: one starts at its first token (the state
+    entering it reaches none of it). Runs never decrease, so a chunk with neither is one run: that
+    of the state entering it. Both 0 without HAS_RUNS."""
+    cuts = tl.sum(tl.zeros([1], dtype=tl.int64), 0)
+    edges = cuts
+    if HAS_RUNS:
+        c = tl.arange(0, MAX_CUTS)
+        base = runs + i_b.to(tl.int64) * (T + 1)
+        here = c < NSUB
+        t0 = t_first + c * C
+        r_in = tl.load(base + tl.minimum(t0, T), mask=here, other=0)
+        r_first = tl.load(base + tl.minimum(t0 + 1, T), mask=here, other=0)
+        r_out = tl.load(base + tl.minimum(t0 + C, T), mask=here, other=0)
+        bit = tl.full([MAX_CUTS], 1, tl.int64) << c.to(tl.int64)
+        cuts = tl.sum(tl.where(r_first != r_out, bit, 0), 0)
+        edges = tl.sum(tl.where(r_in != r_first, bit, 0), 0)
+    return cuts, edges
+
+
+@triton.jit
+def is_cut(mask, c):
+    """Bit c of a `chunk_cuts` mask (past MAX_CUTS chunks: taken as set, which is always exact)."""
+    return (((mask >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
+
+
+@triton.jit
+def cut_by(mask, c):
+    """Whether any of bits 0..c of a `chunk_cuts` mask is set (past MAX_CUTS: taken as so)."""
+    return ((mask << (MAX_CUTS - 1 - tl.minimum(c, MAX_CUTS - 1))) != 0) | (c >= MAX_CUTS)
+
+
+@triton.jit
+def chunk_ends(runs, i_b, t0, T, C: tl.constexpr):
+    """The runs of the state entering the chunk at t0, of its first token and of the state leaving
+    it (its last real token's)."""
+    base = runs + i_b.to(tl.int64) * (T + 1)
+    r_in = tl.load(base + tl.minimum(t0, T))
+    return r_in, tl.load(base + tl.minimum(t0 + 1, T)), tl.load(base + tl.minimum(t0 + C, T))
+
+
+@triton.jit
+def token_runs(runs, i_b, t, valid, T):
+    """Each token's run [C] (-1 past T): read only in a chunk where a document starts."""
+    return tl.load(runs + i_b.to(tl.int64) * (T + 1) + 1 + t, mask=valid, other=-1)
+
+
+@triton.jit
+def doc_starts(r, rc):
+    """lo [C]: the position in the chunk of the first token of each token's document (0 if it
+    started before the chunk): the tokens before it of other runs r, which come first."""
+    return tl.sum(((rc[None, :] < rc[:, None]) & (r[None, :] != r[:, None])).to(tl.int32), 1)
+
+
+@triton.jit
+def out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D, E,
+               G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
+    """The outputs of a chunk's tokens after a document start in it (the main loop stored the first
+    document's): no state reaches them, and pairs of tokens stay within a document. Tiles read again."""
+    t, valid = chunk_tokens(t0, T, C)
+    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    qt = load_rows(q_base, t, valid, H * D, rd, D)
+    kt = load_cols(k_base, t, valid, HK * D, rd, D)
+    vt = load_rows(v_base, t, valid, HK * E, re, E)
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+    p = (tl.dot(qt, kt, input_precision=PREC) * m).to(vt.dtype)
+    out = tl.dot(p, vt, input_precision=PREC) * scale
+    o_ptr = o_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+    tl.store(o_ptr, out, mask=(valid & (r != r_first))[:, None] & (re[None, :] < E))
+
+
+@triton.jit
+def dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k, t0, rc, rk, re,
+            T, H, HK, D, E, G_MODE: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
+    """dq of a chunk's tokens after a document start in it (the main loop stored the first
+    document's) and, with DG, the pairs' share of dG of all its tokens, added to the share through
+    S that the main loop stored. No state reaches these rows; pairs stay within a document."""
+    t, valid = chunk_tokens(t0, T, C)
+    _, r_first, _ = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    dot_ = load_rows(do_base, t, valid, H * E, re, E)
+    vt = load_cols(v_base, t, valid, HK * E, re, E)
+    kt = load_rows(k_base, t, valid, HK * D, rk, D)
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    dp = tl.dot(dot_, vt, input_precision=PREC)
+    m = chunk_mask(bc, rc, G_MODE, False, doc_starts(r, rc), True)
+    dqt = tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) * scale
+    tl.store(dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :], dqt,
+             mask=(valid & (r != r_first))[:, None] & (rk[None, :] < D))
+    if DG:  # as the main loop, with the pairs of one document only
+        qt = load_rows(q_base, t, valid, H * D, rk, D)
+        w = dp * m * tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+        dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+        dg = tl.load(dg_ptr, mask=valid, other=0.0) + (tl.sum(w, 1) - tl.sum(w, 0)) * scale
+        tl.store(dg_ptr, dg, mask=valid)
+
+
+@triton.jit
+def dkv_rows(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc, ra, rb, T, H, STRIDE_A, STRIDE_B,
+             STRIDE_D, A_DIM, B_DIM, D_DIM, G_MODE: tl.constexpr, SCALE_AFTER: tl.constexpr, PREC: tl.constexpr,
+             C: tl.constexpr):
+    """dk (a = v, b = do, d = q, SCALE_AFTER) or dv (a = k, b = q, d = do) of a chunk's tokens before
+    its last document (the main loop stored the last one's): sum over the later tokens i of their
+    document of (a_j . b_i) M^T[j, i] d_i, rounded as the main loop does. No state gradient reaches
+    them. Tiles read again."""
+    t, valid = chunk_tokens(t0, T, C)
+    _, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    at = load_rows(a_base, t, valid, STRIDE_A, ra, A_DIM)  # [C, BA]
+    bt = load_cols(b_base, t, valid, STRIDE_B, ra, B_DIM)  # [BA, C]: b shares a's feature range
+    dt = load_rows(d_base, t, valid, STRIDE_D, rb, D_DIM)  # [C, BD]
+    bc = rc
+    if G_MODE != 0:
+        bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+    mt = chunk_mask(bc, rc, G_MODE, True, doc_starts(r, rc), True)
+    pt = tl.dot(at, bt, input_precision=PREC) * mt
+    if SCALE_AFTER:
+        out = tl.dot(pt.to(dt.dtype), dt, input_precision=PREC) * scale
+    else:
+        out = tl.dot((pt * scale).to(dt.dtype), dt, input_precision=PREC)
+    tl.store(out_base + t[:, None].to(tl.int64) * H * D_DIM + rb[None, :], out,
+             mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
