@@ -150,4 +150,5 @@ for part in $PARTS; do
     *) echo "unknown part $part" ;;
   esac 2>&1 | grep --line-buffered -v "$NOISE" >> "$LOG"
 done
-grep "^smoke \| passed\| failed\|^FAILED\|^ERROR\|ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG"
+grep "^smoke \| passed\| failed\|^FAILED\|^ERROR\|ALL OK\|FAILURES\|FAIL \|^ *[0-9]* \(none\|const\|gate\)\|<-\|^  [a-zA-Z]\|max rel\|^[a-z-]*-nocheck\|^single\|^ring\|^allgather\|^auto\|^ulysses\|^lasp-orig\|^P=\|rror" "$LOG" \
+  || true  # an e2e-only log has no line of this summary: not a failure
