@@ -203,15 +203,30 @@ def test_triton_segments_longer_than_the_chunks_told_apart():
 
 
 @pytest.mark.parametrize("has_runs", [False, True], ids=["unpacked", "packed"])
-def test_packed_kernels_tune_over_four_warps_only(has_runs, monkeypatch):
-    """The packed kernels at 8 warps computed wrong outputs on the H100 (record 2026-12-07_sixth): the
-    autotuner's prune keeps their 4-warp configs only, and every config of the unpacked ones."""
+@pytest.mark.parametrize("packed_warps", [None, 4], ids=["state-dq-dk-kernels", "out-dv-kernels"])
+def test_packed_output_and_dv_kernels_tune_over_four_warps_only(has_runs, packed_warps, monkeypatch):
+    """The packed output and dv kernels at 8 warps computed wrong outputs on the H100 (record 2026-12-07_sixth):
+    their prune keeps the 4-warp configs with documents; every other kernel and case keeps every config."""
     from lasp_fx.ops.triton import common
 
     monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
     configs = [common.config(8, BV=64), common.config(4, BV=64), common.config(8, BV=128)]
-    kept = common._prune(configs, {}, HAS_RUNS=has_runs)
-    assert kept == (configs if not has_runs else [configs[1]])
+    kept = common._pruner(packed_warps)(configs, {}, HAS_RUNS=has_runs)
+    assert kept == ([configs[1]] if has_runs and packed_warps else configs)
+
+
+def test_the_output_and_dv_kernels_are_the_ones_held_to_four_warps(monkeypatch):
+    _triton()
+    from lasp_fx.ops.triton import backward, common, forward, states
+
+    monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
+    configs = [common.config(8, BV=64), common.config(4, BV=64)]
+
+    def warps(kernel):  # the warps of the configs the kernel's autotuner keeps with documents
+        return {c.num_warps for c in kernel.early_config_prune(configs, {}, HAS_RUNS=True)}
+
+    assert warps(forward._out_kernel) == warps(backward._dv_kernel) == {4}
+    assert warps(states._local_kernel) == warps(backward._dq_kernel) == warps(backward._dk_kernel) == {4, 8}
 
 
 SLICES = [  # rank 1 of 2 of a 300-token row: its first document continues, or starts at its first token

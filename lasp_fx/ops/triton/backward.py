@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
+    CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, autotune_bv, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, dkv_rows, dq_rows, is_cut, token_runs
@@ -206,7 +206,7 @@ def _dk_kernel(
                              rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
+@autotune_bv(key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, late, A, runs, dv, scale, T, H, HK, D, E, NSUB, NSEG,

@@ -60,28 +60,35 @@ if INTERPRET:
     _backport_interpreter_index_fix()
 
 
-def _prune(configs, named_args, **kwargs):
-    if kwargs.get("HAS_RUNS", named_args.get("HAS_RUNS")):
-        # Compiled with documents at 8 warps, the output and dv kernels computed wrong o and dv on the H100 (and
-        # one config faulted) while 4 warps or one pipeline stage were right, with or without a document start
-        # in the segment (record 2026-12-07_sixth): the packed kernels take 4-warp configs only.
-        configs = [c for c in configs if c.num_warps == 4] or configs
-    # LASP_FX_AUTOTUNE=0 takes the first config: no tuning runs, one compile per kernel.
-    return configs[:1] if os.environ.get("LASP_FX_AUTOTUNE", "1") == "0" else configs
+def _pruner(packed_warps: int | None):
+    def prune(configs, named_args, **kwargs):
+        if packed_warps and kwargs.get("HAS_RUNS", named_args.get("HAS_RUNS")):
+            configs = [c for c in configs if c.num_warps == packed_warps] or configs
+        # LASP_FX_AUTOTUNE=0 takes the first config: no tuning runs, one compile per kernel.
+        return configs[:1] if os.environ.get("LASP_FX_AUTOTUNE", "1") == "0" else configs
+
+    return prune
 
 
-def autotune(configs: list, key: list):
+def autotune(configs: list, key: list, packed_warps: int | None = None):
     """`triton.autotune` over a few configs, its choice cached on disk next to Triton's kernel cache.
 
     Only the first config under TRITON_INTERPRET=1 (the interpreter cannot benchmark) or with
-    LASP_FX_AUTOTUNE=0.
+    LASP_FX_AUTOTUNE=0. `packed_warps`: with documents (HAS_RUNS) only the configs of that many warps.
     """
     return triton.autotune(
         configs=configs[:1] if INTERPRET else configs,
         key=key,
-        prune_configs_by={"early_config_prune": _prune},
+        prune_configs_by={"early_config_prune": _pruner(packed_warps)},
         cache_results=True,
     )
+
+
+def autotune_bv(key: list):
+    """`autotune` of the kernels that tile value columns by BV (output, dv). With documents they take 4 warps
+    only: at 8 warps with pipelining both computed wrong o and dv on the H100 (one config faulted) while every
+    other kernel was right (records 2026-12-06_fourth, 2026-12-07_sixth)."""
+    return autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key, packed_warps=4)
 
 
 def config(num_warps: int, num_stages: int = 2, **meta) -> triton.Config:

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from lasp_fx.ops.triton.common import (
-    CHUNK, SAVED_CHUNKS, autotune, block, chunk_decay, chunk_mask, chunk_tokens, config, decay_mode, dot_precision,
+    CHUNK, SAVED_CHUNKS, autotune_bv, block, chunk_decay, chunk_mask, chunk_tokens, decay_mode, dot_precision,
     head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, is_cut, out_rows, token_runs
@@ -23,7 +23,7 @@ from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 
 
-@autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
+@autotune_bv(key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
 def _out_kernel(
     q, k, v, g, S, late, A, runs, o, scale, T, H, HK, HS, D, E, NSUB, NSEG,
