@@ -24,7 +24,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, autotune_bv, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, dkv_rows, dq_rows, is_cut, token_runs
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, cut_rows, dkv_rows, dq_rows, is_cut, token_runs
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
@@ -77,12 +77,7 @@ def _dq_kernel(
         rows = valid
         if HAS_RUNS:
             if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
-                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
-                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_first)
-                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
-                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
+                rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
                     kw = load_rows(k_base, t, reach, HK * D, rk, D)
                     st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)

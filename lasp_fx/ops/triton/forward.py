@@ -17,7 +17,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVED_CHUNKS, autotune_bv, block, chunk_decay, chunk_mask, chunk_tokens, decay_mode, dot_precision,
     head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, is_cut, out_rows, token_runs
+from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, cut_rows, is_cut, out_rows
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
@@ -68,12 +68,7 @@ def _out_kernel(
         if HAS_RUNS:
             if is_cut(cuts, c) | is_cut(edges, c + 1):  # a document starts after the chunk's first token (its
                 # first document's rows here, the others after the loop), or at the next chunk's first token
-                r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
-                _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_first)
-                reach = valid & (r == r_out) & (r_out == r_next)  # the tokens that reach the next chunk
-                keep = (r_in == r_out) & (r_out == r_next)  # and whether the state entering this one does
+                rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
                     kw = load_cols(k_base, t, reach, HK * D, rd, D)
                     state = tl.where(keep, state, 0.0) + tl.dot(kw, vt, input_precision=PREC)

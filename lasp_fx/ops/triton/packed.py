@@ -77,6 +77,18 @@ def doc_starts(r, rc):
 
 
 @triton.jit
+def cut_rows(runs, i_b, t0, t, valid, T, C: tl.constexpr):
+    """In a chunk where a document starts (or the next chunk's first token starts one): the rows of the chunk's
+    first document (the main loop's), the tokens that reach the next chunk, and whether the state entering
+    the chunk does."""
+    r_in, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+    _, r_next, _ = chunk_ends(runs, i_b, t0 + C, T, C)
+    r = token_runs(runs, i_b, t, valid, T)
+    through = r_out == r_next
+    return valid & (r == r_first), valid & (r == r_out) & through, (r_in == r_out) & through
+
+
+@triton.jit
 def out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D, E,
                G_MODE: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr):
     """The outputs of a chunk's tokens after a document start in it (the main loop stored the first
