@@ -35,6 +35,8 @@
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
 #   trainpack bench/check_train_pack_gpu.py: examples/train.py --pack under parallelize() against the plain model (~120 s)
 #   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
+#   parity bench/loss_parity.py on every GPU (2 or more): 300 steps of the hybrid model, 8K tokens, through
+#          parallelize() against the model as written on GPU 0 ($OUT/parity.json, parity.png)
 #   memory bench/memory_breakdown.py: the ~1B LM's live tensors at a step's peak (or at its out-of-memory failure),
 #          with every lever, MEM_TOKENS tokens (default 1048576) and MEM_TILES tiles (default 4) ($OUT/mem.json; ~5 min)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
@@ -143,6 +145,9 @@ for part in $PARTS; do
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
     trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;
+    parity) timeout 500 torchrun --standalone --nproc-per-node=$NGPU bench/loss_parity.py --json "$OUT/parity.json" \
+              --png "$OUT/parity.png" --model hybrid --steps 300 --seq-len 8192 --batch-size 1 --dim 512 --layers 4 \
+              --heads 8 --vocab 256 ;;
     memory) CUDA_VISIBLE_DEVICES=0 timeout 560 torchrun --standalone --nproc-per-node=1 bench/memory_breakdown.py --device cuda \
               --big --tokens "${MEM_TOKENS:-1048576}" --warm-tokens 16384 --tiles "${MEM_TILES:-4}" --top 40 --json "$OUT/mem.json" ;;
     smoke) smoke ;;
