@@ -50,7 +50,11 @@ def _plot(record: dict, path: str) -> None:
     ax1.plot(steps, record["parallel"][0], "--", label=f"parallelize(), {record['world_size']} ranks")
     ax1.axhline(record["floor"], color="grey", lw=0.8, label="the data's entropy")
     ax1.set_ylabel("loss")
-    ax2.semilogy(steps, [max(d, 1e-17) for d in record["rel_diff"]])
+    diffs = record["rel_diff"]
+    apart = [(i + 1, d) for i, d in enumerate(diffs) if d > 0]
+    if apart:
+        ax2.semilogy(*zip(*apart), ".", ms=3)
+    ax2.set_title(f"{len(diffs) - len(apart)} of {len(diffs)} steps equal to the last bit (not drawn)", fontsize=8)
     ax2.set_ylabel("|parallel - one| / one")
     for ax in (ax1, ax2):
         ax.set_xlabel("step")
