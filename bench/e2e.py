@@ -14,6 +14,12 @@ weights and takes the same tokens. Variants (--variants):
                  forward), the rest eager: the issue's by-hand reference for memory
     fla          the same with fla's chunk_simple_gla (fla-core), torch.compile
     compile      the model as written (a T x T decay mask: small T only) under torch.compile
+    ulysses      the op by hand inside Ulysses' all-to-alls (bench/ulysses.py; every rank holds 1/P of the
+                 sequence, heads divisible by P), torch.compile, parameter gradients summed over the ranks
+                 (the baseline of sequence parallelism on several GPUs; on one it is `hand`)
+With --dp N (parallelize only) the ranks form a (dp, sp) mesh: parallelize() splits each sequence over "sp"
+and --data-parallel (DDP or FSDP2) keeps the N replicas, each on its own tokens, in step over "dp"; a row's
+tokens/s and MFU count every replica's tokens.
 Levers (--levers, joined by "+"): ckpt (non-reentrant checkpointing of every block: parallelize's
 checkpoint="blocks", lasp_fx.memory.checkpoint_blocks for the others), chunkloss (the loss over
 --loss-chunks slices of the vocabulary: ModelConfig.loss_chunks), tiles (each block's position-wise
@@ -27,7 +33,8 @@ Per row: step ms (median of --steps after --warmup), tokens/s, MFU, peak memory 
 the first, and of the first on its own), the bytes autograd saved for backward in one step (the
 step after the first; parameters not counted), the first step's seconds (compile and autotuning; later
 lengths of one variant reuse its graph: the length is dynamic), the first step's loss (the same
-weights and tokens for every variant: a cross-check).
+weights and tokens for every variant: a cross-check of the forward) and the last step's (after the same
+AdamW steps on the same tokens: of the gradients too).
 An out-of-memory row is recorded as such and ends that variant's longer lengths. The JSON is
 rewritten after every row, so a run cut short still leaves what it measured.
 """
@@ -104,11 +111,15 @@ def _build(variant, levers, cfg, state, dev, dtype, a):
     model.load_state_dict(state)
     ckpt, offload = "ckpt" in levers, "offload" in levers
     if variant == "parallelize":
-        return lasp_fx.parallelize(model, checkpoint="blocks" if ckpt else "none", offload=offload), model
+        mesh = _mesh(a, dev)
+        run = lasp_fx.parallelize(model, mesh=mesh, checkpoint="blocks" if ckpt else "none", offload=offload)
+        return _data_parallel(run, mesh, a.data_parallel) if a.dp > 1 else run, model
     if variant == "hand_blocks":
         return _compiled_blocks(_by_hand(model, _lasp_kernel), ckpt, a.backend or _default_backend(dev)), model
     if variant == "fla":
         import fla  # noqa: F401 - ImportError: the row says fla is missing
+    if variant == "ulysses":
+        _by_hand(model, _ulysses_kernel)
     if variant in ("hand", "fla"):
         _by_hand(model, _lasp_kernel if variant == "hand" else _fla_in_graph if a.fla_in_graph else _fla_kernel)
     if ckpt:
@@ -118,7 +129,49 @@ def _build(variant, levers, cfg, state, dev, dtype, a):
         from lasp_fx.compile import make_backend
 
         backend = make_backend(None, compiler=backend, rewrite=lambda gm, _: gm, offload=True)
+    if variant == "ulysses":
+        return _ulysses_run(model, torch.compile(model, backend=backend)), model
     return torch.compile(model, backend=backend), model
+
+
+def _mesh(a, dev):
+    """None (every rank splits the sequence), or the (dp, sp) mesh of --dp."""
+    if a.dp == 1:
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(dev.type, (a.dp, dist.get_world_size() // a.dp), mesh_dim_names=("dp", "sp"))
+
+
+def _data_parallel(model, mesh, how):
+    if how == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        return fully_shard(model, mesh=mesh["dp"])
+    return torch.nn.parallel.DistributedDataParallel(model, process_group=mesh["dp"].get_group())
+
+
+def _ulysses_kernel(q, k, v, log_decay):
+    from ulysses import ulysses_attention  # bench/ulysses.py (this script's folder is on sys.path)
+
+    return ulysses_attention(q, k, v, log_decay, scale=1.0)
+
+
+def _ulysses_run(model, compiled):
+    """Each rank runs its 1/P of the sequence; the loss's value is the global mean, its gradient this rank's
+    share, and each parameter's gradient is summed over the ranks once accumulated."""
+    P, r = dist.get_world_size(), dist.get_rank()
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: dist.all_reduce(p.grad))
+
+    def run(ids, labels):
+        n = ids.shape[1] // P
+        part = compiled(ids[:, r * n:(r + 1) * n], labels=labels[:, r * n:(r + 1) * n]) / P
+        total = part.detach().clone()
+        dist.all_reduce(total)
+        return part + (total - part.detach())
+
+    return run
 
 
 def _compiled_blocks(model, ckpt, backend):
@@ -169,9 +222,10 @@ def _batch(T, vocab, dev, rank_seed=0):
     return ids[:, :-1].contiguous().to(dev), ids[:, 1:].contiguous().to(dev)  # labels: the next tokens
 
 
-def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
-    """Time `steps` training steps at length T (after `warmup`); the first is timed on its own."""
-    ids, labels = _batch(T, cfg["vocab_size"], dev)
+def _row(run, model, opt, T, cfg, dev, steps, warmup, variant, dp=1):
+    """Time `steps` training steps at length T (after `warmup`); the first is timed on its own. With dp
+    replicas, each takes its own tokens."""
+    ids, labels = _batch(T, cfg["vocab_size"], dev, rank_seed=dist.get_rank() // (dist.get_world_size() // dp))
     if variant != "parallelize":  # parallelize marks the length dynamic itself
         torch._dynamo.maybe_mark_dynamic(ids, 1)
         torch._dynamo.maybe_mark_dynamic(labels, 1)
@@ -192,6 +246,7 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
         opt.step()
         sync(dev)
         times.append(time.perf_counter() - t0)
+        last_loss = float(loss.detach())  # the last step's, once the loop ends
         if i == 0:
             first_loss = float(loss.detach())
             if dev.type == "cuda":  # the first step's peak holds compile and autotuning buffers too
@@ -199,10 +254,13 @@ def _row(run, model, opt, T, cfg, dev, steps, warmup, variant):
                 torch.cuda.reset_peak_memory_stats(dev)
         del loss
     flops, n = _flops_per_step(model, cfg, T)
+    flops *= dp
     ms = statistics.median(times[1 + warmup:]) * 1e3 if steps else None
     world = dist.get_world_size()
     out = {"first_step_s": round(times[0], 2), "step_ms": ms and round(ms, 2), "loss": first_loss,
-           "tokens_per_s": ms and round(T / ms * 1e3), "params_N": n}
+           "last_loss": last_loss, "tokens_per_s": ms and round(dp * T / ms * 1e3), "params_N": n}
+    if dp > 1:
+        out["dp"] = dp
     if saved is not None:
         out["saved_gib"] = round(saved.bytes / 2**30, 3)
         out["saved_kib_per_token_layer"] = round(saved.bytes / 2**10 / T / cfg["num_layers"], 2)
@@ -219,15 +277,20 @@ class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
     (a checkpoint's own hooks hide what it recomputes: what it keeps, its inputs, is counted)."""
 
     def __init__(self, model):
-        self.bytes, self._seen = 0, {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.bytes, self._seen = 0, {_storage(p).data_ptr() for p in model.parameters()}
         super().__init__(self._pack, lambda t: t)
 
     def _pack(self, t):
-        storage = t.untyped_storage()
+        storage = _storage(t)
         if storage.data_ptr() not in self._seen:
             self._seen.add(storage.data_ptr())
             self.bytes += storage.nbytes()
         return t
+
+
+def _storage(t):
+    """A tensor's storage; a DTensor's (FSDP2's sharded parameters) is its local shard's."""
+    return (t.to_local() if hasattr(t, "to_local") else t).untyped_storage()
 
 
 def _free(dev):
@@ -249,7 +312,8 @@ class _Variant:
             if self.run is None:
                 self.run, self.model = _build(variant, levers, cfg, state, dev, dtype, a)
                 self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=dev.type == "cuda")
-            return _row(self.run, self.model, self.opt, T, cfg, dev, steps, warmup, variant)
+            return _row(self.run, self.model, self.opt, T, cfg, dev, steps, warmup, variant,
+                        a.dp if variant == "parallelize" else 1)
 
     def after_oom(self):
         if self.opt is not None:
@@ -361,7 +425,9 @@ def _variants(a, cfg, state, dev, dtype, rows):
 
 
 def _skip(variant, levers, dev, a) -> str | None:
-    if variant != "parallelize" and dist.get_world_size() > 1:
+    if a.dp > 1 and variant != "parallelize":
+        return "--dp: parallelize only"
+    if variant not in ("parallelize", "ulysses") and dist.get_world_size() > 1:
         return "one GPU only (the by-hand variants do not split the sequence)"
     if "nolean" in levers and variant != "parallelize":
         return "nolean turns off an option of parallelize()'s compile only"
@@ -417,6 +483,8 @@ def main():
     ap.add_argument("--lengths", default="8192,32768,131072", help="global tokens per step, comma-separated")
     ap.add_argument("--levers", default="none,ckpt+chunkloss", help='lever sets, comma-separated; "+" joins levers')
     ap.add_argument("--variants", default=None, help="default: parallelize,hand,hand_blocks,fla,compile (--longest: parallelize)")
+    ap.add_argument("--dp", type=int, default=1, help="data-parallel replicas (a (dp, sp) mesh; parallelize only)")
+    ap.add_argument("--data-parallel", choices=["ddp", "fsdp"], default="fsdp", help="with --dp: how replicas sync")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per row (median)")
     ap.add_argument("--warmup", type=int, default=1, help="steps after the first before timing")
     ap.add_argument("--loss-chunks", type=int, default=32, help="vocabulary slices of the chunked loss")
@@ -446,6 +514,8 @@ def main():
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
+    if dist.get_world_size() % a.dp:
+        ap.error(f"--dp {a.dp} does not divide the {dist.get_world_size()} ranks")
     cfg = dict(TINY if a.tiny else BIG)
     if a.tiny:
         a.lengths = "64,128" if a.lengths == ap.get_default("lengths") else a.lengths

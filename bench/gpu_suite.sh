@@ -24,7 +24,8 @@
 #   e2e    bench/e2e.py: the ~1B lightning LM through parallelize(), the op and fla by hand, with checkpointing and
 #          the vocabulary-chunked loss at 32K and 128K tokens ($OUT/e2e.json, e2e.png; E2E_BUDGET s, default 240;
 #          E2E_LENGTHS, E2E_LEVERS, E2E_VARIANTS, E2E_TILES override the lengths, lever sets, variants and the
-#          tiles of the lever "tiles"; E2E_STEPS, E2E_WARMUP the timed and warm-up steps, fewer for the longest)
+#          tiles of the lever "tiles"; E2E_STEPS, E2E_WARMUP the timed and warm-up steps, fewer for the longest;
+#          E2E_GPUS ranks (default 1: lengths are global, so P x the tokens per GPU), E2E_DP data-parallel replicas)
 #   header bench/header.py on GPU 0: what the rank check's headers cost beside the op (~60 s)
 #   length bench/check_length_gpu.py on GPU 0: bf16 against float64 up to 1M tokens, and >2^31 elements (~4 min)
 #   decay  bench/check_decay_grad_gpu.py on GPU 0: the decay gradient's precision as T grows (~60 s)
@@ -35,6 +36,8 @@
 #   softmax bench/softmax_sp.py: a hybrid's softmax layer as rank 3 of 4 at 32K tokens per rank (~150 s)
 #   trainpack bench/check_train_pack_gpu.py: examples/train.py --pack under parallelize() against the plain model (~120 s)
 #   padding bench/padding.py: HF attention_mask (none, ones, right, left) through a sharded layer, checked, timed (~20 s)
+#   parity bench/loss_parity.py on every GPU (2 or more): 300 steps of the hybrid model, 8K tokens, through
+#          parallelize() against the model as written on GPU 0 ($OUT/parity.json, parity.png)
 #   memory bench/memory_breakdown.py: the ~1B LM's live tensors at a step's peak (or at its out-of-memory failure),
 #          with every lever, MEM_TOKENS tokens (default 1048576) and MEM_TILES tiles (default 4) ($OUT/mem.json; ~5 min)
 #   smoke  every single-process bench script once, small, autotuning off, on GPU 0: a line
@@ -93,7 +96,7 @@ smoke_ranks() {  # the scripts that run under torchrun (as many ranks as GPUs, a
 { echo "command: PARTS=\"$PARTS\"${SP_IMPLS:+ SP_IMPLS=$SP_IMPLS}${E2E_BUDGET:+ E2E_BUDGET=$E2E_BUDGET}\
 ${E2E_LENGTHS:+ E2E_LENGTHS=$E2E_LENGTHS}${E2E_LEVERS:+ E2E_LEVERS=$E2E_LEVERS}\
 ${E2E_VARIANTS:+ E2E_VARIANTS=$E2E_VARIANTS}${E2E_TILES:+ E2E_TILES=$E2E_TILES}\
-${E2E_STEPS:+ E2E_STEPS=$E2E_STEPS}${E2E_WARMUP:+ E2E_WARMUP=$E2E_WARMUP}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}${MEM_TOKENS:+ MEM_TOKENS=$MEM_TOKENS}${MEM_TILES:+ MEM_TILES=$MEM_TILES}\
+${E2E_STEPS:+ E2E_STEPS=$E2E_STEPS}${E2E_WARMUP:+ E2E_WARMUP=$E2E_WARMUP}${E2E_GPUS:+ E2E_GPUS=$E2E_GPUS}${E2E_DP:+ E2E_DP=$E2E_DP}${CUDA_TESTS_S:+ CUDA_TESTS_S=$CUDA_TESTS_S}${MODELS:+ MODELS=\"$MODELS\"}${MEM_TOKENS:+ MEM_TOKENS=$MEM_TOKENS}${MEM_TILES:+ MEM_TILES=$MEM_TILES}\
  bash bench/gpu_suite.sh"
   date -u; git log --oneline -1 2>/dev/null; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$LOG"
 for part in $PARTS; do
@@ -129,10 +132,12 @@ for part in $PARTS; do
     cuda) LASP_FX_AUTOTUNE=0 timeout -s INT -k 20 ${CUDA_TESTS_S:-200} python3 -m pytest -q -n 14 -p xdist \
             --dist loadgroup -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" \
             -k "cuda or triton or kernel or saved or gathered or decay_grad or op_split or forget or launch" tests ;;
-    e2e) CUDA_VISIBLE_DEVICES=0 timeout $(( ${E2E_BUDGET:-240} + 90 )) torchrun --standalone --nproc-per-node=1 \
+    e2e) CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(( ${E2E_GPUS:-1} - 1 ))) timeout $(( ${E2E_BUDGET:-240} + 90 )) \
+           torchrun --standalone --nproc-per-node=${E2E_GPUS:-1} \
            bench/e2e.py --lengths ${E2E_LENGTHS:-32768,131072} --levers ${E2E_LEVERS:-ckpt+chunkloss} \
-           --variants ${E2E_VARIANTS:-parallelize,hand,fla} \
-           ${E2E_TILES:+--tiles $E2E_TILES} ${E2E_STEPS:+--steps $E2E_STEPS} ${E2E_WARMUP:+--warmup $E2E_WARMUP} --budget ${E2E_BUDGET:-240} --json "$OUT/e2e.json" --png "$OUT/e2e.png" ;;
+           --variants ${E2E_VARIANTS:-parallelize,hand,fla} ${E2E_DP:+--dp $E2E_DP} \
+           ${E2E_TILES:+--tiles $E2E_TILES} ${E2E_STEPS:+--steps $E2E_STEPS} ${E2E_WARMUP:+--warmup $E2E_WARMUP} \
+           --budget ${E2E_BUDGET:-240} --json "$OUT/e2e.json" --png "$OUT/e2e.png" ;;
     header) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/header.py --device cuda --json "$OUT/header.json" ;;
     length) CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/check_length_gpu.py --json "$OUT/check_length.json" ;;
     decay) CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/check_decay_grad_gpu.py --json "$OUT/check_decay_grad.json" ;;
@@ -143,6 +148,9 @@ for part in $PARTS; do
     softmax) CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/softmax_sp.py --json "$OUT/softmax_sp.json" ;;
     padding) CUDA_VISIBLE_DEVICES=0 timeout 120 python3 bench/padding.py --json "$OUT/padding.json" ;;
     trainpack) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/check_train_pack_gpu.py --json "$OUT/train_pack_gpu.json" ;;
+    parity) timeout 500 torchrun --standalone --nproc-per-node=$NGPU bench/loss_parity.py --json "$OUT/parity.json" \
+              --png "$OUT/parity.png" --model hybrid --steps 300 --seq-len 8192 --batch-size 1 --dim 512 --layers 4 \
+              --heads 8 --vocab 256 ;;
     memory) CUDA_VISIBLE_DEVICES=0 timeout 560 torchrun --standalone --nproc-per-node=1 bench/memory_breakdown.py --device cuda \
               --big --tokens "${MEM_TOKENS:-1048576}" --warm-tokens 16384 --tiles "${MEM_TILES:-4}" --top 40 --json "$OUT/mem.json" ;;
     smoke) smoke ;;

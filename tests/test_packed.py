@@ -172,10 +172,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("layout, decay, nsub", TRITON_CASES)
 def test_triton_packed_equals_documents_alone(layout, decay, nsub, initial_state):
     _triton()
-    _triton_vs_alone(LAYOUTS[layout], decay, nsub, initial_state)
+    _check_triton_vs_alone(LAYOUTS[layout], decay, nsub, initial_state)
 
 
-def _triton_vs_alone(cu, decay, nsub, initial_state, heads=2, dim=16):
+def _check_triton_vs_alone(cu, decay, nsub, initial_state, heads=2, dim=16):
     a = random_inputs(1, cu[-1], heads, dim, dim, kv_heads=1, decay=decay, initial_state=initial_state,
                       generator=torch.Generator().manual_seed(11))
     runs = documents.runs_from_cu_seqlens(torch.tensor(cu), 0, cu[-1])
@@ -192,14 +192,14 @@ SEGMENTS = [0, 10, 11, 70, 130, 200, 256, 290, 300]
 @pytest.mark.parametrize("decay", DECAYS)
 def test_triton_segments_of_chunks_with_and_without_starts(decay):
     _triton()
-    _triton_vs_alone(SEGMENTS, decay, 4, initial_state=True)
+    _check_triton_vs_alone(SEGMENTS, decay, 4, initial_state=True)
 
 
 def test_triton_segments_longer_than_the_chunks_told_apart():
     """Segments of 67 chunks: past common.MAX_CUTS (64) a chunk is taken to hold a start, which must
     change nothing; here only chunks past it do (64 mid-chunk, 65 at its first token, not 66)."""
     _triton()
-    _triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
+    _check_triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
 
 
 @pytest.mark.parametrize("has_runs", [False, True], ids=["unpacked", "packed"])

@@ -16,6 +16,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.utils._pytree import tree_flatten, tree_map
 
 from lasp_fx.config import DEFAULT_TIMEOUT, ShardSpec
+from lasp_fx.distributed.allgather import _all_gather_single
 from lasp_fx.distributed.errors import ExchangeTimeoutError, RankMismatchError
 from lasp_fx.distributed.group import SP_DIM, resolve_group
 from lasp_fx.distributed.link import checks_on_host
@@ -122,7 +123,7 @@ class SequenceMesh:
             digest = int.from_bytes(hashlib.sha256(repr(shapes).encode()).digest()[:7], "little")
             mine = torch.tensor([digest], dtype=torch.int64)
             out = mine.new_empty(self.size)
-            work = dist.all_gather_into_tensor(out, mine, group=self.group, async_op=True)
+            work = _all_gather_single(out, mine, group=self.group, async_op=True)
             try:
                 work.wait(timedelta(seconds=timeout))
             except RuntimeError as e:
