@@ -22,7 +22,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from examples.train import _init_distributed, parse_args, train
+from examples.train import MarkovData, _init_distributed, parse_args, train
 from lasp_fx.cli.timing import environment
 
 
@@ -79,8 +79,6 @@ def main(argv=None):
     ranks = [None] * world
     dist.all_gather_object(ranks, mine)
     if rank == 0:
-        from examples.train import MarkovData
-
         record = {**environment(device), "world_size": world, "args": vars(args), "one": one, "parallel": ranks,
                   "floor": MarkovData(args.vocab).entropy, **_compare(ranks, one)}
         print(f"loss parity, {world} ranks against one process over {args.steps} steps: max relative difference "

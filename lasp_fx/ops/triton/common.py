@@ -294,4 +294,3 @@ def late_tile(
             hit = tl.load(base + i_s * L) == tl.load(base)
         extra = tl.where(hit, extra, 0.0)
     return extra
-
