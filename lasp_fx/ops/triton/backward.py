@@ -10,7 +10,7 @@ Packed documents (HAS_RUNS, packed.py): the terms through S reach only the token
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
 with a document start passes no state gradient back across it. A chunk without one runs the
 unpacked code; in one with a start after its first token the main loop stores those rows and
-the loop after it the others (and dG's share of the pairs of tokens, added to the share through
+the rows kernel after it the others (and dG's share of the pairs of tokens, added to the share through
 S stored before: one read back of dG per such chunk).
 """
 
@@ -24,7 +24,9 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, autotune_bv, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, cut_rows, dkv_rows, dq_rows, is_cut, token_runs
+from lasp_fx.ops.triton.packed import (
+    chunk_cuts, chunk_ends, cut_rows, dkv_rows_kernel, dq_rows_kernel, is_cut, starts_inside, token_runs,
+)  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
@@ -76,8 +78,10 @@ def _dq_kernel(
         dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
         rows = valid
         if HAS_RUNS:
+            inside = t0 < 0  # (false) a document starts after the chunk's first token: the rows kernel adds the pairs' dG
             if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
                 rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
+                inside = starts_inside(runs, i_b, t0, T, C)
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
                     kw = load_rows(k_base, t, reach, HK * D, rk, D)
                     st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
@@ -104,22 +108,14 @@ def _dq_kernel(
             pairs = tl.sum(w, 1) - tl.sum(w, 0)
             through = tl.sum(qw * inter, 1)
             if HAS_RUNS:  # a start after the first token: the share through S of the rows stored above,
-                # the pairs' after the loop (the chunks of packed.dq_rows)
+                # the pairs' in packed.dq_rows_kernel
                 through = tl.where(rows, through, 0.0)
-                pairs = tl.where(is_cut(cuts, c), 0.0, pairs)
+                pairs = tl.where(inside, 0.0, pairs)
             dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
             tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
         if G_MODE != 0 and not HAS_RUNS:
             kw = (kt * w_out[:, None]).to(kt.dtype)
             st = st * carry + tl.dot(vt, kw, input_precision=PREC)
-
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
-                            (i_s * NSUB + c) * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
 
 
 @autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
@@ -163,7 +159,7 @@ def _dk_kernel(
         rows = valid
         if HAS_RUNS:
             if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (packed.py): the last
-                # document's rows (the others after the loop, where no state gradient reaches), and only the
+                # document's rows (the others in the rows kernel: no state gradient reaches them), and only the
                 # first one reaches dS before the chunk
                 r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
                 r = token_runs(runs, i_b, t, valid, T)
@@ -192,13 +188,6 @@ def _dk_kernel(
         if G_MODE != 0 and not HAS_RUNS:
             qw = (qt * w_in[:, None]).to(qt.dtype)
             dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
-
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dkv_rows(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
-                             rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
 
 
 @autotune_bv(key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
@@ -258,12 +247,6 @@ def _dv_kernel(
             qw = (qt * w_in[None, :]).to(qt.dtype)
             ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
 
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dkv_rows(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
-                             re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
@@ -322,6 +305,11 @@ def bwd(
         q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, rp, dq, dGq, scale, T, H, HK,
         HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, SPLIT=split, BK=BK, BE=block(E), **common,
     )  # fmt: skip
+    n_chunks = -(-T // CHUNK)
+    rows = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, num_warps=4)  # the rows after a start inside a chunk (packed.py)
+    if runs is not None:  # after the dq kernel: dG's share of those rows adds to what it stored
+        launch(dq_rows_kernel, (n_k, n_chunks, B * H), q, k, v, gp, do, runs, dq, dGq, scale, T, H, HK, D, E, DG=dg,
+               BK=BK, BE=block(E), **rows)
 
     ds_late, ds_in = with_late(ds_in, None if late is None else late(), A, runs)
     if ds_late is not None:
@@ -336,9 +324,15 @@ def bwd(
         q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg,
         DG=dg, SPLIT=split, BK=BK, BE=block(E), **fold,
     )  # fmt: skip
+    if runs is not None:
+        launch(dkv_rows_kernel, (n_k, n_chunks, B * H), q, k, v, gp, do, runs, dk, scale, T, H, HK, D, E, DK=True,
+               B_OUT=BK, B_IN=block(E), **rows)
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),
            **fold)
+    if runs is not None:
+        launch(dkv_rows_kernel, (triton.cdiv(E, 64), n_chunks, B * H), q, k, v, gp, do, runs, dv, scale, T, H, HK, D,
+               E, DK=False, B_OUT=64, B_IN=block(D), **rows)
     if group > 1:
         dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)

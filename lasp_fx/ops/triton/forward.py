@@ -4,7 +4,7 @@ Each program carries the state entering its segment in registers and walks the s
 o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
 state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes. Packed documents
 (packed.py): a chunk without a start runs this same code; where one starts after a chunk's first
-token, the main loop stores the first document's rows, packed.out_rows the others after it.
+token, the main loop stores the first document's rows, packed.out_rows_kernel the others after it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVED_CHUNKS, autotune_bv, block, chunk_decay, chunk_mask, chunk_tokens, decay_mode, dot_precision,
     head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, cut_rows, is_cut, out_rows
+from lasp_fx.ops.triton.packed import chunk_cuts, cut_rows, is_cut, out_rows_kernel
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
@@ -67,7 +67,7 @@ def _out_kernel(
         rows = valid
         if HAS_RUNS:
             if is_cut(cuts, c) | is_cut(edges, c + 1):  # a document starts after the chunk's first token (its
-                # first document's rows here, the others after the loop), or at the next chunk's first token
+                # first document's rows here, the others in the rows kernel), or at the next chunk's first token
                 rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
                 if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
                     kw = load_cols(k_base, t, reach, HK * D, rd, D)
@@ -85,13 +85,6 @@ def _out_kernel(
         if G_MODE != 0 and not HAS_RUNS:
             kw = (kt * w_out[None, :]).to(kt.dtype)
             state = state * carry + tl.dot(kw, vt, input_precision=PREC)
-
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t_first + c * C, rc, rd,
-                               re, T, H, HK, D, E, G_MODE, PREC, C)
 
 
 def fwd(
@@ -138,6 +131,9 @@ def fwd(
         q, k, v, gp, S, S if s_late is None else s_late, Ap, rp, o, scale, T, H, HK, HS, D, E, nsub, nseg,
         HAS_LATE=s_late is not None, HAS_RUNS=runs is not None, **common,
     )  # fmt: skip
+    if runs is not None:  # the rows after a document start inside a chunk (packed.py)
+        launch(out_rows_kernel, (triton.cdiv(E, 64), -(-T // CHUNK), B * H), q, k, v, gp, runs, o, scale, T, H, HK, D, E,
+               G_MODE=g_mode, PREC=common["PREC"], C=CHUNK, BD=block(D), BV=64, num_warps=4)
     if not save:
         return o, s_out
     return o, s_out, S if nsub == SAVED_CHUNKS else S.new_empty(saved_shape(q, v, g, HK))

@@ -6,16 +6,17 @@ all ones: it runs the unpacked code, with its tiles, layouts and registers. A st
 first token (an edge) only stops the state there. Where one starts after a chunk's first token,
 the main loop stores the rows of the chunk's first document forward in time (its last backward),
 which see the state and whose pairs of tokens are all of one document, and masks the state passed
-on, in a branch off the common path; a second loop after the main one (`out_rows`, `dq_rows`,
-`dkv_rows`) computes the other rows, which no state reaches, with the pairs kept within a document
-(common.chunk_mask with `doc_starts`). The tiles are read again there: that work stays out of the
-main loop's registers, for one chunk in 64 with documents of 4K tokens.
+on, in a branch off the common path; a kernel of its own launched after the main one
+(`out_rows_kernel`, `dq_rows_kernel`, `dkv_rows_kernel`) computes the other rows, which no state
+reaches, with the pairs kept within a document (common.chunk_mask with `doc_starts`). The tiles are
+read again there: that work, for one chunk in 64 with documents of 4K tokens, stays out of the main
+kernels' registers (as a loop after the main one it added a quarter to them).
 """
 
 import triton
 import triton.language as tl
 
-from lasp_fx.ops.triton.common import chunk_decay, chunk_mask, chunk_tokens, load_cols, load_rows
+from lasp_fx.ops.triton.common import chunk_decay, chunk_mask, chunk_tokens, head_base, load_cols, load_rows, program_tiles
 
 MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
 
@@ -162,3 +163,50 @@ def dkv_rows(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc,
         out = tl.dot((pt * scale).to(dt.dtype), dt, input_precision=PREC)
     tl.store(out_base + t[:, None].to(tl.int64) * H * D_DIM + rb[None, :], out,
              mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
+
+
+# The rows no state reaches, as kernels of their own over (feature tile, chunk, batch row x head), launched after
+# the main kernels: inside them these loops, though run for one chunk in 64, set the registers of every chunk.
+
+
+@triton.jit
+def starts_inside(runs, i_b, t0, T, C: tl.constexpr):
+    """Whether a document starts after the first token of the chunk at t0."""
+    _, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+    return r_first != r_out
+
+
+@triton.jit
+def out_rows_kernel(q, k, v, g, runs, o, scale, T, H, HK, D, E, G_MODE: tl.constexpr, PREC: tl.constexpr,
+                    C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
+    i_c, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
+    if starts_inside(runs, i_b, i_c * C, T, C):
+        out_rows(q_base, k_base, head_base(v, i_b, T, HK, hk, E), head_base(o, i_b, T, H, i_h, E), g, runs, scale,
+                 i_b, i_h, i_c * C, rc, rd, re, T, H, HK, D, E, G_MODE, PREC, C)
+
+
+@triton.jit
+def dq_rows_kernel(q, k, v, g, do, runs, dq, dGq, scale, T, H, HK, D, E, G_MODE: tl.constexpr, DG: tl.constexpr,
+                   PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr):
+    i_c, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
+    if starts_inside(runs, i_b, i_c * C, T, C):
+        dq_rows(q_base, k_base, head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E),
+                head_base(dq, i_b, T, H, i_h, D), g, runs, dGq, scale, i_b, i_h, tl.program_id(0), tl.cdiv(D, BK),
+                i_c * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
+
+
+@triton.jit
+def dkv_rows_kernel(q, k, v, g, do, runs, out, scale, T, H, HK, D, E, G_MODE: tl.constexpr, DK: tl.constexpr,
+                    PREC: tl.constexpr, C: tl.constexpr, B_OUT: tl.constexpr, B_IN: tl.constexpr):
+    """dk (DK: tiles of D by B_OUT, E whole) or dv (tiles of E, D whole), per query head."""
+    if DK:
+        i_c, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
+        if starts_inside(runs, i_b, i_c * C, T, C):
+            dkv_rows(head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E), q_base,
+                     head_base(out, i_b, T, H, i_h, D), g, runs, scale, i_b, i_h, i_c * C, rc, re, rk, T, H, HK * E,
+                     H * E, H * D, E, E, D, G_MODE, True, PREC, C)
+    else:
+        i_c, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
+        if starts_inside(runs, i_b, i_c * C, T, C):
+            dkv_rows(k_base, q_base, head_base(do, i_b, T, H, i_h, E), head_base(out, i_b, T, H, i_h, E), g, runs,
+                     scale, i_b, i_h, i_c * C, rc, rd, re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)

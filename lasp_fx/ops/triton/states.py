@@ -39,17 +39,6 @@ def _add_chunk(acc, xw, yt, carry, total, G_MODE: tl.constexpr, TO_END: tl.const
     return acc + part
 
 
-@triton.jit
-def _add_masked(acc, xt, yt, w, carry, total, gets_there, G_MODE: tl.constexpr, TO_END: tl.constexpr,
-                CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
-    """`_add_chunk` from the tokens that get there only (x masked here: xt stays in shared memory)."""
-    if G_MODE == 0:
-        xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
-    else:
-        xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
-    return _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
-
-
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
           key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS"])
 @triton.jit
@@ -77,21 +66,39 @@ def _local_kernel(
     for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
         t0 = t_seg + c * C
         t, valid = chunk_tokens(t0, T, C)
-        xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
+        # Packed documents (packed.py): only the tokens that get there are read, and the state is dropped where
+        # none of it gets past the chunk; the runs are read only where not every token gets there. TO_END: to the
+        # chunk's end, from its last document, where one starts in the chunk; else: to the segment's start, from its
+        # first, once one has started since the segment's start. The mask goes into the loads, so the one product
+        # below adds to the state in place: redoing it from the state before it (as a branch after the product
+        # would) keeps two states live and doubles the kernel's registers.
+        gets = valid
+        keep = True  # whether the state so far gets past the chunk
+        if HAS_RUNS:
+            if TO_END:
+                cut = is_cut(cuts, c) | is_cut(edges, c)
+            else:
+                cut = cut_by(starts, c)
+            if cut:  # a branch that yields masks only, so the loads stay pipelined
+                r = token_runs(runs, i_b, t, valid, T)
+                if TO_END:  # the chunk's last document, and nothing from before it
+                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    gets = valid & (r == r_out)
+                    keep = r_in == r_out
+                else:  # the segment's first document (none of the chunk, once it is over)
+                    gets = valid & (r == r_seg)
+        xt = load_cols(x_base, t, gets, HX * DX, rx, DX)  # [BX, C]
         yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        # Packed documents (packed.py): which tokens get there, read only where not all of them do.
-        # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
-        # to the segment's start, from its first, once one has started since the segment's start.
-        if TO_END:
-            cut = is_cut(cuts, c) | is_cut(edges, c)
-        else:
-            cut = cut_by(starts, c)
-        w = valid  # per-token weights (with decay only: a placeholder without)
         if G_MODE == 0:
             xw = xt
+            carry = 1.0
+            if HAS_RUNS and TO_END:
+                acc = tl.where(keep, acc, 0.0)
         else:
             bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
             carry = tl.exp2(a)
+            if HAS_RUNS and TO_END:
+                carry = tl.where(keep, carry, 0.0)
             if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
                 w = tl.exp2(a - bc)
             elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
@@ -99,20 +106,7 @@ def _local_kernel(
             else:  # from the segment's start: one weight per token
                 w = tl.exp2(total + bc)
             xw = (xt * w[None, :]).to(xt.dtype)
-        carry = 1.0 if G_MODE == 0 else carry
-        new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)  # the loads stay pipelined
-        if HAS_RUNS:
-            if cut:  # again from the tokens that get there only (a real branch, off the common path)
-                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                if TO_END:  # the chunk's last document, and nothing from before it
-                    new = _add_masked(tl.where(r_in == r_out, acc, 0.0), xt, yt, w, carry, total,
-                                      token_runs(runs, i_b, t, valid, T) == r_out, G_MODE, TO_END, CHUNKWISE, PREC)
-                elif r_in == r_seg:  # its tokens before the start, of the segment's first document
-                    new = _add_masked(acc, xt, yt, w, carry, total, token_runs(runs, i_b, t, valid, T) == r_seg,
-                                      G_MODE, TO_END, CHUNKWISE, PREC)
-                else:  # the whole chunk is past the segment's first document: none of it gets there
-                    new = acc
-        acc = new
+        acc = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
         if G_MODE != 0:
             total += a
     u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
