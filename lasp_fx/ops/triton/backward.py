@@ -305,10 +305,9 @@ def bwd(
         q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, rp, dq, dGq, scale, T, H, HK,
         HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, SPLIT=split, BK=BK, BE=block(E), **common,
     )  # fmt: skip
-    n_chunks = -(-T // CHUNK)
     rows = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, num_warps=4)  # the rows after a start inside a chunk (packed.py)
     if runs is not None:  # after the dq kernel: dG's share of those rows adds to what it stored
-        launch(dq_rows_kernel, (n_k, n_chunks, B * H), q, k, v, gp, do, runs, dq, dGq, scale, T, H, HK, D, E, DG=dg,
+        launch(dq_rows_kernel, (n_k, nseg, B * H), q, k, v, gp, do, runs, dq, dGq, scale, T, H, HK, D, E, nsub, DG=dg,
                BK=BK, BE=block(E), **rows)
 
     ds_late, ds_in = with_late(ds_in, None if late is None else late(), A, runs)
@@ -325,14 +324,14 @@ def bwd(
         DG=dg, SPLIT=split, BK=BK, BE=block(E), **fold,
     )  # fmt: skip
     if runs is not None:
-        launch(dkv_rows_kernel, (n_k, n_chunks, B * H), q, k, v, gp, do, runs, dk, scale, T, H, HK, D, E, DK=True,
+        launch(dkv_rows_kernel, (n_k, nseg, B * H), q, k, v, gp, do, runs, dk, scale, T, H, HK, D, E, nsub, DK=True,
                B_OUT=BK, B_IN=block(E), **rows)
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
     launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),
            **fold)
     if runs is not None:
-        launch(dkv_rows_kernel, (triton.cdiv(E, 64), n_chunks, B * H), q, k, v, gp, do, runs, dv, scale, T, H, HK, D,
-               E, DK=False, B_OUT=64, B_IN=block(D), **rows)
+        launch(dkv_rows_kernel, (triton.cdiv(E, 64), nseg, B * H), q, k, v, gp, do, runs, dv, scale, T, H, HK, D,
+               E, nsub, DK=False, B_OUT=64, B_IN=block(D), **rows)
     if group > 1:
         dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)

@@ -132,7 +132,7 @@ def fwd(
         HAS_LATE=s_late is not None, HAS_RUNS=runs is not None, **common,
     )  # fmt: skip
     if runs is not None:  # the rows after a document start inside a chunk (packed.py)
-        launch(out_rows_kernel, (triton.cdiv(E, 64), -(-T // CHUNK), B * H), q, k, v, gp, runs, o, scale, T, H, HK, D, E,
+        launch(out_rows_kernel, (triton.cdiv(E, 64), nseg, B * H), q, k, v, gp, runs, o, scale, T, H, HK, D, E, nsub,
                G_MODE=g_mode, PREC=common["PREC"], C=CHUNK, BD=block(D), BV=64, num_warps=4)
     if not save:
         return o, s_out

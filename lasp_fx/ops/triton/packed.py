@@ -16,7 +16,9 @@ kernels' registers (as a loop after the main one it added a quarter to them).
 import triton
 import triton.language as tl
 
-from lasp_fx.ops.triton.common import chunk_decay, chunk_mask, chunk_tokens, head_base, load_cols, load_rows, program_tiles
+from lasp_fx.ops.triton.common import (
+    chunk_decay, chunk_mask, chunk_tokens, head_base, load_cols, load_rows, program_tiles,
+)  # fmt: skip
 
 MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
 
@@ -165,8 +167,10 @@ def dkv_rows(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc,
              mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
 
 
-# The rows no state reaches, as kernels of their own over (feature tile, chunk, batch row x head), launched after
-# the main kernels: inside them these loops, though run for one chunk in 64, set the registers of every chunk.
+# The rows no state reaches, as kernels of their own on the main kernels' grid (feature tile, segment, batch row x
+# head), launched after them: inside them these loops, though run for one chunk in 64, set the registers of every
+# chunk. A program walks only the chunks of its segment where a document starts after the first token (one
+# program per chunk cost more in launching its mostly idle programs than the rows themselves).
 
 
 @triton.jit
@@ -177,36 +181,58 @@ def starts_inside(runs, i_b, t0, T, C: tl.constexpr):
 
 
 @triton.jit
-def out_rows_kernel(q, k, v, g, runs, o, scale, T, H, HK, D, E, G_MODE: tl.constexpr, PREC: tl.constexpr,
+def _cut_chunks(runs, i_b, i_s, T, NSUB, C: tl.constexpr):
+    """The chunks' `chunk_cuts` bit mask of segment i_s, and whether the segment has any to walk."""
+    cuts, _ = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, True)
+    return cuts, (cuts != 0) | (NSUB > MAX_CUTS)
+
+
+@triton.jit
+def out_rows_kernel(q, k, v, g, runs, o, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr, PREC: tl.constexpr,
                     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
-    i_c, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
-    if starts_inside(runs, i_b, i_c * C, T, C):
-        out_rows(q_base, k_base, head_base(v, i_b, T, HK, hk, E), head_base(o, i_b, T, H, i_h, E), g, runs, scale,
-                 i_b, i_h, i_c * C, rc, rd, re, T, H, HK, D, E, G_MODE, PREC, C)
+    i_s, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, o_base = head_base(v, i_b, T, HK, hk, E), head_base(o, i_b, T, H, i_h, E)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):  # (exact past MAX_CUTS)
+                    out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D,
+                             E, G_MODE, PREC, C)
 
 
 @triton.jit
-def dq_rows_kernel(q, k, v, g, do, runs, dq, dGq, scale, T, H, HK, D, E, G_MODE: tl.constexpr, DG: tl.constexpr,
-                   PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr):
-    i_c, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
-    if starts_inside(runs, i_b, i_c * C, T, C):
-        dq_rows(q_base, k_base, head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E),
-                head_base(dq, i_b, T, H, i_h, D), g, runs, dGq, scale, i_b, i_h, tl.program_id(0), tl.cdiv(D, BK),
-                i_c * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
+def dq_rows_kernel(q, k, v, g, do, runs, dq, dGq, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr,
+                   DG: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr):
+    i_s, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, do_base = head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E)
+        dq_base = head_base(dq, i_b, T, H, i_h, D)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):
+                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h,
+                            tl.program_id(0), tl.cdiv(D, BK), t0, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
 
 
 @triton.jit
-def dkv_rows_kernel(q, k, v, g, do, runs, out, scale, T, H, HK, D, E, G_MODE: tl.constexpr, DK: tl.constexpr,
+def dkv_rows_kernel(q, k, v, g, do, runs, out, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr, DK: tl.constexpr,
                     PREC: tl.constexpr, C: tl.constexpr, B_OUT: tl.constexpr, B_IN: tl.constexpr):
     """dk (DK: tiles of D by B_OUT, E whole) or dv (tiles of E, D whole), per query head."""
-    if DK:
-        i_c, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
-        if starts_inside(runs, i_b, i_c * C, T, C):
-            dkv_rows(head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E), q_base,
-                     head_base(out, i_b, T, H, i_h, D), g, runs, scale, i_b, i_h, i_c * C, rc, re, rk, T, H, HK * E,
-                     H * E, H * D, E, E, D, G_MODE, True, PREC, C)
-    else:
-        i_c, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
-        if starts_inside(runs, i_b, i_c * C, T, C):
-            dkv_rows(k_base, q_base, head_base(do, i_b, T, H, i_h, E), head_base(out, i_b, T, H, i_h, E), g, runs,
-                     scale, i_b, i_h, i_c * C, rc, rd, re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
+    i_s, _, i_b, i_h, hk, r_tile, r_whole, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, do_base = head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):
+                    if DK:  # a tile of D, E whole
+                        dkv_rows(v_base, do_base, q_base, head_base(out, i_b, T, H, i_h, D), g, runs, scale, i_b, i_h,
+                                 t0, rc, r_whole, r_tile, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
+                    else:  # a tile of E, D whole
+                        dkv_rows(k_base, q_base, do_base, head_base(out, i_b, T, H, i_h, E), g, runs, scale, i_b, i_h,
+                                 t0, rc, r_whole, r_tile, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
