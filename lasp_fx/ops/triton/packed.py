@@ -46,6 +46,22 @@ def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.conste
 
 
 @triton.jit
+def packed_loop(cuts, edges, NSUB, FIRST_EDGE: tl.constexpr):
+    """Whether a segment's chunk loop needs the packed code: a document starts after a chunk's first token, or at
+    the first token of a chunk past the segment's first (FIRST_EDGE: of its first too), or the segment has more
+    chunks than `chunk_cuts` tells apart. A segment that needs none runs the unpacked loop: the kernels are
+    launched twice with documents (PACKED false, then true), each program running the loop of one launch only."""
+    if not FIRST_EDGE:
+        edges = edges >> 1
+    return (cuts != 0) | (edges != 0) | (NSUB > MAX_CUTS)
+
+
+def loop_launches(runs) -> tuple:
+    """The PACKED values a main kernel is launched with: false alone without documents, both with them."""
+    return (False,) if runs is None else (False, True)
+
+
+@triton.jit
 def is_cut(mask, c):
     """Bit c of a `chunk_cuts` mask (past MAX_CUTS chunks: taken as set, which is always exact)."""
     return (((mask >> tl.minimum(c, MAX_CUTS - 1)) & 1) != 0) | (c >= MAX_CUTS)
