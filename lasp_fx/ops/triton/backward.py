@@ -8,10 +8,10 @@ column sums of one fp32 matrix: dG is then as accurate as the other gradients at
 
 Packed documents (HAS_RUNS, packed.py): the terms through S reach only the tokens of the
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
-with a document start passes no state gradient back across it. A chunk without one runs the
-unpacked code; in one with a start after its first token the main loop stores those rows and
-the rows kernel after it the others (and dG's share of the pairs of tokens, added to the share through
-S stored before: one read back of dG per such chunk).
+with a document start passes no state gradient back across it. A segment without one runs the
+unpacked loop (packed.packed_loop); in a chunk with a start after its first token the main loop
+stores those rows and the rows kernel after it the others (and dG's share of the pairs of tokens,
+added to the share through S stored before: one read back of dG per such chunk).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Each program carries the state entering its segment in registers and walks the segment's chunks:
 o = scale * [(Q K^T * M) V + exp(b) * Q S], then S <- exp(A) S + (exp(A - b) * K)^T V. A late
 state (LASP's X_{r-1}) enters the segment states, so it costs no extra bytes. Packed documents
-(packed.py): a chunk without a start runs this same code; where one starts after a chunk's first
-token, the main loop stores the first document's rows, packed.out_rows_kernel the others after it.
+(packed.py): a segment without a start inside runs this same loop; where one starts after a chunk's
+first token, the main loop stores the first document's rows, packed.out_rows_kernel the others after it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ segment boundaries and the state at the far end (docs/design.md §2).
 Packed documents (runs, packed.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
 scan passes no state across a segment in which a document starts. The masks are read and applied
-only in the chunks where not every token gets there.
+only in the chunks where not every token gets there, of the segments that need them (packed.packed_loop).
 """
 
 from __future__ import annotations
