@@ -22,7 +22,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from examples.train import MarkovData, _init_distributed, parse_args, train
+from examples.train import MarkovData, _finish_distributed, _init_distributed, parse_args, train
 from lasp_fx.cli.timing import environment
 
 
@@ -88,7 +88,7 @@ def main(argv=None):
             json.dump(record, f, indent=1)
         if ours.png:
             _plot(record, ours.png)
-    dist.destroy_process_group()
+    _finish_distributed()
 
 
 if __name__ == "__main__":
