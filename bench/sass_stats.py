@@ -119,8 +119,8 @@ def main():
     for decay in a.decays.split(","):
         g = {"none": None, "const": torch.full((H,), -0.1), "gate": torch.full((1, T, H), -0.1)}[decay]
         for doc in sorted({0, a.doc}):
-            cu = torch.cat([torch.arange(0, T, doc or T), torch.tensor([T])])  # the last document ends at T
-            runs = None if doc == 0 else documents.slice_runs(cu, None, 1, T)
+            cu = torch.cat([torch.arange(0, T, doc), torch.tensor([T])]) if doc else None  # the last ends at T
+            runs = None if cu is None else documents.slice_runs(cu, None, 1, T)
             o, s, saved = forward.fwd(x, x, x, g, 0.1, save=True, runs=runs, nsub=32)
             backward.bwd(x, x, x, g, 0.1, x, saved=(saved, s), runs=runs, nsub=32)
     print(f"{'kernel':14} {'flags':44} {'config':12} {'regs':>4} {'spill':>5} {'smem':>6}  loops (instr/LDL/STL)")

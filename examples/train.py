@@ -174,7 +174,7 @@ def train(args, device: torch.device, parallel: bool = True) -> list[float]:
 def _finish_distributed() -> None:
     """Destroy the process group while the interpreter is whole. A parallelized model sits in reference cycles that
     hold its group; left to the collector at exit, a gloo rank aborted at times ("terminate called without an
-    active exception", 1 run in 20 of bench/loss_parity.py on a loaded 2-core machine; none in 40 with this)."""
+    active exception"; record 2026-12-07_eighth)."""
     gc.collect()
     dist.destroy_process_group()
 
