@@ -59,6 +59,21 @@ def packed_loop(cuts, edges, NSUB, FIRST_EDGE: tl.constexpr):
     return (cuts != 0) | (edges != 0) | (NSUB > MAX_CUTS)
 
 
+@triton.jit
+def first_set(mask, NSUB):
+    """The lowest set bit of a `chunk_cuts` mask (NSUB when none of bits 0..MAX_CUTS - 1 is)."""
+    c = tl.arange(0, MAX_CUTS)
+    first = tl.min(tl.where(((mask >> c.to(tl.int64)) & 1) != 0, c, MAX_CUTS), 0)
+    return tl.where(first < MAX_CUTS, first, NSUB)
+
+
+@triton.jit
+def live_chunks(cuts, edges, NSUB):
+    """How many of a segment's first chunks hold tokens of the document the segment starts in: those up to the
+    first with a start after its first token, before the first starting at its first token."""
+    return tl.minimum(tl.minimum(first_set(cuts, NSUB) + 1, first_set(edges, NSUB)), NSUB)
+
+
 def loop_launches(runs) -> tuple:
     """The PACKED values a main kernel is launched with: false alone without documents, both with them."""
     return (False,) if runs is None else (False, True)

@@ -7,7 +7,8 @@ segment boundaries and the state at the far end (docs/design.md §2).
 Packed documents (runs, packed.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
 scan passes no state across a segment in which a document starts. The masks are read and applied
-only in the chunks where not every token gets there, of the segments that need them (packed.packed_loop).
+only in the chunks where not every token gets there, of the segments that need them (packed.packed_loop);
+backward, the loop stops after the chunks of the segment's first document (packed.live_chunks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import triton.language as tl
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, dot_precision, head_base, load_cols, load_rows,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import chunk_cuts, chunk_ends, cut_by, is_cut, loop_launches, packed_loop, token_runs
+from lasp_fx.ops.triton.packed import (
+    chunk_cuts, chunk_ends, cut_by, is_cut, live_chunks, loop_launches, packed_loop, token_runs,
+)  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
@@ -66,8 +69,12 @@ def _local_kernel(
     run = not PACKED  # without documents: the one launch, PACKED false
     if HAS_RUNS:  # backward, a start at the segment's first token leaves none of it reaching back
         run = packed_loop(cuts, edges, NSUB, not TO_END) == PACKED
+    n_live = NSUB
+    if PACKED and not TO_END:  # only the segment's first document reaches back to its start: the loop stops after
+        # the chunk where the next one starts (none, when one starts at the segment's first token)
+        n_live = live_chunks(cuts, edges, NSUB)
     if run:  # (packed.packed_loop)
-        for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
+        for c in range(0, n_live):  # chunks past T are masked to no-ops
             t0 = t_seg + c * C
             t, valid = chunk_tokens(t0, T, C)
             # Packed documents (packed.py): only the tokens that get there are read, and the state is dropped where
@@ -113,6 +120,10 @@ def _local_kernel(
             acc = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
             if G_MODE != 0:
                 total += a
+        if PACKED and not TO_END and G_MODE != 0:  # the chunks no token of which gets there: A sums them all
+            for c in range(n_live, NSUB):
+                t, valid = chunk_tokens(t_seg + c * C, T, C)
+                total += chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)[1]
         u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
         tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
         if G_MODE != 0:
