@@ -50,7 +50,7 @@ from lasp_fx.ops.triton import backward, common, decay_grad, forward, states  # 
 
 common._sm_count = lambda index: 132  # an H100's SMs, for segment_chunks
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-FLAGS = ("G_MODE", "HAS_RUNS", "DG", "SPLIT", "TO_END", "CHUNKWISE")
+FLAGS = ("G_MODE", "HAS_RUNS", "PACKED", "DG", "SPLIT", "TO_END", "CHUNKWISE")
 
 
 def _loops(sass: str) -> list:

@@ -202,17 +202,18 @@ def test_triton_segments_longer_than_the_chunks_told_apart():
     _check_triton_vs_alone([0, 64 * 64 + 7, 65 * 64, 67 * 64 - 5], "gate", 67, initial_state=True, heads=1)
 
 
-@pytest.mark.parametrize("has_runs", [False, True], ids=["unpacked", "packed"])
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked-loop", "packed-loop"])
 @pytest.mark.parametrize("packed_warps", [None, 4], ids=["state-dq-dk-kernels", "out-dv-kernels"])
-def test_packed_output_and_dv_kernels_tune_over_four_warps_only(has_runs, packed_warps, monkeypatch):
+def test_packed_output_and_dv_kernels_tune_over_four_warps_only(packed, packed_warps, monkeypatch):
     """The packed output and dv kernels at 8 warps computed wrong outputs on the H100 (record 2026-12-07_sixth):
-    their prune keeps the 4-warp configs with documents; every other kernel and case keeps every config."""
+    their prune keeps the 4-warp configs for the packed loop's launch; every other kernel and launch keeps every
+    config (with documents, the segments without a start inside run the unpacked loop in a launch of their own)."""
     from lasp_fx.ops.triton import common
 
     monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
     configs = [common.config(8, BV=64), common.config(4, BV=64), common.config(8, BV=128)]
-    kept = common._pruner(packed_warps)(configs, {}, HAS_RUNS=has_runs)
-    assert kept == ([configs[1]] if has_runs and packed_warps else configs)
+    kept = common._pruner(packed_warps)(configs, {}, HAS_RUNS=True, PACKED=packed)
+    assert kept == ([configs[1]] if packed and packed_warps else configs)
 
 
 def test_the_output_and_dv_kernels_are_the_ones_held_to_four_warps(monkeypatch):
@@ -222,8 +223,8 @@ def test_the_output_and_dv_kernels_are_the_ones_held_to_four_warps(monkeypatch):
     monkeypatch.setenv("LASP_FX_AUTOTUNE", "1")
     configs = [common.config(8, BV=64), common.config(4, BV=64)]
 
-    def warps(kernel):  # the warps of the configs the kernel's autotuner keeps with documents
-        return {c.num_warps for c in kernel.early_config_prune(configs, {}, HAS_RUNS=True)}
+    def warps(kernel):  # the warps of the configs the kernel's autotuner keeps for the packed loop
+        return {c.num_warps for c in kernel.early_config_prune(configs, {}, HAS_RUNS=True, PACKED=True)}
 
     assert warps(forward._out_kernel) == warps(backward._dv_kernel) == {4}
     assert warps(states._local_kernel) == warps(backward._dq_kernel) == warps(backward._dk_kernel) == {4, 8}

@@ -8,10 +8,10 @@ column sums of one fp32 matrix: dG is then as accurate as the other gradients at
 
 Packed documents (HAS_RUNS, packed.py): the terms through S reach only the tokens of the
 document the state belongs to (dq: the chunk's first document; dk, dv: its last), and a chunk
-with a document start passes no state gradient back across it. A chunk without one runs the
-unpacked code; in one with a start after its first token the main loop stores those rows and
-the loop after it the others (and dG's share of the pairs of tokens, added to the share through
-S stored before: one read back of dG per such chunk).
+with a document start passes no state gradient back across it. A segment without one runs the
+unpacked loop (packed.packed_loop); in a chunk with a start after its first token the main loop
+stores those rows and the rows kernel after it the others (and dG's share of the pairs of tokens,
+added to the share through S stored before: one read back of dG per such chunk).
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVE_STATES, SAVED_CHUNKS, autotune, autotune_bv, backward_split, block, chunk_decay, chunk_mask, chunk_tokens, config,
     decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import MAX_CUTS, chunk_cuts, chunk_ends, cut_rows, dkv_rows, dq_rows, is_cut, token_runs
+from lasp_fx.ops.triton.packed import (
+    chunk_cuts, chunk_ends, cut_rows, dkv_rows_kernel, dq_rows_kernel, is_cut, loop_launches, packed_loop, starts_inside,
+    token_runs,
+)  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
 from lasp_fx.ops.triton.launch import launch
@@ -33,11 +36,11 @@ from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
 _TUNE = [config(8), config(4), config(8, num_stages=3)]  # the first is the untuned default
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS", "PACKED"])
 @triton.jit
 def _dq_kernel(
     q, k, v, g, do, S, late, A, runs, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
@@ -54,79 +57,76 @@ def _dq_kernel(
     if HAS_RUNS:
         if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
             st = tl.zeros_like(st)
-
-    for c in range(0, NSUB):
-        t0 = (i_s * NSUB + c) * C
-        t, valid = chunk_tokens(t0, T, C)
-        dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
-        vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
-        kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
-        dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
-        inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
-        if G_MODE == 0:
-            m = chunk_mask(rc, rc, G_MODE, False, rc, False)
-            dq_inter = inter
-        else:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            m = chunk_mask(bc, rc, G_MODE, False, rc, False)
-            dq_inter = inter * tl.exp2(bc)[:, None]
-            w_out = tl.exp2(a - bc)  # from each token to the chunk's end
-            carry = tl.exp2(a)
-        dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
-        dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        rows = valid
-        if HAS_RUNS:
-            if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
-                rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
-                if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
-                    kw = load_rows(k_base, t, reach, HK * D, rk, D)
-                    st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+    run = not PACKED  # without documents: the one launch, PACKED false
+    if HAS_RUNS:
+        run = packed_loop(cuts, edges, NSUB, False) == PACKED
+    if run:  # (packed.packed_loop)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            t, valid = chunk_tokens(t0, T, C)
+            dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BE]
+            vt = load_cols(v_base, t, valid, HK * E, re, E)  # V^T [BE, C]
+            kt = load_rows(k_base, t, valid, HK * D, rk, D)  # [C, BK]
+            dp = tl.dot(dot_, vt, input_precision=PREC)  # do_i . v_j
+            inter = dot_f32b(dot_, st, SPLIT, PREC)  # dO S^T
+            if G_MODE == 0:
+                m = chunk_mask(rc, rc, G_MODE, False, rc, False)
+                dq_inter = inter
+            else:
+                bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+                m = chunk_mask(bc, rc, G_MODE, False, rc, False)
+                dq_inter = inter * tl.exp2(bc)[:, None]
+                w_out = tl.exp2(a - bc)  # from each token to the chunk's end
+                carry = tl.exp2(a)
+            dqt = (tl.dot((dp * m).to(kt.dtype), kt, input_precision=PREC) + dq_inter) * scale
+            dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+            rows = valid
+            if PACKED:
+                inside = t0 < 0  # (false) a document starts after the chunk's first token: the rows kernel adds the pairs' dG
+                if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
+                    rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
+                    inside = starts_inside(runs, i_b, t0, T, C)
+                    if G_MODE == 0:  # k read again, masked: kt stays in shared memory on the common path
+                        kw = load_rows(k_base, t, reach, HK * D, rk, D)
+                        st = tl.where(keep, st, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                    else:
+                        kw = (kt * tl.where(reach, w_out, 0.0)[:, None]).to(kt.dtype)
+                        st = st * tl.where(keep, carry, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                elif G_MODE == 0:
+                    st += tl.dot(vt, kt, input_precision=PREC)
                 else:
-                    kw = (kt * tl.where(reach, w_out, 0.0)[:, None]).to(kt.dtype)
-                    st = st * tl.where(keep, carry, 0.0) + tl.dot(vt, kw, input_precision=PREC)
+                    st = st * carry + tl.dot(vt, (kt * w_out[:, None]).to(kt.dtype), input_precision=PREC)
             elif G_MODE == 0:
                 st += tl.dot(vt, kt, input_precision=PREC)
-            else:
-                st = st * carry + tl.dot(vt, (kt * w_out[:, None]).to(kt.dtype), input_precision=PREC)
-        elif G_MODE == 0:
-            st += tl.dot(vt, kt, input_precision=PREC)
-        tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
-        if DG:
-            # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
-            # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
-            # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
-            # Both sums are taken here: the dk kernel adds only its part through dS.
-            qt = load_rows(q_base, t, valid, H * D, rk, D)
-            # through S: with exp(b) q rounded as in dS's increments (module docstring)
-            qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
-            s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
-            w = dp * m * s
-            pairs = tl.sum(w, 1) - tl.sum(w, 0)
-            through = tl.sum(qw * inter, 1)
-            if HAS_RUNS:  # a start after the first token: the share through S of the rows stored above,
-                # the pairs' after the loop (the chunks of packed.dq_rows)
-                through = tl.where(rows, through, 0.0)
-                pairs = tl.where(is_cut(cuts, c), 0.0, pairs)
-            dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
-            tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
-        if G_MODE != 0 and not HAS_RUNS:
-            kw = (kt * w_out[:, None]).to(kt.dtype)
-            st = st * carry + tl.dot(vt, kw, input_precision=PREC)
-
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            tl.debug_barrier()  # dG's share through S, stored above by other threads, is read back
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h, i_k, n_k,
-                            (i_s * NSUB + c) * C, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
+            tl.store(dq_ptr, dqt, mask=rows[:, None] & (rk[None, :] < D))
+            if DG:
+                # The intra-chunk parts of q . dq and k . dk are the row and column sums of one
+                # matrix W = dP * M * (Q K^T) (this D tile's share), kept in fp32 rather than taken
+                # from the 16-bit copy of dP * M that fed the dot, so their chunk totals cancel.
+                # Both sums are taken here: the dk kernel adds only its part through dS.
+                qt = load_rows(q_base, t, valid, H * D, rk, D)
+                # through S: with exp(b) q rounded as in dS's increments (module docstring)
+                qw = (qt * tl.exp2(bc)[:, None]).to(qt.dtype).to(tl.float32)
+                s = tl.dot(qt, load_cols(k_base, t, valid, HK * D, rk, D), input_precision=PREC)
+                w = dp * m * s
+                pairs = tl.sum(w, 1) - tl.sum(w, 0)
+                through = tl.sum(qw * inter, 1)
+                if PACKED:  # a start after the first token: the share through S of the rows stored above,
+                    # the pairs' in packed.dq_rows_kernel
+                    through = tl.where(rows, through, 0.0)
+                    pairs = tl.where(inside, 0.0, pairs)
+                dg_ptr = dGq + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+                tl.store(dg_ptr, (pairs + through) * scale, mask=valid)
+            if G_MODE != 0 and not PACKED:
+                kw = (kt * w_out[:, None]).to(kt.dtype)
+                st = st * carry + tl.dot(vt, kw, input_precision=PREC)
 
 
-@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS"])
+@autotune(_TUNE, key=["D", "E", "G_MODE", "DG", "NSUB", "HAS_RUNS", "PACKED"])
 @triton.jit
 def _dk_kernel(
     q, k, v, g, do, dS, late, A, runs, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
@@ -139,73 +139,69 @@ def _dk_kernel(
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
     cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
-
-    for ci in range(0, NSUB):
-        c = NSUB - 1 - ci
-        t0 = (i_s * NSUB + c) * C
-        t, valid = chunk_tokens(t0, T, C)
-        vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
-        dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
-        qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
-        dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
-        inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
-        if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
-            dk_inter = inter
-        else:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
-            dk_inter = inter * tl.exp2(a - bc)[:, None]
-            w_in = tl.exp2(bc)  # from the chunk's start to each token
-            carry = tl.exp2(a)
-        dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
-        dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
-        rows = valid
-        if HAS_RUNS:
-            if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (packed.py): the last
-                # document's rows (the others after the loop, where no state gradient reaches), and only the
-                # first one reaches dS before the chunk
-                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_out)
-                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
-                    qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
-                    dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+    run = not PACKED  # without documents: the one launch, PACKED false
+    if HAS_RUNS:
+        run = packed_loop(cuts, edges, NSUB, False) == PACKED
+    if run:  # (packed.packed_loop)
+        for ci in range(0, NSUB):
+            c = NSUB - 1 - ci
+            t0 = (i_s * NSUB + c) * C
+            t, valid = chunk_tokens(t0, T, C)
+            vt = load_rows(v_base, t, valid, HK * E, re, E)  # [C, BE]
+            dot_ = load_cols(do_base, t, valid, H * E, re, E)  # dO^T [BE, C]
+            qt = load_rows(q_base, t, valid, H * D, rk, D)  # [C, BK]
+            dpt = tl.dot(vt, dot_, input_precision=PREC)  # dP^T: v_j . do_i
+            inter = dot_f32b(vt, dst, SPLIT, PREC)  # V dS^T
+            if G_MODE == 0:
+                mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
+                dk_inter = inter
+            else:
+                bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+                mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+                dk_inter = inter * tl.exp2(a - bc)[:, None]
+                w_in = tl.exp2(bc)  # from the chunk's start to each token
+                carry = tl.exp2(a)
+            dkt = tl.dot((dpt * mt).to(qt.dtype), qt, input_precision=PREC) * scale + dk_inter
+            dk_ptr = dk_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
+            rows = valid
+            if PACKED:
+                if is_cut(cuts, c) | is_cut(edges, c):  # a document starts in the chunk (packed.py): the last
+                    # document's rows (the others in the rows kernel: no state gradient reaches them), and only the
+                    # first one reaches dS before the chunk
+                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r = token_runs(runs, i_b, t, valid, T)
+                    rows = valid & (r == r_out)
+                    if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                        qw = load_rows(q_base, t, valid & (r == r_in), H * D, rk, D)
+                        dst = tl.where(r_in == r_out, dst, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+                    else:
+                        qw = (qt * tl.where(r == r_in, w_in, 0.0)[:, None]).to(qt.dtype)
+                        dst = dst * tl.where(r_in == r_out, carry, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+                elif G_MODE == 0:
+                    dst += tl.dot(dot_, qt, input_precision=PREC) * scale
                 else:
-                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[:, None]).to(qt.dtype)
-                    dst = dst * tl.where(r_in == r_out, carry, 0.0) + tl.dot(dot_, qw, input_precision=PREC) * scale
+                    dst = dst * carry + tl.dot(dot_, (qt * w_in[:, None]).to(qt.dtype), input_precision=PREC) * scale
             elif G_MODE == 0:
                 dst += tl.dot(dot_, qt, input_precision=PREC) * scale
-            else:
-                dst = dst * carry + tl.dot(dot_, (qt * w_in[:, None]).to(qt.dtype), input_precision=PREC) * scale
-        elif G_MODE == 0:
-            dst += tl.dot(dot_, qt, input_precision=PREC) * scale
-        tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
-        if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
-            kt = load_rows(k_base, t, valid, HK * D, rk, D)
-            kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
-            through = tl.sum(kw * inter, 1)
-            if HAS_RUNS:  # only the rows stored above get dS
-                through = tl.where(rows, through, 0.0)
-            dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
-            tl.store(dg_ptr, through, mask=valid)
-        if G_MODE != 0 and not HAS_RUNS:
-            qw = (qt * w_in[:, None]).to(qt.dtype)
-            dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
-
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dkv_rows(v_base, do_base, q_base, dk_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, re,
-                             rk, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
+            tl.store(dk_ptr, dkt, mask=rows[:, None] & (rk[None, :] < D))
+            if DG:  # k . dk through dS, with exp(a - b) k rounded as in S's increments (module docstring)
+                kt = load_rows(k_base, t, valid, HK * D, rk, D)
+                kw = (kt * tl.exp2(a - bc)[:, None]).to(kt.dtype).to(tl.float32)
+                through = tl.sum(kw * inter, 1)
+                if PACKED:  # only the rows stored above get dS
+                    through = tl.where(rows, through, 0.0)
+                dg_ptr = dGk + ((i_b.to(tl.int64) * T + t) * H + i_h) * n_k + i_k
+                tl.store(dg_ptr, through, mask=valid)
+            if G_MODE != 0 and not PACKED:
+                qw = (qt * w_in[:, None]).to(qt.dtype)
+                dst = dst * carry + tl.dot(dot_, qw, input_precision=PREC) * scale
 
 
-@autotune_bv(key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS"])
+@autotune_bv(key=["D", "E", "G_MODE", "NSUB", "HAS_RUNS", "PACKED"])
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, late, A, runs, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
@@ -215,55 +211,52 @@ def _dv_kernel(
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
-
-    for ci in range(0, NSUB):
-        c = NSUB - 1 - ci
-        t0 = (i_s * NSUB + c) * C
-        t, valid = chunk_tokens(t0, T, C)
-        kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
-        qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
-        dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
-        pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
-        inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
-        if G_MODE == 0:
-            mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
-        else:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
-            inter = inter * tl.exp2(a - bc)[:, None]
-            w_in = tl.exp2(bc)  # from the chunk's start to each token
-            carry = tl.exp2(a)
-        dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
-        dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
-        rows = valid
-        if HAS_RUNS:
-            if is_cut(cuts, c) | is_cut(edges, c):  # as the dk kernel
-                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                r = token_runs(runs, i_b, t, valid, T)
-                rows = valid & (r == r_out)
-                if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
-                    qw = load_cols(q_base, t, valid & (r == r_in), H * D, rd, D)
-                    ds = tl.where(r_in == r_out, ds, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+    run = not PACKED  # without documents: the one launch, PACKED false
+    if HAS_RUNS:
+        run = packed_loop(cuts, edges, NSUB, False) == PACKED
+    if run:  # (packed.packed_loop)
+        for ci in range(0, NSUB):
+            c = NSUB - 1 - ci
+            t0 = (i_s * NSUB + c) * C
+            t, valid = chunk_tokens(t0, T, C)
+            kt = load_rows(k_base, t, valid, HK * D, rd, D)  # [C, BD]
+            qt = load_cols(q_base, t, valid, H * D, rd, D)  # Q^T [BD, C]
+            dot_ = load_rows(do_base, t, valid, H * E, re, E)  # [C, BV]
+            pt = tl.dot(kt, qt, input_precision=PREC)  # P^T: k_j . q_i
+            inter = tl.dot(kt, ds.to(kt.dtype), input_precision=PREC)
+            if G_MODE == 0:
+                mt = chunk_mask(rc, rc, G_MODE, True, rc, False)
+            else:
+                bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+                mt = chunk_mask(bc, rc, G_MODE, True, rc, False)
+                inter = inter * tl.exp2(a - bc)[:, None]
+                w_in = tl.exp2(bc)  # from the chunk's start to each token
+                carry = tl.exp2(a)
+            dvt = tl.dot((pt * mt * scale).to(kt.dtype), dot_, input_precision=PREC) + inter
+            dv_ptr = dv_base + t[:, None].to(tl.int64) * H * E + re[None, :]
+            rows = valid
+            if PACKED:
+                if is_cut(cuts, c) | is_cut(edges, c):  # as the dk kernel
+                    r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                    r = token_runs(runs, i_b, t, valid, T)
+                    rows = valid & (r == r_out)
+                    if G_MODE == 0:  # q read again, masked: qt stays in shared memory on the common path
+                        qw = load_cols(q_base, t, valid & (r == r_in), H * D, rd, D)
+                        ds = tl.where(r_in == r_out, ds, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+                    else:
+                        qw = (qt * tl.where(r == r_in, w_in, 0.0)[None, :]).to(qt.dtype)
+                        ds = ds * tl.where(r_in == r_out, carry, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+                elif G_MODE == 0:
+                    ds += tl.dot(qt, dot_, input_precision=PREC) * scale
                 else:
-                    qw = (qt * tl.where(r == r_in, w_in, 0.0)[None, :]).to(qt.dtype)
-                    ds = ds * tl.where(r_in == r_out, carry, 0.0) + tl.dot(qw, dot_, input_precision=PREC) * scale
+                    ds = ds * carry + tl.dot((qt * w_in[None, :]).to(qt.dtype), dot_, input_precision=PREC) * scale
             elif G_MODE == 0:
                 ds += tl.dot(qt, dot_, input_precision=PREC) * scale
-            else:
-                ds = ds * carry + tl.dot((qt * w_in[None, :]).to(qt.dtype), dot_, input_precision=PREC) * scale
-        elif G_MODE == 0:
-            ds += tl.dot(qt, dot_, input_precision=PREC) * scale
-        tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
-        if G_MODE != 0 and not HAS_RUNS:
-            qw = (qt * w_in[None, :]).to(qt.dtype)
-            ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
+            tl.store(dv_ptr, dvt, mask=rows[:, None] & (re[None, :] < E))
+            if G_MODE != 0 and not PACKED:
+                qw = (qt * w_in[None, :]).to(qt.dtype)
+                ds = ds * carry + tl.dot(qw, dot_, input_precision=PREC) * scale
 
-    if HAS_RUNS:
-        if (cuts != 0) | (NSUB > MAX_CUTS):  # apart from the main loop: its registers stay unpacked
-            for c in range(0, NSUB):
-                if is_cut(cuts, c):
-                    dkv_rows(k_base, q_base, do_base, dv_base, g, runs, scale, i_b, i_h, (i_s * NSUB + c) * C, rc, rd,
-                             re, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)
 
 def bwd(
     q, k, v, g, scale: float, do, s_in=None, ds_out=None, state_hook=None, nsub: int | None = None,
@@ -317,11 +310,17 @@ def bwd(
     gp = dq if g is None else g
     common = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, NSEG_P2=triton.next_power_of_2(nseg), HAS_RUNS=runs is not None)
     rp = dS if runs is None else runs
-    launch(
-        _dq_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, rp, dq, dGq, scale, T, H, HK,
-        HS, D, E, nsub, nseg, HAS_LATE=entering is not None, DG=dg, SPLIT=split, BK=BK, BE=block(E), **common,
-    )  # fmt: skip
+    for packed in loop_launches(runs):  # each segment's rows from one of them (packed.packed_loop)
+        launch(
+            _dq_kernel, (n_k, nseg, B * H),
+            q, k, v, gp, do, S, S if entering is None else entering, dS if A is None else A, rp, dq, dGq, scale, T, H,
+            HK, HS, D, E, nsub, nseg, HAS_LATE=entering is not None, PACKED=packed, DG=dg, SPLIT=split, BK=BK,
+            BE=block(E), **common,
+        )  # fmt: skip
+    rows = dict(G_MODE=g_mode, PREC=prec, C=CHUNK, num_warps=4)  # the rows after a start inside a chunk (packed.py)
+    if runs is not None:  # after the dq kernel: dG's share of those rows adds to what it stored
+        launch(dq_rows_kernel, (n_k, nseg, B * H), q, k, v, gp, do, runs, dq, dGq, scale, T, H, HK, D, E, nsub, DG=dg,
+               BK=BK, BE=block(E), **rows)
 
     ds_late, ds_in = with_late(ds_in, None if late is None else late(), A, runs)
     if ds_late is not None:
@@ -331,14 +330,22 @@ def bwd(
     dk = torch.empty(B, T, H, D, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(k)
     dv = torch.empty(B, T, H, E, device=q.device, dtype=torch.float32) if group > 1 else torch.empty_like(v)
     dGk = torch.empty_like(dGq) if dg else dq
-    launch(
-        _dk_kernel, (n_k, nseg, B * H),
-        q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg,
-        DG=dg, SPLIT=split, BK=BK, BE=block(E), **fold,
-    )  # fmt: skip
+    for packed in loop_launches(runs):
+        launch(
+            _dk_kernel, (n_k, nseg, B * H),
+            q, k, v, gp, do, dS, *late_args, dk, dGk, scale, T, H, HK, D, E, nsub, nseg,
+            PACKED=packed, DG=dg, SPLIT=split, BK=BK, BE=block(E), **fold,
+        )  # fmt: skip
+    if runs is not None:
+        launch(dkv_rows_kernel, (n_k, nseg, B * H), q, k, v, gp, do, runs, dk, scale, T, H, HK, D, E, nsub, DK=True,
+               B_OUT=BK, B_IN=block(E), **rows)
     grid = lambda META: (triton.cdiv(E, META["BV"]), nseg, B * H)  # noqa: E731
-    launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, BD=block(D),
-           **fold)
+    for packed in loop_launches(runs):
+        launch(_dv_kernel, grid, q, k, gp, do, dS, *late_args, dv, scale, T, H, HK, D, E, nsub, nseg, PACKED=packed,
+               BD=block(D), **fold)
+    if runs is not None:
+        launch(dkv_rows_kernel, (triton.cdiv(E, 64), nseg, B * H), q, k, v, gp, do, runs, dv, scale, T, H, HK, D,
+               E, nsub, DK=False, B_OUT=64, B_IN=block(D), **rows)
     if group > 1:
         dk = dk.view(B, T, HK, group, D).sum(3).to(k.dtype)
         dv = dv.view(B, T, HK, group, E).sum(3).to(v.dtype)

@@ -62,7 +62,7 @@ if INTERPRET:
 
 def _pruner(packed_warps: int | None):
     def prune(configs, named_args, **kwargs):
-        if packed_warps and kwargs.get("HAS_RUNS", named_args.get("HAS_RUNS")):
+        if packed_warps and kwargs.get("PACKED", named_args.get("PACKED")):
             configs = [c for c in configs if c.num_warps == packed_warps] or configs
         # LASP_FX_AUTOTUNE=0 takes the first config: no tuning runs, one compile per kernel.
         return configs[:1] if os.environ.get("LASP_FX_AUTOTUNE", "1") == "0" else configs
@@ -74,7 +74,8 @@ def autotune(configs: list, key: list, packed_warps: int | None = None):
     """`triton.autotune` over a few configs, its choice cached on disk next to Triton's kernel cache.
 
     Only the first config under TRITON_INTERPRET=1 (the interpreter cannot benchmark) or with
-    LASP_FX_AUTOTUNE=0. `packed_warps`: with documents (HAS_RUNS) only the configs of that many warps.
+    LASP_FX_AUTOTUNE=0. `packed_warps`: the launch of the packed loop (PACKED) takes only the configs of that many
+    warps.
     """
     return triton.autotune(
         configs=configs[:1] if INTERPRET else configs,
@@ -85,9 +86,10 @@ def autotune(configs: list, key: list, packed_warps: int | None = None):
 
 
 def autotune_bv(key: list):
-    """`autotune` of the kernels that tile value columns by BV (output, dv). With documents they take 4 warps
-    only: at 8 warps with pipelining both computed wrong o and dv on the H100 (one config faulted) while every
-    other kernel was right (records 2026-12-06_fourth, 2026-12-07_sixth)."""
+    """`autotune` of the kernels that tile value columns by BV (output, dv). Their packed loop (PACKED) takes 4
+    warps only: at 8 warps with pipelining it computed wrong o and dv on the H100 (one config faulted) while every
+    other kernel was right (records 2026-12-06_fourth, 2026-12-07_sixth); the launch of the segments that run the
+    unpacked loop tunes over every config."""
     return autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key, packed_warps=4)
 
 

@@ -2,20 +2,26 @@
 
 A program first reads where documents start in its segment's chunks (`chunk_cuts`: two bit masks
 from one load each). Runs never decrease, so a chunk with no start is one run, where every mask is
-all ones: it runs the unpacked code, with its tiles, layouts and registers. A start at a chunk's
+all ones. A segment whose chunks need no mask at all (`packed_loop`) runs the unpacked loop: with
+documents each main kernel is launched twice (PACKED false, then true) and each program runs the
+loop of one launch only, so such segments keep the unpacked code, tiles and registers whole (the
+packed loop's branches cost every chunk 5-13 %, record 2026-12-07_eighth). A start at a chunk's
 first token (an edge) only stops the state there. Where one starts after a chunk's first token,
 the main loop stores the rows of the chunk's first document forward in time (its last backward),
 which see the state and whose pairs of tokens are all of one document, and masks the state passed
-on, in a branch off the common path; a second loop after the main one (`out_rows`, `dq_rows`,
-`dkv_rows`) computes the other rows, which no state reaches, with the pairs kept within a document
-(common.chunk_mask with `doc_starts`). The tiles are read again there: that work stays out of the
-main loop's registers, for one chunk in 64 with documents of 4K tokens.
+on, in a branch off the common path; a kernel of its own launched after the main one
+(`out_rows_kernel`, `dq_rows_kernel`, `dkv_rows_kernel`) computes the other rows, which no state
+reaches, with the pairs kept within a document (common.chunk_mask with `doc_starts`). The tiles are
+read again there: that work, for one chunk in 64 with documents of 4K tokens, stays out of the main
+kernels' registers (as a loop after the main one it added a quarter to them).
 """
 
 import triton
 import triton.language as tl
 
-from lasp_fx.ops.triton.common import chunk_decay, chunk_mask, chunk_tokens, load_cols, load_rows
+from lasp_fx.ops.triton.common import (
+    chunk_decay, chunk_mask, chunk_tokens, head_base, load_cols, load_rows, program_tiles,
+)  # fmt: skip
 
 MAX_CUTS = tl.constexpr(64)  # chunks of a segment that `chunk_cuts` tells apart (segment_chunks picks at most 32)
 
@@ -40,6 +46,37 @@ def chunk_cuts(runs, i_b, t_first, T, NSUB, C: tl.constexpr, HAS_RUNS: tl.conste
         cuts = tl.sum(tl.where(r_first != r_out, bit, 0), 0)
         edges = tl.sum(tl.where(r_in != r_first, bit, 0), 0)
     return cuts, edges
+
+
+@triton.jit
+def packed_loop(cuts, edges, NSUB, FIRST_EDGE: tl.constexpr):
+    """Whether a segment's chunk loop needs the packed code: a document starts after a chunk's first token, or at
+    the first token of a chunk past the segment's first (FIRST_EDGE: of its first too), or the segment has more
+    chunks than `chunk_cuts` tells apart. A segment that needs none runs the unpacked loop: the kernels are
+    launched twice with documents (PACKED false, then true), each program running the loop of one launch only."""
+    if not FIRST_EDGE:
+        edges = edges >> 1
+    return (cuts != 0) | (edges != 0) | (NSUB > MAX_CUTS)
+
+
+@triton.jit
+def first_set(mask, NSUB):
+    """The lowest set bit of a `chunk_cuts` mask (NSUB when none of bits 0..MAX_CUTS - 1 is)."""
+    c = tl.arange(0, MAX_CUTS)
+    first = tl.min(tl.where(((mask >> c.to(tl.int64)) & 1) != 0, c, MAX_CUTS), 0)
+    return tl.where(first < MAX_CUTS, first, NSUB)
+
+
+@triton.jit
+def live_chunks(cuts, edges, NSUB):
+    """How many of a segment's first chunks hold tokens of the document the segment starts in: those up to the
+    first with a start after its first token, before the first starting at its first token."""
+    return tl.minimum(tl.minimum(first_set(cuts, NSUB) + 1, first_set(edges, NSUB)), NSUB)
+
+
+def loop_launches(runs) -> tuple:
+    """The PACKED values a main kernel is launched with: false alone without documents, both with them."""
+    return (False,) if runs is None else (False, True)
 
 
 @triton.jit
@@ -162,3 +199,74 @@ def dkv_rows(a_base, b_base, d_base, out_base, g, runs, scale, i_b, i_h, t0, rc,
         out = tl.dot((pt * scale).to(dt.dtype), dt, input_precision=PREC)
     tl.store(out_base + t[:, None].to(tl.int64) * H * D_DIM + rb[None, :], out,
              mask=(valid & (r != r_out))[:, None] & (rb[None, :] < D_DIM))
+
+
+# The rows no state reaches, as kernels of their own on the main kernels' grid (feature tile, segment, batch row x
+# head), launched after them: inside them these loops, though run for one chunk in 64, set the registers of every
+# chunk. A program walks only the chunks of its segment where a document starts after the first token (one
+# program per chunk cost more in launching its mostly idle programs than the rows themselves).
+
+
+@triton.jit
+def starts_inside(runs, i_b, t0, T, C: tl.constexpr):
+    """Whether a document starts after the first token of the chunk at t0."""
+    _, r_first, r_out = chunk_ends(runs, i_b, t0, T, C)
+    return r_first != r_out
+
+
+@triton.jit
+def _cut_chunks(runs, i_b, i_s, T, NSUB, C: tl.constexpr):
+    """The chunks' `chunk_cuts` bit mask of segment i_s, and whether the segment has any to walk."""
+    cuts, _ = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, True)
+    return cuts, (cuts != 0) | (NSUB > MAX_CUTS)
+
+
+@triton.jit
+def out_rows_kernel(q, k, v, g, runs, o, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr, PREC: tl.constexpr,
+                    C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
+    i_s, _, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, o_base = head_base(v, i_b, T, HK, hk, E), head_base(o, i_b, T, H, i_h, E)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):  # (exact past MAX_CUTS)
+                    out_rows(q_base, k_base, v_base, o_base, g, runs, scale, i_b, i_h, t0, rc, rd, re, T, H, HK, D,
+                             E, G_MODE, PREC, C)
+
+
+@triton.jit
+def dq_rows_kernel(q, k, v, g, do, runs, dq, dGq, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr,
+                   DG: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr):
+    i_s, _, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, do_base = head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E)
+        dq_base = head_base(dq, i_b, T, H, i_h, D)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):
+                    dq_rows(q_base, k_base, v_base, do_base, dq_base, g, runs, dGq, scale, i_b, i_h,
+                            tl.program_id(0), tl.cdiv(D, BK), t0, rc, rk, re, T, H, HK, D, E, G_MODE, DG, PREC, C)
+
+
+@triton.jit
+def dkv_rows_kernel(q, k, v, g, do, runs, out, scale, T, H, HK, D, E, NSUB, G_MODE: tl.constexpr, DK: tl.constexpr,
+                    PREC: tl.constexpr, C: tl.constexpr, B_OUT: tl.constexpr, B_IN: tl.constexpr):
+    """dk (DK: tiles of D by B_OUT, E whole) or dv (tiles of E, D whole), per query head."""
+    i_s, _, i_b, i_h, hk, r_tile, r_whole, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, B_OUT, B_IN)
+    cuts, any_cut = _cut_chunks(runs, i_b, i_s, T, NSUB, C)
+    if any_cut:
+        v_base, do_base = head_base(v, i_b, T, HK, hk, E), head_base(do, i_b, T, H, i_h, E)
+        for c in range(0, NSUB):
+            t0 = (i_s * NSUB + c) * C
+            if is_cut(cuts, c):
+                if starts_inside(runs, i_b, t0, T, C):
+                    if DK:  # a tile of D, E whole
+                        dkv_rows(v_base, do_base, q_base, head_base(out, i_b, T, H, i_h, D), g, runs, scale, i_b, i_h,
+                                 t0, rc, r_whole, r_tile, T, H, HK * E, H * E, H * D, E, E, D, G_MODE, True, PREC, C)
+                    else:  # a tile of E, D whole
+                        dkv_rows(k_base, q_base, do_base, head_base(out, i_b, T, H, i_h, E), g, runs, scale, i_b, i_h,
+                                 t0, rc, r_whole, r_tile, T, H, HK * D, H * D, H * E, D, D, E, G_MODE, False, PREC, C)

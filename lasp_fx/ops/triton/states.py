@@ -7,7 +7,8 @@ segment boundaries and the state at the far end (docs/design.md §2).
 Packed documents (runs, packed.py): a token enters U_s only if it reaches the segment's far
 end (forward: no document starts after it in the segment; backward: none before it), and the
 scan passes no state across a segment in which a document starts. The masks are read and applied
-only in the chunks where not every token gets there.
+only in the chunks where not every token gets there, of the segments that need them (packed.packed_loop);
+backward, the loop stops after the chunks of the segment's first document (packed.live_chunks).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import triton.language as tl
 from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, dot_precision, head_base, load_cols, load_rows,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import chunk_cuts, chunk_ends, cut_by, is_cut, token_runs
+from lasp_fx.ops.triton.packed import (
+    chunk_cuts, chunk_ends, cut_by, is_cut, live_chunks, loop_launches, packed_loop, token_runs,
+)  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
 from lasp_fx.ops.triton.launch import launch
@@ -39,24 +42,13 @@ def _add_chunk(acc, xw, yt, carry, total, G_MODE: tl.constexpr, TO_END: tl.const
     return acc + part
 
 
-@triton.jit
-def _add_masked(acc, xt, yt, w, carry, total, gets_there, G_MODE: tl.constexpr, TO_END: tl.constexpr,
-                CHUNKWISE: tl.constexpr, PREC: tl.constexpr):
-    """`_add_chunk` from the tokens that get there only (x masked here: xt stays in shared memory)."""
-    if G_MODE == 0:
-        xw = tl.where(gets_there[None, :], xt, 0.0).to(xt.dtype)
-    else:
-        xw = (xt * tl.where(gets_there, w, 0.0)[None, :]).to(xt.dtype)
-    return _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
-
-
 @autotune([config(4, BX=64, BY=64), config(8, BX=128, BY=64), config(8, BX=128, BY=128)],
-          key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS"])
+          key=["DX", "DY", "G_MODE", "NSUB", "HAS_RUNS", "PACKED"])
 @triton.jit
 def _local_kernel(
     x, y, g, runs, U, A, scale, T, H, HS, HX, HY, DX, DY, NSUB, NSEG,
-    G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, HAS_RUNS: tl.constexpr, PREC: tl.constexpr,
-    C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
+    G_MODE: tl.constexpr, TO_END: tl.constexpr, CHUNKWISE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr,
+    PREC: tl.constexpr, C: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
 ):  # fmt: skip
     i_tile, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // HS, i_bh % HS
@@ -74,52 +66,69 @@ def _local_kernel(
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
     cuts, edges = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
     starts = cuts | edges
-    for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
-        t0 = t_seg + c * C
-        t, valid = chunk_tokens(t0, T, C)
-        xt = load_cols(x_base, t, valid, HX * DX, rx, DX)  # [BX, C]
-        yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
-        # Packed documents (packed.py): which tokens get there, read only where not all of them do.
-        # TO_END: to the chunk's end, from its last document, where one starts in the chunk; else:
-        # to the segment's start, from its first, once one has started since the segment's start.
-        if TO_END:
-            cut = is_cut(cuts, c) | is_cut(edges, c)
-        else:
-            cut = cut_by(starts, c)
-        w = valid  # per-token weights (with decay only: a placeholder without)
-        if G_MODE == 0:
-            xw = xt
-        else:
-            bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
-            carry = tl.exp2(a)
-            if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
-                w = tl.exp2(a - bc)
-            elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
-                w = tl.exp2(bc)
-            else:  # from the segment's start: one weight per token
-                w = tl.exp2(total + bc)
-            xw = (xt * w[None, :]).to(xt.dtype)
-        carry = 1.0 if G_MODE == 0 else carry
-        new = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)  # the loads stay pipelined
-        if HAS_RUNS:
-            if cut:  # again from the tokens that get there only (a real branch, off the common path)
-                r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
-                if TO_END:  # the chunk's last document, and nothing from before it
-                    new = _add_masked(tl.where(r_in == r_out, acc, 0.0), xt, yt, w, carry, total,
-                                      token_runs(runs, i_b, t, valid, T) == r_out, G_MODE, TO_END, CHUNKWISE, PREC)
-                elif r_in == r_seg:  # its tokens before the start, of the segment's first document
-                    new = _add_masked(acc, xt, yt, w, carry, total, token_runs(runs, i_b, t, valid, T) == r_seg,
-                                      G_MODE, TO_END, CHUNKWISE, PREC)
-                else:  # the whole chunk is past the segment's first document: none of it gets there
-                    new = acc
-        acc = new
+    run = not PACKED  # without documents: the one launch, PACKED false
+    if HAS_RUNS:  # backward, a start at the segment's first token leaves none of it reaching back
+        run = packed_loop(cuts, edges, NSUB, not TO_END) == PACKED
+    n_live = NSUB
+    if PACKED and not TO_END:  # only the segment's first document reaches back to its start: the loop stops after
+        # the chunk where the next one starts (none, when one starts at the segment's first token)
+        n_live = live_chunks(cuts, edges, NSUB)
+    if run:  # (packed.packed_loop)
+        for c in range(0, n_live):  # chunks past T are masked to no-ops
+            t0 = t_seg + c * C
+            t, valid = chunk_tokens(t0, T, C)
+            # Packed documents (packed.py): only the tokens that get there are read, and the state is dropped where
+            # none of it gets past the chunk; the runs are read only where not every token gets there. TO_END: to the
+            # chunk's end, from its last document, where one starts in the chunk; else: to the segment's start, from its
+            # first, once one has started since the segment's start. The mask goes into the loads, so the one product
+            # below adds to the state in place: redoing it from the state before it (as a branch after the product
+            # would) keeps two states live and doubles the kernel's registers.
+            gets = valid
+            keep = True  # whether the state so far gets past the chunk
+            if PACKED:
+                if TO_END:
+                    cut = is_cut(cuts, c) | is_cut(edges, c)
+                else:
+                    cut = cut_by(starts, c)
+                if cut:  # a branch that yields masks only, so the loads stay pipelined
+                    r = token_runs(runs, i_b, t, valid, T)
+                    if TO_END:  # the chunk's last document, and nothing from before it
+                        r_in, _, r_out = chunk_ends(runs, i_b, t0, T, C)
+                        gets = valid & (r == r_out)
+                        keep = r_in == r_out
+                    else:  # the segment's first document (none of the chunk, once it is over)
+                        gets = valid & (r == r_seg)
+            xt = load_cols(x_base, t, gets, HX * DX, rx, DX)  # [BX, C]
+            yt = load_rows(y_base, t, valid, HY * DY, ry, DY)  # [C, BY]
+            if G_MODE == 0:
+                xw = xt
+                carry = 1.0
+                if PACKED and TO_END:
+                    acc = tl.where(keep, acc, 0.0)
+            else:
+                bc, a = chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)
+                carry = tl.exp2(a)
+                if PACKED and TO_END:
+                    carry = tl.where(keep, carry, 0.0)
+                if TO_END:  # decay from each token to the chunk's end, then over the chunks after it
+                    w = tl.exp2(a - bc)
+                elif CHUNKWISE:  # from the chunk's start, then from the segment's: the dk kernel's 16-bit operands
+                    w = tl.exp2(bc)
+                else:  # from the segment's start: one weight per token
+                    w = tl.exp2(total + bc)
+                xw = (xt * w[None, :]).to(xt.dtype)
+            acc = _add_chunk(acc, xw, yt, carry, total, G_MODE, TO_END, CHUNKWISE, PREC)
+            if G_MODE != 0:
+                total += a
+        if PACKED and not TO_END and G_MODE != 0:  # the chunks no token of which gets there: A sums them all
+            for c in range(n_live, NSUB):
+                t, valid = chunk_tokens(t_seg + c * C, T, C)
+                total += chunk_decay(g, i_b, i_h, t, valid, T, H, G_MODE)[1]
+        u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
+        tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
         if G_MODE != 0:
-            total += a
-    u_ptr = U + ((i_bh.to(tl.int64) * NSEG + i_s) * DX + rx[:, None]) * DY + ry[None, :]
-    tl.store(u_ptr, acc * scale, mask=(rx[:, None] < DX) & (ry[None, :] < DY))
-    if G_MODE != 0:
-        if i_tile == 0:
-            tl.store(A + i_bh * NSEG + i_s + tl.arange(0, 1), total)
+            if i_tile == 0:
+                tl.store(A + i_bh * NSEG + i_s + tl.arange(0, 1), total)
 
 
 @triton.jit
@@ -202,12 +211,13 @@ def segment_states(x, y, g_mode, g, heads, nsub, s0=None, *, scale=1.0, reverse=
     A = torch.empty(B, heads, nseg, device=x.device, dtype=torch.float32) if g_mode else U
     grid = lambda META: (triton.cdiv(DX, META["BX"]) * triton.cdiv(DY, META["BY"]), nseg, B * heads)  # noqa: E731
     rp = U if runs is None else runs
-    launch(
-        _local_kernel, grid,
-        x, y, U if g is None else g, rp, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
-        G_MODE=g_mode, TO_END=not reverse, CHUNKWISE=chunkwise, HAS_RUNS=runs is not None,
-        PREC=dot_precision(x.dtype), C=CHUNK,
-    )  # fmt: skip
+    for packed in loop_launches(runs):  # each segment's U and A from one of them (packed.packed_loop)
+        launch(
+            _local_kernel, grid,
+            x, y, U if g is None else g, rp, U, A, scale, T, H, heads, HX, HY, DX, DY, nsub, nseg,
+            G_MODE=g_mode, TO_END=not reverse, CHUNKWISE=chunkwise, HAS_RUNS=runs is not None, PACKED=packed,
+            PREC=dot_precision(x.dtype), C=CHUNK,
+        )  # fmt: skip
     if not reverse and s0 is not None:
         raise ValueError("the forward direction takes an incoming state as a late state (common.late_state), not s0")
     S = torch.empty(B, heads, nseg if reverse else nseg - 1, DX, DY, device=x.device, dtype=torch.float32)
