@@ -6,12 +6,14 @@ Run from the repository root (no GPU, no CUDA driver: Triton's bundled ptxas and
 Calls fwd / bwd once per decay form, unpacked and with packed documents (`--doc` tokens each),
 B = 1, T = 4096, H = 2, D = E = 128, bf16, segments of 32 chunks, with a launch that compiles
 instead of running. Per kernel, variant and autotune config: ptxas's registers and spilled bytes,
-shared memory, and the SASS of its loops (instructions, spill loads / stores inside): where a
-change moves a kernel's registers or adds work to its main loop, before any GPU time is spent.
+shared memory, the SASS of its loops (instructions, spill loads / stores inside) and a hash of its SASS: where a
+change moves a kernel's registers or adds work to its main loop, or (equal hashes) changes nothing the GPU runs,
+before any GPU time is spent.
 Static only: it says nothing of time. Compiles take ~10 s each (cached in Triton's cache).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -79,8 +81,11 @@ def _stats(compiled) -> dict:
         sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True,
                               check=True).stdout
     spill = re.search(r"(\d+) bytes spill stores", log)
+    # the listing's instructions alone (addresses and the header cut): two trees whose kernels compile to equal
+    # hashes run the same code on the GPU, which checks a refactor without GPU time
+    code = "\n".join(re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass))
     return {"regs": int(re.search(r"Used (\d+) registers", log).group(1)), "spill_bytes": int(spill.group(1)),
-            "smem": compiled.metadata.shared, "loops": _loops(sass)}
+            "smem": compiled.metadata.shared, "loops": _loops(sass), "sass_sha1": hashlib.sha1(code.encode()).hexdigest()[:12]}
 
 
 def _compiling_launch(rows, only, all_configs):
@@ -123,11 +128,11 @@ def main():
             runs = None if cu is None else documents.slice_runs(cu, None, 1, T)
             o, s, saved = forward.fwd(x, x, x, g, 0.1, save=True, runs=runs, nsub=32)
             backward.bwd(x, x, x, g, 0.1, x, saved=(saved, s), runs=runs, nsub=32)
-    print(f"{'kernel':14} {'flags':44} {'config':12} {'regs':>4} {'spill':>5} {'smem':>6}  loops (instr/LDL/STL)")
+    print(f"{'kernel':14} {'flags':44} {'config':12} {'regs':>4} {'spill':>5} {'smem':>6} {'sass':12}  loops (instr/LDL/STL)")
     for r in sorted(rows, key=lambda r: (r["kernel"], r["flags"], r["config"])):
         loops = " ".join(f"{n}/{ldl}/{stl}" for n, ldl, stl in r["loops"])
         print(f"{r['kernel']:14} {r['flags']:44} {r['config']:12} {r['regs']:>4} {r['spill_bytes']:>5} "
-              f"{r['smem']:>6}  {loops}")
+              f"{r['smem']:>6} {r['sass_sha1']:12}  {loops}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -25,8 +25,8 @@ from lasp_fx.ops.triton.common import (
     decay_mode, dot_f32b, dot_precision, head_base, late_state, load_cols, load_rows, program_tiles, segment_chunks,
 )  # fmt: skip
 from lasp_fx.ops.triton.packed import (
-    chunk_cuts, chunk_ends, cut_rows, dkv_rows_kernel, dq_rows_kernel, is_cut, loop_launches, packed_loop, starts_inside,
-    token_runs,
+    chunk_cuts, chunk_ends, cut_rows, dkv_rows_kernel, dq_rows_kernel, in_this_launch, is_cut, loop_launches,
+    starts_inside, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.decay_grad import assemble as assemble_dG
@@ -57,10 +57,7 @@ def _dq_kernel(
     if HAS_RUNS:
         if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
             st = tl.zeros_like(st)
-    run = not PACKED  # without documents: the one launch, PACKED false
-    if HAS_RUNS:
-        run = packed_loop(cuts, edges, NSUB, False) == PACKED
-    if run:  # (packed.packed_loop)
+    if in_this_launch(cuts, edges, NSUB, False, HAS_RUNS, PACKED):
         for c in range(0, NSUB):
             t0 = (i_s * NSUB + c) * C
             t, valid = chunk_tokens(t0, T, C)
@@ -139,10 +136,7 @@ def _dk_kernel(
                      G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     n_k = tl.cdiv(D, BK)
     cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
-    run = not PACKED  # without documents: the one launch, PACKED false
-    if HAS_RUNS:
-        run = packed_loop(cuts, edges, NSUB, False) == PACKED
-    if run:  # (packed.packed_loop)
+    if in_this_launch(cuts, edges, NSUB, False, HAS_RUNS, PACKED):
         for ci in range(0, NSUB):
             c = NSUB - 1 - ci
             t0 = (i_s * NSUB + c) * C
@@ -211,10 +205,7 @@ def _dv_kernel(
     ds = late_state(s_ptr, late, A, i_bh, i_s, rd[:, None], re[None, :], D, E, NSEG, runs, i_b, T, NSUB * C,
                     G_MODE, HAS_LATE, True, NSEG_P2, HAS_RUNS)
     cuts, edges = chunk_cuts(runs, i_b, i_s * NSUB * C, T, NSUB, C, HAS_RUNS)
-    run = not PACKED  # without documents: the one launch, PACKED false
-    if HAS_RUNS:
-        run = packed_loop(cuts, edges, NSUB, False) == PACKED
-    if run:  # (packed.packed_loop)
+    if in_this_launch(cuts, edges, NSUB, False, HAS_RUNS, PACKED):
         for ci in range(0, NSUB):
             c = NSUB - 1 - ci
             t0 = (i_s * NSUB + c) * C

@@ -17,7 +17,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, SAVED_CHUNKS, autotune_bv, block, chunk_decay, chunk_mask, chunk_tokens, decay_mode, dot_precision,
     head_base, late_state, load_cols, load_rows, program_tiles, saved_shape, segment_chunks,
 )  # fmt: skip
-from lasp_fx.ops.triton.packed import chunk_cuts, cut_rows, is_cut, loop_launches, out_rows_kernel, packed_loop
+from lasp_fx.ops.triton.packed import chunk_cuts, cut_rows, in_this_launch, is_cut, loop_launches, out_rows_kernel
 from lasp_fx.ops.chunked import await_late
 from lasp_fx.ops.triton.launch import launch
 from lasp_fx.ops.triton.states import add_late_at_end, segment_states, with_late
@@ -44,10 +44,7 @@ def _out_kernel(
     if HAS_RUNS:
         if (edges & 1) != 0:  # a document starts at the segment's first token: no state enters it
             state = tl.zeros_like(state)
-    run = not PACKED  # without documents: the one launch, PACKED false
-    if HAS_RUNS:
-        run = packed_loop(cuts, edges, NSUB, False) == PACKED
-    if run:  # (packed.packed_loop)
+    if in_this_launch(cuts, edges, NSUB, False, HAS_RUNS, PACKED):
         for c in range(0, NSUB):  # chunks past T are masked to no-ops (the interpreter needs a plain bound)
             t0 = t_first + c * C
             t, valid = chunk_tokens(t0, T, C)

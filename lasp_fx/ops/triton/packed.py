@@ -74,6 +74,16 @@ def live_chunks(cuts, edges, NSUB):
     return tl.minimum(tl.minimum(first_set(cuts, NSUB) + 1, first_set(edges, NSUB)), NSUB)
 
 
+@triton.jit
+def in_this_launch(cuts, edges, NSUB, FIRST_EDGE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr):
+    """Whether this launch runs the segment's loop: without documents the one launch (PACKED false) does, with
+    them the launch whose PACKED is what the segment needs (`packed_loop`)."""
+    run = not PACKED
+    if HAS_RUNS:
+        run = packed_loop(cuts, edges, NSUB, FIRST_EDGE) == PACKED
+    return run
+
+
 def loop_launches(runs) -> tuple:
     """The PACKED values a main kernel is launched with: false alone without documents, both with them."""
     return (False,) if runs is None else (False, True)

@@ -21,7 +21,7 @@ from lasp_fx.ops.triton.common import (
     CHUNK, INTERPRET, autotune, chunk_decay, chunk_tokens, config, dot_precision, head_base, load_cols, load_rows,
 )  # fmt: skip
 from lasp_fx.ops.triton.packed import (
-    chunk_cuts, chunk_ends, cut_by, is_cut, live_chunks, loop_launches, packed_loop, token_runs,
+    chunk_cuts, chunk_ends, cut_by, in_this_launch, is_cut, live_chunks, loop_launches, token_runs,
 )  # fmt: skip
 from lasp_fx.ops.chunked import split_late
 from lasp_fx.ops.documents import survives
@@ -66,14 +66,12 @@ def _local_kernel(
         r_seg = tl.load(runs + i_b.to(tl.int64) * (T + 1) + t_seg)
     cuts, edges = chunk_cuts(runs, i_b, t_seg, T, NSUB, C, HAS_RUNS)
     starts = cuts | edges
-    run = not PACKED  # without documents: the one launch, PACKED false
-    if HAS_RUNS:  # backward, a start at the segment's first token leaves none of it reaching back
-        run = packed_loop(cuts, edges, NSUB, not TO_END) == PACKED
     n_live = NSUB
     if PACKED and not TO_END:  # only the segment's first document reaches back to its start: the loop stops after
         # the chunk where the next one starts (none, when one starts at the segment's first token)
         n_live = live_chunks(cuts, edges, NSUB)
-    if run:  # (packed.packed_loop)
+    # (FIRST_EDGE backward: a start at the segment's first token leaves none of it reaching back)
+    if in_this_launch(cuts, edges, NSUB, not TO_END, HAS_RUNS, PACKED):
         for c in range(0, n_live):  # chunks past T are masked to no-ops
             t0 = t_seg + c * C
             t, valid = chunk_tokens(t0, T, C)
