@@ -74,7 +74,7 @@ def autotune(configs: list, key: list, packed_warps: int | None = None):
     """`triton.autotune` over a few configs, its choice cached on disk next to Triton's kernel cache.
 
     Only the first config under TRITON_INTERPRET=1 (the interpreter cannot benchmark) or with
-    LASP_FX_AUTOTUNE=0. `packed_warps`: the launch of the packed loop (PACKED) takes only the configs of that many
+    LASP_FX_AUTOTUNE=0: list first the config the tuner picks at common sizes. `packed_warps`: the launch of the packed loop (PACKED) takes only the configs of that many
     warps.
     """
     return triton.autotune(
@@ -90,7 +90,7 @@ def autotune_bv(key: list):
     warps only: at 8 warps with pipelining it computed wrong o and dv on the H100 (one config faulted) while every
     other kernel was right (records 2026-12-06_fourth, 2026-12-07_sixth); the launch of the segments that run the
     unpacked loop tunes over every config."""
-    return autotune([config(8, BV=64), config(4, BV=64), config(8, BV=128)], key, packed_warps=4)
+    return autotune([config(4, BV=64), config(8, BV=64), config(8, BV=128)], key, packed_warps=4)
 
 
 def config(num_warps: int, num_stages: int = 2, **meta) -> triton.Config:
