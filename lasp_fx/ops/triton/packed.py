@@ -5,7 +5,7 @@ from one load each). Runs never decrease, so a chunk with no start is one run, w
 all ones. A segment whose chunks need no mask at all (`packed_loop`) runs the unpacked loop: with
 documents each main kernel is launched twice (PACKED false, then true) and each program runs the
 loop of one launch only, so such segments keep the unpacked code, tiles and registers whole (the
-packed loop's branches cost every chunk 5-13 %, record 2026-12-07_eighth). A start at a chunk's
+packed loop's branches slow every chunk: record 2026-12-07_eighth). A start at a chunk's
 first token (an edge) only stops the state there. Where one starts after a chunk's first token,
 the main loop stores the rows of the chunk's first document forward in time (its last backward),
 which see the state and whose pairs of tokens are all of one document, and masks the state passed
@@ -13,7 +13,7 @@ on, in a branch off the common path; a kernel of its own launched after the main
 (`out_rows_kernel`, `dq_rows_kernel`, `dkv_rows_kernel`) computes the other rows, which no state
 reaches, with the pairs kept within a document (common.chunk_mask with `doc_starts`). The tiles are
 read again there: that work, for one chunk in 64 with documents of 4K tokens, stays out of the main
-kernels' registers (as a loop after the main one it added a quarter to them).
+kernels' registers (as a loop after the main one it raised them: record 2026-12-07_eighth).
 """
 
 import triton
