@@ -85,7 +85,8 @@ def _stats(compiled) -> dict:
     # hashes run the same code on the GPU, which checks a refactor without GPU time
     code = "\n".join(re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass))
     return {"regs": int(re.search(r"Used (\d+) registers", log).group(1)), "spill_bytes": int(spill.group(1)),
-            "smem": compiled.metadata.shared, "loops": _loops(sass), "sass_sha1": hashlib.sha1(code.encode()).hexdigest()[:12]}
+            "smem": compiled.metadata.shared, "loops": _loops(sass),
+            "sass_sha1": hashlib.sha1(code.encode()).hexdigest()[:12]}
 
 
 def _compiling_launch(rows, only, all_configs):
@@ -128,7 +129,8 @@ def main():
             runs = None if cu is None else documents.slice_runs(cu, None, 1, T)
             o, s, saved = forward.fwd(x, x, x, g, 0.1, save=True, runs=runs, nsub=32)
             backward.bwd(x, x, x, g, 0.1, x, saved=(saved, s), runs=runs, nsub=32)
-    print(f"{'kernel':14} {'flags':44} {'config':12} {'regs':>4} {'spill':>5} {'smem':>6} {'sass':12}  loops (instr/LDL/STL)")
+    print(f"{'kernel':14} {'flags':44} {'config':12} {'regs':>4} {'spill':>5} {'smem':>6} {'sass':12}  "
+          "loops (instr/LDL/STL)")
     for r in sorted(rows, key=lambda r: (r["kernel"], r["flags"], r["config"])):
         loops = " ".join(f"{n}/{ldl}/{stl}" for n, ldl, stl in r["loops"])
         print(f"{r['kernel']:14} {r['flags']:44} {r['config']:12} {r['regs']:>4} {r['spill_bytes']:>5} "

@@ -42,7 +42,8 @@ _TUNE = [config(4), config(8), config(8, num_stages=3)]
 @triton.jit
 def _dq_kernel(
     q, k, v, g, do, S, late, A, runs, dq, dGq, scale, T, H, HK, HS, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr,
+    NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
@@ -81,7 +82,8 @@ def _dq_kernel(
             dq_ptr = dq_base + t[:, None].to(tl.int64) * H * D + rk[None, :]
             rows = valid
             if PACKED:
-                inside = t0 < 0  # (false) a document starts after the chunk's first token: the rows kernel adds the pairs' dG
+                # (false) whether a document starts after the chunk's first token: the rows kernel adds the pairs' dG
+                inside = t0 < 0
                 if is_cut(cuts, c) | is_cut(edges, c + 1):  # as the output kernel: the rows of the first document
                     rows, reach, keep = cut_rows(runs, i_b, t0, t, valid, T, C)
                     inside = starts_inside(runs, i_b, t0, T, C)
@@ -125,7 +127,8 @@ def _dq_kernel(
 @triton.jit
 def _dk_kernel(
     q, k, v, g, do, dS, late, A, runs, dk, dGk, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, DG: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr,
+    NSEG_P2: tl.constexpr, DG: tl.constexpr,
     SPLIT: tl.constexpr, PREC: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, rk, re, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BK, BE)
@@ -197,7 +200,8 @@ def _dk_kernel(
 @triton.jit
 def _dv_kernel(
     q, k, g, do, dS, late, A, runs, dv, scale, T, H, HK, D, E, NSUB, NSEG,
-    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr, NSEG_P2: tl.constexpr, PREC: tl.constexpr,
+    G_MODE: tl.constexpr, HAS_LATE: tl.constexpr, HAS_RUNS: tl.constexpr, PACKED: tl.constexpr,
+    NSEG_P2: tl.constexpr, PREC: tl.constexpr,
     C: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
 ):  # fmt: skip
     i_s, i_bh, i_b, i_h, hk, re, rd, rc, q_base, k_base = program_tiles(q, k, T, H, HK, D, C, BV, BD)

@@ -74,8 +74,8 @@ def autotune(configs: list, key: list, packed_warps: int | None = None):
     """`triton.autotune` over a few configs, its choice cached on disk next to Triton's kernel cache.
 
     Only the first config under TRITON_INTERPRET=1 (the interpreter cannot benchmark) or with
-    LASP_FX_AUTOTUNE=0: list first the config the tuner picks at common sizes. `packed_warps`: the launch of the packed loop (PACKED) takes only the configs of that many
-    warps.
+    LASP_FX_AUTOTUNE=0: list first the config the tuner picks at common sizes. `packed_warps`: the launch of the
+    packed loop (PACKED) takes only the configs of that many warps.
     """
     return triton.autotune(
         configs=configs[:1] if INTERPRET else configs,
